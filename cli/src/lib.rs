@@ -1,0 +1,1 @@
+//! ufsock library: the local server.

@@ -1,0 +1,478 @@
+//! Pool configuration: every knob of PROTOCOL.md with its default, validated once.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// The production endpoint.
+pub const PRODUCTION_URL: &str = "wss://api.usageflow.io/ws";
+/// The local development endpoint (what `ufsock serve` listens on by default).
+pub const LOCAL_URL: &str = "ws://localhost:9000/ws";
+
+/// An API key. Its `Debug` and `Display` never show the key itself, so it cannot leak into
+/// logs or error messages by accident; [`ApiKey::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Checks a key: non-empty, at most 4096 bytes, visible ASCII only (it travels in an
+    /// HTTP header, so control characters or non-ASCII would break or smuggle headers).
+    pub fn new(key: impl Into<String>) -> Result<Self, ConfigError> {
+        let key = key.into();
+        if key.is_empty() {
+            return Err(ConfigError::EmptyApiKey);
+        }
+        if key.len() > 4096 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::InvalidApiKey);
+        }
+        Ok(Self(key))
+    }
+
+    /// The key itself, for the `x-usage-key` header. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A configuration value that cannot work. Never a panic: every field is checked by
+/// [`ConfigBuilder::build`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The API key is empty.
+    #[error("the API key is empty")]
+    EmptyApiKey,
+    /// The API key has characters that cannot travel in an HTTP header, or is over 4096 bytes.
+    #[error("the API key must be visible ASCII (no spaces or control characters), at most 4096 bytes")]
+    InvalidApiKey,
+    /// The URL is not a `ws://` or `wss://` URL with a host.
+    #[error("the URL must start with ws:// or wss:// and name a host, got {0:?}")]
+    InvalidUrl(String),
+    /// A numeric setting is out of its range.
+    #[error("{name} must be in {range}, got {value}")]
+    OutOfRange {
+        /// The setting's name.
+        name: &'static str,
+        /// The allowed range, for humans.
+        range: &'static str,
+        /// The rejected value, for humans.
+        value: String,
+    },
+    /// Two settings contradict each other.
+    #[error("{0}")]
+    Inconsistent(&'static str),
+}
+
+/// A validated pool configuration. Build one with [`Config::builder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub(crate) url: String,
+    pub(crate) api_key: ApiKey,
+    pub(crate) pool_size: u16,
+    pub(crate) request_timeout: Duration,
+    pub(crate) ping_period: Duration,
+    pub(crate) pong_wait: Duration,
+    pub(crate) write_wait: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_cap: Duration,
+    pub(crate) backoff_attempts: u32,
+    pub(crate) backoff_jitter: f64,
+    pub(crate) initial_dial_spread: Duration,
+    pub(crate) max_in_flight: u32,
+    pub(crate) max_unflushed_writes: u32,
+    pub(crate) outbox_capacity: u32,
+    pub(crate) outbox_ttl: Duration,
+    pub(crate) max_frame_size: usize,
+    pub(crate) close_drain: Duration,
+    pub(crate) max_connection_age: Option<Duration>,
+    pub(crate) resend_idempotent: bool,
+    pub(crate) degraded_timeout_ratio: f64,
+}
+
+impl Config {
+    /// Starts a builder with PROTOCOL.md's defaults for `url` and `api_key`.
+    pub fn builder(url: impl Into<String>, api_key: impl Into<String>) -> ConfigBuilder {
+        ConfigBuilder {
+            url: url.into(),
+            api_key: api_key.into(),
+            pool_size: 10,
+            request_timeout: Duration::from_secs(2),
+            ping_period: Duration::from_secs(30),
+            pong_wait: Duration::from_secs(60),
+            write_wait: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(60),
+            backoff_attempts: 5,
+            backoff_jitter: 0.2,
+            initial_dial_spread: Duration::ZERO,
+            max_in_flight: 1024,
+            max_unflushed_writes: 4096,
+            outbox_capacity: 10_000,
+            outbox_ttl: Duration::from_secs(60),
+            max_frame_size: 1 << 20,
+            close_drain: Duration::ZERO,
+            max_connection_age: None,
+            resend_idempotent: true,
+            degraded_timeout_ratio: 0.2,
+        }
+    }
+
+    /// The WebSocket URL every connection dials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    /// The API key sent as `x-usage-key`.
+    pub fn api_key(&self) -> &ApiKey {
+        &self.api_key
+    }
+    /// Number of connections in the pool (1..=64).
+    pub fn pool_size(&self) -> u16 {
+        self.pool_size
+    }
+    /// Default per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+    /// Interval between pings on an open connection.
+    pub fn ping_period(&self) -> Duration {
+        self.ping_period
+    }
+    /// How long a connection may stay silent (no frame, no pong) before it counts as dead.
+    pub fn pong_wait(&self) -> Duration {
+        self.pong_wait
+    }
+    /// How long a write may take before the connection counts as dead.
+    pub fn write_wait(&self) -> Duration {
+        self.write_wait
+    }
+    /// How long a dial (TCP + TLS + WebSocket upgrade) may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+    /// Delay before the first reconnect attempt; doubles each attempt.
+    pub fn backoff_base(&self) -> Duration {
+        self.backoff_base
+    }
+    /// Largest reconnect delay.
+    pub fn backoff_cap(&self) -> Duration {
+        self.backoff_cap
+    }
+    /// Reconnect attempts before a slot rests until it is asked for again.
+    pub fn backoff_attempts(&self) -> u32 {
+        self.backoff_attempts
+    }
+    /// Jitter fraction `j`: a delay `d` becomes a value in `[(1-j)·d, d]`.
+    pub fn backoff_jitter(&self) -> f64 {
+        self.backoff_jitter
+    }
+    /// Window over which the first dials of a pool are spread (zero: all at once).
+    pub fn initial_dial_spread(&self) -> Duration {
+        self.initial_dial_spread
+    }
+    /// Largest number of pending requests on one connection.
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight
+    }
+    /// Largest number of writes handed to one connection and not yet flushed.
+    pub fn max_unflushed_writes(&self) -> u32 {
+        self.max_unflushed_writes
+    }
+    /// Largest number of fire-and-forget messages waiting for a connection.
+    pub fn outbox_capacity(&self) -> u32 {
+        self.outbox_capacity
+    }
+    /// How long a fire-and-forget message may wait in the outbox.
+    pub fn outbox_ttl(&self) -> Duration {
+        self.outbox_ttl
+    }
+    /// Largest accepted incoming frame, in bytes.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+    /// How long `close` lets pending requests wait for their replies.
+    pub fn close_drain(&self) -> Duration {
+        self.close_drain
+    }
+    /// Age after which a connection is replaced gracefully, if set.
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        self.max_connection_age
+    }
+    /// Whether idempotent requests are re-sent once when their connection is lost.
+    pub fn resend_idempotent(&self) -> bool {
+        self.resend_idempotent
+    }
+    /// Share of recent requests timing out above which the pool reports itself degraded.
+    pub fn degraded_timeout_ratio(&self) -> f64 {
+        self.degraded_timeout_ratio
+    }
+}
+
+/// Builder for [`Config`]; [`ConfigBuilder::build`] checks every value.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    url: String,
+    api_key: String,
+    pool_size: u16,
+    request_timeout: Duration,
+    ping_period: Duration,
+    pong_wait: Duration,
+    write_wait: Duration,
+    handshake_timeout: Duration,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    backoff_attempts: u32,
+    backoff_jitter: f64,
+    initial_dial_spread: Duration,
+    max_in_flight: u32,
+    max_unflushed_writes: u32,
+    outbox_capacity: u32,
+    outbox_ttl: Duration,
+    max_frame_size: usize,
+    close_drain: Duration,
+    max_connection_age: Option<Duration>,
+    resend_idempotent: bool,
+    degraded_timeout_ratio: f64,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn check_duration(
+    name: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+    range: &'static str,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            name,
+            range,
+            value: format!("{value:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_int(name: &'static str, value: u64, min: u64, max: u64, range: &'static str) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            name,
+            range,
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn check_fraction(name: &'static str, value: f64) -> Result<(), ConfigError> {
+    // `contains` is false for NaN, so NaN is rejected too.
+    if !(0.0..=1.0).contains(&value) {
+        return Err(ConfigError::OutOfRange {
+            name,
+            range: "0.0..=1.0",
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| ConfigError::InvalidUrl(url.to_owned()))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || url.len() > 2048 || !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::InvalidUrl(url.to_owned()));
+    }
+    Ok(())
+}
+
+impl ConfigBuilder {
+    setters! {
+        /// Number of connections (1..=64; default 10).
+        pool_size: u16;
+        /// Default request timeout (1 ms..=1 h; default 2 s).
+        request_timeout: Duration;
+        /// Ping period (10 ms..=1 h; default 30 s).
+        ping_period: Duration;
+        /// Silence after which a connection is dead (10 ms..=1 h, above the ping period; default 60 s).
+        pong_wait: Duration;
+        /// Write deadline (10 ms..=1 h; default 10 s).
+        write_wait: Duration;
+        /// Handshake deadline (10 ms..=1 h; default 10 s).
+        handshake_timeout: Duration;
+        /// First reconnect delay (0..=1 h; default 5 s).
+        backoff_base: Duration;
+        /// Largest reconnect delay (at least the base, at most 1 day; default 60 s).
+        backoff_cap: Duration;
+        /// Reconnect attempts before resting (1..=1000; default 5).
+        backoff_attempts: u32;
+        /// Jitter fraction (0.0..=1.0; default 0.2, so slots never reconnect in lockstep; 0 gives
+        /// the exact 5/10/20/40/60 s schedule).
+        backoff_jitter: f64;
+        /// Spread of the first dials of the pool (0..=1 h; default 0, all at once).
+        initial_dial_spread: Duration;
+        /// Pending requests per connection (1..=1,000,000; default 1024).
+        max_in_flight: u32;
+        /// Unflushed writes per connection (1..=1,000,000; default 4096).
+        max_unflushed_writes: u32;
+        /// Outbox capacity (0..=1,000,000; default 10,000; 0 disables queueing).
+        outbox_capacity: u32;
+        /// Outbox time-to-live (1 ms..=1 day; default 60 s).
+        outbox_ttl: Duration;
+        /// Largest incoming frame in bytes (64 B..=64 MiB; default 1 MiB).
+        max_frame_size: usize;
+        /// How long `close` waits for pending replies (0..=1 h; default 0).
+        close_drain: Duration;
+        /// Replace connections older than this, gracefully (1 s..=1 day; default none).
+        max_connection_age: Option<Duration>;
+        /// Re-send idempotent requests once on connection loss (default true).
+        resend_idempotent: bool;
+        /// Timeout share that marks the pool degraded (0.0..=1.0; default 0.2).
+        degraded_timeout_ratio: f64;
+    }
+
+    /// Checks every value and builds the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let ms = Duration::from_millis(1);
+        let ten_ms = Duration::from_millis(10);
+        check_url(&self.url)?;
+        let api_key = ApiKey::new(self.api_key)?;
+        check_int("pool_size", self.pool_size.into(), 1, 64, "1..=64")?;
+        check_duration("request_timeout", self.request_timeout, ms, HOUR, "1ms..=1h")?;
+        check_duration("ping_period", self.ping_period, ten_ms, HOUR, "10ms..=1h")?;
+        check_duration("pong_wait", self.pong_wait, ten_ms, HOUR, "10ms..=1h")?;
+        check_duration("write_wait", self.write_wait, ten_ms, HOUR, "10ms..=1h")?;
+        check_duration("handshake_timeout", self.handshake_timeout, ten_ms, HOUR, "10ms..=1h")?;
+        check_duration("backoff_base", self.backoff_base, Duration::ZERO, HOUR, "0..=1h")?;
+        check_duration("backoff_cap", self.backoff_cap, Duration::ZERO, DAY, "0..=1d")?;
+        if self.backoff_cap < self.backoff_base {
+            return Err(ConfigError::Inconsistent("backoff_cap must be at least backoff_base"));
+        }
+        if self.pong_wait <= self.ping_period {
+            return Err(ConfigError::Inconsistent(
+                "pong_wait must be longer than ping_period, or every connection would die between pings",
+            ));
+        }
+        check_int("backoff_attempts", self.backoff_attempts.into(), 1, 1000, "1..=1000")?;
+        check_fraction("backoff_jitter", self.backoff_jitter)?;
+        check_duration("initial_dial_spread", self.initial_dial_spread, Duration::ZERO, HOUR, "0..=1h")?;
+        check_int("max_in_flight", self.max_in_flight.into(), 1, 1_000_000, "1..=1000000")?;
+        check_int("max_unflushed_writes", self.max_unflushed_writes.into(), 1, 1_000_000, "1..=1000000")?;
+        check_int("outbox_capacity", self.outbox_capacity.into(), 0, 1_000_000, "0..=1000000")?;
+        check_duration("outbox_ttl", self.outbox_ttl, ms, DAY, "1ms..=1d")?;
+        check_int("max_frame_size", self.max_frame_size as u64, 64, 64 << 20, "64..=67108864")?;
+        check_duration("close_drain", self.close_drain, Duration::ZERO, HOUR, "0..=1h")?;
+        if let Some(age) = self.max_connection_age {
+            check_duration("max_connection_age", age, Duration::from_secs(1), DAY, "1s..=1d")?;
+        }
+        check_fraction("degraded_timeout_ratio", self.degraded_timeout_ratio)?;
+        Ok(Config {
+            url: self.url,
+            api_key,
+            pool_size: self.pool_size,
+            request_timeout: self.request_timeout,
+            ping_period: self.ping_period,
+            pong_wait: self.pong_wait,
+            write_wait: self.write_wait,
+            handshake_timeout: self.handshake_timeout,
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            backoff_attempts: self.backoff_attempts,
+            backoff_jitter: self.backoff_jitter,
+            initial_dial_spread: self.initial_dial_spread,
+            max_in_flight: self.max_in_flight,
+            max_unflushed_writes: self.max_unflushed_writes,
+            outbox_capacity: self.outbox_capacity,
+            outbox_ttl: self.outbox_ttl,
+            max_frame_size: self.max_frame_size,
+            close_drain: self.close_drain,
+            max_connection_age: self.max_connection_age,
+            resend_idempotent: self.resend_idempotent,
+            degraded_timeout_ratio: self.degraded_timeout_ratio,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_protocol() {
+        let c = Config::builder(LOCAL_URL, "k").build().unwrap();
+        assert_eq!(c.pool_size(), 10);
+        assert_eq!(c.request_timeout(), Duration::from_secs(2));
+        assert_eq!(c.ping_period(), Duration::from_secs(30));
+        assert_eq!(c.pong_wait(), Duration::from_secs(60));
+        assert_eq!(c.write_wait(), Duration::from_secs(10));
+        assert_eq!(c.handshake_timeout(), Duration::from_secs(10));
+        assert_eq!(c.backoff_base(), Duration::from_secs(5));
+        assert_eq!(c.backoff_cap(), Duration::from_secs(60));
+        assert_eq!(c.backoff_attempts(), 5);
+    }
+
+    #[test]
+    fn api_key_is_checked_and_redacted() {
+        assert_eq!(ApiKey::new(""), Err(ConfigError::EmptyApiKey));
+        assert_eq!(ApiKey::new("a b"), Err(ConfigError::InvalidApiKey));
+        assert_eq!(ApiKey::new("a\r\nx: y"), Err(ConfigError::InvalidApiKey));
+        assert_eq!(ApiKey::new("clé"), Err(ConfigError::InvalidApiKey));
+        let key = ApiKey::new("secret-123").unwrap();
+        assert!(!format!("{key:?}").contains("secret"));
+        assert!(!format!("{key}").contains("secret"));
+        let c = Config::builder(LOCAL_URL, "secret-123").build().unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors() {
+        let b = || Config::builder(LOCAL_URL, "k");
+        assert!(matches!(b().pool_size(0).build(), Err(ConfigError::OutOfRange { name: "pool_size", .. })));
+        assert!(matches!(b().pool_size(65).build(), Err(ConfigError::OutOfRange { .. })));
+        assert!(matches!(b().backoff_jitter(f64::NAN).build(), Err(ConfigError::OutOfRange { .. })));
+        assert!(matches!(b().backoff_jitter(1.5).build(), Err(ConfigError::OutOfRange { .. })));
+        assert!(matches!(
+            b().backoff_base(Duration::from_secs(10)).backoff_cap(Duration::from_secs(5)).build(),
+            Err(ConfigError::Inconsistent(_))
+        ));
+        assert!(matches!(b().pong_wait(Duration::from_secs(30)).build(), Err(ConfigError::Inconsistent(_))));
+        assert!(matches!(b().request_timeout(Duration::ZERO).build(), Err(ConfigError::OutOfRange { .. })));
+        assert!(matches!(
+            Config::builder("http://x/ws", "k").build(),
+            Err(ConfigError::InvalidUrl(_))
+        ));
+        assert!(matches!(Config::builder("ws:///ws", "k").build(), Err(ConfigError::InvalidUrl(_))));
+        assert!(Config::builder(PRODUCTION_URL, "k").build().is_ok());
+    }
+}
