@@ -282,7 +282,13 @@ fn check_duration(
     Ok(())
 }
 
-fn check_int(name: &'static str, value: u64, min: u64, max: u64, range: &'static str) -> Result<(), ConfigError> {
+fn check_int(
+    name: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    range: &'static str,
+) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::OutOfRange {
             name,
@@ -373,25 +379,69 @@ impl ConfigBuilder {
         check_duration("ping_period", self.ping_period, ten_ms, HOUR, "10ms..=1h")?;
         check_duration("pong_wait", self.pong_wait, ten_ms, HOUR, "10ms..=1h")?;
         check_duration("write_wait", self.write_wait, ten_ms, HOUR, "10ms..=1h")?;
-        check_duration("handshake_timeout", self.handshake_timeout, ten_ms, HOUR, "10ms..=1h")?;
+        check_duration(
+            "handshake_timeout",
+            self.handshake_timeout,
+            ten_ms,
+            HOUR,
+            "10ms..=1h",
+        )?;
         check_duration("backoff_base", self.backoff_base, Duration::ZERO, HOUR, "0..=1h")?;
         check_duration("backoff_cap", self.backoff_cap, Duration::ZERO, DAY, "0..=1d")?;
         if self.backoff_cap < self.backoff_base {
-            return Err(ConfigError::Inconsistent("backoff_cap must be at least backoff_base"));
+            return Err(ConfigError::Inconsistent(
+                "backoff_cap must be at least backoff_base",
+            ));
         }
         if self.pong_wait <= self.ping_period {
             return Err(ConfigError::Inconsistent(
                 "pong_wait must be longer than ping_period, or every connection would die between pings",
             ));
         }
-        check_int("backoff_attempts", self.backoff_attempts.into(), 1, 1000, "1..=1000")?;
+        check_int(
+            "backoff_attempts",
+            self.backoff_attempts.into(),
+            1,
+            1000,
+            "1..=1000",
+        )?;
         check_fraction("backoff_jitter", self.backoff_jitter)?;
-        check_duration("initial_dial_spread", self.initial_dial_spread, Duration::ZERO, HOUR, "0..=1h")?;
-        check_int("max_in_flight", self.max_in_flight.into(), 1, 1_000_000, "1..=1000000")?;
-        check_int("max_unflushed_writes", self.max_unflushed_writes.into(), 1, 1_000_000, "1..=1000000")?;
-        check_int("outbox_capacity", self.outbox_capacity.into(), 0, 1_000_000, "0..=1000000")?;
+        check_duration(
+            "initial_dial_spread",
+            self.initial_dial_spread,
+            Duration::ZERO,
+            HOUR,
+            "0..=1h",
+        )?;
+        check_int(
+            "max_in_flight",
+            self.max_in_flight.into(),
+            1,
+            1_000_000,
+            "1..=1000000",
+        )?;
+        check_int(
+            "max_unflushed_writes",
+            self.max_unflushed_writes.into(),
+            1,
+            1_000_000,
+            "1..=1000000",
+        )?;
+        check_int(
+            "outbox_capacity",
+            self.outbox_capacity.into(),
+            0,
+            1_000_000,
+            "0..=1000000",
+        )?;
         check_duration("outbox_ttl", self.outbox_ttl, ms, DAY, "1ms..=1d")?;
-        check_int("max_frame_size", self.max_frame_size as u64, 64, 64 << 20, "64..=67108864")?;
+        check_int(
+            "max_frame_size",
+            self.max_frame_size as u64,
+            64,
+            64 << 20,
+            "64..=67108864",
+        )?;
         check_duration("close_drain", self.close_drain, Duration::ZERO, HOUR, "0..=1h")?;
         if let Some(age) = self.max_connection_age {
             check_duration("max_connection_age", age, Duration::from_secs(1), DAY, "1s..=1d")?;
@@ -458,21 +508,47 @@ mod tests {
     #[test]
     fn bad_values_are_typed_errors() {
         let b = || Config::builder(LOCAL_URL, "k");
-        assert!(matches!(b().pool_size(0).build(), Err(ConfigError::OutOfRange { name: "pool_size", .. })));
-        assert!(matches!(b().pool_size(65).build(), Err(ConfigError::OutOfRange { .. })));
-        assert!(matches!(b().backoff_jitter(f64::NAN).build(), Err(ConfigError::OutOfRange { .. })));
-        assert!(matches!(b().backoff_jitter(1.5).build(), Err(ConfigError::OutOfRange { .. })));
         assert!(matches!(
-            b().backoff_base(Duration::from_secs(10)).backoff_cap(Duration::from_secs(5)).build(),
+            b().pool_size(0).build(),
+            Err(ConfigError::OutOfRange {
+                name: "pool_size",
+                ..
+            })
+        ));
+        assert!(matches!(
+            b().pool_size(65).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            b().backoff_jitter(f64::NAN).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            b().backoff_jitter(1.5).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            b().backoff_base(Duration::from_secs(10))
+                .backoff_cap(Duration::from_secs(5))
+                .build(),
             Err(ConfigError::Inconsistent(_))
         ));
-        assert!(matches!(b().pong_wait(Duration::from_secs(30)).build(), Err(ConfigError::Inconsistent(_))));
-        assert!(matches!(b().request_timeout(Duration::ZERO).build(), Err(ConfigError::OutOfRange { .. })));
+        assert!(matches!(
+            b().pong_wait(Duration::from_secs(30)).build(),
+            Err(ConfigError::Inconsistent(_))
+        ));
+        assert!(matches!(
+            b().request_timeout(Duration::ZERO).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
         assert!(matches!(
             Config::builder("http://x/ws", "k").build(),
             Err(ConfigError::InvalidUrl(_))
         ));
-        assert!(matches!(Config::builder("ws:///ws", "k").build(), Err(ConfigError::InvalidUrl(_))));
+        assert!(matches!(
+            Config::builder("ws:///ws", "k").build(),
+            Err(ConfigError::InvalidUrl(_))
+        ));
         assert!(Config::builder(PRODUCTION_URL, "k").build().is_ok());
     }
 }

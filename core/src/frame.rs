@@ -25,7 +25,10 @@ impl Outgoing {
     }
 
     /// A message of `kind` whose payload is any serializable value.
-    pub fn with_payload<T: Serialize>(kind: impl Into<String>, payload: &T) -> Result<Self, serde_json::Error> {
+    pub fn with_payload<T: Serialize>(
+        kind: impl Into<String>,
+        payload: &T,
+    ) -> Result<Self, serde_json::Error> {
         Ok(Self::new(kind, serde_json::to_value(payload)?))
     }
 
@@ -33,9 +36,11 @@ impl Outgoing {
     /// client-made `allocationId` of `request_for_allocation` and `use_allocation`.
     pub fn idempotency_key(&self) -> Option<&str> {
         match self.kind.as_str() {
-            "request_for_allocation" | "use_allocation" => {
-                self.payload.get("allocationId").and_then(Value::as_str).filter(|s| !s.is_empty())
-            }
+            "request_for_allocation" | "use_allocation" => self
+                .payload
+                .get("allocationId")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty()),
             _ => None,
         }
     }
@@ -190,7 +195,10 @@ mod tests {
 
     #[test]
     fn encode_request_and_fire_and_forget() {
-        let m = Outgoing::new("request_for_allocation", json!({"alias": "ledger-1", "amount": 1.0}));
+        let m = Outgoing::new(
+            "request_for_allocation",
+            json!({"alias": "ledger-1", "amount": 1.0}),
+        );
         let s = encode(&m, Some("abc"));
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(
@@ -205,7 +213,11 @@ mod tests {
 
     #[test]
     fn decode_ignores_unknown_fields_and_correlates() {
-        let f = decode(r#"{"type":"success","payload":{"a":1},"replyTo":"r","id":"i","extra":[1]}"#, 1024).unwrap();
+        let f = decode(
+            r#"{"type":"success","payload":{"a":1},"replyTo":"r","id":"i","extra":[1]}"#,
+            1024,
+        )
+        .unwrap();
         assert_eq!(f.correlation_id(), Some("r"));
         let f = decode(r#"{"type":"success","replyTo":"","id":"i"}"#, 1024).unwrap();
         assert_eq!(f.correlation_id(), Some("i"));
@@ -218,7 +230,11 @@ mod tests {
     fn denials() {
         let f = decode(r#"{"type":"ERROR","replyTo":"r"}"#, 1024).unwrap();
         assert!(f.is_denial());
-        let f = decode(r#"{"type":"success","error":"limit reached","replyTo":"r"}"#, 1024).unwrap();
+        let f = decode(
+            r#"{"type":"success","error":"limit reached","replyTo":"r"}"#,
+            1024,
+        )
+        .unwrap();
         assert!(f.is_denial());
         assert_eq!(f.denial_text(), "limit reached");
         let f = decode(r#"{"type":"success","error":"","replyTo":"r"}"#, 1024).unwrap();
@@ -232,7 +248,10 @@ mod tests {
         assert_eq!(decode("42", 1024), Err(FrameError::NotAnObject));
         assert_eq!(decode(r#"{"payload":1}"#, 1024), Err(FrameError::MissingType));
         assert_eq!(decode(r#"{"type":7}"#, 1024), Err(FrameError::MissingType));
-        assert!(matches!(decode(r#"{"type":"x","replyTo":5}"#, 1024), Err(FrameError::BadField(_))));
+        assert!(matches!(
+            decode(r#"{"type":"x","replyTo":5}"#, 1024),
+            Err(FrameError::BadField(_))
+        ));
         assert_eq!(
             decode(&"x".repeat(2000), 1024),
             Err(FrameError::TooLarge { len: 2000, max: 1024 })
@@ -241,7 +260,10 @@ mod tests {
 
     #[test]
     fn idempotency_key_from_allocation_id() {
-        let m = Outgoing::new("use_allocation", json!({"alias":"a","amount":1.0,"allocationId":"k1"}));
+        let m = Outgoing::new(
+            "use_allocation",
+            json!({"alias":"a","amount":1.0,"allocationId":"k1"}),
+        );
         assert_eq!(m.idempotency_key(), Some("k1"));
         let m = Outgoing::new("request_for_allocation", json!({"alias":"a","amount":1.0}));
         assert_eq!(m.idempotency_key(), None);

@@ -50,6 +50,9 @@ pub enum DialError {
     /// TCP, TLS or the upgrade failed for a transient reason.
     #[error("network error: {0}")]
     Network(String),
+    /// The dial did not finish within the handshake timeout (the pool decides this itself).
+    #[error("handshake did not finish within the handshake timeout")]
+    Timeout,
 }
 
 impl DialError {

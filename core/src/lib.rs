@@ -1,6 +1,7 @@
 //! Sans-IO core of the UsageFlow WebSocket client.
 #![forbid(unsafe_code)]
 
+mod backoff;
 pub mod config;
 pub mod frame;
 pub mod io;

@@ -1,35 +1,1287 @@
-//! The pool state machine.
-use std::time::Instant;
+//! The pool state machine: every decision of the client, no I/O.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::backoff::{jittered_delay, nominal_delay};
 use crate::config::Config;
-use crate::frame::Outgoing;
+use crate::frame::{self, FrameError, Outgoing};
 use crate::io::*;
-use crate::stats::Stats;
+use crate::stats::{SendStats, Stats};
 
-/// The pool.
+/// Hash maps with a fixed hasher, so iteration order depends only on the inputs (determinism).
+type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// Distinct message types tracked separately in send counters; the rest share one bucket.
+const MAX_TRACKED_KINDS: usize = 64;
+const OTHER_KIND: &str = "*other*";
+/// Weight of one completion in the moving timeout ratio.
+const TIMEOUT_EWMA_ALPHA: f64 = 0.05;
+/// How long the pool must look healthy before `Degraded` turns back into `Available`.
+const AVAILABILITY_HOLD: Duration = Duration::from_secs(5);
+/// Requests whose timeout would overflow `Instant` are capped at this.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// One open (or retiring) WebSocket.
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    pending: u32,
+    writes_issued: u64,
+    writes_flushed: u64,
+    write_deadline: Option<Instant>,
+    read_deadline: Instant,
+    next_ping: Instant,
+    rotate_at: Option<Instant>,
+    /// Fire-and-forget messages written but not flushed: (write number, kind index).
+    unflushed_sends: VecDeque<(u64, u16)>,
+}
+
+impl Conn {
+    fn unflushed(&self) -> u64 {
+        self.writes_issued - self.writes_flushed
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle {
+        dial_at: Option<Instant>,
+    },
+    Dialing {
+        generation: u32,
+        deadline: Instant,
+    },
+    Open {
+        conn: Conn,
+        replacement: Option<(u32, Instant)>,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Exhausted,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Slot {
+    next_generation: u32,
+    attempt: u32,
+    phase: Phase,
+    /// Connections that take no new work and close once drained (rotation, close).
+    retiring: Vec<Conn>,
+}
+
+impl Slot {
+    fn open_conn(&self) -> Option<&Conn> {
+        match &self.phase {
+            Phase::Open { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn conn_mut(&mut self, generation: u32) -> Option<&mut Conn> {
+        if let Phase::Open { conn, .. } = &mut self.phase {
+            if conn.generation == generation {
+                return Some(conn);
+            }
+        }
+        self.retiring.iter_mut().find(|c| c.generation == generation)
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    slot: u16,
+    generation: u32,
+    deadline: Instant,
+    /// The encoded frame, kept only for idempotent requests that may be re-sent once.
+    resend: Option<String>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    frame: String,
+    kind: u16,
+    expires: Instant,
+}
+
+/// What the application can be told about the message types it sends.
+#[derive(Debug, Default)]
+struct Kinds {
+    names: Vec<String>,
+    stats: Vec<SendStats>,
+    index: FixedMap<String, u16>,
+}
+
+impl Kinds {
+    fn intern(&mut self, kind: &str) -> u16 {
+        if let Some(&i) = self.index.get(kind) {
+            return i;
+        }
+        let name = if self.names.len() + 1 >= MAX_TRACKED_KINDS {
+            OTHER_KIND
+        } else {
+            kind
+        };
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u16;
+        self.names.push(name.to_owned());
+        self.stats.push(SendStats::default());
+        self.index.insert(name.to_owned(), i);
+        i
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: u64,
+    replies: u64,
+    denials: u64,
+    timeouts: u64,
+    connection_lost: u64,
+    cancelled: u64,
+    closed: u64,
+    resent: u64,
+    refused_not_connected: u64,
+    refused_backpressure: u64,
+    refused_closed: u64,
+    orphan_replies: u64,
+    skipped_frames: u64,
+    stale_inputs: u64,
+    dials: u64,
+    dial_failures: u64,
+    rejections: u64,
+    disconnects: u64,
+    reconnects: u64,
+    exhausted: u64,
+    rotations: u64,
+    pings: u64,
+}
+
+/// The pool: a pure, deterministic state machine that makes every decision of the client.
+///
+/// Its methods come in four families (quinn-proto's shape):
+/// - **getters**: [`Pool::stats`], [`Pool::is_connected`], [`Pool::availability`],
+///   [`Pool::slot_state`], [`Pool::pending_len`], [`Pool::is_closed`];
+/// - **I/O results**: [`Pool::handle_input`], [`Pool::handle_timeout`];
+/// - **application commands** with immediate results: [`Pool::connect`], [`Pool::request`],
+///   [`Pool::send`], [`Pool::cancel`], [`Pool::close`];
+/// - **outputs**: [`Pool::poll_output`], [`Pool::poll_timeout`].
+///
+/// The drain rule: after every call of the I/O or command families, call `poll_output()`
+/// until it returns `None` and carry out each output, then read `poll_timeout()` and call
+/// `handle_timeout` when that instant comes. Time is always an argument; a `now` earlier
+/// than one already seen is treated as that one.
+#[derive(Debug)]
 pub struct Pool {
     config: Config,
+    rng: fastrand::Rng,
+    now: Instant,
+    slots: Vec<Slot>,
+    pending: FixedMap<RequestId, Pending>,
+    deadlines: BTreeSet<(Instant, RequestId)>,
+    outbox: VecDeque<Queued>,
+    kinds: Kinds,
+    outputs: VecDeque<Output>,
+    /// Slot chosen last, so ties rotate.
+    cursor: usize,
+    open_count: u32,
+    counters: Counters,
+    closing: bool,
+    drain_deadline: Option<Instant>,
+    availability: Availability,
+    upgrade_at: Option<Instant>,
+    timeout_ratio: f64,
 }
 
-#[allow(unused_variables, missing_docs)]
 impl Pool {
-    pub fn new(config: Config, seed: u64, now: Instant) -> Pool { todo!() }
-    pub fn config(&self) -> &Config { &self.config }
-    pub fn is_connected(&self) -> bool { todo!() }
-    pub fn stats(&self) -> Stats { todo!() }
-    pub fn availability(&self) -> Availability { todo!() }
-    pub fn slot_state(&self, slot: u16) -> Option<SlotState> { todo!() }
-    pub fn pending_len(&self) -> usize { todo!() }
-    pub fn is_closed(&self) -> bool { todo!() }
-    pub fn connect(&mut self, now: Instant) { todo!() }
-    pub fn request(&mut self, now: Instant, message: Outgoing, options: RequestOptions) -> Result<RequestId, RequestError> { todo!() }
-    pub fn send(&mut self, now: Instant, message: Outgoing) -> Result<(), SendError> { todo!() }
-    pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool { todo!() }
-    pub fn close(&mut self, now: Instant) { todo!() }
-    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) { todo!() }
-    pub fn handle_timeout(&mut self, now: Instant) { todo!() }
+    /// A pool for `config`. `seed` fixes every random choice (request ids, jitter), so a run
+    /// is a pure function of its inputs; adapters pass a random seed. Nothing is dialed until
+    /// [`Pool::connect`].
+    pub fn new(config: Config, seed: u64, now: Instant) -> Pool {
+        let slots = (0..config.pool_size)
+            .map(|_| Slot {
+                next_generation: 0,
+                attempt: 0,
+                phase: Phase::Idle { dial_at: None },
+                retiring: Vec::new(),
+            })
+            .collect();
+        Pool {
+            config,
+            rng: fastrand::Rng::with_seed(seed),
+            now,
+            slots,
+            pending: FixedMap::default(),
+            deadlines: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            kinds: Kinds::default(),
+            outputs: VecDeque::new(),
+            cursor: usize::MAX,
+            open_count: 0,
+            counters: Counters::default(),
+            closing: false,
+            drain_deadline: None,
+            availability: Availability::Unavailable,
+            upgrade_at: None,
+            timeout_ratio: 0.0,
+        }
+    }
+
+    // ----- getters -----
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether at least one connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.open_count > 0
+    }
+
+    /// The pool's availability (with hysteresis: `Degraded` turns `Available` only after
+    /// looking healthy for 5 s; getting worse is immediate).
+    pub fn availability(&self) -> Availability {
+        self.availability
+    }
+
+    /// The state of one slot, or `None` past the pool size.
+    pub fn slot_state(&self, slot: u16) -> Option<SlotState> {
+        Some(match self.slots.get(usize::from(slot))?.phase {
+            Phase::Idle { .. } => SlotState::Idle,
+            Phase::Dialing { .. } => SlotState::Dialing,
+            Phase::Open { .. } => SlotState::Open,
+            Phase::Backoff { .. } => SlotState::Backoff,
+            Phase::Exhausted => SlotState::Exhausted,
+            Phase::Closed => SlotState::Closed,
+        })
+    }
+
+    /// The open connection of a slot, if any.
+    pub fn open_conn(&self, slot: u16) -> Option<ConnId> {
+        let conn = self.slots.get(usize::from(slot))?.open_conn()?;
+        Some(ConnId {
+            slot,
+            generation: conn.generation,
+        })
+    }
+
+    /// Requests waiting for their outcome.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Fire-and-forget messages waiting for a connection.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Whether [`Pool::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Whether the pool is closed and done: every request completed, every connection told
+    /// to disconnect. An adapter can stop its driver once this is true and outputs are drained.
+    pub fn is_closed(&self) -> bool {
+        self.closing
+            && self.pending.is_empty()
+            && self
+                .slots
+                .iter()
+                .all(|s| matches!(s.phase, Phase::Closed) && s.retiring.is_empty())
+    }
+
+    /// A snapshot of every counter.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let mut sends = SendStats::default();
+        let mut sends_by_type = std::collections::BTreeMap::new();
+        for (name, s) in self.kinds.names.iter().zip(&self.kinds.stats) {
+            sends.add(s);
+            sends_by_type.insert(name.clone(), s.clone());
+        }
+        Stats {
+            open_connections: self.open_count,
+            pending_per_slot: self
+                .slots
+                .iter()
+                .map(|s| {
+                    s.open_conn().map_or(0, |c| c.pending) + s.retiring.iter().map(|c| c.pending).sum::<u32>()
+                })
+                .collect(),
+            pending: self.pending.len() as u64,
+            requests: c.requests,
+            replies: c.replies,
+            denials: c.denials,
+            timeouts: c.timeouts,
+            connection_lost: c.connection_lost,
+            cancelled: c.cancelled,
+            closed: c.closed,
+            resent: c.resent,
+            refused_not_connected: c.refused_not_connected,
+            refused_backpressure: c.refused_backpressure,
+            refused_closed: c.refused_closed,
+            orphan_replies: c.orphan_replies,
+            skipped_frames: c.skipped_frames,
+            stale_inputs: c.stale_inputs,
+            dials: c.dials,
+            dial_failures: c.dial_failures,
+            rejections: c.rejections,
+            disconnects: c.disconnects,
+            reconnects: c.reconnects,
+            exhausted: c.exhausted,
+            rotations: c.rotations,
+            pings: c.pings,
+            outbox_depth: self.outbox.len() as u64,
+            sends,
+            sends_by_type,
+        }
+    }
+
+    // ----- application commands -----
+
+    /// Dials every slot that has never been dialed (spread over `initial_dial_spread`), and
+    /// re-arms slots that used up their attempts. Slots already open, dialing or backing off
+    /// are left alone.
+    pub fn connect(&mut self, now: Instant) {
+        let now = self.advance(now);
+        if self.closing {
+            return;
+        }
+        let spread = self.config.initial_dial_spread;
+        for i in 0..self.slots.len() {
+            match self.slots[i].phase {
+                Phase::Idle { dial_at: None } => {
+                    if spread.is_zero() || i == 0 {
+                        self.dial(i, now);
+                    } else {
+                        let at = now + spread.mul_f64(self.rng.f64());
+                        self.slots[i].phase = Phase::Idle { dial_at: Some(at) };
+                    }
+                }
+                Phase::Exhausted => self.rearm(i, now),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a request on the open connection with the fewest pending requests (ties
+    /// rotate). Returns its id at once; its outcome comes later, exactly once, as
+    /// [`Output::Completed`]. Refuses at once when no connection is open (and re-arms
+    /// exhausted slots), when every open connection is at its in-flight cap, or after close.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> Result<RequestId, RequestError> {
+        let now = self.advance(now);
+        if self.closing {
+            self.counters.refused_closed += 1;
+            return Err(RequestError::Closed);
+        }
+        let Some(slot) = self.select(true) else {
+            if self.open_count == 0 {
+                self.counters.refused_not_connected += 1;
+                self.rearm_exhausted(now);
+                return Err(RequestError::NotConnected);
+            }
+            self.counters.refused_backpressure += 1;
+            return Err(RequestError::Backpressure {
+                max_in_flight: self.config.max_in_flight,
+            });
+        };
+        let id = self.next_id();
+        let mut buf = Uuid::encode_buffer();
+        let frame = frame::encode(&message, Some(id.0.hyphenated().encode_lower(&mut buf)));
+        let idempotent = options.idempotent || message.idempotency_key().is_some();
+        let resend = (idempotent && self.config.resend_idempotent).then(|| frame.clone());
+        let timeout = options
+            .timeout
+            .unwrap_or(self.config.request_timeout)
+            .min(MAX_TIMEOUT);
+        let deadline = now + timeout;
+        let Phase::Open { conn, .. } = &mut self.slots[slot].phase else {
+            unreachable!("select returns open slots")
+        };
+        conn.pending += 1;
+        let generation = conn.generation;
+        self.pending.insert(
+            id,
+            Pending {
+                slot: slot as u16,
+                generation,
+                deadline,
+                resend,
+            },
+        );
+        self.deadlines.insert((deadline, id));
+        self.counters.requests += 1;
+        self.write(slot, generation, now, Some(frame));
+        Ok(id)
+    }
+
+    /// Sends a fire-and-forget message. With no connection able to take it, it waits in the
+    /// outbox (bounded, with a TTL) and goes out in order when one opens. Refused, and
+    /// handed back, when the outbox is full or the pool is closed; both are counted.
+    pub fn send(&mut self, now: Instant, message: Outgoing) -> Result<(), SendError> {
+        let now = self.advance(now);
+        let kind = self.kinds.intern(&message.kind);
+        self.kinds.stats[usize::from(kind)].sends += 1;
+        if self.closing {
+            self.kinds.stats[usize::from(kind)].closed += 1;
+            return Err(SendError::Closed(message));
+        }
+        // Messages never overtake the outbox: while it has any, new ones queue behind them.
+        if self.outbox.is_empty() {
+            if let Some(slot) = self.select(false) {
+                let frame = frame::encode(&message, None);
+                self.write_send(slot, now, frame, kind);
+                return Ok(());
+            }
+        }
+        if self.open_count == 0 {
+            self.rearm_exhausted(now);
+        }
+        if self.outbox.len() >= self.config.outbox_capacity as usize {
+            self.kinds.stats[usize::from(kind)].dropped += 1;
+            self.outputs.push_back(Output::Event(Event::MessageDropped {
+                kind: message.kind.clone(),
+                reason: DropReason::OutboxFull,
+                count: 1,
+            }));
+            return Err(SendError::OutboxFull(message));
+        }
+        self.kinds.stats[usize::from(kind)].queued += 1;
+        self.outbox.push_back(Queued {
+            frame: frame::encode(&message, None),
+            kind,
+            expires: now + self.config.outbox_ttl,
+        });
+        Ok(())
+    }
+
+    /// Cancels a pending request: it completes at once as [`RequestFailure::Cancelled`].
+    /// Returns false when the id is not pending (already completed, or unknown).
+    pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
+        let now = self.advance(now);
+        if !self.pending.contains_key(&id) {
+            return false;
+        }
+        self.complete(now, id, Outcome::Failed(RequestFailure::Cancelled));
+        true
+    }
+
+    /// Closes the pool. Idempotent. New work is refused from now on; queued fire-and-forget
+    /// messages are dropped as closed; pending requests may still get their replies for
+    /// `close_drain`, then complete as closed; every connection is closed with a normal close
+    /// frame once its writes are flushed. No slot dials again.
+    pub fn close(&mut self, now: Instant) {
+        let now = self.advance(now);
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let dropped = std::mem::take(&mut self.outbox);
+        self.drop_queued(dropped, DropReason::Closed);
+        for i in 0..self.slots.len() {
+            let phase = std::mem::replace(&mut self.slots[i].phase, Phase::Closed);
+            match phase {
+                Phase::Dialing { generation, .. } => {
+                    self.outputs.push_back(Output::Disconnect {
+                        conn: conn_id(i, generation),
+                        graceful: false,
+                    });
+                }
+                Phase::Open { conn, replacement } => {
+                    self.open_count -= 1;
+                    if let Some((generation, _)) = replacement {
+                        self.outputs.push_back(Output::Disconnect {
+                            conn: conn_id(i, generation),
+                            graceful: false,
+                        });
+                    }
+                    self.slots[i].retiring.push(conn);
+                }
+                _ => {}
+            }
+        }
+        if self.config.close_drain.is_zero() || self.pending.is_empty() {
+            self.fail_all_pending(now, RequestFailure::Closed);
+        } else {
+            self.drain_deadline = Some(now + self.config.close_drain);
+        }
+        for i in 0..self.slots.len() {
+            self.retire_drained(i);
+        }
+        self.update_availability(now);
+    }
+
+    // ----- I/O results -----
+
+    /// Feeds one I/O result. Never fails: bad frames are skipped and counted, inputs about
+    /// old generations are ignored and counted.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        let now = self.advance(now);
+        let id = input.conn();
+        let slot = usize::from(id.slot);
+        if slot >= self.slots.len() || id.generation >= self.slots[slot].next_generation {
+            self.counters.stale_inputs += 1;
+            return;
+        }
+        match input {
+            Input::Connected { conn } => self.on_connected(now, conn),
+            Input::ConnectFailed { conn, error } => self.on_connect_failed(now, conn, error),
+            Input::Text { conn, text } => {
+                if !self.touch(now, conn) {
+                    return;
+                }
+                match frame::decode(text, self.config.max_frame_size) {
+                    Ok(frame) => self.on_frame(now, conn, frame),
+                    Err(error) => self.skip_frame(conn, error),
+                }
+            }
+            Input::Binary { conn, len } => {
+                if self.touch(now, conn) {
+                    self.skip_frame(conn, FrameError::Binary { len });
+                }
+            }
+            Input::Pong { conn } => {
+                self.touch(now, conn);
+            }
+            Input::Flushed { conn, writes } => self.on_flushed(now, conn, writes),
+            Input::WriteFailed { conn, error } => self.lose(now, conn, DisconnectReason::WriteFailed(error)),
+            Input::Closed { conn, reason } => self.lose(now, conn, DisconnectReason::Closed(reason)),
+        }
+    }
+
+    /// Fires every deadline at or before `now`. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.advance(now);
+        for i in 0..self.slots.len() {
+            self.slot_timers(i, now);
+        }
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.complete(now, id, Outcome::Failed(RequestFailure::Timeout));
+        }
+        let mut expired = VecDeque::new();
+        while self.outbox.front().is_some_and(|q| q.expires <= now) {
+            expired.extend(self.outbox.pop_front());
+        }
+        self.drop_queued(expired, DropReason::Expired);
+        if self.drain_deadline.is_some_and(|d| d <= now) {
+            self.drain_deadline = None;
+            self.fail_all_pending(now, RequestFailure::Closed);
+            for i in 0..self.slots.len() {
+                self.retire_drained(i);
+            }
+        }
+        self.update_availability(now);
+    }
+
+    // ----- outputs -----
+
+    /// The next output, or `None` when drained.
     #[must_use]
-    pub fn poll_output(&mut self) -> Option<Output> { todo!() }
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Pool::handle_timeout`] must next be called, or `None` when nothing is scheduled.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> { todo!() }
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            if next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        for slot in &self.slots {
+            match &slot.phase {
+                Phase::Idle { dial_at: Some(t) } => consider(*t),
+                Phase::Dialing { deadline, .. } => consider(*deadline),
+                Phase::Backoff { until } => consider(*until),
+                Phase::Open { conn, replacement } => {
+                    conn_timers(conn, &mut consider);
+                    if let Some(t) = conn.rotate_at.filter(|_| replacement.is_none()) {
+                        consider(t);
+                    }
+                    if let Some((_, t)) = replacement {
+                        consider(*t);
+                    }
+                }
+                _ => {}
+            }
+            for conn in &slot.retiring {
+                conn_timers(conn, &mut consider);
+            }
+        }
+        if let Some(&(t, _)) = self.deadlines.first() {
+            consider(t);
+        }
+        if let Some(q) = self.outbox.front() {
+            consider(q.expires);
+        }
+        if let Some(t) = self.drain_deadline {
+            consider(t);
+        }
+        if let Some(t) = self.upgrade_at {
+            consider(t);
+        }
+        next
+    }
+
+    // ----- internals -----
+
+    fn advance(&mut self, now: Instant) -> Instant {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    fn next_id(&mut self) -> RequestId {
+        let bytes = self.rng.u128(..).to_le_bytes();
+        RequestId(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
+
+    /// The open slot that takes the next write: fewest pending requests, ties rotating from
+    /// the slot chosen last; `None` when no open slot has room.
+    fn select(&mut self, is_request: bool) -> Option<usize> {
+        let n = self.slots.len();
+        let start = self.cursor.wrapping_add(1) % n;
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(conn) = self.slots[i].open_conn() else {
+                continue;
+            };
+            if conn.unflushed() >= u64::from(self.config.max_unflushed_writes) {
+                continue;
+            }
+            if is_request && conn.pending >= self.config.max_in_flight {
+                continue;
+            }
+            if best.is_none_or(|(_, p)| conn.pending < p) {
+                best = Some((i, conn.pending));
+                if conn.pending == 0 {
+                    break;
+                }
+            }
+        }
+        let (i, _) = best?;
+        self.cursor = i;
+        Some(i)
+    }
+
+    fn dial(&mut self, slot: usize, now: Instant) {
+        let s = &mut self.slots[slot];
+        let generation = s.next_generation;
+        s.next_generation += 1;
+        s.phase = Phase::Dialing {
+            generation,
+            deadline: now + self.config.handshake_timeout,
+        };
+        self.counters.dials += 1;
+        self.outputs.push_back(Output::Dial {
+            conn: conn_id(slot, generation),
+        });
+    }
+
+    fn rearm(&mut self, slot: usize, now: Instant) {
+        self.slots[slot].attempt = 0;
+        self.dial(slot, now);
+    }
+
+    fn rearm_exhausted(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if matches!(self.slots[i].phase, Phase::Exhausted) {
+                self.rearm(i, now);
+            }
+        }
+    }
+
+    fn schedule_reconnect(&mut self, slot: usize, now: Instant) {
+        if self.closing {
+            self.slots[slot].phase = Phase::Closed;
+            return;
+        }
+        let attempt = self.slots[slot].attempt;
+        if attempt >= self.config.backoff_attempts {
+            self.slots[slot].phase = Phase::Exhausted;
+            self.counters.exhausted += 1;
+            self.outputs
+                .push_back(Output::Event(Event::AttemptsExhausted { slot: slot as u16 }));
+            return;
+        }
+        let nominal = nominal_delay(attempt, self.config.backoff_base, self.config.backoff_cap);
+        let delay = jittered_delay(nominal, self.config.backoff_jitter, self.rng.f64());
+        self.slots[slot].attempt += 1;
+        self.counters.reconnects += 1;
+        self.outputs.push_back(Output::Event(Event::ReconnectScheduled {
+            slot: slot as u16,
+            attempt,
+            delay,
+        }));
+        if delay.is_zero() {
+            self.dial(slot, now);
+        } else {
+            self.slots[slot].phase = Phase::Backoff { until: now + delay };
+        }
+    }
+
+    fn new_conn(&mut self, generation: u32, now: Instant) -> Conn {
+        let rotate_at = self.config.max_connection_age.map(|age| {
+            // Jitter the age too, so connections opened together are not replaced together.
+            now + jittered_delay(age, self.config.backoff_jitter.max(0.1), self.rng.f64())
+        });
+        Conn {
+            generation,
+            pending: 0,
+            writes_issued: 0,
+            writes_flushed: 0,
+            write_deadline: None,
+            read_deadline: now + self.config.pong_wait,
+            next_ping: now + self.config.ping_period,
+            rotate_at,
+            unflushed_sends: VecDeque::new(),
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, id: ConnId) {
+        let slot = usize::from(id.slot);
+        match self.slots[slot].phase {
+            Phase::Dialing { generation, .. } if generation == id.generation => {
+                let conn = self.new_conn(generation, now);
+                let s = &mut self.slots[slot];
+                s.phase = Phase::Open {
+                    conn,
+                    replacement: None,
+                };
+                s.attempt = 0;
+                self.open_count += 1;
+                self.outputs
+                    .push_back(Output::Event(Event::Connected { conn: id }));
+                self.flush_outbox(now);
+                self.update_availability(now);
+            }
+            Phase::Open {
+                replacement: Some((generation, _)),
+                ..
+            } if generation == id.generation => {
+                // A planned rotation: the new connection takes work from now on; the old one
+                // finishes what it has and then closes.
+                let conn = self.new_conn(generation, now);
+                let Phase::Open { conn: old, .. } = std::mem::replace(
+                    &mut self.slots[slot].phase,
+                    Phase::Open {
+                        conn,
+                        replacement: None,
+                    },
+                ) else {
+                    unreachable!()
+                };
+                self.slots[slot].retiring.push(old);
+                self.counters.rotations += 1;
+                self.outputs
+                    .push_back(Output::Event(Event::Connected { conn: id }));
+                self.retire_drained(slot);
+                self.flush_outbox(now);
+            }
+            _ => {
+                // A dial the pool gave up on (timed out, or closing) finished anyway.
+                self.counters.stale_inputs += 1;
+                self.outputs.push_back(Output::Disconnect {
+                    conn: id,
+                    graceful: false,
+                });
+            }
+        }
+    }
+
+    fn on_connect_failed(&mut self, now: Instant, id: ConnId, error: DialError) {
+        let slot = usize::from(id.slot);
+        match self.slots[slot].phase {
+            Phase::Dialing { generation, .. } if generation == id.generation => {
+                self.dial_failed(slot, now, id, error);
+            }
+            Phase::Open {
+                replacement: Some((generation, _)),
+                ..
+            } if generation == id.generation => self.replacement_failed(slot, now, id, error),
+            _ => self.counters.stale_inputs += 1,
+        }
+    }
+
+    fn dial_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
+        self.counters.dial_failures += 1;
+        if matches!(error, DialError::Rejected { .. }) {
+            self.counters.rejections += 1;
+        }
+        self.outputs
+            .push_back(Output::Event(Event::ConnectFailed { conn, error }));
+        self.schedule_reconnect(slot, now);
+    }
+
+    fn replacement_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
+        self.counters.dial_failures += 1;
+        self.outputs
+            .push_back(Output::Event(Event::ConnectFailed { conn, error }));
+        let retry = jittered_delay(
+            self.config.backoff_base.max(Duration::from_secs(1)),
+            0.5,
+            self.rng.f64(),
+        );
+        if let Phase::Open { conn, replacement } = &mut self.slots[slot].phase {
+            *replacement = None;
+            conn.rotate_at = Some(now + retry);
+        }
+    }
+
+    /// Pushes the read deadline of a live connection; false when the input names none.
+    fn touch(&mut self, now: Instant, id: ConnId) -> bool {
+        let pong_wait = self.config.pong_wait;
+        match self.slots[usize::from(id.slot)].conn_mut(id.generation) {
+            Some(conn) => {
+                conn.read_deadline = now + pong_wait;
+                true
+            }
+            None => {
+                self.counters.stale_inputs += 1;
+                false
+            }
+        }
+    }
+
+    fn skip_frame(&mut self, conn: ConnId, error: FrameError) {
+        self.counters.skipped_frames += 1;
+        self.outputs
+            .push_back(Output::Event(Event::FrameSkipped { conn, error }));
+    }
+
+    fn on_frame(&mut self, now: Instant, conn: ConnId, frame: crate::frame::Incoming) {
+        let id = frame
+            .correlation_id()
+            .and_then(|s| Uuid::try_parse(s).ok())
+            .map(RequestId)
+            .filter(|id| self.pending.contains_key(id));
+        match id {
+            Some(id) => {
+                let outcome = if frame.is_denial() {
+                    Outcome::Denied(frame)
+                } else {
+                    Outcome::Reply(frame)
+                };
+                self.complete(now, id, outcome);
+            }
+            None => {
+                self.counters.orphan_replies += 1;
+                self.outputs.push_back(Output::Unsolicited { conn, frame });
+            }
+        }
+    }
+
+    fn on_flushed(&mut self, now: Instant, id: ConnId, writes: u64) {
+        let write_wait = self.config.write_wait;
+        let slot = usize::from(id.slot);
+        let Some(conn) = self.slots[slot].conn_mut(id.generation) else {
+            self.counters.stale_inputs += 1;
+            return;
+        };
+        let writes = writes.min(conn.writes_issued);
+        if writes <= conn.writes_flushed {
+            return;
+        }
+        conn.writes_flushed = writes;
+        conn.write_deadline = (conn.writes_flushed < conn.writes_issued).then_some(now + write_wait);
+        while conn.unflushed_sends.front().is_some_and(|&(n, _)| n <= writes) {
+            let (_, kind) = conn.unflushed_sends.pop_front().expect("front exists");
+            let s = &mut self.kinds.stats[usize::from(kind)];
+            s.unflushed -= 1;
+            s.sent += 1;
+        }
+        self.retire_drained(slot);
+        self.flush_outbox(now);
+    }
+
+    /// Issues one write on a connection: a frame, or a ping when `frame` is `None`.
+    fn write(&mut self, slot: usize, generation: u32, now: Instant, frame: Option<String>) -> u64 {
+        let write_wait = self.config.write_wait;
+        let conn = self.slots[slot]
+            .conn_mut(generation)
+            .expect("writes go to live connections");
+        conn.writes_issued += 1;
+        if conn.write_deadline.is_none() {
+            conn.write_deadline = Some(now + write_wait);
+        }
+        let n = conn.writes_issued;
+        let id = conn_id(slot, generation);
+        self.outputs.push_back(match frame {
+            Some(frame) => Output::Transmit { conn: id, frame },
+            None => Output::Ping { conn: id },
+        });
+        n
+    }
+
+    fn write_send(&mut self, slot: usize, now: Instant, frame: String, kind: u16) {
+        let generation = self.slots[slot].open_conn().expect("open").generation;
+        let n = self.write(slot, generation, now, Some(frame));
+        if let Phase::Open { conn, .. } = &mut self.slots[slot].phase {
+            conn.unflushed_sends.push_back((n, kind));
+        }
+        self.kinds.stats[usize::from(kind)].unflushed += 1;
+    }
+
+    fn flush_outbox(&mut self, now: Instant) {
+        while !self.outbox.is_empty() {
+            let Some(slot) = self.select(false) else { return };
+            let q = self.outbox.pop_front().expect("not empty");
+            self.kinds.stats[usize::from(q.kind)].queued -= 1;
+            self.write_send(slot, now, q.frame, q.kind);
+        }
+    }
+
+    fn drop_queued(&mut self, queued: VecDeque<Queued>, reason: DropReason) {
+        // One event per kind and batch, not per message: an outage can expire thousands.
+        let mut by_kind: Vec<u64> = vec![0; self.kinds.names.len()];
+        for q in queued {
+            let s = &mut self.kinds.stats[usize::from(q.kind)];
+            s.queued -= 1;
+            match reason {
+                DropReason::Expired => s.expired += 1,
+                _ => s.closed += 1,
+            }
+            by_kind[usize::from(q.kind)] += 1;
+        }
+        self.report_drops(&by_kind, reason);
+    }
+
+    fn report_drops(&mut self, by_kind: &[u64], reason: DropReason) {
+        for (k, &count) in by_kind.iter().enumerate() {
+            if count > 0 {
+                self.outputs.push_back(Output::Event(Event::MessageDropped {
+                    kind: self.kinds.names[k].clone(),
+                    reason,
+                    count,
+                }));
+            }
+        }
+    }
+
+    /// Completes a pending request exactly once.
+    fn complete(&mut self, now: Instant, id: RequestId, outcome: Outcome) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        self.deadlines.remove(&(p.deadline, id));
+        let slot = usize::from(p.slot);
+        if let Some(conn) = self.slots[slot].conn_mut(p.generation) {
+            conn.pending -= 1;
+        }
+        let c = &mut self.counters;
+        match &outcome {
+            Outcome::Reply(_) => c.replies += 1,
+            Outcome::Denied(_) => c.denials += 1,
+            Outcome::Failed(RequestFailure::Timeout) => c.timeouts += 1,
+            Outcome::Failed(RequestFailure::ConnectionLost(_)) => c.connection_lost += 1,
+            Outcome::Failed(RequestFailure::Cancelled) => c.cancelled += 1,
+            Outcome::Failed(RequestFailure::Closed) => c.closed += 1,
+        }
+        match &outcome {
+            Outcome::Reply(_) | Outcome::Denied(_) => self.timeout_ratio *= 1.0 - TIMEOUT_EWMA_ALPHA,
+            Outcome::Failed(RequestFailure::Timeout) => {
+                self.timeout_ratio = self.timeout_ratio * (1.0 - TIMEOUT_EWMA_ALPHA) + TIMEOUT_EWMA_ALPHA;
+                self.update_availability(now);
+            }
+            _ => {}
+        }
+        self.outputs.push_back(Output::Completed { id, outcome });
+        self.retire_drained(slot);
+    }
+
+    fn fail_all_pending(&mut self, now: Instant, failure: RequestFailure) {
+        let mut ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.complete(now, id, Outcome::Failed(failure.clone()));
+        }
+    }
+
+    /// Stops using a connection that died: its requests fail at once (or are re-sent once
+    /// when idempotent), its unflushed messages count as lost, and its slot reconnects.
+    fn lose(&mut self, now: Instant, id: ConnId, reason: DisconnectReason) {
+        let slot = usize::from(id.slot);
+        let s = &mut self.slots[slot];
+        let is_current = matches!(&s.phase, Phase::Open { conn, .. } if conn.generation == id.generation);
+        let (conn, replacement) = if is_current {
+            let Phase::Open { conn, replacement } = std::mem::replace(&mut s.phase, Phase::Closed) else {
+                unreachable!()
+            };
+            self.open_count -= 1;
+            (conn, replacement)
+        } else {
+            match s.retiring.iter().position(|c| c.generation == id.generation) {
+                Some(i) => (s.retiring.swap_remove(i), None),
+                None => {
+                    self.counters.stale_inputs += 1;
+                    return;
+                }
+            }
+        };
+        self.counters.disconnects += 1;
+        self.outputs.push_back(Output::Disconnect {
+            conn: id,
+            graceful: false,
+        });
+        self.outputs.push_back(Output::Event(Event::Disconnected {
+            conn: id,
+            reason: reason.clone(),
+        }));
+        if is_current {
+            match replacement {
+                // A rotation was already dialing: that dial is the reconnect.
+                Some((generation, deadline)) => {
+                    self.slots[slot].phase = Phase::Dialing { generation, deadline }
+                }
+                None => self.schedule_reconnect(slot, now),
+            }
+        }
+        let mut lost: Vec<u64> = vec![0; self.kinds.names.len()];
+        for (_, kind) in conn.unflushed_sends {
+            let s = &mut self.kinds.stats[usize::from(kind)];
+            s.unflushed -= 1;
+            s.lost += 1;
+            lost[usize::from(kind)] += 1;
+        }
+        self.report_drops(&lost, DropReason::Lost);
+        if conn.pending > 0 {
+            let mut ids: Vec<RequestId> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| usize::from(p.slot) == slot && p.generation == id.generation)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_unstable();
+            for rid in ids {
+                if !self.try_resend(now, rid) {
+                    self.complete(
+                        now,
+                        rid,
+                        Outcome::Failed(RequestFailure::ConnectionLost(reason.clone())),
+                    );
+                }
+            }
+        }
+        self.update_availability(now);
+    }
+
+    /// Re-sends an idempotent request once on another open connection, within its deadline.
+    fn try_resend(&mut self, now: Instant, id: RequestId) -> bool {
+        let Some(p) = self.pending.get(&id) else {
+            return false;
+        };
+        if p.resend.is_none() || p.deadline <= now {
+            return false;
+        }
+        let Some(slot) = self.select(true) else {
+            return false;
+        };
+        let p = self.pending.get_mut(&id).expect("checked above");
+        let frame = p.resend.take().expect("checked above");
+        let Phase::Open { conn, .. } = &mut self.slots[slot].phase else {
+            unreachable!("select returns open slots")
+        };
+        conn.pending += 1;
+        p.slot = slot as u16;
+        p.generation = conn.generation;
+        let generation = conn.generation;
+        self.counters.resent += 1;
+        self.write(slot, generation, now, Some(frame));
+        true
+    }
+
+    /// Closes retiring connections that have no pending request and no unflushed write.
+    fn retire_drained(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        if s.retiring.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < s.retiring.len() {
+            let c = &s.retiring[i];
+            if c.pending == 0 && c.unflushed() == 0 {
+                let conn = s.retiring.swap_remove(i);
+                let id = conn_id(slot, conn.generation);
+                self.outputs.push_back(Output::Disconnect {
+                    conn: id,
+                    graceful: true,
+                });
+                self.outputs.push_back(Output::Event(Event::Disconnected {
+                    conn: id,
+                    reason: if self.closing {
+                        DisconnectReason::PoolClosing
+                    } else {
+                        DisconnectReason::Rotated
+                    },
+                }));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn slot_timers(&mut self, slot: usize, now: Instant) {
+        match self.slots[slot].phase {
+            Phase::Idle { dial_at: Some(t) } | Phase::Backoff { until: t } if t <= now => {
+                self.dial(slot, now)
+            }
+            Phase::Dialing { generation, deadline } if deadline <= now => {
+                let conn = conn_id(slot, generation);
+                self.outputs.push_back(Output::Disconnect {
+                    conn,
+                    graceful: false,
+                });
+                self.dial_failed(slot, now, conn, DialError::Timeout);
+            }
+            Phase::Open { .. } => {
+                if let Phase::Open {
+                    replacement: Some((generation, deadline)),
+                    ..
+                } = self.slots[slot].phase
+                {
+                    if deadline <= now {
+                        let conn = conn_id(slot, generation);
+                        self.outputs.push_back(Output::Disconnect {
+                            conn,
+                            graceful: false,
+                        });
+                        self.replacement_failed(slot, now, conn, DialError::Timeout);
+                    }
+                }
+                let generation = self.slots[slot].open_conn().expect("open").generation;
+                if self.conn_timers(slot, generation, now) && !self.closing {
+                    if let Phase::Open {
+                        conn,
+                        replacement: None,
+                    } = &mut self.slots[slot].phase
+                    {
+                        if conn.rotate_at.is_some_and(|t| t <= now) {
+                            conn.rotate_at = None;
+                            self.start_replacement(slot, now);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let retiring: Vec<u32> = self.slots[slot].retiring.iter().map(|c| c.generation).collect();
+        for generation in retiring {
+            self.conn_timers(slot, generation, now);
+        }
+    }
+
+    fn start_replacement(&mut self, slot: usize, now: Instant) {
+        let deadline = now + self.config.handshake_timeout;
+        let s = &mut self.slots[slot];
+        let generation = s.next_generation;
+        s.next_generation += 1;
+        if let Phase::Open { replacement, .. } = &mut s.phase {
+            *replacement = Some((generation, deadline));
+        }
+        self.counters.dials += 1;
+        self.outputs.push_back(Output::Dial {
+            conn: conn_id(slot, generation),
+        });
+    }
+
+    /// Runs a live connection's deadlines; false when it died of one.
+    fn conn_timers(&mut self, slot: usize, generation: u32, now: Instant) -> bool {
+        let ping_period = self.config.ping_period;
+        let id = conn_id(slot, generation);
+        let Some(conn) = self.slots[slot].conn_mut(generation) else {
+            return false;
+        };
+        if conn.write_deadline.is_some_and(|t| t <= now) {
+            self.lose(now, id, DisconnectReason::WriteTimeout);
+            return false;
+        }
+        if conn.read_deadline <= now {
+            self.lose(now, id, DisconnectReason::ReadTimeout);
+            return false;
+        }
+        if conn.next_ping <= now {
+            conn.next_ping += ping_period;
+            if conn.next_ping <= now {
+                conn.next_ping = now + ping_period;
+            }
+            self.counters.pings += 1;
+            self.write(slot, generation, now, None);
+        }
+        true
+    }
+
+    fn update_availability(&mut self, now: Instant) {
+        let threshold = self.config.degraded_timeout_ratio;
+        let timeouts_high = if self.availability == Availability::Degraded {
+            // Hysteresis in value too: a degraded pool needs the ratio well below the mark.
+            self.timeout_ratio > threshold / 2.0
+        } else {
+            self.timeout_ratio > threshold
+        };
+        let raw = if self.open_count == 0 {
+            Availability::Unavailable
+        } else if self.closing || self.open_count < u32::from(self.config.pool_size) || timeouts_high {
+            Availability::Degraded
+        } else {
+            Availability::Available
+        };
+        let change = if raw >= self.availability || self.availability == Availability::Unavailable {
+            // Worse, or back from nothing: at once (a host should use a connection as soon
+            // as there is one).
+            self.upgrade_at = None;
+            raw != self.availability
+        } else {
+            match self.upgrade_at {
+                None => {
+                    self.upgrade_at = Some(now + AVAILABILITY_HOLD);
+                    false
+                }
+                Some(t) => t <= now,
+            }
+        };
+        if change {
+            self.upgrade_at = None;
+            self.availability = raw;
+            self.outputs
+                .push_back(Output::Event(Event::AvailabilityChanged { availability: raw }));
+        }
+    }
 }
+
+fn conn_id(slot: usize, generation: u32) -> ConnId {
+    ConnId {
+        slot: slot as u16,
+        generation,
+    }
+}
+
+fn conn_timers(conn: &Conn, consider: &mut impl FnMut(Instant)) {
+    if let Some(t) = conn.write_deadline {
+        consider(t);
+    }
+    consider(conn.read_deadline);
+    consider(conn.next_ping);
+}
+
+#[cfg(test)]
+mod tests;

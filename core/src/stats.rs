@@ -28,7 +28,14 @@ pub struct SendStats {
 impl SendStats {
     /// Whether `sends` equals the sum of where the messages ended (always true).
     pub fn conserved(&self) -> bool {
-        self.sends == self.queued + self.unflushed + self.sent + self.dropped + self.expired + self.lost + self.closed
+        self.sends
+            == self.queued
+                + self.unflushed
+                + self.sent
+                + self.dropped
+                + self.expired
+                + self.lost
+                + self.closed
     }
 
     pub(crate) fn add(&mut self, other: &SendStats) {
@@ -108,6 +115,12 @@ impl Stats {
     /// Whether the request conservation law holds (always true).
     pub fn requests_conserved(&self) -> bool {
         self.requests
-            == self.replies + self.denials + self.timeouts + self.connection_lost + self.cancelled + self.closed + self.pending
+            == self.replies
+                + self.denials
+                + self.timeouts
+                + self.connection_lost
+                + self.cancelled
+                + self.closed
+                + self.pending
     }
 }
