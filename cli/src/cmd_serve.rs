@@ -1,0 +1,160 @@
+//! `ufsock serve`: the local UsageFlow-compatible server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ufsock::server::{FaultConfig, ReplyStyle, Server, ServerOptions, TlsOptions};
+
+/// Options of `ufsock serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    addr: SocketAddr,
+    /// The accepted API key (`x-usage-key`). Without it any non-empty key is accepted.
+    #[arg(long, env = "USAGEFLOW_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// How replies are correlated: reply-to (replyTo = request id, fresh id), both
+    /// (replyTo = id = request id) or id-only (id = request id, no replyTo).
+    #[arg(long, default_value = "reply-to")]
+    reply_style: ReplyStyle,
+    /// Serve wss:// with a freshly generated self-signed certificate for localhost.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+    /// Serve wss:// with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Maximum frame and message size accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_frame_size: usize,
+    /// Print the counters every this many seconds (0: only at exit).
+    #[arg(long, default_value_t = 0)]
+    stats_every: u64,
+
+    /// Fault: delay every reply by this many milliseconds.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    delay_ms: u64,
+    /// Fault: add a random 0..=N ms to each reply's delay.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    jitter_ms: u64,
+    /// Fault: drop every k-th reply.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    drop_every: u64,
+    /// Fault: send every reply twice.
+    #[arg(long, help_heading = "Faults")]
+    duplicate: bool,
+    /// Fault: send a non-JSON text frame after every n-th reply.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    garbage_every: u64,
+    /// Fault: send a binary frame after every n-th reply.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    binary_every: u64,
+    /// Fault: send a reply to an unknown id after every n-th reply.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    stray_every: u64,
+    /// Fault: never answer pings.
+    #[arg(long, help_heading = "Faults")]
+    no_pongs: bool,
+    /// Fault: a connection stops reading and writing (socket kept open) after N messages.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    freeze_after: u64,
+    /// Fault: a connection freezes this many milliseconds after it opened.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    freeze_after_ms: u64,
+    /// Fault: never read from connections (clients' writes stall).
+    #[arg(long, help_heading = "Faults")]
+    stop_reading: bool,
+    /// Fault: send a close frame after N messages on a connection.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    close_after: u64,
+    /// Code of the close frames of --close-after.
+    #[arg(long, default_value_t = 1000, help_heading = "Faults")]
+    close_code: u16,
+    /// Fault: drop the TCP connection (no close frame) after N messages on a connection.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    drop_after: u64,
+    /// Fault: reject every upgrade with 401.
+    #[arg(long, help_heading = "Faults")]
+    reject_all: bool,
+    /// Fault: accept TCP connections but never answer the upgrade.
+    #[arg(long, help_heading = "Faults")]
+    hang_handshake: bool,
+}
+
+impl ServeArgs {
+    fn faults(&self) -> FaultConfig {
+        FaultConfig {
+            reply_delay_ms: self.delay_ms,
+            reply_jitter_ms: self.jitter_ms,
+            drop_every: self.drop_every,
+            duplicate_replies: self.duplicate,
+            garbage_every: self.garbage_every,
+            binary_every: self.binary_every,
+            stray_every: self.stray_every,
+            no_pongs: self.no_pongs,
+            freeze: false,
+            freeze_after_messages: self.freeze_after,
+            freeze_after_ms: self.freeze_after_ms,
+            stop_reading: self.stop_reading,
+            close_after_messages: self.close_after,
+            close_code: self.close_code,
+            drop_after_messages: self.drop_after,
+            reject_handshakes: self.reject_all,
+            hang_handshakes: self.hang_handshake,
+        }
+    }
+
+    fn options(&self) -> Result<ServerOptions, Box<dyn std::error::Error>> {
+        let tls = if self.tls_self_signed {
+            Some(TlsOptions::self_signed()?.0)
+        } else if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            Some(TlsOptions::from_pem_files(cert, key)?)
+        } else {
+            None
+        };
+        Ok(ServerOptions {
+            addr: self.addr,
+            key: self.key.clone(),
+            reply_style: self.reply_style,
+            faults: self.faults(),
+            tls,
+            max_frame_size: self.max_frame_size,
+            ..ServerOptions::default()
+        })
+    }
+}
+
+/// Runs the server until Ctrl-C, then shuts it down gracefully and prints the counters.
+pub(crate) fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let options = args.options()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = Server::start(options).await?;
+        eprintln!("ufsock: serving on {}", server.url());
+        let counters = server.counters();
+        let every = Duration::from_secs(args.stats_every.max(1));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                r = &mut ctrl_c => {
+                    r?;
+                    break;
+                }
+                _ = ticker.tick(), if args.stats_every > 0 => {
+                    eprintln!("ufsock: {:?}", counters.snapshot());
+                }
+            }
+        }
+        eprintln!("ufsock: shutting down");
+        server.shutdown().await;
+        eprintln!("ufsock: {:#?}", counters.snapshot());
+        Ok(())
+    })
+}

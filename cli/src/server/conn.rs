@@ -1,0 +1,681 @@
+//! One task per TCP connection: TLS, the upgrade, then the read/answer loop.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tokio::{accept_hdr_async_with_config, TokioAdapter};
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use async_tungstenite::tungstenite::http::StatusCode;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use async_tungstenite::WebSocketStream;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use usageflow_socket_core::frame::{decode, Incoming};
+use usageflow_socket_core::messages::{
+    GET_APPLICATION_CONFIG, GET_APPLICATION_POLICIES, GET_BLOCKED_ENDPOINTS, REPORT_CALL_CHAIN,
+    REQUEST_FOR_ALLOCATION, USE_ALLOCATION,
+};
+
+use super::counters::Counters;
+use super::options::ReplyStyle;
+use super::pong_filter::PongFilter;
+use super::Shared;
+
+/// Messages handled per wake-up before the replies are flushed anyway.
+const MAX_BATCH: usize = 256;
+/// Delayed replies held per connection; beyond that they are sent at once.
+const MAX_DELAYED: usize = 100_000;
+/// How long a connection waits for the peer's close frame after sending its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The non-JSON frame of the `garbage_every` fault.
+const GARBAGE: &str = "this is not JSON {";
+
+type Ws<S> = WebSocketStream<TokioAdapter<PongFilter<S>>>;
+
+/// Counts a live connection task for as long as it exists.
+struct LiveGuard(Arc<Shared>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live_tasks.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts an open WebSocket connection for as long as it exists.
+struct OpenGuard(Arc<Counters>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Waits until shutdown is asked for (or the server is gone).
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) async fn handle_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    shared.live_tasks.fetch_add(1, Relaxed);
+    let _live = LiveGuard(shared.clone());
+    let counters = &shared.counters;
+    if shared.faults.hang_handshakes() {
+        Counters::add(&counters.handshakes_hung);
+        tracing::debug!(%peer, "holding the handshake (hang_handshakes)");
+        shutdown_requested(&mut shutdown).await;
+        return;
+    }
+    match &shared.tls {
+        None => upgrade(stream, peer, &shared, shutdown).await,
+        Some(acceptor) => match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await
+        {
+            Ok(Ok(tls)) => upgrade(tls, peer, &shared, shutdown).await,
+            Ok(Err(e)) => {
+                Counters::add(&counters.handshakes_failed);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                Counters::add(&counters.handshakes_failed);
+                tracing::debug!(%peer, "TLS handshake timed out");
+            }
+        },
+    }
+}
+
+fn rejection(text: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(text.to_owned()));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r
+}
+
+async fn upgrade<S>(stream: S, peer: SocketAddr, shared: &Arc<Shared>, shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let counters = &shared.counters;
+    let filtered = PongFilter::new(stream, shared.faults.clone(), counters.clone());
+    // The callback's signature is tungstenite's; its error is an HTTP response by design.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let headers = req.headers();
+        let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok());
+        let key = headers.get("x-usage-key").and_then(|v| v.to_str().ok());
+        counters.record_upgrade(user_agent, key.is_some());
+        let refusal = if shared.faults.reject_handshakes() {
+            Some("handshakes are rejected (fault)")
+        } else {
+            match (key, &shared.key) {
+                (None, _) | (Some(""), _) => Some("missing x-usage-key"),
+                (Some(k), Some(expected)) if k != expected => Some("invalid x-usage-key"),
+                _ => None,
+            }
+        };
+        match refusal {
+            Some(text) => {
+                // Never log the key itself.
+                tracing::debug!(%peer, reason = text, "upgrade rejected with 401");
+                Counters::add(&counters.handshakes_rejected);
+                Err(rejection(text))
+            }
+            None => Ok(resp),
+        }
+    };
+    let accepted = tokio::time::timeout(
+        shared.handshake_timeout,
+        accept_hdr_async_with_config(filtered, callback, Some(shared.ws_config)),
+    )
+    .await;
+    let mut ws = match accepted {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(WsError::Http(_))) => return, // rejected by the callback, counted there
+        Ok(Err(e)) => {
+            Counters::add(&counters.handshakes_failed);
+            tracing::debug!(%peer, error = %e, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            Counters::add(&counters.handshakes_failed);
+            tracing::debug!(%peer, "WebSocket handshake timed out");
+            return;
+        }
+    };
+    // The 101 response is out (tungstenite writes it in full before returning): frames from now on.
+    ws.get_mut().get_mut().activate();
+    Counters::add(&counters.connections_accepted);
+    counters.open_connections.fetch_add(1, Relaxed);
+    let _open = OpenGuard(counters.clone());
+    tracing::debug!(%peer, "connection open");
+    let conn = Conn {
+        ws,
+        shared: shared.clone(),
+        shutdown,
+        msgs: 0,
+        opened: Instant::now(),
+        delayed: BinaryHeap::new(),
+        delayed_order: 0,
+        dirty: false,
+        closing_until: None,
+    };
+    conn.run().await;
+    tracing::debug!(%peer, "connection ended");
+}
+
+/// A reply waiting for its delay to pass.
+struct Delayed {
+    due: Instant,
+    order: u64,
+    seq: u64,
+    text: Utf8Bytes,
+    denial: bool,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    /// Reversed, so the max-heap pops the earliest due first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.due, other.order).cmp(&(self.due, self.order))
+    }
+}
+
+/// What a connection does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Freeze,
+    /// End the task: the socket is dropped without a close frame.
+    End,
+}
+
+enum Event {
+    Shutdown,
+    Message(Option<Result<Message, WsError>>),
+    Wake,
+}
+
+struct Conn<S> {
+    ws: Ws<S>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    /// Text frames received.
+    msgs: u64,
+    opened: Instant,
+    delayed: BinaryHeap<Delayed>,
+    delayed_order: u64,
+    /// Frames were fed since the last flush.
+    dirty: bool,
+    /// A close frame was sent or received: no more writes; give up at this instant.
+    closing_until: Option<Instant>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    async fn run(mut self) {
+        let shared = self.shared.clone();
+        let faults = &shared.faults;
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        loop {
+            let changed = faults.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            if self.closing_until.is_some_and(|t| now >= t) {
+                return;
+            }
+            let freeze_at = match faults.freeze_after_ms() {
+                0 => None,
+                ms => Some(self.opened + Duration::from_millis(ms)),
+            };
+            if self.closing_until.is_none() && (self.should_freeze() || freeze_at.is_some_and(|t| now >= t)) {
+                return self.freeze().await;
+            }
+            let stop_reading = faults.stop_reading();
+            let wake = [self.delayed.peek().map(|d| d.due), freeze_at, self.closing_until]
+                .into_iter()
+                .flatten()
+                .min();
+            if let Some(w) = wake {
+                if timer.deadline() != w {
+                    timer.as_mut().reset(w);
+                }
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut self.shutdown), if self.closing_until.is_none() => Event::Shutdown,
+                m = self.ws.next(), if !stop_reading => Event::Message(m),
+                _ = &mut timer, if wake.is_some() => Event::Wake,
+                _ = &mut changed => Event::Wake,
+            };
+            let next = match event {
+                Event::Shutdown => self.close(CloseCode::Away, "server shutting down").await,
+                Event::Wake => Next::Continue,
+                Event::Message(None) | Event::Message(Some(Err(_))) => return,
+                Event::Message(Some(Ok(m))) => self.handle_batch(m).await,
+            };
+            if next == Next::End {
+                return;
+            }
+            if self.send_due().await.is_err() {
+                return;
+            }
+            if self.dirty {
+                self.dirty = false;
+                if self.ws.flush().await.is_err() {
+                    return;
+                }
+            }
+            if next == Next::Freeze {
+                return self.freeze().await;
+            }
+        }
+    }
+
+    /// Handles `first`, then every message already readable, up to [`MAX_BATCH`].
+    async fn handle_batch(&mut self, first: Message) -> Next {
+        let mut next = self.handle(first).await;
+        let mut n = 1;
+        while next == Next::Continue && n < MAX_BATCH && !self.shared.faults.stop_reading() {
+            match self.ws.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(m))) => next = self.handle(m).await,
+                Some(_) => next = Next::End,
+            }
+            n += 1;
+        }
+        next
+    }
+
+    fn should_freeze(&self) -> bool {
+        let faults = &self.shared.faults;
+        let after = faults.freeze_after_messages();
+        faults.freeze() || (after > 0 && self.msgs >= after)
+    }
+
+    /// Stops reading and writing, keeping the socket open, until shutdown or kill.
+    async fn freeze(mut self) {
+        Counters::add(&self.shared.counters.connections_frozen);
+        tracing::debug!("connection frozen");
+        shutdown_requested(&mut self.shutdown).await;
+    }
+
+    async fn handle(&mut self, msg: Message) -> Next {
+        let counters = &self.shared.counters;
+        match msg {
+            Message::Text(text) => {
+                Counters::add(&counters.text_frames_received);
+                self.msgs += 1;
+                if self.on_text(text.as_str()).await.is_err() {
+                    return Next::End;
+                }
+                let faults = &self.shared.faults;
+                let drop_after = faults.drop_after_messages();
+                if drop_after > 0 && self.msgs >= drop_after {
+                    Counters::add(&self.shared.counters.connections_dropped);
+                    return Next::End;
+                }
+                let close_after = faults.close_after_messages();
+                if close_after > 0 && self.msgs == close_after && self.closing_until.is_none() {
+                    let code = match faults.close_code() {
+                        0 => CloseCode::Normal,
+                        c => CloseCode::from(c),
+                    };
+                    return self.close(code, "close_after_messages fault").await;
+                }
+                if self.should_freeze() {
+                    return Next::Freeze;
+                }
+            }
+            Message::Binary(_) => Counters::add(&counters.binary_frames_received),
+            Message::Ping(_) => {
+                Counters::add(&counters.pings_received);
+                // tungstenite queued the pong; a flush sends it now (the PongFilter may drop it).
+                self.dirty = true;
+            }
+            Message::Pong(_) => Counters::add(&counters.pongs_received),
+            Message::Close(frame) => {
+                counters.record_close(frame.as_ref().map(|f| u16::from(f.code)));
+                // tungstenite queued the close reply; flush it, then the stream ends.
+                self.dirty = true;
+                if self.closing_until.is_none() {
+                    self.closing_until = Some(Instant::now() + CLOSE_WAIT);
+                }
+            }
+            Message::Frame(_) => {}
+        }
+        Next::Continue
+    }
+
+    /// Sends a close frame and waits (a bounded time) for the peer's.
+    async fn close(&mut self, code: CloseCode, reason: &'static str) -> Next {
+        if self.closing_until.is_some() {
+            return Next::Continue;
+        }
+        self.closing_until = Some(Instant::now() + CLOSE_WAIT);
+        Counters::add(&self.shared.counters.closes_sent);
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if self.ws.feed(Message::Close(Some(frame))).await.is_err() {
+            return Next::End;
+        }
+        self.dirty = true;
+        Next::Continue
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), WsError> {
+        let counters = &self.shared.counters;
+        let frame = match decode(text, self.shared.max_frame_size) {
+            Ok(f) => f,
+            Err(_) => {
+                Counters::add(&counters.invalid_frames_received);
+                return Ok(());
+            }
+        };
+        let id = frame.id.as_deref().filter(|id| !id.is_empty());
+        match id {
+            Some(id) if frame.kind != REPORT_CALL_CHAIN => {
+                counters.count_request(&frame.kind);
+                let style = self.shared.faults.reply_style();
+                let (reply, denial) = build_reply(&frame, id, style, &self.shared.payloads);
+                self.emit(reply, denial).await
+            }
+            _ => {
+                counters.count_fire_and_forget(&frame.kind);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies the reply faults (drop, delay) and sends or schedules the reply.
+    async fn emit(&mut self, reply: String, denial: bool) -> Result<(), WsError> {
+        let faults = &self.shared.faults;
+        let seq = self.shared.counters.reply_seq.fetch_add(1, Relaxed) + 1;
+        let drop_every = faults.drop_every();
+        if drop_every > 0 && seq % drop_every == 0 {
+            Counters::add(&self.shared.counters.replies_dropped);
+            return Ok(());
+        }
+        let jitter = faults.reply_jitter_ms();
+        let delay = faults.reply_delay_ms() + if jitter > 0 { fastrand::u64(0..=jitter) } else { 0 };
+        let text = Utf8Bytes::from(reply);
+        if delay == 0 || self.delayed.len() >= MAX_DELAYED {
+            return self.send_reply(seq, text, denial).await;
+        }
+        self.delayed_order += 1;
+        self.delayed.push(Delayed {
+            due: Instant::now() + Duration::from_millis(delay),
+            order: self.delayed_order,
+            seq,
+            text,
+            denial,
+        });
+        Ok(())
+    }
+
+    /// Sends the delayed replies that are due.
+    async fn send_due(&mut self) -> Result<(), WsError> {
+        let now = Instant::now();
+        while self.delayed.peek().is_some_and(|d| d.due <= now) {
+            let Some(d) = self.delayed.pop() else { break };
+            self.send_reply(d.seq, d.text, d.denial).await?;
+        }
+        Ok(())
+    }
+
+    /// Feeds one reply (twice when duplicating) and the every-n extra frames.
+    async fn send_reply(&mut self, seq: u64, text: Utf8Bytes, denial: bool) -> Result<(), WsError> {
+        let counters = self.shared.counters.clone();
+        if self.closing_until.is_some() {
+            Counters::add(&counters.replies_dropped);
+            return Ok(());
+        }
+        let faults = self.shared.faults.clone();
+        let duplicate = faults.duplicate_replies();
+        if duplicate {
+            self.ws.feed(Message::Text(text.clone())).await?;
+            Counters::add(&counters.duplicates_sent);
+            Counters::add(&counters.replies_sent);
+        }
+        self.ws.feed(Message::Text(text)).await?;
+        Counters::add(&counters.replies_sent);
+        if denial {
+            Counters::add(&counters.denials_sent);
+        }
+        let every = |n: u64| n > 0 && seq % n == 0;
+        if every(faults.garbage_every()) {
+            self.ws.feed(Message::text(GARBAGE)).await?;
+            Counters::add(&counters.garbage_sent);
+        }
+        if every(faults.binary_every()) {
+            self.ws
+                .feed(Message::binary(vec![0xde, 0xad, 0xbe, 0xef]))
+                .await?;
+            Counters::add(&counters.binary_sent);
+        }
+        if every(faults.stray_every()) {
+            let stray = build_frame("success", Some("{}"), None, &new_uuid(), ReplyStyle::ReplyTo);
+            self.ws.feed(Message::text(stray)).await?;
+            Counters::add(&counters.stray_sent);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+/// A random (v4) UUID from the fast non-cryptographic generator: ids only need uniqueness.
+fn new_uuid() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// One reply frame: `type`, raw `payload` JSON, `error`, and the correlation fields of `style`.
+fn build_frame(
+    kind: &str,
+    payload: Option<&str>,
+    error: Option<&str>,
+    request_id: &str,
+    style: ReplyStyle,
+) -> String {
+    let mut out = Vec::with_capacity(112 + payload.map_or(0, str::len));
+    out.extend_from_slice(b"{\"type\":");
+    push_json_str(&mut out, kind);
+    if let Some(p) = payload {
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(p.as_bytes());
+    }
+    if let Some(e) = error {
+        out.extend_from_slice(b",\"error\":");
+        push_json_str(&mut out, e);
+    }
+    match style {
+        ReplyStyle::ReplyTo => {
+            out.extend_from_slice(b",\"replyTo\":");
+            push_json_str(&mut out, request_id);
+            out.extend_from_slice(b",\"id\":");
+            push_json_str(&mut out, &new_uuid());
+        }
+        ReplyStyle::Both => {
+            out.extend_from_slice(b",\"replyTo\":");
+            push_json_str(&mut out, request_id);
+            out.extend_from_slice(b",\"id\":");
+            push_json_str(&mut out, request_id);
+        }
+        ReplyStyle::IdOnly => {
+            out.extend_from_slice(b",\"id\":");
+            push_json_str(&mut out, request_id);
+        }
+    }
+    out.push(b'}');
+    // Only UTF-8 went in: JSON from serde_json and the raw payloads (which are Strings).
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Whether an allocation payload asks for the documented denial: alias `"deny"` or a negative
+/// amount.
+fn denied(payload: &Value) -> Option<String> {
+    let alias = payload.get("alias").and_then(Value::as_str);
+    let amount = payload.get("amount").and_then(Value::as_f64);
+    if alias == Some("deny") {
+        return Some("allocation denied: alias \"deny\"".to_owned());
+    }
+    match amount {
+        Some(a) if a < 0.0 => Some(format!("allocation denied: negative amount {a}")),
+        _ => None,
+    }
+}
+
+/// The reply to a request and whether it is a denial.
+pub(crate) fn build_reply(
+    frame: &Incoming,
+    id: &str,
+    style: ReplyStyle,
+    payloads: &super::Payloads,
+) -> (String, bool) {
+    let ok = |payload: &str| (build_frame("success", Some(payload), None, id, style), false);
+    let deny = |error: &str| (build_frame("error", None, Some(error), id, style), true);
+    match frame.kind.as_str() {
+        REQUEST_FOR_ALLOCATION => {
+            if let Some(why) = denied(&frame.payload) {
+                return deny(&why);
+            }
+            let allocation_id = frame
+                .payload
+                .get("allocationId")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map_or_else(new_uuid, str::to_owned);
+            let mut p = Vec::with_capacity(64);
+            p.extend_from_slice(b"{\"allocationId\":");
+            push_json_str(&mut p, &allocation_id);
+            p.push(b'}');
+            ok(&String::from_utf8(p).unwrap_or_default())
+        }
+        USE_ALLOCATION => {
+            if let Some(why) = denied(&frame.payload) {
+                return deny(&why);
+            }
+            ok(&format!("{{\"eventId\":\"{}\"}}", new_uuid()))
+        }
+        GET_APPLICATION_POLICIES => ok(&payloads.policies),
+        GET_APPLICATION_CONFIG => ok(&payloads.config),
+        GET_BLOCKED_ENDPOINTS => ok(&payloads.blocked),
+        other => deny(&format!("unknown message type: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{Payloads, ReplyData};
+    use serde_json::json;
+
+    fn req(kind: &str, payload: Value) -> Incoming {
+        serde_json::from_value(json!({"type": kind, "payload": payload, "id": "r1"})).unwrap()
+    }
+
+    #[test]
+    fn replies_per_style_and_type() {
+        let p = Payloads::new(&ReplyData::default());
+        let (s, denial) = build_reply(
+            &req(
+                REQUEST_FOR_ALLOCATION,
+                json!({"alias":"a","amount":1.0,"allocationId":"k\"1"}),
+            ),
+            "r1",
+            ReplyStyle::Both,
+            &p,
+        );
+        assert!(!denial);
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"success","payload":{"allocationId":"k\"1"},"replyTo":"r1","id":"r1"})
+        );
+
+        let (s, _) = build_reply(
+            &req(GET_BLOCKED_ENDPOINTS, Value::Null),
+            "r1",
+            ReplyStyle::IdOnly,
+            &p,
+        );
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["id"], "r1");
+        assert!(v.get("replyTo").is_none());
+        assert_eq!(v["payload"]["total"], 1);
+
+        let (s, _) = build_reply(
+            &req(
+                USE_ALLOCATION,
+                json!({"alias":"a","amount":1.0,"allocationId":"x"}),
+            ),
+            "r1",
+            ReplyStyle::ReplyTo,
+            &p,
+        );
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["replyTo"], "r1");
+        assert_ne!(v["id"], "r1");
+        assert_eq!(v["payload"]["eventId"].as_str().unwrap().len(), 36);
+
+        for payload in [
+            json!({"alias":"deny","amount":1.0}),
+            json!({"alias":"a","amount":-1.0}),
+        ] {
+            let (s, denial) = build_reply(
+                &req(REQUEST_FOR_ALLOCATION, payload),
+                "r1",
+                ReplyStyle::ReplyTo,
+                &p,
+            );
+            assert!(denial);
+            let f = decode(&s, 1 << 20).unwrap();
+            assert!(f.is_denial());
+            assert_eq!(f.correlation_id(), Some("r1"));
+        }
+        let (s, denial) = build_reply(&req("nope", Value::Null), "r1", ReplyStyle::ReplyTo, &p);
+        assert!(denial);
+        assert!(decode(&s, 1 << 20)
+            .unwrap()
+            .denial_text()
+            .contains("unknown message type"));
+    }
+}

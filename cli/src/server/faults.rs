@@ -1,0 +1,185 @@
+//! Run-time fault switches shared by the listener and every connection task.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+use tokio::sync::Notify;
+
+use super::options::{FaultConfig, ReplyStyle};
+
+/// The live fault switches of a running server. Every setter takes effect at once: new
+/// connections and handshakes read them when they happen; open connections read them before
+/// each message, and are woken when `freeze` or `stop_reading` changes.
+///
+/// Get it from [`ServerHandle::faults`](super::ServerHandle::faults). See [`FaultConfig`] for
+/// what each switch does.
+#[derive(Debug)]
+pub struct Faults {
+    reply_style: AtomicU8,
+    reply_delay_ms: AtomicU64,
+    reply_jitter_ms: AtomicU64,
+    drop_every: AtomicU64,
+    duplicate_replies: AtomicBool,
+    garbage_every: AtomicU64,
+    binary_every: AtomicU64,
+    stray_every: AtomicU64,
+    no_pongs: AtomicBool,
+    freeze: AtomicBool,
+    freeze_after_messages: AtomicU64,
+    freeze_after_ms: AtomicU64,
+    stop_reading: AtomicBool,
+    close_after_messages: AtomicU64,
+    close_code: AtomicU16,
+    drop_after_messages: AtomicU64,
+    reject_handshakes: AtomicBool,
+    hang_handshakes: AtomicBool,
+    pub(crate) changed: Notify,
+}
+
+macro_rules! accessors {
+    ($($(#[$doc:meta])* $field:ident / $setter:ident : $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $field(&self) -> $ty {
+                self.$field.load(Relaxed)
+            }
+
+            #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+            pub fn $setter(&self, value: $ty) {
+                self.$field.store(value, Relaxed);
+                self.changed.notify_waiters();
+            }
+        )*
+    };
+}
+
+impl Faults {
+    /// Switches set as in `config`, replies in `style`.
+    pub fn new(config: &FaultConfig, style: ReplyStyle) -> Self {
+        let f = Self {
+            reply_style: AtomicU8::new(style.to_u8()),
+            reply_delay_ms: AtomicU64::new(0),
+            reply_jitter_ms: AtomicU64::new(0),
+            drop_every: AtomicU64::new(0),
+            duplicate_replies: AtomicBool::new(false),
+            garbage_every: AtomicU64::new(0),
+            binary_every: AtomicU64::new(0),
+            stray_every: AtomicU64::new(0),
+            no_pongs: AtomicBool::new(false),
+            freeze: AtomicBool::new(false),
+            freeze_after_messages: AtomicU64::new(0),
+            freeze_after_ms: AtomicU64::new(0),
+            stop_reading: AtomicBool::new(false),
+            close_after_messages: AtomicU64::new(0),
+            close_code: AtomicU16::new(0),
+            drop_after_messages: AtomicU64::new(0),
+            reject_handshakes: AtomicBool::new(false),
+            hang_handshakes: AtomicBool::new(false),
+            changed: Notify::new(),
+        };
+        f.set(config);
+        f
+    }
+
+    /// Sets every switch from `config` (the reply style is left alone).
+    pub fn set(&self, c: &FaultConfig) {
+        self.reply_delay_ms.store(c.reply_delay_ms, Relaxed);
+        self.reply_jitter_ms.store(c.reply_jitter_ms, Relaxed);
+        self.drop_every.store(c.drop_every, Relaxed);
+        self.duplicate_replies.store(c.duplicate_replies, Relaxed);
+        self.garbage_every.store(c.garbage_every, Relaxed);
+        self.binary_every.store(c.binary_every, Relaxed);
+        self.stray_every.store(c.stray_every, Relaxed);
+        self.no_pongs.store(c.no_pongs, Relaxed);
+        self.freeze.store(c.freeze, Relaxed);
+        self.freeze_after_messages.store(c.freeze_after_messages, Relaxed);
+        self.freeze_after_ms.store(c.freeze_after_ms, Relaxed);
+        self.stop_reading.store(c.stop_reading, Relaxed);
+        self.close_after_messages.store(c.close_after_messages, Relaxed);
+        self.close_code.store(c.close_code, Relaxed);
+        self.drop_after_messages.store(c.drop_after_messages, Relaxed);
+        self.reject_handshakes.store(c.reject_handshakes, Relaxed);
+        self.hang_handshakes.store(c.hang_handshakes, Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Turns every fault off (the reply style is left alone).
+    pub fn clear(&self) {
+        self.set(&FaultConfig::default());
+    }
+
+    /// The current switches, as plain data.
+    pub fn get(&self) -> FaultConfig {
+        FaultConfig {
+            reply_delay_ms: self.reply_delay_ms(),
+            reply_jitter_ms: self.reply_jitter_ms(),
+            drop_every: self.drop_every(),
+            duplicate_replies: self.duplicate_replies(),
+            garbage_every: self.garbage_every(),
+            binary_every: self.binary_every(),
+            stray_every: self.stray_every(),
+            no_pongs: self.no_pongs(),
+            freeze: self.freeze(),
+            freeze_after_messages: self.freeze_after_messages(),
+            freeze_after_ms: self.freeze_after_ms(),
+            stop_reading: self.stop_reading(),
+            close_after_messages: self.close_after_messages(),
+            close_code: self.close_code(),
+            drop_after_messages: self.drop_after_messages(),
+            reject_handshakes: self.reject_handshakes(),
+            hang_handshakes: self.hang_handshakes(),
+        }
+    }
+
+    /// The reply style in force.
+    pub fn reply_style(&self) -> ReplyStyle {
+        ReplyStyle::from_u8(self.reply_style.load(Relaxed))
+    }
+
+    /// Changes the reply style for every reply built from now on.
+    pub fn set_reply_style(&self, style: ReplyStyle) {
+        self.reply_style.store(style.to_u8(), Relaxed);
+    }
+
+    accessors! {
+        /// Delay before each reply, in milliseconds.
+        reply_delay_ms / set_reply_delay_ms: u64;
+        /// Random extra delay bound, in milliseconds.
+        reply_jitter_ms / set_reply_jitter_ms: u64;
+        /// Drop every k-th reply (0 = off).
+        drop_every / set_drop_every: u64;
+        /// Send each reply twice.
+        duplicate_replies / set_duplicate_replies: bool;
+        /// A non-JSON text frame after every n-th reply (0 = off).
+        garbage_every / set_garbage_every: u64;
+        /// A binary frame after every n-th reply (0 = off).
+        binary_every / set_binary_every: u64;
+        /// A stray reply after every n-th reply (0 = off).
+        stray_every / set_stray_every: u64;
+        /// Pongs are filtered out.
+        no_pongs / set_no_pongs: bool;
+        /// Every connection is frozen (permanent for a connection once it has frozen).
+        freeze / set_freeze: bool;
+        /// Freeze a connection after this many text frames (0 = off).
+        freeze_after_messages / set_freeze_after_messages: u64;
+        /// Freeze a connection this many ms after it opened (0 = off).
+        freeze_after_ms / set_freeze_after_ms: u64;
+        /// Connections stop reading while set.
+        stop_reading / set_stop_reading: bool;
+        /// Close a connection after this many text frames (0 = off).
+        close_after_messages / set_close_after_messages: u64;
+        /// Code of fault-injected close frames (0 = 1000).
+        close_code / set_close_code: u16;
+        /// Drop a connection abruptly after this many text frames (0 = off).
+        drop_after_messages / set_drop_after_messages: u64;
+        /// Every upgrade is rejected with 401.
+        reject_handshakes / set_reject_handshakes: bool;
+        /// Upgrades are never answered.
+        hang_handshakes / set_hang_handshakes: bool;
+    }
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self::new(&FaultConfig::default(), ReplyStyle::default())
+    }
+}
