@@ -1,1 +1,263 @@
-//! Tokio adapter.
+//! UsageFlow WebSocket client on Tokio: a pool of connections with request/response
+//! correlation, fire-and-forget messages, reconnection with backoff and ping/pong health.
+//!
+//! ```no_run
+//! use usageflow_socket_tokio::{Client, ClientError, Config, UsageFlowApi};
+//! use usageflow_socket_tokio::messages::RequestForAllocation;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::builder("ws://localhost:9000/ws", "my-api-key").pool_size(4).build()?;
+//! let client = Client::connect(config).await?;
+//!
+//! // A typed request.
+//! let policies = client.get_application_policies().await?;
+//! println!("{} policies", policies.total);
+//!
+//! // Fail open: let the host's request through when UsageFlow cannot answer.
+//! let allocation = RequestForAllocation { alias: "ledger-1".into(), amount: 1.0, ..Default::default() };
+//! match client.request_for_allocation(&allocation).await {
+//!     Ok(reply) => println!("allocated {}", reply.allocation_id),
+//!     Err(e) if e.is_denied() => println!("denied: {}", e.denial_text().unwrap_or_default()),
+//!     Err(e) => println!("UsageFlow unavailable ({e}); letting the call through"),
+//! }
+//!
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! The decisions (correlation, selection, deadlines, backoff, liveness, outbox) are made by
+//! the sans-IO core, `usageflow-socket-core`; the shared glue (driver state, reader and writer
+//! loops, errors, TLS) lives in `usageflow-socket-common`. This crate only supplies Tokio's
+//! channels, tasks and timer:
+//!
+//! - one **driver task** owns the waking: it feeds the reports of the connection tasks to the
+//!   core, sleeps until the core's next deadline, and handles it;
+//! - each connection has a **task** (dial, then read) and a **writer task**;
+//! - the public [`Client`] is a cheap `Clone` handle. An application command (request, send,
+//!   cancel, close) locks the driver state (a `std::sync::Mutex`, never held across an
+//!   `.await`), runs the core and carries out its outputs at once, and wakes the driver task
+//!   only when the next deadline moved earlier.
+//!
+//! Every deadline (handshake, write, read, request, backoff) is the core's; this crate has no
+//! timeout of its own beyond the one sleep of the driver task. Tracing events report
+//! connects, disconnects with their reason, scheduled reconnects, exhausted attempts, skipped
+//! frames and dropped messages; the API key never appears in a log or an error.
+#![forbid(unsafe_code)]
+
+mod runtime;
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, oneshot};
+use tokio_rustls::TlsConnector;
+use usageflow_socket_common::handshake::{tls_client_config, user_agent, websocket_config};
+use usageflow_socket_common::{CancelOnDrop, Driver};
+use usageflow_socket_core::Pool;
+
+use crate::runtime::{drive, report_channel, DialContext, Shared, TokioRuntime};
+
+pub use usageflow_socket_common::{
+    ClientError, ClientEvent, ClientOptions, ClientOptionsBuilder, ErrorClass, UsageFlowApi,
+};
+pub use usageflow_socket_core::{
+    messages, Availability, Config, ConfigBuilder, ConfigError, ConnId, DisconnectReason, Event, Incoming,
+    Outgoing, RequestOptions, SendStats, Stats,
+};
+
+/// Capacity of each subscriber's event queue; a subscriber that falls further behind gets
+/// [`broadcast::error::RecvError::Lagged`] and loses the oldest events.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// The `User-Agent` of the upgrade request: `usageflow-socket-tokio/<version>`.
+pub fn default_user_agent() -> String {
+    user_agent(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+}
+
+/// A stream of [`ClientEvent`]s from [`Client::subscribe`].
+pub type Subscription = broadcast::Receiver<ClientEvent>;
+
+/// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
+/// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+/// Closes the pool when the last [`Client`] goes away.
+struct Handle {
+    shared: Arc<Shared>,
+    url: String,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.command(|driver, now| driver.close(now));
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.handle.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts a client and dials every slot in parallel; returns once every first dial has
+    /// settled, connected or failed (bounded by the handshake timeout, plus the configured
+    /// initial dial spread). Failed slots keep retrying in the background, so the client is
+    /// returned even when no connection could be opened: check [`Client::is_connected`].
+    ///
+    /// Fails only on options that cannot work ([`ClientError::InvalidOptions`]), or when not
+    /// called within a Tokio runtime.
+    pub async fn connect(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
+        let client = Client::start(options)?;
+        let mut state = client.handle.shared.state.subscribe();
+        // An error means the driver is gone, which `wait_for` treats as done as well.
+        let _ = state.wait_for(|s| s.settled || s.stopped).await;
+        Ok(client)
+    }
+
+    /// Starts a client and its dials without waiting for them: requests fail with
+    /// [`ClientError::NotConnected`] until a connection opens, while sends wait in the outbox.
+    /// Must be called within a Tokio runtime.
+    pub fn start(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
+        let options = options.into();
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::InvalidOptions("the client must be started within a Tokio runtime".into())
+        })?;
+        let tls = TlsConnector::from(tls_client_config(&options)?);
+        let config = options.config().clone();
+        let seed = options.resolve_seed();
+        let now = std::time::Instant::now();
+        let pool = Pool::new(config.clone(), seed, now);
+        let (reports, report_rx) = report_channel();
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let runtime = TokioRuntime {
+            handle: handle.clone(),
+            dial: Arc::new(DialContext {
+                websocket: websocket_config(&config),
+                user_agent: default_user_agent(),
+                tls,
+                config: config.clone(),
+            }),
+            reports,
+            events: events.clone(),
+        };
+        let shared = Arc::new(Shared::new(Driver::new(pool, runtime), events));
+        tracing::debug!(
+            url = config.url(),
+            pool_size = config.pool_size(),
+            "usageflow-socket: starting client"
+        );
+        handle.spawn(drive(Arc::clone(&shared), report_rx));
+        shared.command(|driver, now| driver.connect(now));
+        Ok(Client {
+            handle: Arc::new(Handle {
+                shared,
+                url: config.url().to_owned(),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// Sends `message` as a request with the configured timeout and waits for its reply.
+    ///
+    /// Fails at once with [`ClientError::NotConnected`], [`ClientError::Backpressure`] or
+    /// [`ClientError::Closed`]; later with [`ClientError::Timeout`],
+    /// [`ClientError::ConnectionLost`] or [`ClientError::Closed`]; a server's "no" is
+    /// [`ClientError::Denied`]. Dropping the future cancels the request.
+    pub async fn request(&self, message: Outgoing) -> Result<Incoming, ClientError> {
+        self.request_with(message, RequestOptions::default()).await
+    }
+
+    /// [`Client::request`] with per-request options (timeout, idempotence).
+    pub async fn request_with(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> Result<Incoming, ClientError> {
+        let shared = self.shared();
+        let (waiter, outcome) = oneshot::channel();
+        let id = shared.command(|driver, now| driver.request(now, message, options, waiter))?;
+        // If this future is dropped before the outcome, cancel the request in the core.
+        let guard = CancelOnDrop::new(|| {
+            shared.command(|driver, now| driver.cancel(now, id));
+        });
+        let outcome = outcome.await;
+        guard.disarm();
+        match outcome {
+            Ok(outcome) => ClientError::from_outcome(outcome),
+            // The driver dropped the waiter: it stopped.
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Sends `message` fire-and-forget. It goes out at once on an open connection, or waits
+    /// in the bounded outbox; [`ClientError::OutboxFull`] hands it back when that is full,
+    /// [`ClientError::Closed`] when the client is closed. Every drop is counted in
+    /// [`Client::stats`].
+    pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+        self.shared().command(|driver, now| driver.send(now, message))
+    }
+
+    /// Whether at least one connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.shared().lock().is_connected()
+    }
+
+    /// Whether the client was closed (by [`Client::close`] or by dropping every handle); it
+    /// may still be finishing its pending requests and close handshakes.
+    pub fn is_closed(&self) -> bool {
+        self.shared().lock().pool().is_closing()
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared().lock().stats()
+    }
+
+    /// The pool's availability, for fail-open decisions.
+    pub fn availability(&self) -> Availability {
+        self.shared().lock().availability()
+    }
+
+    /// Subscribes to the client's events: pool events (connected, disconnected, reconnect
+    /// scheduled, attempts exhausted, frame skipped, message dropped, availability changed),
+    /// unsolicited frames, and [`ClientEvent::Stopped`] when the client closed.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared().events.subscribe()
+    }
+
+    /// Closes the client: refuses new work, ends every pending request (after the configured
+    /// close drain), sends a normal close frame on every connection, and waits until the
+    /// driver stopped. Idempotent; bounded by the core's deadlines and the write wait.
+    pub async fn close(&self) {
+        let shared = self.shared();
+        shared.command(|driver, now| driver.close(now));
+        let mut state = shared.state.subscribe();
+        let _ = state.wait_for(|s| s.stopped).await;
+    }
+}
+
+impl UsageFlowApi for Client {
+    async fn request_with(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> Result<Incoming, ClientError> {
+        Client::request_with(self, message, options).await
+    }
+
+    fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+        Client::send(self, message)
+    }
+}

@@ -1,1 +1,40 @@
-//! Shared adapter glue.
+//! Runtime-independent glue shared by the usageflow-socket adapters (Tokio, smol).
+//!
+//! The core (`usageflow-socket-core`) decides everything and does no I/O. This crate holds
+//! everything an adapter needs beyond its runtime's calls, so the adapters read as the same
+//! program in two dialects:
+//!
+//! - [`ClientError`]: the error of a request or send, split into *unavailable* and *denied*
+//!   for fail-open hosts ([`ClientError::is_unavailable`], [`ClientError::is_denied`]).
+//! - [`ClientOptions`]: the core [`Config`](usageflow_socket_core::Config) plus TLS roots and
+//!   the seed.
+//! - [`handshake`]: the upgrade request (`x-usage-key`, `User-Agent`), the rustls
+//!   configuration on the `ring` provider, the WebSocket limits, the mapping of tungstenite
+//!   errors.
+//! - [`Driver`] over a [`Runtime`]: the pool, the request waiters, every connection's handles,
+//!   and the execution of every output; an adapter's driver task just feeds [`Report`]s and
+//!   sleeps until [`Driver::poll_timeout`].
+//! - [`io`]: the reader and writer loops over `futures` traits ([`run_connection`],
+//!   [`run_writer`]) and the [`CancelOnDrop`] guard.
+//! - [`UsageFlowApi`]: typed helpers for every message type, over two required methods.
+//!
+//! Nothing here depends on an async runtime.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod driver;
+pub mod error;
+pub mod handshake;
+pub mod io;
+pub mod options;
+
+pub use api::UsageFlowApi;
+pub use driver::{log_event, ClientEvent, Driver, Runtime};
+pub use error::{ClientError, ErrorClass};
+pub use io::{
+    run_connection, run_reader, run_writer, CancelOnDrop, Report, ReportSink, WriteCommand, WriteQueue,
+};
+pub use options::{ClientOptions, ClientOptionsBuilder};
+
+/// The tungstenite version the helpers speak (re-exported for the adapters).
+pub use tungstenite;

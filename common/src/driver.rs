@@ -1,0 +1,632 @@
+//! The runtime-independent driver: the [`Pool`] plus everything an adapter keeps beside it
+//! (request waiters, the dial/reader task and writer of every connection, event subscribers),
+//! and the one place where every [`Output`] is carried out.
+//!
+//! An adapter supplies a [`Runtime`] (its oneshot sender, task handles, writer channel,
+//! broadcast sender and a way to spawn a dial) and keeps the driver in a `Mutex`. Every
+//! method of [`Driver`] that changes state drains the pool's outputs before it returns, as
+//! the core's contract requires, so the lock holder has always done all the work; the
+//! adapter's driver task only feeds [`Report`]s, sleeps until [`Driver::poll_timeout`] and
+//! calls [`Driver::handle_timeout`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, trace, warn};
+use usageflow_socket_core::{
+    Availability, ConnId, DialError, DisconnectReason, Event, Incoming, Input, Outcome, Outgoing, Output,
+    Pool, RequestId, RequestOptions, Stats,
+};
+
+use crate::io::{Report, WriteCommand};
+use crate::ClientError;
+
+/// What subscribers of a client receive.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// Something the pool reported (connected, disconnected, reconnect scheduled, attempts
+    /// exhausted, frame skipped, message dropped, availability changed).
+    Pool(Event),
+    /// A frame that answered no pending request (late, duplicate, stray, push).
+    Unsolicited {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The frame.
+        frame: Incoming,
+    },
+    /// The client closed and its driver stopped; no further events follow.
+    Stopped,
+}
+
+/// The runtime's dialect: the handful of operations the driver needs from an async runtime.
+/// Every method is called with the driver's lock held, so none may block or await.
+pub trait Runtime {
+    /// The sending half of a request's oneshot channel.
+    type Waiter;
+    /// Handle of a connection's task (dial, then read). Aborting it drops the socket.
+    type Task;
+    /// Handle of a connection's writer task (its command channel and abort handle).
+    type Writer;
+
+    /// Hands `outcome` to a waiting request (ignore a waiter that is gone).
+    fn complete(&mut self, waiter: Self::Waiter, outcome: Outcome);
+    /// Spawns the task of `conn`: dial, report [`Report::Connected`] (with a spawned writer)
+    /// or [`Report::ConnectFailed`], then read (see [`crate::io::run_connection`]).
+    fn dial(&mut self, conn: ConnId) -> Self::Task;
+    /// Aborts a connection's task (drops its socket, or abandons its dial).
+    fn abort(&mut self, task: Self::Task);
+    /// Queues a command on a writer; `false` if the writer is gone (its task already
+    /// reported why).
+    fn write(&mut self, writer: &Self::Writer, command: WriteCommand) -> bool;
+    /// Aborts a writer task.
+    fn abort_writer(&mut self, writer: Self::Writer);
+    /// Broadcasts an event to subscribers (ignore the absence of subscribers).
+    fn publish(&mut self, event: ClientEvent);
+}
+
+struct Link<R: Runtime> {
+    task: R::Task,
+    writer: R::Writer,
+}
+
+struct Closing<R: Runtime> {
+    deadline: Instant,
+    link: Link<R>,
+}
+
+/// The pool and the adapter state beside it. See the [module docs](self).
+pub struct Driver<R: Runtime> {
+    pool: Pool,
+    rt: R,
+    waiters: HashMap<RequestId, R::Waiter>,
+    dialing: BTreeMap<ConnId, R::Task>,
+    open: BTreeMap<ConnId, Link<R>>,
+    closing: BTreeMap<ConnId, Closing<R>>,
+    /// Slots whose first dial has not settled yet (for `connect`).
+    first_dials: BTreeSet<u16>,
+    /// The deadline the driver task currently sleeps until.
+    armed: Option<Instant>,
+    /// How long a gracefully closed connection may take to finish its close handshake.
+    linger: Duration,
+    stopped: bool,
+}
+
+impl<R: Runtime> Driver<R> {
+    /// A driver over `pool` (not yet connected: call [`Driver::connect`]).
+    pub fn new(pool: Pool, rt: R) -> Self {
+        let config = pool.config();
+        let first_dials = (0..config.pool_size()).collect();
+        let linger = config.write_wait();
+        Self {
+            pool,
+            rt,
+            waiters: HashMap::new(),
+            dialing: BTreeMap::new(),
+            open: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            first_dials,
+            armed: None,
+            linger,
+            stopped: false,
+        }
+    }
+
+    /// The pool, for its getters.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &R {
+        &self.rt
+    }
+
+    /// Whether a connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.pool.is_connected()
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.pool.stats()
+    }
+
+    /// The pool's availability.
+    pub fn availability(&self) -> Availability {
+        self.pool.availability()
+    }
+
+    /// Arms every slot.
+    pub fn connect(&mut self, now: Instant) {
+        self.pool.connect(now);
+        self.drain(now);
+    }
+
+    /// Starts a request; `waiter` receives its outcome exactly once (unless the request is
+    /// cancelled through [`Driver::cancel`], which drops the waiter).
+    pub fn request(
+        &mut self,
+        now: Instant,
+        message: Outgoing,
+        options: RequestOptions,
+        waiter: R::Waiter,
+    ) -> Result<RequestId, ClientError> {
+        let result = self.pool.request(now, message, options);
+        if let Ok(id) = &result {
+            // Before the drain: the outcome may come out of it.
+            self.waiters.insert(*id, waiter);
+        }
+        self.drain(now);
+        result.map_err(ClientError::from)
+    }
+
+    /// Sends a fire-and-forget message.
+    pub fn send(&mut self, now: Instant, message: Outgoing) -> Result<(), ClientError> {
+        let result = self.pool.send(now, message);
+        self.drain(now);
+        result.map_err(ClientError::from)
+    }
+
+    /// Cancels a request whose caller went away; its waiter is dropped. Returns whether it
+    /// was still pending.
+    pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
+        self.waiters.remove(&id);
+        let pending = self.pool.cancel(now, id);
+        self.drain(now);
+        pending
+    }
+
+    /// Closes the pool (idempotent). The driver stops once every request ended and every
+    /// connection finished closing; see [`Driver::is_stopped`].
+    pub fn close(&mut self, now: Instant) {
+        self.pool.close(now);
+        self.drain(now);
+    }
+
+    /// Feeds one report of a connection's task or writer. Reports about a connection the
+    /// pool already let go (after its `Disconnect`) are dropped here, so the pool hears
+    /// nothing more about it.
+    pub fn handle_report(&mut self, now: Instant, report: Report<R::Writer>) {
+        match report {
+            Report::Connected { conn, writer } => match self.dialing.remove(&conn) {
+                Some(task) => {
+                    self.first_dials.remove(&conn.slot);
+                    self.open.insert(conn, Link { task, writer });
+                    self.pool.handle_input(now, Input::Connected { conn });
+                }
+                None => {
+                    trace!(%conn, "usageflow-socket: late dial result for an abandoned connection");
+                    self.rt.abort_writer(writer);
+                }
+            },
+            Report::ConnectFailed { conn, error } => {
+                if self.dialing.remove(&conn).is_some() {
+                    self.first_dials.remove(&conn.slot);
+                    self.pool.handle_input(now, Input::ConnectFailed { conn, error });
+                }
+            }
+            Report::Text { conn, text } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(
+                        now,
+                        Input::Text {
+                            conn,
+                            text: text.as_str(),
+                        },
+                    );
+                }
+            }
+            Report::Binary { conn, len } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(now, Input::Binary { conn, len });
+                }
+            }
+            Report::Pong { conn } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(now, Input::Pong { conn });
+                }
+            }
+            Report::Flushed { conn, writes } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(now, Input::Flushed { conn, writes });
+                }
+            }
+            Report::WriteFailed { conn, error } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(now, Input::WriteFailed { conn, error });
+                } else {
+                    self.finish_closing(conn);
+                }
+            }
+            Report::Closed { conn, reason } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(now, Input::Closed { conn, reason });
+                } else {
+                    // The peer answered our close frame (or the socket ended): done.
+                    self.finish_closing(conn);
+                }
+            }
+            Report::CloseWritten { conn } => {
+                trace!(%conn, "usageflow-socket: close frame written");
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Handles the passing of [`Driver::poll_timeout`] (spurious calls do nothing).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.pool.poll_timeout().is_some_and(|t| t <= now) {
+            self.pool.handle_timeout(now);
+        }
+        let expired: Vec<ConnId> = self
+            .closing
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in expired {
+            debug!(%conn, "usageflow-socket: close handshake did not finish in time; dropping the socket");
+            self.finish_closing(conn);
+        }
+        self.drain(now);
+    }
+
+    /// The next deadline: the pool's, or a closing connection's. `None` once stopped.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let closing = self.closing.values().map(|c| c.deadline).min();
+        match (self.pool.poll_timeout(), closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Records and returns the deadline the driver task is about to sleep until.
+    pub fn arm(&mut self) -> Option<Instant> {
+        self.armed = self.poll_timeout();
+        self.armed
+    }
+
+    /// Whether the driver task must be woken after an application command: the next deadline
+    /// moved before the one it sleeps until, or the pool is closing and the task must notice
+    /// when it is done.
+    pub fn needs_wake(&self) -> bool {
+        if self.stopped {
+            return false;
+        }
+        if self.pool.is_closing() {
+            return true;
+        }
+        match (self.poll_timeout(), self.armed) {
+            (Some(next), Some(armed)) => next < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Whether every slot's first dial has settled (connected or failed).
+    pub fn first_dials_settled(&self) -> bool {
+        self.first_dials.is_empty() || self.stopped
+    }
+
+    /// Stops the driver if the pool is closed and nothing is left to do: every request
+    /// ended and every connection finished closing. Returns whether it is stopped; the
+    /// driver task ends then.
+    pub fn check_stopped(&mut self, now: Instant) -> bool {
+        if self.stopped {
+            return true;
+        }
+        if !self.pool.is_closed() || self.pool.pending_len() > 0 {
+            return false;
+        }
+        if !self.open.is_empty() && self.pool.poll_timeout().is_none() {
+            // The pool has nothing left to do yet left these open: close them ourselves.
+            let conns: Vec<ConnId> = self.open.keys().copied().collect();
+            for conn in conns {
+                debug!(%conn, "usageflow-socket: closing a connection the closed pool left open");
+                self.disconnect(now, conn, true);
+            }
+        }
+        if !self.open.is_empty() || !self.closing.is_empty() {
+            return false;
+        }
+        for (_, task) in std::mem::take(&mut self.dialing) {
+            self.rt.abort(task);
+        }
+        // Every request completed (pending is zero); any waiter left is dropped here.
+        self.waiters.clear();
+        self.first_dials.clear();
+        self.stopped = true;
+        debug!("usageflow-socket: client closed, driver stopped");
+        self.rt.publish(ClientEvent::Stopped);
+        true
+    }
+
+    /// Whether the driver stopped (the client is closed and everything finished).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Drains every output and carries it out.
+    fn drain(&mut self, now: Instant) {
+        while let Some(output) = self.pool.poll_output() {
+            match output {
+                Output::Dial { conn } => {
+                    debug!(%conn, url = self.pool.config().url(), "usageflow-socket: dialing");
+                    let task = self.rt.dial(conn);
+                    if let Some(old) = self.dialing.insert(conn, task) {
+                        self.rt.abort(old);
+                    }
+                }
+                Output::Transmit { conn, frame } => self.write(conn, WriteCommand::Text(frame)),
+                Output::Ping { conn } => self.write(conn, WriteCommand::Ping),
+                Output::Disconnect { conn, graceful } => self.disconnect(now, conn, graceful),
+                Output::Completed { id, outcome } => {
+                    if let Some(waiter) = self.waiters.remove(&id) {
+                        self.rt.complete(waiter, outcome);
+                    }
+                }
+                Output::Unsolicited { conn, frame } => {
+                    debug!(%conn, kind = %frame.kind, "usageflow-socket: unsolicited frame");
+                    self.rt.publish(ClientEvent::Unsolicited { conn, frame });
+                }
+                Output::Event(event) => {
+                    log_event(&event);
+                    self.rt.publish(ClientEvent::Pool(event));
+                }
+                other => debug!(?other, "usageflow-socket: ignoring an unknown output"),
+            }
+        }
+    }
+
+    fn write(&mut self, conn: ConnId, command: WriteCommand) {
+        match self.open.get(&conn) {
+            Some(link) => {
+                if !self.rt.write(&link.writer, command) {
+                    trace!(%conn, "usageflow-socket: writer gone; its failure report is on the way");
+                }
+            }
+            None => debug!(%conn, "usageflow-socket: write for a connection that is not open"),
+        }
+    }
+
+    fn disconnect(&mut self, now: Instant, conn: ConnId, graceful: bool) {
+        if let Some(task) = self.dialing.remove(&conn) {
+            self.first_dials.remove(&conn.slot);
+            self.rt.abort(task);
+            return;
+        }
+        let Some(link) = self.open.remove(&conn) else {
+            return;
+        };
+        if graceful && self.rt.write(&link.writer, WriteCommand::Close) {
+            let deadline = now + self.linger;
+            self.closing.insert(conn, Closing { deadline, link });
+        } else {
+            self.abort_link(link);
+        }
+    }
+
+    fn finish_closing(&mut self, conn: ConnId) {
+        if let Some(closing) = self.closing.remove(&conn) {
+            self.abort_link(closing.link);
+        }
+    }
+
+    fn abort_link(&mut self, link: Link<R>) {
+        self.rt.abort(link.task);
+        self.rt.abort_writer(link.writer);
+    }
+}
+
+/// Logs a pool event at a level that fits it. Never logs the API key (events do not hold it).
+pub fn log_event(event: &Event) {
+    match event {
+        Event::Connected { conn } => info!(%conn, "usageflow-socket: connected"),
+        Event::ConnectFailed { conn, error } => match error {
+            DialError::Rejected { status } if error.is_auth_rejection() => error!(
+                %conn,
+                status,
+                "usageflow-socket: the server rejected the API key; check the key (it is not logged)"
+            ),
+            _ => warn!(%conn, %error, "usageflow-socket: dial failed"),
+        },
+        Event::Disconnected { conn, reason } => match reason {
+            DisconnectReason::PoolClosing | DisconnectReason::Rotated => {
+                debug!(%conn, %reason, "usageflow-socket: disconnected")
+            }
+            _ => warn!(%conn, %reason, "usageflow-socket: disconnected"),
+        },
+        Event::ReconnectScheduled { slot, attempt, delay } => {
+            info!(slot, attempt, ?delay, "usageflow-socket: reconnect scheduled")
+        }
+        Event::AttemptsExhausted { slot } => warn!(
+            slot,
+            "usageflow-socket: reconnect attempts exhausted; the slot rests until the next request, send or connect"
+        ),
+        Event::FrameSkipped { conn, error } => warn!(%conn, %error, "usageflow-socket: skipped a frame"),
+        Event::MessageDropped { kind, reason, count } => {
+            warn!(kind = %kind, %reason, count, "usageflow-socket: fire-and-forget message dropped")
+        }
+        Event::AvailabilityChanged { availability } => {
+            info!(?availability, "usageflow-socket: availability changed")
+        }
+        other => debug!(?other, "usageflow-socket: event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use usageflow_socket_core::{CloseReason, Config};
+
+    /// A runtime that records what the driver asks of it.
+    #[derive(Default)]
+    struct Fake {
+        dials: Vec<ConnId>,
+        aborted_tasks: Vec<u32>,
+        aborted_writers: Vec<u32>,
+        writes: Vec<(u32, WriteCommand)>,
+        completed: Vec<(u32, Outcome)>,
+        events: Vec<ClientEvent>,
+        next_task: u32,
+    }
+
+    impl Runtime for Fake {
+        type Waiter = u32;
+        type Task = u32;
+        type Writer = u32;
+        fn complete(&mut self, waiter: u32, outcome: Outcome) {
+            self.completed.push((waiter, outcome));
+        }
+        fn dial(&mut self, conn: ConnId) -> u32 {
+            self.dials.push(conn);
+            self.next_task += 1;
+            self.next_task
+        }
+        fn abort(&mut self, task: u32) {
+            self.aborted_tasks.push(task);
+        }
+        fn write(&mut self, writer: &u32, command: WriteCommand) -> bool {
+            self.writes.push((*writer, command));
+            true
+        }
+        fn abort_writer(&mut self, writer: u32) {
+            self.aborted_writers.push(writer);
+        }
+        fn publish(&mut self, event: ClientEvent) {
+            self.events.push(event);
+        }
+    }
+
+    fn driver(now: Instant) -> Driver<Fake> {
+        let config = Config::builder("ws://localhost:9000/ws", "k")
+            .pool_size(1)
+            .backoff_jitter(0.0)
+            .build()
+            .unwrap();
+        Driver::new(Pool::new(config, 1, now), Fake::default())
+    }
+
+    fn sent_id(driver: &Driver<Fake>) -> String {
+        let (_, WriteCommand::Text(frame)) = driver.runtime().writes.last().unwrap() else {
+            panic!("no text write");
+        };
+        let v: Value = serde_json::from_str(frame).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn request_round_trip_stale_reports_and_close() {
+        let t0 = Instant::now();
+        let mut d = driver(t0);
+        d.connect(t0);
+        assert!(!d.first_dials_settled());
+        let conn = d.runtime().dials[0];
+        d.handle_report(t0, Report::Connected { conn, writer: 70 });
+        assert!(d.first_dials_settled());
+        assert!(d.is_connected());
+
+        let id = d
+            .request(
+                t0,
+                Outgoing::new("echo", Value::Null),
+                RequestOptions::default(),
+                5,
+            )
+            .unwrap();
+        let wire = sent_id(&d);
+        assert_eq!(wire, id.to_string());
+        d.handle_report(t0, Report::Flushed { conn, writes: 1 });
+        // A report naming another generation is dropped before the pool.
+        let stale = ConnId {
+            slot: 0,
+            generation: conn.generation + 9,
+        };
+        let reply = format!(r#"{{"type":"success","replyTo":"{wire}"}}"#);
+        d.handle_report(
+            t0,
+            Report::Text {
+                conn: stale,
+                text: reply.clone().into(),
+            },
+        );
+        assert!(d.runtime().completed.is_empty());
+        d.handle_report(
+            t0,
+            Report::Text {
+                conn,
+                text: reply.into(),
+            },
+        );
+        assert!(matches!(d.runtime().completed[..], [(5, Outcome::Reply(_))]));
+
+        // A cancelled request drops its waiter: nothing is completed for it.
+        let id = d
+            .request(
+                t0,
+                Outgoing::new("echo", Value::Null),
+                RequestOptions::default(),
+                6,
+            )
+            .unwrap();
+        assert!(d.cancel(t0, id));
+        assert_eq!(d.runtime().completed.len(), 1);
+        d.handle_report(t0, Report::Flushed { conn, writes: 2 });
+
+        // Close: a close frame, then the peer's answer ends the connection.
+        d.close(t0);
+        assert!(d.needs_wake());
+        assert_eq!(d.runtime().writes.last().unwrap(), &(70, WriteCommand::Close));
+        assert!(!d.check_stopped(t0));
+        d.handle_report(t0, Report::CloseWritten { conn });
+        d.handle_report(
+            t0,
+            Report::Closed {
+                conn,
+                reason: CloseReason::Frame {
+                    code: 1000,
+                    reason: String::new(),
+                },
+            },
+        );
+        assert_eq!(d.runtime().aborted_writers, vec![70]);
+        assert!(d.check_stopped(t0));
+        assert_eq!(d.poll_timeout(), None);
+        assert_eq!(d.runtime().events.last(), Some(&ClientEvent::Stopped));
+    }
+
+    #[test]
+    fn late_dial_result_is_dropped_and_closing_is_bounded() {
+        let t0 = Instant::now();
+        let mut d = driver(t0);
+        d.connect(t0);
+        let conn = d.runtime().dials[0];
+        // Handshake deadline passes: the pool aborts the dial and schedules a reconnect.
+        let deadline = d.poll_timeout().unwrap();
+        d.handle_timeout(deadline);
+        assert_eq!(d.runtime().aborted_tasks, vec![1]);
+        assert!(d.first_dials_settled());
+        // The dial finishes late: its writer is aborted, the pool hears nothing.
+        d.handle_report(deadline, Report::Connected { conn, writer: 9 });
+        assert_eq!(d.runtime().aborted_writers, vec![9]);
+        assert!(!d.is_connected());
+
+        // Next dial succeeds; close; the peer never answers the close frame.
+        let next = d.poll_timeout().unwrap();
+        d.handle_timeout(next);
+        let conn = *d.runtime().dials.last().unwrap();
+        d.handle_report(next, Report::Connected { conn, writer: 10 });
+        assert!(d.is_connected());
+        d.close(next);
+        assert!(!d.check_stopped(next));
+        let linger = d.poll_timeout().unwrap();
+        d.handle_timeout(linger);
+        assert!(d.runtime().aborted_writers.contains(&10));
+        assert!(d.check_stopped(linger));
+    }
+}

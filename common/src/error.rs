@@ -1,0 +1,231 @@
+//! [`ClientError`]: what a request or a send can end with, split for fail-open hosts into
+//! *unavailable* (the service could not be asked) and *denied* (the service answered no).
+
+use thiserror::Error;
+use usageflow_socket_core::{
+    DisconnectReason, Incoming, Outcome, Outgoing, RequestError, RequestFailure, SendError,
+};
+
+/// The three families of [`ClientError`], for hosts that decide by family rather than by variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The service could not be asked or did not answer in time: a fail-open host lets the
+    /// call through (not connected, timeout, connection lost, closed, backpressure, outbox full).
+    Unavailable,
+    /// The service answered and said no: a complete round trip whose content is a denial.
+    Denied,
+    /// The caller's options or the server's reply did not make sense (invalid options, a reply
+    /// payload of the wrong shape). Neither a transport failure nor a denial.
+    Invalid,
+}
+
+/// Why a request or a send did not succeed.
+///
+/// `Clone + PartialEq`, so it can be handed to several waiters and compared in tests. No
+/// variant ever carries the API key: the key lives only in [`usageflow_socket_core::ApiKey`],
+/// whose `Debug` and `Display` are redacted.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No connection is open; nothing was sent. Resting slots were re-armed and dial again.
+    #[error("UsageFlow unavailable: not connected (no open connection in the pool)")]
+    NotConnected,
+    /// No reply within the request's timeout.
+    #[error("UsageFlow unavailable: no reply within the request timeout")]
+    Timeout,
+    /// The request's connection died before the reply came.
+    #[error("UsageFlow unavailable: connection lost before the reply ({0})")]
+    ConnectionLost(DisconnectReason),
+    /// The client is closed (or closed while the request waited). For a send, the message
+    /// is dropped and counted as `closed` in the stats.
+    #[error("UsageFlow unavailable: the client is closed")]
+    Closed,
+    /// Every open connection has `max_in_flight` requests pending; nothing was sent.
+    #[error(
+        "UsageFlow unavailable: backpressure, every open connection has {max_in_flight} requests in flight"
+    )]
+    Backpressure {
+        /// The configured per-connection cap.
+        max_in_flight: u32,
+    },
+    /// A fire-and-forget message found no open connection and the outbox was full. The
+    /// message is handed back; the drop is counted in the stats.
+    #[error("UsageFlow unavailable: outbox full, message of type {:?} dropped", .0.kind)]
+    OutboxFull(Outgoing),
+    /// The request was cancelled before its reply.
+    #[error("UsageFlow unavailable: request cancelled")]
+    Cancelled,
+    /// The server answered with an error (`error` set, or `type` `"error"`). The whole reply
+    /// is kept; [`ClientError::denial_text`] gives its text.
+    #[error("denied by UsageFlow: {}", .0.denial_text())]
+    Denied(Box<Incoming>),
+    /// The reply's payload did not have the shape of the typed reply.
+    #[error("unexpected reply payload for {kind:?}: {error}")]
+    InvalidReply {
+        /// The request's message type.
+        kind: String,
+        /// What did not match.
+        error: String,
+    },
+    /// The client options cannot work (for example an unparsable root certificate).
+    #[error("invalid client options: {0}")]
+    InvalidOptions(String),
+}
+
+impl ClientError {
+    /// The family of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ClientError::Denied(_) => ErrorClass::Denied,
+            ClientError::InvalidReply { .. } | ClientError::InvalidOptions(_) => ErrorClass::Invalid,
+            ClientError::NotConnected
+            | ClientError::Timeout
+            | ClientError::ConnectionLost(_)
+            | ClientError::Closed
+            | ClientError::Backpressure { .. }
+            | ClientError::OutboxFull(_)
+            | ClientError::Cancelled => ErrorClass::Unavailable,
+        }
+    }
+
+    /// Whether the service could not be asked or did not answer (a fail-open host lets the
+    /// call through).
+    pub fn is_unavailable(&self) -> bool {
+        self.class() == ErrorClass::Unavailable
+    }
+
+    /// Whether the server answered with a denial.
+    pub fn is_denied(&self) -> bool {
+        self.class() == ErrorClass::Denied
+    }
+
+    /// The server's reply, for a denial.
+    pub fn denial(&self) -> Option<&Incoming> {
+        match self {
+            ClientError::Denied(reply) => Some(&**reply),
+            _ => None,
+        }
+    }
+
+    /// The denial's text (`error`, else `message`, else the type), for a denial.
+    pub fn denial_text(&self) -> Option<&str> {
+        self.denial().map(Incoming::denial_text)
+    }
+
+    /// Turns a request's [`Outcome`] into the reply or the error.
+    pub fn from_outcome(outcome: Outcome) -> Result<Incoming, ClientError> {
+        match outcome {
+            Outcome::Reply(reply) => Ok(reply),
+            Outcome::Denied(reply) => Err(ClientError::Denied(Box::new(reply))),
+            Outcome::Failed(failure) => Err(failure.into()),
+        }
+    }
+}
+
+impl From<RequestError> for ClientError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NotConnected => ClientError::NotConnected,
+            RequestError::Backpressure { max_in_flight } => ClientError::Backpressure { max_in_flight },
+            RequestError::Closed => ClientError::Closed,
+            // `RequestError` is non-exhaustive: a future refusal is still a refusal to send.
+            #[allow(unreachable_patterns)]
+            _ => ClientError::NotConnected,
+        }
+    }
+}
+
+impl From<RequestFailure> for ClientError {
+    fn from(f: RequestFailure) -> Self {
+        match f {
+            RequestFailure::Timeout => ClientError::Timeout,
+            RequestFailure::ConnectionLost(reason) => ClientError::ConnectionLost(reason),
+            RequestFailure::Cancelled => ClientError::Cancelled,
+            RequestFailure::Closed => ClientError::Closed,
+            #[allow(unreachable_patterns)]
+            _ => ClientError::Timeout,
+        }
+    }
+}
+
+impl From<SendError> for ClientError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::OutboxFull(message) => ClientError::OutboxFull(message),
+            SendError::Closed(_) => ClientError::Closed,
+            #[allow(unreachable_patterns)]
+            other => ClientError::OutboxFull(other.into_message()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use usageflow_socket_core::CloseReason;
+
+    fn reply(kind: &str, error: Option<&str>) -> Incoming {
+        Incoming {
+            kind: kind.into(),
+            payload: Value::Null,
+            id: None,
+            reply_to: Some("r".into()),
+            message: None,
+            error: error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert!(ClientError::NotConnected.is_unavailable());
+        assert!(ClientError::Timeout.is_unavailable());
+        assert!(ClientError::ConnectionLost(DisconnectReason::Closed(CloseReason::Eof)).is_unavailable());
+        assert!(ClientError::Closed.is_unavailable());
+        assert!(ClientError::Backpressure { max_in_flight: 3 }.is_unavailable());
+        assert!(ClientError::OutboxFull(Outgoing::new("x", Value::Null)).is_unavailable());
+        let denied = ClientError::Denied(Box::new(reply("error", Some("limit reached"))));
+        assert!(denied.is_denied() && !denied.is_unavailable());
+        assert_eq!(denied.denial_text(), Some("limit reached"));
+        assert_eq!(denied.to_string(), "denied by UsageFlow: limit reached");
+        assert_eq!(
+            ClientError::InvalidReply {
+                kind: "k".into(),
+                error: "e".into()
+            }
+            .class(),
+            ErrorClass::Invalid
+        );
+    }
+
+    #[test]
+    fn conversions() {
+        assert_eq!(
+            ClientError::from(RequestError::NotConnected),
+            ClientError::NotConnected
+        );
+        assert_eq!(
+            ClientError::from(RequestError::Backpressure { max_in_flight: 7 }),
+            ClientError::Backpressure { max_in_flight: 7 }
+        );
+        assert_eq!(ClientError::from(RequestFailure::Timeout), ClientError::Timeout);
+        assert_eq!(ClientError::from(RequestFailure::Closed), ClientError::Closed);
+        let m = Outgoing::new("report_call_chain", Value::Null);
+        assert_eq!(
+            ClientError::from(SendError::OutboxFull(m.clone())),
+            ClientError::OutboxFull(m.clone())
+        );
+        assert_eq!(ClientError::from(SendError::Closed(m)), ClientError::Closed);
+        let ok = reply("success", None);
+        assert_eq!(ClientError::from_outcome(Outcome::Reply(ok.clone())), Ok(ok));
+        let no = reply("error", None);
+        assert_eq!(
+            ClientError::from_outcome(Outcome::Denied(no.clone())),
+            Err(ClientError::Denied(Box::new(no)))
+        );
+        assert_eq!(
+            ClientError::from_outcome(Outcome::Failed(RequestFailure::Cancelled)),
+            Err(ClientError::Cancelled)
+        );
+    }
+}

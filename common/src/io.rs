@@ -1,0 +1,293 @@
+//! The per-connection loops, written once over `futures` traits so both adapters run the same
+//! code: [`run_connection`] (dial, then read) and [`run_writer`]. An adapter provides the
+//! channels ([`ReportSink`], [`WriteQueue`]) and the dial future; these loops hold no timers:
+//! every deadline belongs to the core.
+
+use std::future::Future;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Bytes, Message, Utf8Bytes};
+use usageflow_socket_core::{CloseReason, ConnId, DialError};
+
+use crate::handshake::{close_frame_reason, close_reason};
+
+/// Most writes fed before a flush, even while more are queued, so a busy connection still
+/// reports progress (and clears the core's write deadline) regularly.
+pub const MAX_WRITES_PER_FLUSH: u64 = 256;
+
+/// A command for a connection's writer task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCommand {
+    /// Write this text frame (an encoded JSON message).
+    Text(String),
+    /// Write a ping.
+    Ping,
+    /// Write a normal close frame (1000) after everything queued before it, then stop.
+    Close,
+}
+
+/// What a connection's tasks tell the driver; the owned form of the core's `Input`, plus
+/// the connection's writer handle and the end of a graceful close.
+#[derive(Debug)]
+pub enum Report<W> {
+    /// The dial finished; `writer` is the handle of the spawned writer task.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Its writer.
+        writer: W,
+    },
+    /// The dial failed.
+    ConnectFailed {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: DialError,
+    },
+    /// A text frame arrived.
+    Text {
+        /// The connection.
+        conn: ConnId,
+        /// The frame's text.
+        text: Utf8Bytes,
+    },
+    /// A binary frame arrived.
+    Binary {
+        /// The connection.
+        conn: ConnId,
+        /// Its length.
+        len: usize,
+    },
+    /// A pong arrived.
+    Pong {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// `writes` writes (text frames and pings) in total are written and flushed.
+    Flushed {
+        /// The connection.
+        conn: ConnId,
+        /// Total writes flushed so far.
+        writes: u64,
+    },
+    /// A write or flush failed.
+    WriteFailed {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: String,
+    },
+    /// The connection ended (close frame, end of stream, or read error).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+        /// How.
+        reason: CloseReason,
+    },
+    /// A graceful close frame was written and flushed.
+    CloseWritten {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// The sending side of the driver's report channel. It should be bounded: a reader that
+/// outpaces the driver then waits, and TCP pushes back on the server.
+pub trait ReportSink<W>: Send {
+    /// Delivers a report; `false` when the driver is gone (the task should end).
+    fn report(&mut self, report: Report<W>) -> impl Future<Output = bool> + Send;
+}
+
+/// The receiving side of a writer's command channel.
+pub trait WriteQueue: Send {
+    /// The next command; `None` when the connection handle was dropped.
+    fn recv(&mut self) -> impl Future<Output = Option<WriteCommand>> + Send;
+    /// The next command if one is queued now.
+    fn try_recv(&mut self) -> Option<WriteCommand>;
+}
+
+/// A connection's task: runs `dial`; on failure reports [`Report::ConnectFailed`]; on success
+/// hands the sink to `spawn_writer`, reports [`Report::Connected`] with the writer handle, and
+/// then reads until the stream ends (see [`run_reader`]). The report of `Connected` precedes
+/// every report of the reader, because both go through the same channel from this task.
+pub async fn run_connection<D, Si, St, W, Sp, R>(conn: ConnId, dial: D, spawn_writer: Sp, mut reports: R)
+where
+    D: Future<Output = Result<(Si, St), DialError>>,
+    Sp: FnOnce(ConnId, Si) -> W,
+    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    R: ReportSink<W>,
+{
+    match dial.await {
+        Err(error) => {
+            reports.report(Report::ConnectFailed { conn, error }).await;
+        }
+        Ok((sink, stream)) => {
+            let writer = spawn_writer(conn, sink);
+            if reports.report(Report::Connected { conn, writer }).await {
+                run_reader(conn, stream, reports).await;
+            }
+        }
+    }
+}
+
+/// Reads frames and reports them. Pings are answered by tungstenite itself. The first close
+/// frame, read error or end of stream is reported once as [`Report::Closed`]; after a close
+/// frame the loop keeps reading so tungstenite can finish the close handshake.
+pub async fn run_reader<St, W, R>(conn: ConnId, mut stream: St, mut reports: R)
+where
+    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    R: ReportSink<W>,
+{
+    let mut closed = false;
+    while let Some(item) = stream.next().await {
+        let report = match item {
+            Ok(Message::Text(text)) => Report::Text { conn, text },
+            Ok(Message::Binary(data)) => Report::Binary {
+                conn,
+                len: data.len(),
+            },
+            Ok(Message::Pong(_)) => Report::Pong { conn },
+            Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
+            Ok(Message::Close(frame)) => {
+                if closed {
+                    continue;
+                }
+                closed = true;
+                Report::Closed {
+                    conn,
+                    reason: close_frame_reason(frame),
+                }
+            }
+            Err(error) => {
+                if !closed {
+                    reports
+                        .report(Report::Closed {
+                            conn,
+                            reason: close_reason(error),
+                        })
+                        .await;
+                }
+                return;
+            }
+        };
+        if !reports.report(report).await {
+            return;
+        }
+    }
+    if !closed {
+        reports
+            .report(Report::Closed {
+                conn,
+                reason: CloseReason::Eof,
+            })
+            .await;
+    }
+}
+
+/// The writer loop: feeds queued commands to the sink, flushes when the queue is momentarily
+/// empty (or after [`MAX_WRITES_PER_FLUSH`] writes), then reports [`Report::Flushed`] with the
+/// total number of writes flushed so far. A failure is reported as [`Report::WriteFailed`]
+/// and ends the loop; [`WriteCommand::Close`] writes a close frame 1000 after everything
+/// before it, reports [`Report::CloseWritten`] and ends the loop.
+pub async fn run_writer<Si, Q, W, R>(conn: ConnId, mut sink: Si, mut queue: Q, mut reports: R)
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+    Q: WriteQueue,
+    R: ReportSink<W>,
+{
+    let mut flushed: u64 = 0;
+    while let Some(first) = queue.recv().await {
+        let mut fed: u64 = 0;
+        let mut next = Some(first);
+        let mut close = false;
+        while let Some(command) = next.take() {
+            let message = match command {
+                WriteCommand::Text(text) => Message::Text(text.into()),
+                WriteCommand::Ping => Message::Ping(Bytes::new()),
+                WriteCommand::Close => {
+                    close = true;
+                    break;
+                }
+            };
+            if let Err(error) = sink.feed(message).await {
+                reports
+                    .report(Report::WriteFailed {
+                        conn,
+                        error: error.to_string(),
+                    })
+                    .await;
+                return;
+            }
+            fed += 1;
+            if fed < MAX_WRITES_PER_FLUSH {
+                next = queue.try_recv();
+            }
+        }
+        if close {
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: Utf8Bytes::default(),
+            };
+            let report = match sink.send(Message::Close(Some(frame))).await {
+                Ok(()) => Report::CloseWritten { conn },
+                Err(error) => Report::WriteFailed {
+                    conn,
+                    error: error.to_string(),
+                },
+            };
+            reports.report(report).await;
+            return;
+        }
+        if let Err(error) = sink.flush().await {
+            reports
+                .report(Report::WriteFailed {
+                    conn,
+                    error: error.to_string(),
+                })
+                .await;
+            return;
+        }
+        flushed += fed;
+        if !reports
+            .report(Report::Flushed {
+                conn,
+                writes: flushed,
+            })
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// Runs a closure when dropped unless disarmed: the "cancel the request if its future is
+/// dropped" guard. The closure typically locks the driver, calls [`crate::Driver::cancel`]
+/// and wakes the driver task.
+#[must_use = "the guard cancels on drop; keep it alive while the request waits"]
+pub struct CancelOnDrop<F: FnOnce()> {
+    on_drop: Option<F>,
+}
+
+impl<F: FnOnce()> CancelOnDrop<F> {
+    /// A guard that runs `on_drop` unless [`CancelOnDrop::disarm`] is called first.
+    pub fn new(on_drop: F) -> Self {
+        Self {
+            on_drop: Some(on_drop),
+        }
+    }
+
+    /// The request completed: do nothing on drop.
+    pub fn disarm(mut self) {
+        self.on_drop = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for CancelOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
