@@ -54,12 +54,12 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, oneshot};
 use tokio_rustls::TlsConnector;
-use usageflow_socket_common::handshake::{tls_client_config, user_agent, websocket_config};
-use usageflow_socket_common::{CancelOnDrop, Driver};
-use usageflow_socket_core::Pool;
+use usageflow_socket_common::handshake::{user_agent, DialContext};
+use usageflow_socket_common::ClientHandle;
 
-use crate::runtime::{drive, report_channel, DialContext, Shared, TokioRuntime};
+use crate::runtime::{drive, report_channel, Shared, TokioRuntime, TokioSignals};
 
+pub use usageflow_socket_common::shared::EVENT_CAPACITY;
 pub use usageflow_socket_common::{
     ClientError, ClientEvent, ClientOptions, ClientOptionsBuilder, ErrorClass, UsageFlowApi,
 };
@@ -68,42 +68,25 @@ pub use usageflow_socket_core::{
     Outgoing, RequestOptions, SendStats, Stats,
 };
 
-/// Capacity of each subscriber's event queue; a subscriber that falls further behind gets
-/// [`broadcast::error::RecvError::Lagged`] and loses the oldest events.
-pub const EVENT_CAPACITY: usize = 1024;
-
 /// The `User-Agent` of the upgrade request: `usageflow-socket-tokio/<version>`.
 pub fn default_user_agent() -> String {
     user_agent(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
 }
 
-/// A stream of [`ClientEvent`]s from [`Client::subscribe`].
+/// A stream of [`ClientEvent`]s from [`Client::subscribe`]. A subscriber more than
+/// [`EVENT_CAPACITY`] events behind gets [`broadcast::error::RecvError::Lagged`].
 pub type Subscription = broadcast::Receiver<ClientEvent>;
 
 /// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
 /// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
 #[derive(Clone)]
 pub struct Client {
-    handle: Arc<Handle>,
-}
-
-/// Closes the pool when the last [`Client`] goes away.
-struct Handle {
-    shared: Arc<Shared>,
-    url: String,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.command(|driver, now| driver.close(now));
-    }
+    handle: Arc<ClientHandle<TokioRuntime, TokioSignals>>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("url", &self.handle.url)
-            .finish_non_exhaustive()
+        self.handle.fmt(f)
     }
 }
 
@@ -117,9 +100,7 @@ impl Client {
     /// called within a Tokio runtime.
     pub async fn connect(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
         let client = Client::start(options)?;
-        let mut state = client.handle.shared.state.subscribe();
-        // An error means the driver is gone, which `wait_for` treats as done as well.
-        let _ = state.wait_for(|s| s.settled || s.stopped).await;
+        client.shared().settled().await;
         Ok(client)
     }
 
@@ -131,42 +112,25 @@ impl Client {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             ClientError::InvalidOptions("the client must be started within a Tokio runtime".into())
         })?;
-        let tls = TlsConnector::from(tls_client_config(&options)?);
-        let config = options.config().clone();
-        let seed = options.resolve_seed();
-        let now = std::time::Instant::now();
-        let pool = Pool::new(config.clone(), seed, now);
+        let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
         let (reports, report_rx) = report_channel();
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let signals = TokioSignals::new();
         let runtime = TokioRuntime {
             handle: handle.clone(),
-            dial: Arc::new(DialContext {
-                websocket: websocket_config(&config),
-                user_agent: default_user_agent(),
-                tls,
-                config: config.clone(),
-            }),
+            dial: Arc::new(dial),
             reports,
-            events: events.clone(),
+            events: signals.events.clone(),
         };
-        let shared = Arc::new(Shared::new(Driver::new(pool, runtime), events));
-        tracing::debug!(
-            url = config.url(),
-            pool_size = config.pool_size(),
-            "usageflow-socket: starting client"
-        );
+        let shared = Arc::new(Shared::new(&options, runtime, signals));
         handle.spawn(drive(Arc::clone(&shared), report_rx));
-        shared.command(|driver, now| driver.connect(now));
+        shared.connect();
         Ok(Client {
-            handle: Arc::new(Handle {
-                shared,
-                url: config.url().to_owned(),
-            }),
+            handle: Arc::new(ClientHandle::new(shared, options.config().url())),
         })
     }
 
     fn shared(&self) -> &Arc<Shared> {
-        &self.handle.shared
+        self.handle.shared()
     }
 
     /// Sends `message` as a request with the configured timeout and waits for its reply.
@@ -185,20 +149,8 @@ impl Client {
         message: Outgoing,
         options: RequestOptions,
     ) -> Result<Incoming, ClientError> {
-        let shared = self.shared();
         let (waiter, outcome) = oneshot::channel();
-        let id = shared.command(|driver, now| driver.request(now, message, options, waiter))?;
-        // If this future is dropped before the outcome, cancel the request in the core.
-        let guard = CancelOnDrop::new(|| {
-            shared.command(|driver, now| driver.cancel(now, id));
-        });
-        let outcome = outcome.await;
-        guard.disarm();
-        match outcome {
-            Ok(outcome) => ClientError::from_outcome(outcome),
-            // The driver dropped the waiter: it stopped.
-            Err(_) => Err(ClientError::Closed),
-        }
+        self.shared().request(message, options, waiter, outcome).await
     }
 
     /// Sends `message` fire-and-forget. It goes out at once on an open connection, or waits
@@ -206,45 +158,42 @@ impl Client {
     /// [`ClientError::Closed`] when the client is closed. Every drop is counted in
     /// [`Client::stats`].
     pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
-        self.shared().command(|driver, now| driver.send(now, message))
+        self.shared().send(message)
     }
 
     /// Whether at least one connection is open.
     pub fn is_connected(&self) -> bool {
-        self.shared().lock().is_connected()
+        self.shared().is_connected()
     }
 
     /// Whether the client was closed (by [`Client::close`] or by dropping every handle); it
     /// may still be finishing its pending requests and close handshakes.
     pub fn is_closed(&self) -> bool {
-        self.shared().lock().pool().is_closing()
+        self.shared().is_closed()
     }
 
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
-        self.shared().lock().stats()
+        self.shared().stats()
     }
 
     /// The pool's availability, for fail-open decisions.
     pub fn availability(&self) -> Availability {
-        self.shared().lock().availability()
+        self.shared().availability()
     }
 
     /// Subscribes to the client's events: pool events (connected, disconnected, reconnect
     /// scheduled, attempts exhausted, frame skipped, message dropped, availability changed),
     /// unsolicited frames, and [`ClientEvent::Stopped`] when the client closed.
     pub fn subscribe(&self) -> Subscription {
-        self.shared().events.subscribe()
+        self.shared().signals().events.subscribe()
     }
 
     /// Closes the client: refuses new work, ends every pending request (after the configured
     /// close drain), sends a normal close frame on every connection, and waits until the
     /// driver stopped. Idempotent; bounded by the core's deadlines and the write wait.
     pub async fn close(&self) {
-        let shared = self.shared();
-        shared.command(|driver, now| driver.close(now));
-        let mut state = shared.state.subscribe();
-        let _ = state.wait_for(|s| s.stopped).await;
+        self.shared().close().await;
     }
 }
 

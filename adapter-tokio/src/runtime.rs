@@ -1,35 +1,24 @@
 //! The Tokio dialect of the shared driver: channels, task handles, the dial, the driver task.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_tungstenite::tokio::{client_async_tls_with_connector_and_config, ConnectStream};
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsConnector;
-use usageflow_socket_common::handshake::{connect_error, dial_error, dial_target, upgrade_request};
+use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext};
+use usageflow_socket_common::shared::{EVENT_CAPACITY, REPORT_CAPACITY};
 use usageflow_socket_common::{
-    run_connection, run_writer, ClientEvent, Driver, Report, ReportSink, Runtime, WriteCommand, WriteQueue,
+    run_connection, run_writer, ClientEvent, DriverState, Report, ReportSink, Runtime, Signals, StopOnExit,
+    Turn, WriteCommand, WriteQueue,
 };
-use usageflow_socket_core::{Config, ConnId, DialError, Outcome};
+use usageflow_socket_core::{ConnId, DialError, Outcome};
 
-/// Capacity of the report channel from connection tasks to the driver task. Bounded: a reader
-/// that outpaces the driver waits, and TCP pushes back on the server.
-const REPORT_CAPACITY: usize = 1024;
-
-/// Most reports handled per lock of the driver, so app commands are not starved.
-const REPORT_BATCH: usize = 64;
-
-/// What a dial needs, shared by every dial task.
-pub(crate) struct DialContext {
-    pub(crate) config: Config,
-    pub(crate) tls: TlsConnector,
-    pub(crate) websocket: WebSocketConfig,
-    pub(crate) user_agent: String,
-}
+/// The shared state of a Tokio client.
+pub(crate) type Shared = usageflow_socket_common::Shared<TokioRuntime, TokioSignals>;
 
 /// A connection's writer: its command channel and its task.
 pub(crate) struct TokioWriter {
@@ -42,7 +31,7 @@ pub(crate) struct TokioWriter {
 
 pub(crate) struct TokioRuntime {
     pub(crate) handle: tokio::runtime::Handle,
-    pub(crate) dial: Arc<DialContext>,
+    pub(crate) dial: Arc<DialContext<TlsConnector>>,
     pub(crate) reports: mpsc::Sender<Report<TokioWriter>>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
 }
@@ -71,17 +60,15 @@ type Socket = (WebSocketSender<ConnectStream>, WebSocketReceiver<ConnectStream>)
 
 /// TCP connect, TLS for `wss://`, WebSocket upgrade. No timeout here: the core's handshake
 /// deadline aborts this task.
-async fn dial(ctx: &DialContext) -> Result<Socket, DialError> {
-    let request = upgrade_request(&ctx.config, &ctx.user_agent)?;
-    let target = dial_target(&request)?;
+async fn dial(ctx: &DialContext<TlsConnector>) -> Result<Socket, DialError> {
+    let (request, target, connector) = ctx.prepare()?;
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| connect_error(&target, &e))?;
     // Small JSON frames: send them now rather than waiting for more.
     let _ = tcp.set_nodelay(true);
-    let connector = target.tls.then(|| ctx.tls.clone());
     let (socket, _response) =
-        client_async_tls_with_connector_and_config(request, tcp, connector, Some(ctx.websocket))
+        client_async_tls_with_connector_and_config(request, tcp, connector, Some(ctx.websocket()))
             .await
             .map_err(dial_error)?;
     Ok(socket.split())
@@ -134,71 +121,40 @@ impl Runtime for TokioRuntime {
     }
 }
 
-/// What the driver task tells waiters of `connect` and `close`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct DriverState {
-    /// Every slot's first dial settled.
-    pub(crate) settled: bool,
-    /// The driver stopped (closed, or its task ended).
-    pub(crate) stopped: bool,
-}
-
-/// State shared by the client handles, the request guards and the driver task.
-pub(crate) struct Shared {
-    driver: Mutex<Driver<TokioRuntime>>,
+/// The driver task's wake-up, the driver state for `connect` and `close`, the event sender.
+pub(crate) struct TokioSignals {
     wake: Notify,
-    pub(crate) state: watch::Sender<DriverState>,
+    state: watch::Sender<DriverState>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
 }
 
-impl Shared {
-    pub(crate) fn new(driver: Driver<TokioRuntime>, events: broadcast::Sender<ClientEvent>) -> Self {
+impl TokioSignals {
+    /// The signals (the driver task's wake-up is a `Notify` inside them).
+    pub(crate) fn new() -> Self {
         Self {
-            driver: Mutex::new(driver),
             wake: Notify::new(),
             state: watch::Sender::new(DriverState::default()),
-            events,
+            events: broadcast::channel(EVENT_CAPACITY).0,
         }
     }
+}
 
-    /// Locks the driver. Never held across an `.await`. A panic while locked (a bug) does not
-    /// make every later call panic too.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<TokioRuntime>> {
-        self.driver.lock().unwrap_or_else(PoisonError::into_inner)
+impl Signals for TokioSignals {
+    fn wake(&self) {
+        self.wake.notify_one();
     }
 
-    /// Runs an application command on the driver, then wakes the driver task if the command
-    /// moved the next deadline earlier (or closed the pool).
-    pub(crate) fn command<T>(&self, f: impl FnOnce(&mut Driver<TokioRuntime>, Instant) -> T) -> T {
-        let (result, wake) = {
-            let mut driver = self.lock();
-            let result = f(&mut driver, Instant::now());
-            (result, driver.needs_wake())
-        };
-        if wake {
-            self.wake.notify_one();
-        }
-        result
-    }
-
-    fn publish_state(&self, state: DriverState) {
+    fn publish(&self, state: DriverState) {
         self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;
             changed
         });
     }
-}
 
-/// Marks the driver stopped however its task ends (even by a panic), so `close` never hangs.
-struct StopOnExit(Arc<Shared>);
-
-impl Drop for StopOnExit {
-    fn drop(&mut self) {
-        self.0.state.send_modify(|s| {
-            s.settled = true;
-            s.stopped = true;
-        });
+    async fn wait_for(&self, pred: fn(&DriverState) -> bool) {
+        // An error means the driver is gone, which `wait_for` treats as done as well.
+        let _ = self.state.subscribe().wait_for(pred).await;
     }
 }
 
@@ -211,20 +167,8 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut reports: mpsc::Receiver<Repor
     let mut armed: Option<Instant> = None;
     let mut sleeping = false;
     loop {
-        let deadline = {
-            let mut driver = shared.lock();
-            let now = Instant::now();
-            // Trust the clock, not the sleep: handle the deadline only once it really passed.
-            if driver.poll_timeout().is_some_and(|t| t <= now) {
-                driver.handle_timeout(now);
-            }
-            let stopped = driver.check_stopped(now);
-            let settled = driver.first_dials_settled();
-            shared.publish_state(DriverState { settled, stopped });
-            if stopped {
-                return;
-            }
-            driver.arm()
+        let Turn::Sleep(deadline) = shared.turn() else {
+            return;
         };
         // Reset the sleep only when the deadline changed (or the old sleep already fired).
         if deadline != armed || (!sleeping && deadline.is_some()) {
@@ -240,16 +184,9 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut reports: mpsc::Receiver<Repor
             report = reports.recv() => {
                 // The runtime holds a sender for the driver's whole life: `None` cannot happen.
                 let Some(report) = report else { return };
-                let mut driver = shared.lock();
-                driver.handle_report(Instant::now(), report);
-                for _ in 1..REPORT_BATCH {
-                    match reports.try_recv() {
-                        Ok(report) => driver.handle_report(Instant::now(), report),
-                        Err(_) => break,
-                    }
-                }
+                shared.handle_reports(report, || reports.try_recv().ok());
             }
-            () = shared.wake.notified() => {}
+            () = shared.signals().wake.notified() => {}
             () = &mut sleep, if sleeping => {
                 sleeping = false;
             }

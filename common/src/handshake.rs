@@ -32,6 +32,47 @@ pub struct DialTarget {
     pub tls: bool,
 }
 
+/// What every dial of a client needs, built once: the pool configuration, the runtime's TLS
+/// connector `C` (made from [`tls_client_config`]), the WebSocket limits and the `User-Agent`.
+pub struct DialContext<C> {
+    config: Config,
+    tls: C,
+    websocket: WebSocketConfig,
+    user_agent: String,
+}
+
+impl<C: Clone> DialContext<C> {
+    /// Builds the context of `options`; `connector` wraps the rustls configuration in the
+    /// runtime's TLS connector. Fails on unusable TLS options.
+    pub fn new(
+        options: &ClientOptions,
+        user_agent: String,
+        connector: impl FnOnce(Arc<ClientConfig>) -> C,
+    ) -> Result<Self, ClientError> {
+        let config = options.config().clone();
+        Ok(Self {
+            tls: connector(tls_client_config(options)?),
+            websocket: websocket_config(&config),
+            config,
+            user_agent,
+        })
+    }
+
+    /// The WebSocket configuration of every connection.
+    pub fn websocket(&self) -> WebSocketConfig {
+        self.websocket
+    }
+
+    /// A fresh upgrade request (see [`upgrade_request`]), its TCP target, and the TLS
+    /// connector when the URL is `wss://`.
+    pub fn prepare(&self) -> Result<(Request, DialTarget, Option<C>), DialError> {
+        let request = upgrade_request(&self.config, &self.user_agent)?;
+        let target = dial_target(&request)?;
+        let connector = target.tls.then(|| self.tls.clone());
+        Ok((request, target, connector))
+    }
+}
+
 /// Builds the upgrade request for `config.url()` with the `x-usage-key` header (marked
 /// sensitive, so `http` never prints it) and `User-Agent: <user_agent>`. A fresh request per
 /// dial: it carries a new `Sec-WebSocket-Key`.

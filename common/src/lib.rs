@@ -16,6 +16,9 @@
 //!   sleeps until [`Driver::poll_timeout`].
 //! - [`io`]: the reader and writer loops over `futures` traits ([`run_connection`],
 //!   [`run_writer`]) and the [`CancelOnDrop`] guard.
+//! - [`Shared`]: the driver behind its lock plus the adapter's [`Signals`], with every client
+//!   operation written once ([`Shared::request`], [`Shared::send`], [`Shared::close`], the
+//!   getters) and the driver task's [`Shared::turn`]; [`ClientHandle`] closes on drop.
 //! - [`UsageFlowApi`]: typed helpers for every message type, over two required methods.
 //!
 //! Nothing here depends on an async runtime.
@@ -27,6 +30,7 @@ pub mod error;
 pub mod handshake;
 pub mod io;
 pub mod options;
+pub mod shared;
 
 pub use api::UsageFlowApi;
 pub use driver::{log_event, ClientEvent, Driver, Runtime};
@@ -35,6 +39,7 @@ pub use io::{
     run_connection, run_reader, run_writer, CancelOnDrop, Report, ReportSink, WriteCommand, WriteQueue,
 };
 pub use options::{ClientOptions, ClientOptionsBuilder};
+pub use shared::{ClientHandle, DriverState, Shared, Signals, StopOnExit, Turn};
 
 /// The tungstenite version the helpers speak (re-exported for the adapters).
 pub use tungstenite;

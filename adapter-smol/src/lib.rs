@@ -1,0 +1,215 @@
+//! UsageFlow WebSocket client on smol: a pool of connections with request/response
+//! correlation, fire-and-forget messages, reconnection with backoff and ping/pong health.
+//!
+//! ```no_run
+//! use usageflow_socket_smol::{Client, ClientError, Config, UsageFlowApi};
+//! use usageflow_socket_smol::messages::RequestForAllocation;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! smol::block_on(async {
+//!     let config = Config::builder("ws://localhost:9000/ws", "my-api-key").pool_size(4).build()?;
+//!     let client = Client::connect(config).await?;
+//!
+//!     // A typed request.
+//!     let policies = client.get_application_policies().await?;
+//!     println!("{} policies", policies.total);
+//!
+//!     // Fail open: let the host's request through when UsageFlow cannot answer.
+//!     let allocation = RequestForAllocation { alias: "ledger-1".into(), amount: 1.0, ..Default::default() };
+//!     match client.request_for_allocation(&allocation).await {
+//!         Ok(reply) => println!("allocated {}", reply.allocation_id),
+//!         Err(e) if e.is_denied() => println!("denied: {}", e.denial_text().unwrap_or_default()),
+//!         Err(e) => println!("UsageFlow unavailable ({e}); letting the call through"),
+//!     }
+//!
+//!     client.close().await;
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! The decisions (correlation, selection, deadlines, backoff, liveness, outbox) are made by
+//! the sans-IO core, `usageflow-socket-core`; the shared glue (driver state, client
+//! operations, reader and writer loops, errors, TLS) lives in `usageflow-socket-common`. This
+//! crate only supplies smol's channels, tasks and timer, and is the same program as
+//! `usageflow-socket-tokio` in another dialect:
+//!
+//! - one **driver task** owns the waking: it feeds the reports of the connection tasks to the
+//!   core, sleeps until the core's next deadline, and handles it;
+//! - each connection has a **task** (dial, then read) and a **writer task**; every task runs
+//!   on smol's global executor (`smol::spawn`), so a client works under `smol::block_on`, any
+//!   other executor, or none;
+//! - the public [`Client`] is a cheap `Clone` handle. An application command (request, send,
+//!   cancel, close) locks the driver state (a `std::sync::Mutex`, never held across an
+//!   `.await`), runs the core and carries out its outputs at once, and wakes the driver task
+//!   only when the next deadline moved earlier.
+//!
+//! Every deadline (handshake, write, read, request, backoff) is the core's; this crate has no
+//! timeout of its own beyond the one timer of the driver task. Tracing events report
+//! connects, disconnects with their reason, scheduled reconnects, exhausted attempts, skipped
+//! frames and dropped messages; the API key never appears in a log or an error.
+#![forbid(unsafe_code)]
+
+mod runtime;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_rustls::TlsConnector;
+use smol::channel;
+use usageflow_socket_common::handshake::{user_agent, DialContext};
+use usageflow_socket_common::ClientHandle;
+
+use crate::runtime::{drive, report_channel, Shared, SmolRuntime, SmolSignals};
+
+pub use usageflow_socket_common::shared::EVENT_CAPACITY;
+pub use usageflow_socket_common::{
+    ClientError, ClientEvent, ClientOptions, ClientOptionsBuilder, ErrorClass, UsageFlowApi,
+};
+pub use usageflow_socket_core::{
+    messages, Availability, Config, ConfigBuilder, ConfigError, ConnId, DisconnectReason, Event, Incoming,
+    Outgoing, RequestOptions, SendStats, Stats,
+};
+
+/// The `User-Agent` of the upgrade request: `usageflow-socket-smol/<version>`.
+pub fn default_user_agent() -> String {
+    user_agent(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+}
+
+/// A stream of [`ClientEvent`]s from [`Client::subscribe`] (an `async-broadcast` receiver,
+/// also a `futures` `Stream`). A subscriber more than [`EVENT_CAPACITY`] events behind gets
+/// [`async_broadcast::RecvError::Overflowed`] and loses the oldest events.
+pub type Subscription = async_broadcast::Receiver<ClientEvent>;
+
+/// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
+/// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<ClientHandle<SmolRuntime, SmolSignals>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.handle.fmt(f)
+    }
+}
+
+impl Client {
+    /// Starts a client and dials every slot in parallel; returns once every first dial has
+    /// settled, connected or failed (bounded by the handshake timeout, plus the configured
+    /// initial dial spread). Failed slots keep retrying in the background, so the client is
+    /// returned even when no connection could be opened: check [`Client::is_connected`].
+    ///
+    /// Fails only on options that cannot work ([`ClientError::InvalidOptions`]).
+    pub async fn connect(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
+        let client = Client::start(options)?;
+        client.shared().settled().await;
+        Ok(client)
+    }
+
+    /// Starts a client and its dials without waiting for them: requests fail with
+    /// [`ClientError::NotConnected`] until a connection opens, while sends wait in the outbox.
+    /// Its tasks run on smol's global executor.
+    pub fn start(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
+        let options = options.into();
+        let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
+        let (reports, report_rx) = report_channel();
+        let (signals, wake_rx) = SmolSignals::new();
+        let runtime = SmolRuntime {
+            dial: Arc::new(dial),
+            reports,
+            events: signals.events.clone(),
+        };
+        let shared = Arc::new(Shared::new(&options, runtime, signals));
+        smol::spawn(drive(Arc::clone(&shared), report_rx, wake_rx)).detach();
+        shared.connect();
+        Ok(Client {
+            handle: Arc::new(ClientHandle::new(shared, options.config().url())),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        self.handle.shared()
+    }
+
+    /// Sends `message` as a request with the configured timeout and waits for its reply.
+    ///
+    /// Fails at once with [`ClientError::NotConnected`], [`ClientError::Backpressure`] or
+    /// [`ClientError::Closed`]; later with [`ClientError::Timeout`],
+    /// [`ClientError::ConnectionLost`] or [`ClientError::Closed`]; a server's "no" is
+    /// [`ClientError::Denied`]. Dropping the future cancels the request.
+    pub async fn request(&self, message: Outgoing) -> Result<Incoming, ClientError> {
+        self.request_with(message, RequestOptions::default()).await
+    }
+
+    /// [`Client::request`] with per-request options (timeout, idempotence).
+    pub async fn request_with(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> Result<Incoming, ClientError> {
+        let (waiter, outcome) = channel::bounded(1);
+        self.shared()
+            .request(message, options, waiter, outcome.recv())
+            .await
+    }
+
+    /// Sends `message` fire-and-forget. It goes out at once on an open connection, or waits
+    /// in the bounded outbox; [`ClientError::OutboxFull`] hands it back when that is full,
+    /// [`ClientError::Closed`] when the client is closed. Every drop is counted in
+    /// [`Client::stats`].
+    pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+        self.shared().send(message)
+    }
+
+    /// Whether at least one connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.shared().is_connected()
+    }
+
+    /// Whether the client was closed (by [`Client::close`] or by dropping every handle); it
+    /// may still be finishing its pending requests and close handshakes.
+    pub fn is_closed(&self) -> bool {
+        self.shared().is_closed()
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared().stats()
+    }
+
+    /// The pool's availability, for fail-open decisions.
+    pub fn availability(&self) -> Availability {
+        self.shared().availability()
+    }
+
+    /// Subscribes to the client's events: pool events (connected, disconnected, reconnect
+    /// scheduled, attempts exhausted, frame skipped, message dropped, availability changed),
+    /// unsolicited frames, and [`ClientEvent::Stopped`] when the client closed.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared().signals().events.new_receiver()
+    }
+
+    /// Closes the client: refuses new work, ends every pending request (after the configured
+    /// close drain), sends a normal close frame on every connection, and waits until the
+    /// driver stopped. Idempotent; bounded by the core's deadlines and the write wait.
+    pub async fn close(&self) {
+        self.shared().close().await;
+    }
+}
+
+impl UsageFlowApi for Client {
+    async fn request_with(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> Result<Incoming, ClientError> {
+        Client::request_with(self, message, options).await
+    }
+
+    fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+        Client::send(self, message)
+    }
+}

@@ -1,0 +1,236 @@
+//! The smol dialect of the shared driver: channels, task handles, the dial, the driver task.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use async_broadcast::InactiveReceiver;
+use async_tungstenite::smol::{client_async_tls_with_connector_and_config, ConnectStream};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender};
+use event_listener::Event;
+use futures_rustls::TlsConnector;
+use smol::channel::{self, Receiver, Sender};
+use smol::future;
+use smol::net::TcpStream;
+use smol::{Task, Timer};
+use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext};
+use usageflow_socket_common::shared::{EVENT_CAPACITY, REPORT_CAPACITY};
+use usageflow_socket_common::{
+    run_connection, run_writer, ClientEvent, DriverState, Report, ReportSink, Runtime, Signals, StopOnExit,
+    Turn, WriteCommand, WriteQueue,
+};
+use usageflow_socket_core::{ConnId, DialError, Outcome};
+
+/// The shared state of a smol client.
+pub(crate) type Shared = usageflow_socket_common::Shared<SmolRuntime, SmolSignals>;
+
+/// A connection's writer: its command channel and its task (dropping the task cancels it).
+pub(crate) struct SmolWriter {
+    // Unbounded is safe here only because the core bounds what it hands one connection:
+    // at most `max_unflushed_writes` Transmit/Ping outputs are outstanding (not yet reported
+    // flushed) per connection, so this queue never holds more than that plus a close.
+    commands: Sender<WriteCommand>,
+    task: Task<()>,
+}
+
+pub(crate) struct SmolRuntime {
+    pub(crate) dial: Arc<DialContext<TlsConnector>>,
+    pub(crate) reports: Sender<Report<SmolWriter>>,
+    pub(crate) events: async_broadcast::Sender<ClientEvent>,
+}
+
+struct ReportTx(Sender<Report<SmolWriter>>);
+
+impl ReportSink<SmolWriter> for ReportTx {
+    async fn report(&mut self, report: Report<SmolWriter>) -> bool {
+        self.0.send(report).await.is_ok()
+    }
+}
+
+struct Queue(Receiver<WriteCommand>);
+
+impl WriteQueue for Queue {
+    async fn recv(&mut self) -> Option<WriteCommand> {
+        self.0.recv().await.ok()
+    }
+
+    fn try_recv(&mut self) -> Option<WriteCommand> {
+        self.0.try_recv().ok()
+    }
+}
+
+type Socket = (WebSocketSender<ConnectStream>, WebSocketReceiver<ConnectStream>);
+
+/// TCP connect, TLS for `wss://`, WebSocket upgrade. No timeout here: the core's handshake
+/// deadline cancels this task.
+async fn dial(ctx: &DialContext<TlsConnector>) -> Result<Socket, DialError> {
+    let (request, target, connector) = ctx.prepare()?;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| connect_error(&target, &e))?;
+    // Small JSON frames: send them now rather than waiting for more.
+    let _ = tcp.set_nodelay(true);
+    let (socket, _response) =
+        client_async_tls_with_connector_and_config(request, tcp, connector, Some(ctx.websocket()))
+            .await
+            .map_err(dial_error)?;
+    Ok(socket.split())
+}
+
+impl Runtime for SmolRuntime {
+    type Waiter = Sender<Outcome>;
+    type Task = Task<()>;
+    type Writer = SmolWriter;
+
+    fn complete(&mut self, waiter: Self::Waiter, outcome: Outcome) {
+        // The caller may have gone (its future was dropped after the outcome was drawn).
+        let _ = waiter.try_send(outcome);
+    }
+
+    fn dial(&mut self, conn: ConnId) -> Task<()> {
+        let ctx = Arc::clone(&self.dial);
+        let reports = self.reports.clone();
+        smol::spawn(async move {
+            let writer_reports = reports.clone();
+            let spawn_writer = move |conn: ConnId, sink: WebSocketSender<ConnectStream>| {
+                let (commands, queue) = channel::unbounded();
+                let task = smol::spawn(run_writer(conn, sink, Queue(queue), ReportTx(writer_reports)));
+                SmolWriter { commands, task }
+            };
+            run_connection(conn, dial(&ctx), spawn_writer, ReportTx(reports)).await;
+        })
+    }
+
+    fn abort(&mut self, task: Task<()>) {
+        drop(task);
+    }
+
+    fn write(&mut self, writer: &SmolWriter, command: WriteCommand) -> bool {
+        writer.commands.try_send(command).is_ok()
+    }
+
+    fn abort_writer(&mut self, writer: SmolWriter) {
+        drop(writer.task);
+    }
+
+    fn publish(&mut self, event: ClientEvent) {
+        // No subscriber is fine; a full queue drops its oldest event.
+        let _ = self.events.try_broadcast(event);
+    }
+}
+
+/// The driver task's wake-up, the driver state for `connect` and `close`, the event sender.
+pub(crate) struct SmolSignals {
+    wake: Sender<()>,
+    state: Mutex<DriverState>,
+    changed: Event,
+    pub(crate) events: async_broadcast::Sender<ClientEvent>,
+    /// Keeps the event channel open while nobody subscribes.
+    _events: InactiveReceiver<ClientEvent>,
+}
+
+impl SmolSignals {
+    /// The signals, and the receiving end of the driver task's wake-ups.
+    pub(crate) fn new() -> (Self, Receiver<()>) {
+        let (wake, wake_rx) = channel::bounded(1);
+        let (mut events, events_rx) = async_broadcast::broadcast(EVENT_CAPACITY);
+        // A subscriber that falls behind loses the oldest events, as with Tokio's broadcast.
+        events.set_overflow(true);
+        let signals = Self {
+            wake,
+            state: Mutex::new(DriverState::default()),
+            changed: Event::new(),
+            events,
+            _events: events_rx.deactivate(),
+        };
+        (signals, wake_rx)
+    }
+
+    fn state(&self) -> DriverState {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Signals for SmolSignals {
+    fn wake(&self) {
+        // A full channel already holds a wake-up.
+        let _ = self.wake.try_send(());
+    }
+
+    fn publish(&self, state: DriverState) {
+        let mut current = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != state {
+            *current = state;
+            self.changed.notify(usize::MAX);
+        }
+    }
+
+    async fn wait_for(&self, pred: fn(&DriverState) -> bool) {
+        loop {
+            if pred(&self.state()) {
+                return;
+            }
+            let listener = self.changed.listen();
+            if pred(&self.state()) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// What woke the driver task.
+enum Wakeup {
+    Report(Option<Report<SmolWriter>>),
+    Woken,
+    Fired,
+}
+
+/// The driver task: feeds reports, sleeps until the next deadline, handles timeouts; ends
+/// when the client is closed and everything finished.
+pub(crate) async fn drive(shared: Arc<Shared>, reports: Receiver<Report<SmolWriter>>, wake: Receiver<()>) {
+    let _stop = StopOnExit(Arc::clone(&shared));
+    let mut sleep = Timer::never();
+    let mut armed: Option<Instant> = None;
+    let mut sleeping = false;
+    loop {
+        let Turn::Sleep(deadline) = shared.turn() else {
+            return;
+        };
+        // Reset the timer only when the deadline changed (or the old one already fired).
+        if deadline != armed || (!sleeping && deadline.is_some()) {
+            armed = deadline;
+            sleeping = false;
+            if let Some(at) = deadline {
+                sleep.set_at(at);
+                sleeping = true;
+            }
+        }
+        // Biased, like the Tokio driver: reports first, then wake-ups, then the timer.
+        let report = async { Wakeup::Report(reports.recv().await.ok()) };
+        let woken = async {
+            let _ = wake.recv().await;
+            Wakeup::Woken
+        };
+        let fired = async {
+            if sleeping {
+                (&mut sleep).await;
+            } else {
+                future::pending::<()>().await;
+            }
+            Wakeup::Fired
+        };
+        let wakeup = future::or(report, future::or(woken, fired)).await;
+        match wakeup {
+            // The runtime holds a sender for the driver's whole life: `None` cannot happen.
+            Wakeup::Report(None) => return,
+            Wakeup::Report(Some(report)) => shared.handle_reports(report, || reports.try_recv().ok()),
+            Wakeup::Woken => {}
+            Wakeup::Fired => sleeping = false,
+        }
+    }
+}
+
+/// The channel pair of a new client's reports.
+pub(crate) fn report_channel() -> (Sender<Report<SmolWriter>>, Receiver<Report<SmolWriter>>) {
+    channel::bounded(REPORT_CAPACITY)
+}

@@ -1,0 +1,259 @@
+//! [`Shared`]: the state every client handle, request guard and driver task of an adapter
+//! shares — the [`Driver`] behind a lock, plus the adapter's [`Signals`] — and the client
+//! operations written once over it. An adapter's `Client` methods are one-line calls into
+//! this module; its driver task calls [`Shared::turn`], sleeps, and feeds reports with
+//! [`Shared::handle_reports`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use usageflow_socket_core::{Availability, Incoming, Outcome, Outgoing, Pool, RequestOptions, Stats};
+
+use crate::io::{CancelOnDrop, Report};
+use crate::{ClientError, ClientOptions, Driver, Runtime};
+
+/// Capacity of the report channel from connection tasks to the driver task. Bounded: a reader
+/// that outpaces the driver waits, and TCP pushes back on the server.
+pub const REPORT_CAPACITY: usize = 1024;
+
+/// Most reports handled per lock of the driver, so application commands are not starved.
+pub const REPORT_BATCH: usize = 64;
+
+/// Capacity of each subscriber's event queue; a subscriber that falls further behind loses
+/// the oldest events (and is told how many).
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// What the driver task tells the waiters of `connect` and `close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DriverState {
+    /// Every slot's first dial settled.
+    pub settled: bool,
+    /// The driver stopped (closed, or its task ended).
+    pub stopped: bool,
+}
+
+/// The adapter's wake-ups: how application commands wake the driver task, and how the driver
+/// task tells `connect` and `close` where it is. Called without the driver's lock held.
+pub trait Signals: Send + Sync {
+    /// Wakes the driver task; a wake-up given while it is busy is kept for its next wait.
+    fn wake(&self);
+    /// Publishes the driver's state (waking the waiters when it changed).
+    fn publish(&self, state: DriverState);
+    /// Waits until the published state satisfies `pred`.
+    fn wait_for(&self, pred: fn(&DriverState) -> bool) -> impl Future<Output = ()> + Send;
+}
+
+/// What the driver task does after a [`Shared::turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Sleep until this deadline (or forever, `None`), or until a report or a wake-up.
+    Sleep(Option<Instant>),
+    /// The driver stopped: the task ends.
+    Stop,
+}
+
+/// The driver behind its lock, and the adapter's signals. See the [module docs](self).
+pub struct Shared<R: Runtime, S> {
+    driver: Mutex<Driver<R>>,
+    signals: S,
+}
+
+impl<R: Runtime, S: Signals> Shared<R, S> {
+    /// Builds the pool of `options` (with its seed) over `runtime`.
+    pub fn new(options: &ClientOptions, runtime: R, signals: S) -> Self {
+        let config = options.config();
+        tracing::debug!(
+            url = config.url(),
+            pool_size = config.pool_size(),
+            "usageflow-socket: starting client"
+        );
+        let pool = Pool::new(config.clone(), options.resolve_seed(), Instant::now());
+        Self {
+            driver: Mutex::new(Driver::new(pool, runtime)),
+            signals,
+        }
+    }
+
+    /// The adapter's signals.
+    pub fn signals(&self) -> &S {
+        &self.signals
+    }
+
+    /// Locks the driver. Never held across an `.await`. A panic while locked (a bug) does not
+    /// make every later call panic too.
+    pub fn lock(&self) -> MutexGuard<'_, Driver<R>> {
+        self.driver.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs an application command on the driver, then wakes the driver task if the command
+    /// moved the next deadline earlier (or closed the pool).
+    pub fn command<T>(&self, f: impl FnOnce(&mut Driver<R>, Instant) -> T) -> T {
+        let (result, wake) = {
+            let mut driver = self.lock();
+            let result = f(&mut driver, Instant::now());
+            (result, driver.needs_wake())
+        };
+        if wake {
+            self.signals.wake();
+        }
+        result
+    }
+
+    /// The driver task's turn: handles a passed deadline (trusting the clock, not the sleep),
+    /// stops the driver if everything is done, publishes its state, and arms the next deadline.
+    pub fn turn(&self) -> Turn {
+        let (state, deadline) = {
+            let mut driver = self.lock();
+            let now = Instant::now();
+            if driver.poll_timeout().is_some_and(|t| t <= now) {
+                driver.handle_timeout(now);
+            }
+            let stopped = driver.check_stopped(now);
+            let settled = driver.first_dials_settled();
+            (DriverState { settled, stopped }, driver.arm())
+        };
+        self.signals.publish(state);
+        if state.stopped {
+            Turn::Stop
+        } else {
+            Turn::Sleep(deadline)
+        }
+    }
+
+    /// Feeds `first` and then whatever `more` yields, at most [`REPORT_BATCH`] reports in one
+    /// lock of the driver.
+    pub fn handle_reports(
+        &self,
+        first: Report<R::Writer>,
+        mut more: impl FnMut() -> Option<Report<R::Writer>>,
+    ) {
+        let mut driver = self.lock();
+        driver.handle_report(Instant::now(), first);
+        for _ in 1..REPORT_BATCH {
+            match more() {
+                Some(report) => driver.handle_report(Instant::now(), report),
+                None => break,
+            }
+        }
+    }
+
+    /// Arms every slot (the first dials).
+    pub fn connect(&self) {
+        self.command(|driver, now| driver.connect(now));
+    }
+
+    /// Waits until every first dial settled (or the driver stopped).
+    pub async fn settled(&self) {
+        self.signals.wait_for(|s| s.settled || s.stopped).await;
+    }
+
+    /// Starts a request whose outcome goes to `waiter` and comes back through `outcome`
+    /// (the two ends of a oneshot channel), and waits for it. Dropping the future cancels
+    /// the request; a closed channel (the driver stopped) is [`ClientError::Closed`].
+    pub async fn request<E>(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+        waiter: R::Waiter,
+        outcome: impl Future<Output = Result<Outcome, E>>,
+    ) -> Result<Incoming, ClientError> {
+        let id = self.command(|driver, now| driver.request(now, message, options, waiter))?;
+        // If this future is dropped before the outcome, cancel the request in the core.
+        let guard = CancelOnDrop::new(|| {
+            self.command(|driver, now| driver.cancel(now, id));
+        });
+        let outcome = outcome.await;
+        guard.disarm();
+        match outcome {
+            Ok(outcome) => ClientError::from_outcome(outcome),
+            // The driver dropped the waiter: it stopped.
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Sends a fire-and-forget message.
+    pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+        self.command(|driver, now| driver.send(now, message))
+    }
+
+    /// Whether at least one connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.lock().is_connected()
+    }
+
+    /// Whether the pool was closed (it may still be finishing).
+    pub fn is_closed(&self) -> bool {
+        self.lock().pool().is_closing()
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats()
+    }
+
+    /// The pool's availability.
+    pub fn availability(&self) -> Availability {
+        self.lock().availability()
+    }
+
+    /// Closes the pool without waiting.
+    pub fn close_now(&self) {
+        self.command(|driver, now| driver.close(now));
+    }
+
+    /// Closes the pool and waits until the driver stopped.
+    pub async fn close(&self) {
+        self.close_now();
+        self.signals.wait_for(|s| s.stopped).await;
+    }
+}
+
+/// The inside of an adapter's `Client`: closes the pool when the last handle goes away.
+pub struct ClientHandle<R: Runtime, S: Signals> {
+    shared: Arc<Shared<R, S>>,
+    url: String,
+}
+
+impl<R: Runtime, S: Signals> ClientHandle<R, S> {
+    /// A handle on `shared`, for a client of `url`.
+    pub fn new(shared: Arc<Shared<R, S>>, url: &str) -> Self {
+        Self {
+            shared,
+            url: url.to_owned(),
+        }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared<R, S>> {
+        &self.shared
+    }
+}
+
+impl<R: Runtime, S: Signals> Drop for ClientHandle<R, S> {
+    fn drop(&mut self) {
+        self.shared.close_now();
+    }
+}
+
+impl<R: Runtime, S: Signals> fmt::Debug for ClientHandle<R, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks the driver stopped however its task ends (even by a panic), so `close` never hangs.
+/// The driver task holds one for its whole life.
+pub struct StopOnExit<R: Runtime, S: Signals>(pub Arc<Shared<R, S>>);
+
+impl<R: Runtime, S: Signals> Drop for StopOnExit<R, S> {
+    fn drop(&mut self) {
+        self.0.signals.publish(DriverState {
+            settled: true,
+            stopped: true,
+        });
+    }
+}
