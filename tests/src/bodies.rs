@@ -1,0 +1,1568 @@
+//! The test bodies, generic over the [`Adapter`]. Each one starts its own server (own thread,
+//! ephemeral port), so they run in parallel; each is bounded by [`crate::TEST_TIMEOUT`].
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{join, join_all};
+use serde_json::Value;
+use ufsock::server::{FaultConfig, ReplyStyle, ServerThread, TlsOptions};
+use usageflow_socket_core::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
+
+use crate::*;
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Issues requests until one succeeds (each bounded by `each`), within `limit`. For the
+/// moments right after a fault is cleared, when a freshly dialed connection may still have
+/// caught the fault.
+async fn request_ok_eventually<A: Adapter>(client: &A::Client, limit: Duration) -> Incoming {
+    let deadline = Instant::now() + limit;
+    loop {
+        match client
+            .request_with(policies(), RequestOptions::timeout(MS(500)))
+            .await
+        {
+            Ok(reply) => return reply,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{}: {e:?}", A::NAME);
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: no success within {limit:?}: {e}",
+                    A::NAME
+                );
+                A::sleep(MS(20)).await;
+            }
+        }
+    }
+}
+
+/// Closes the client, asserting it returns within 3 s.
+async fn close_bounded<A: Adapter>(client: &A::Client) {
+    let t = Instant::now();
+    assert!(
+        timeout::<A, _>(Duration::from_secs(3), A::close(client))
+            .await
+            .is_some(),
+        "{}: close() did not return within 3 s",
+        A::NAME
+    );
+    assert!(!A::is_connected(client));
+    let s = A::stats(client);
+    assert_eq!(s.pending, 0, "{s:?}");
+    assert!(s.requests_conserved(), "{s:?}");
+    assert!(s.sends.conserved(), "{s:?}");
+    eprintln!("{}: close took {:?}", A::NAME, t.elapsed());
+}
+
+fn allocation_id(reply: &Incoming) -> &str {
+    reply.payload["allocationId"].as_str().unwrap_or("")
+}
+
+fn server_ff(server: &ServerThread) -> u64 {
+    server.counters().fire_and_forget_total()
+}
+
+// ----- conformance (#3) -----
+
+/// The upgrade carries `x-usage-key` and a `User-Agent` naming the crate and version; every
+/// typed helper round-trips against the local server.
+pub async fn handshake_headers_and_typed_api<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url()).pool_size(3)).await;
+    assert!(A::is_connected(&client));
+    assert_eq!(A::stats(&client).open_connections, 3);
+    let snap = server.counters().snapshot();
+    assert_eq!(snap.connections_accepted, 3);
+    assert_eq!(snap.handshakes_rejected, 0);
+    assert!(snap.last_key_present, "x-usage-key sent");
+    let ua = snap.last_user_agent.expect("a User-Agent header");
+    assert_eq!(ua, A::user_agent());
+    let expected = format!("usageflow-socket-{}/{}", A::NAME, env!("CARGO_PKG_VERSION"));
+    assert!(ua.starts_with(&expected), "User-Agent {ua:?} names {expected:?}");
+
+    let p = client.get_application_policies().await.unwrap();
+    assert_eq!((p.total, p.policies.len()), (2, 2));
+    let c = client.get_application_config().await.unwrap();
+    assert_eq!(c.monitoring_paths.len(), 1);
+    assert!(!c.account_reach_limit);
+    let b = client.get_blocked_endpoints().await.unwrap();
+    assert_eq!(b.total, 1);
+    assert_eq!(b.endpoints[0].method, "DELETE");
+    let mine = RequestForAllocation {
+        alias: "ledger-1".into(),
+        amount: 2.0,
+        allocation_id: Some("my-allocation-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.request_for_allocation(&mine).await.unwrap().allocation_id,
+        "my-allocation-1"
+    );
+    let theirs = RequestForAllocation {
+        alias: "ledger-1".into(),
+        amount: 1.0,
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .request_for_allocation(&theirs)
+            .await
+            .unwrap()
+            .allocation_id
+            .len(),
+        36
+    );
+    let mut usage = UseAllocation {
+        alias: "ledger-1".into(),
+        amount: 1.0,
+        allocation_id: "my-allocation-1".into(),
+        wait_for_confirmation: Some(true),
+        metadata: None,
+    };
+    let confirmed = client
+        .use_allocation(&usage)
+        .await
+        .unwrap()
+        .expect("a confirmation");
+    assert_eq!(confirmed.event_id.len(), 36);
+    let echo = client
+        .request_json("get_application_policies", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(echo.kind, "success");
+
+    // Fire-and-forget forms.
+    usage.wait_for_confirmation = None;
+    assert_eq!(client.use_allocation(&usage).await.unwrap(), None);
+    client.send_request_for_allocation(&mine).unwrap();
+    let chain = ReportCallChain {
+        method: "GET".into(),
+        url: "/x".into(),
+        call_chain: Value::Array(vec![]),
+        timestamp: 1.into(),
+        usageflow_request_id: None,
+    };
+    client.report_call_chain(&chain).unwrap();
+    let counters = server.counters();
+    must_wait::<A>(Duration::from_secs(3), "3 fire-and-forget messages", || {
+        counters.fire_and_forget_total() == 3
+    })
+    .await;
+    assert_eq!(counters.fire_and_forget("use_allocation"), 1);
+    assert_eq!(counters.fire_and_forget("request_for_allocation"), 1);
+    assert_eq!(counters.fire_and_forget("report_call_chain"), 1);
+    assert_eq!(counters.requests("get_application_policies"), 2);
+    assert_eq!(counters.requests("request_for_allocation"), 2);
+    must_wait::<A>(Duration::from_secs(2), "sends flushed", || {
+        A::stats(&client).sends.sent == 3
+    })
+    .await;
+    let s = A::stats(&client);
+    assert_eq!((s.requests, s.replies, s.denials), (7, 7, 0), "{s:?}");
+    assert_eq!(s.sends_by_type["report_call_chain"].sent, 1);
+    assert!(s.sends.conserved() && s.requests_conserved());
+    close_bounded::<A>(&client).await;
+}
+
+/// A 401 is permanent and clearly reported: counted as a rejection, an event
+/// `ConnectFailed { Rejected { 401 } }`, requests fail `NotConnected` (unavailable, not
+/// denied), the key appears in no error or event text, and the slots back off rather than
+/// hammer the server.
+pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
+    let server = server();
+    let bad_key = "wrong-Key-must-not-leak-7731";
+    let client = A::connect(options(config_key(&server.url(), bad_key)))
+        .await
+        .unwrap();
+    let mut sub = A::subscribe(&client);
+    assert!(!A::is_connected(&client));
+    assert_eq!(A::availability(&client), Availability::Unavailable);
+    let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
+        matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
+    })
+    .await
+    .expect("a ConnectFailed event");
+    let ClientEvent::Pool(Event::ConnectFailed { error, .. }) = &event else {
+        unreachable!()
+    };
+    assert_eq!(error, &DialError::Rejected { status: 401 });
+    assert!(error.is_auth_rejection());
+    for text in [format!("{event:?}"), error.to_string()] {
+        assert!(!text.contains(bad_key), "the key leaked: {text}");
+    }
+    let s = A::stats(&client);
+    assert!(s.rejections >= 1 && s.dial_failures >= s.rejections, "{s:?}");
+    assert_eq!(s.open_connections, 0);
+
+    let t = Instant::now();
+    let err = client.request(policies()).await.unwrap_err();
+    assert!(t.elapsed() < MS(200), "refused at once");
+    assert_eq!(err, ClientError::NotConnected);
+    assert!(err.is_unavailable() && !err.is_denied());
+    for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
+        assert!(!text.contains(bad_key), "the key leaked: {text}");
+    }
+    let snap = server.counters().snapshot();
+    assert_eq!(snap.connections_accepted, 0);
+    assert!(snap.handshakes_rejected >= 2, "both slots tried: {snap:?}");
+    assert!(snap.last_key_present);
+
+    // Backing off: over 1.5 s, 2 slots with delays 100, 200, 400, 800 ms dial at most ~5
+    // times each.
+    let before = server.counters().handshakes_rejected();
+    A::sleep(MS(1500)).await;
+    let during = server.counters().handshakes_rejected() - before;
+    assert!(
+        during <= 12,
+        "{during} rejections in 1.5 s: the client hammers the server"
+    );
+    let s = A::stats(&client);
+    assert_eq!(s.refused_not_connected, 1);
+    assert!(s.reconnects >= 2, "{s:?}");
+    close_bounded::<A>(&client).await;
+}
+
+/// Replies are correlated in each reply style: `replyTo` + fresh `id`, both equal, `id` only.
+pub async fn correlation_in_every_reply_style<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url())).await;
+    for style in [ReplyStyle::ReplyTo, ReplyStyle::Both, ReplyStyle::IdOnly] {
+        server.faults().set_reply_style(style);
+        let ids: Vec<String> = (0..20).map(|i| format!("{style:?}-{i}")).collect();
+        let replies = join_all(ids.iter().map(|id| client.request(allocation(id)))).await;
+        for (id, reply) in ids.iter().zip(replies) {
+            let reply = reply.unwrap_or_else(|e| panic!("{style:?}: {e}"));
+            assert_eq!(allocation_id(&reply), id);
+            match style {
+                ReplyStyle::ReplyTo => {
+                    assert!(reply.reply_to.is_some() && reply.id.is_some() && reply.id != reply.reply_to)
+                }
+                ReplyStyle::Both => assert!(reply.reply_to.is_some() && reply.id == reply.reply_to),
+                ReplyStyle::IdOnly => assert!(reply.reply_to.is_none() && reply.id.is_some()),
+            }
+        }
+        let p = client.get_application_policies().await.unwrap();
+        assert_eq!(p.total, 2);
+    }
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.replies, s.orphan_replies, s.skipped_frames, s.disconnects),
+        (63, 0, 0, 0)
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// With random reply delays many concurrent requests complete out of order, each with its
+/// own reply (the allocation id is echoed).
+pub async fn out_of_order_replies<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_jitter_ms = 100);
+    let client = connect::<A>(config(&server.url())).await;
+    let order = RefCell::new(Vec::new());
+    let n = 300;
+    let results = join_all((0..n).map(|i| {
+        let (client, order) = (&client, &order);
+        async move {
+            let id = format!("ooo-{i}");
+            let reply = client.request(allocation(&id)).await.unwrap();
+            assert_eq!(allocation_id(&reply), id, "request {i} got someone else's reply");
+            order.borrow_mut().push(i);
+        }
+    }))
+    .await;
+    assert_eq!(results.len(), n);
+    let order = order.into_inner();
+    assert!(
+        order.windows(2).any(|w| w[0] > w[1]),
+        "replies came back out of order"
+    );
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.requests, s.replies, s.pending, s.orphan_replies),
+        (300, 300, 0, 0),
+        "{s:?}"
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// A denial (alias "deny", negative amount, unknown type) is `Denied`: a round trip whose
+/// answer is no, not an unavailability; the connection stays up.
+pub async fn denials_are_distinct_from_unavailability<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url())).await;
+    let deny = RequestForAllocation {
+        alias: "deny".into(),
+        amount: 1.0,
+        ..Default::default()
+    };
+    let e = client.request_for_allocation(&deny).await.unwrap_err();
+    assert!(e.is_denied() && !e.is_unavailable(), "{e:?}");
+    assert!(e.denial_text().unwrap().contains("denied"), "{e}");
+    assert!(e.denial().unwrap().reply_to.is_some());
+    let negative = UseAllocation {
+        alias: "ledger-1".into(),
+        amount: -1.0,
+        allocation_id: "a".into(),
+        wait_for_confirmation: Some(true),
+        metadata: None,
+    };
+    let e = client.use_allocation(&negative).await.unwrap_err();
+    assert!(e.is_denied(), "{e:?}");
+    let e = client
+        .request(Outgoing::new("no_such_type", Value::Null))
+        .await
+        .unwrap_err();
+    assert!(e.is_denied(), "{e:?}");
+    assert!(e.denial_text().unwrap().contains("unknown message type"), "{e}");
+    // An unavailability, for contrast: a timeout.
+    server.faults().set_reply_delay_ms(1000);
+    let e = client
+        .request_with(policies(), RequestOptions::timeout(MS(50)))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable() && !e.is_denied(), "{e:?}");
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.denials, s.replies, s.timeouts, s.disconnects),
+        (3, 0, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(server.counters().snapshot().denials_sent, 3);
+    assert!(A::is_connected(&client));
+    close_bounded::<A>(&client).await;
+}
+
+/// A server slower than the request timeout gives `Timeout` at about the deadline (default
+/// and per-request), counted; the late replies are orphans; the connection stays up.
+pub async fn timeout_at_the_deadline<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 1500);
+    let client = connect::<A>(config(&server.url()).request_timeout(MS(400))).await;
+    let t = Instant::now();
+    let e = client
+        .request_with(policies(), RequestOptions::timeout(MS(300)))
+        .await
+        .unwrap_err();
+    let elapsed = t.elapsed();
+    assert_eq!(e, ClientError::Timeout);
+    assert!(
+        elapsed >= MS(300) && elapsed < MS(800),
+        "per-request timeout after {elapsed:?}"
+    );
+    let t = Instant::now();
+    let e = client.request(policies()).await.unwrap_err();
+    let elapsed = t.elapsed();
+    assert_eq!(e, ClientError::Timeout);
+    assert!(
+        elapsed >= MS(400) && elapsed < MS(900),
+        "default timeout after {elapsed:?}"
+    );
+    assert_eq!(A::stats(&client).timeouts, 2);
+    must_wait::<A>(
+        Duration::from_secs(3),
+        "2 late replies counted as orphans",
+        || A::stats(&client).orphan_replies == 2,
+    )
+    .await;
+    let s = A::stats(&client);
+    assert_eq!((s.disconnects, s.replies, s.pending), (0, 0, 0), "{s:?}");
+    assert!(A::is_connected(&client));
+    close_bounded::<A>(&client).await;
+}
+
+/// Duplicate, stray, garbage and binary frames are counted (orphans, skipped) and the
+/// connection stays up; every request still gets its own reply.
+pub async fn noise_frames_are_counted_and_harmless<A: Adapter>() {
+    let server = server_with(|o| {
+        o.faults = FaultConfig {
+            duplicate_replies: true,
+            garbage_every: 3,
+            binary_every: 4,
+            stray_every: 5,
+            ..Default::default()
+        }
+    });
+    let client = connect::<A>(config(&server.url())).await;
+    let mut sub = A::subscribe(&client);
+    for batch in 0..6 {
+        let ids: Vec<String> = (0..10).map(|i| format!("noise-{batch}-{i}")).collect();
+        let replies = join_all(ids.iter().map(|id| client.request(allocation(id)))).await;
+        for (id, reply) in ids.iter().zip(replies) {
+            assert_eq!(allocation_id(&reply.unwrap()), id);
+        }
+    }
+    let counters = server.counters();
+    must_wait::<A>(Duration::from_secs(3), "every noise frame counted", || {
+        let (s, c) = (A::stats(&client), counters.snapshot());
+        s.orphan_replies == c.duplicates_sent + c.stray_sent
+            && s.skipped_frames == c.garbage_sent + c.binary_sent
+    })
+    .await;
+    let (s, c) = (A::stats(&client), counters.snapshot());
+    assert_eq!(c.duplicates_sent, 60);
+    assert!(
+        c.garbage_sent >= 20 && c.binary_sent >= 15 && c.stray_sent >= 12,
+        "{c:?}"
+    );
+    assert_eq!((s.replies, s.disconnects, s.dials), (60, 0, 2), "{s:?}");
+    assert!(A::is_connected(&client));
+    let unsolicited = wait_event::<A>(&mut sub, Duration::from_secs(1), |e| {
+        matches!(e, ClientEvent::Unsolicited { .. })
+    })
+    .await;
+    assert!(unsolicited.is_some(), "orphans are handed to subscribers");
+    close_bounded::<A>(&client).await;
+}
+
+/// Requests in flight on a connection the server closes fail at once with
+/// `ConnectionLost`, far before their timeout; the pool reconnects.
+pub async fn in_flight_fail_at_once_on_server_close<A: Adapter>() {
+    let server = server_with(|o| {
+        o.faults.reply_delay_ms = 10_000;
+        o.faults.close_after_messages = 10;
+    });
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(1)
+            .request_timeout(Duration::from_secs(10))
+            .resend_idempotent(false),
+    )
+    .await;
+    let t = Instant::now();
+    let results = join_all((0..10).map(|_| client.request(policies()))).await;
+    let elapsed = t.elapsed();
+    for r in &results {
+        match r {
+            Err(ClientError::ConnectionLost(DisconnectReason::Closed(_))) => {}
+            other => panic!("expected ConnectionLost(Closed), got {other:?}"),
+        }
+    }
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "failed after {elapsed:?}, timeout is 10 s"
+    );
+    server.faults().clear();
+    request_ok_eventually::<A>(&client, Duration::from_secs(5)).await;
+    let s = A::stats(&client);
+    assert_eq!((s.connection_lost, s.timeouts, s.pending), (10, 0, 0), "{s:?}");
+    assert!(s.reconnects >= 1 && s.disconnects >= 1, "{s:?}");
+    close_bounded::<A>(&client).await;
+}
+
+/// Requests in flight when the server process dies fail at once with `ConnectionLost`.
+pub async fn in_flight_fail_at_once_on_kill<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 10_000);
+    let client = connect::<A>(
+        config(&server.url())
+            .request_timeout(Duration::from_secs(10))
+            .resend_idempotent(false),
+    )
+    .await;
+    let killed_at = Cell::new(None);
+    let requests = join_all((0..20).map(|_| async {
+        let r = client.request(policies()).await;
+        (r, Instant::now())
+    }));
+    let killer = async {
+        let counters = server.counters();
+        must_wait::<A>(Duration::from_secs(3), "20 requests at the server", || {
+            counters.requests_total() == 20
+        })
+        .await;
+        killed_at.set(Some(Instant::now()));
+        server.kill();
+    };
+    let (results, ()) = join(requests, killer).await;
+    let killed_at = killed_at.get().unwrap();
+    for (r, at) in results {
+        assert!(matches!(r, Err(ClientError::ConnectionLost(_))), "{r:?}");
+        let after = at.saturating_duration_since(killed_at);
+        assert!(
+            after < MS(2500),
+            "failed {after:?} after the kill (the kill itself blocks up to 2 s)"
+        );
+    }
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.connection_lost, s.pending, s.open_connections),
+        (20, 0, 0),
+        "{s:?}"
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// After the server is killed and restarted on the same port, the pool reconnects by itself.
+pub async fn reconnects_after_restart<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url())).await;
+    let mut sub = A::subscribe(&client);
+    client.request(policies()).await.unwrap();
+    server.kill();
+    must_wait::<A>(Duration::from_secs(2), "disconnected", || {
+        !A::is_connected(&client)
+    })
+    .await;
+    let event = wait_event::<A>(&mut sub, Duration::from_secs(1), |e| {
+        matches!(e, ClientEvent::Pool(Event::Disconnected { .. }))
+    })
+    .await;
+    assert!(event.is_some());
+    let t = Instant::now();
+    assert_eq!(
+        client.request(policies()).await.unwrap_err(),
+        ClientError::NotConnected
+    );
+    assert!(t.elapsed() < MS(200));
+    server.restart().unwrap();
+    must_wait::<A>(Duration::from_secs(4), "both slots reconnected", || {
+        A::stats(&client).open_connections == 2
+    })
+    .await;
+    client.request(policies()).await.unwrap();
+    let s = A::stats(&client);
+    assert!(s.reconnects >= 2 && s.disconnects == 2, "{s:?}");
+    assert_eq!(server.counters().connections_accepted(), 4);
+    close_bounded::<A>(&client).await;
+}
+
+/// A frozen server (no reads, no writes, TCP open) is detected by the read deadline within
+/// about the pong wait; the pool reconnects once the server is healthy.
+pub async fn frozen_server_read_timeout<A: Adapter>() {
+    dead_peer_read_timeout::<A>(|f, on| f.set_freeze(on)).await;
+}
+
+/// A server that never answers pings (and sends nothing else) is detected the same way.
+pub async fn no_pong_server_read_timeout<A: Adapter>() {
+    dead_peer_read_timeout::<A>(|f, on| f.set_no_pongs(on)).await;
+}
+
+async fn dead_peer_read_timeout<A: Adapter>(fault: impl Fn(&ufsock::server::Faults, bool)) {
+    let server = server();
+    let pong_wait = MS(600);
+    let client = connect::<A>(config(&server.url()).pool_size(1).pong_wait(pong_wait)).await;
+    client.request(policies()).await.unwrap();
+    let mut sub = A::subscribe(&client);
+    let t = Instant::now();
+    fault(&server.faults(), true);
+    let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
+        matches!(e, ClientEvent::Pool(Event::Disconnected { .. }))
+    })
+    .await
+    .expect("a disconnect");
+    let elapsed = t.elapsed();
+    fault(&server.faults(), false);
+    let ClientEvent::Pool(Event::Disconnected { reason, .. }) = event else {
+        unreachable!()
+    };
+    assert_eq!(reason, DisconnectReason::ReadTimeout);
+    // The deadline is the last pong (at most a ping period, 200 ms, before the fault) plus
+    // the pong wait.
+    assert!(
+        elapsed >= pong_wait - MS(250) && elapsed <= pong_wait + MS(500),
+        "detected after {elapsed:?} (pong wait {pong_wait:?})"
+    );
+    request_ok_eventually::<A>(&client, Duration::from_secs(5)).await;
+    let s = A::stats(&client);
+    assert!(s.reconnects >= 1 && s.pending == 0, "{s:?}");
+    close_bounded::<A>(&client).await;
+}
+
+/// Writes keep succeeding long after the first ping (the Go package's writes all failed
+/// ~40 s in): requests and sends over 15 ping periods, no disconnect.
+pub async fn writes_keep_working_across_many_ping_periods<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url())).await;
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < Duration::from_secs(3) {
+        let id = format!("long-{n}");
+        assert_eq!(allocation_id(&client.request(allocation(&id)).await.unwrap()), id);
+        client.send(report(n, 32)).unwrap();
+        n += 1;
+        A::sleep(MS(25)).await;
+    }
+    let counters = server.counters();
+    must_wait::<A>(Duration::from_secs(2), "every send at the server", || {
+        counters.fire_and_forget_total() == n
+    })
+    .await;
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.disconnects, s.dials, s.replies, s.sends.sent),
+        (0, 2, n, n),
+        "{s:?}"
+    );
+    assert!(s.pings >= 20, "pings: {}", s.pings);
+    assert!(counters.pings_received() >= 20);
+    close_bounded::<A>(&client).await;
+}
+
+/// Fire-and-forget messages sent while the server is down wait in the outbox (a full
+/// outbox refuses with `OutboxFull`, handing the message back, counted) and are flushed
+/// after the reconnect: the server counts exactly `sent`.
+pub async fn outbox_flushed_after_reconnect<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url()).outbox_capacity(40)).await;
+    for i in 0..5 {
+        client.send(report(i, 16)).unwrap();
+    }
+    must_wait::<A>(Duration::from_secs(2), "5 at the server", || {
+        server_ff(&server) == 5
+    })
+    .await;
+    server.kill();
+    must_wait::<A>(Duration::from_secs(2), "disconnected", || {
+        !A::is_connected(&client)
+    })
+    .await;
+    let mut full = 0;
+    for i in 5..55 {
+        match client.send(report(i, 16)) {
+            Ok(()) => {}
+            Err(ClientError::OutboxFull(m)) => {
+                assert_eq!(m, report(i, 16), "the refused message is handed back");
+                full += 1;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(full, 10);
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.outbox_depth, s.sends.queued, s.sends.dropped),
+        (40, 40, 10),
+        "{s:?}"
+    );
+    server.restart().unwrap();
+    must_wait::<A>(Duration::from_secs(5), "the outbox flushed", || {
+        let s = A::stats(&client);
+        s.sends.queued == 0 && s.sends.unflushed == 0 && server_ff(&server) == s.sends.sent
+    })
+    .await;
+    let s = A::stats(&client);
+    assert_eq!(s.sends.sent, 45);
+    assert_eq!(
+        server_ff(&server),
+        s.sends.sent,
+        "exact: no connection died with sends in flight"
+    );
+    assert_eq!(
+        (s.sends.sends, s.sends.lost, s.sends.expired),
+        (55, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.sends.conserved());
+    close_bounded::<A>(&client).await;
+}
+
+/// `close()` ends pending requests (`Closed`), refuses new work, closes every connection
+/// with code 1000, and nothing reconnects afterwards.
+pub async fn close_refuses_work_and_closes_cleanly<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 3000);
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(3)
+            .request_timeout(Duration::from_secs(10)),
+    )
+    .await;
+    let counters = server.counters();
+    let closer = async {
+        must_wait::<A>(Duration::from_secs(2), "the request at the server", || {
+            counters.requests_total() == 1
+        })
+        .await;
+        let t = Instant::now();
+        A::close(&client).await;
+        t.elapsed()
+    };
+    let (pending, took) = join(client.request(policies()), closer).await;
+    assert_eq!(pending.unwrap_err(), ClientError::Closed);
+    assert!(took < Duration::from_secs(2), "close took {took:?}");
+    // Idempotent, and refuses new work.
+    assert!(timeout::<A, _>(MS(500), A::close(&client)).await.is_some());
+    assert_eq!(client.request(policies()).await.unwrap_err(), ClientError::Closed);
+    assert_eq!(client.send(report(0, 1)).unwrap_err(), ClientError::Closed);
+    assert!(!A::is_connected(&client));
+    assert_eq!(A::availability(&client), Availability::Unavailable);
+    must_wait::<A>(Duration::from_secs(2), "3 close frames", || {
+        counters.close_codes().len() == 3
+    })
+    .await;
+    assert!(
+        counters.close_codes().iter().all(|c| *c == Some(1000)),
+        "{:?}",
+        counters.close_codes()
+    );
+    // Nothing dials again: watch over 6 backoff bases.
+    let accepted = counters.snapshot().tcp_accepted;
+    A::sleep(MS(600)).await;
+    assert_eq!(
+        counters.snapshot().tcp_accepted,
+        accepted,
+        "a closed client dialed"
+    );
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.closed, s.refused_closed, s.sends.closed, s.pending),
+        (1, 1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.dials, 3);
+    assert!(s.requests_conserved() && s.sends.conserved());
+}
+
+/// `is_connected()` follows the server: false while it is down (even right after
+/// `connect`), true once a connection opens, false after a kill and after `close`.
+pub async fn is_connected_transitions<A: Adapter>() {
+    let server = server();
+    server.kill();
+    let client = connect::<A>(config(&server.url())).await;
+    assert!(!A::is_connected(&client));
+    assert_eq!(A::availability(&client), Availability::Unavailable);
+    server.restart().unwrap();
+    must_wait::<A>(Duration::from_secs(3), "connected", || A::is_connected(&client)).await;
+    // Usable at once; `Available` (every slot open) only after the core's 5 s hysteresis.
+    assert_ne!(A::availability(&client), Availability::Unavailable);
+    must_wait::<A>(Duration::from_secs(3), "both slots open", || {
+        A::stats(&client).open_connections == 2
+    })
+    .await;
+    server.kill();
+    must_wait::<A>(Duration::from_secs(2), "disconnected", || {
+        !A::is_connected(&client)
+    })
+    .await;
+    server.restart().unwrap();
+    must_wait::<A>(Duration::from_secs(3), "connected again", || {
+        A::is_connected(&client)
+    })
+    .await;
+    A::close(&client).await;
+    assert!(!A::is_connected(&client));
+}
+
+/// `wss://` against a self-signed certificate: works when the client trusts it as a root,
+/// fails (a network dial error, not a rejection) when it does not.
+pub async fn tls_self_signed<A: Adapter>() {
+    let (tls, cert) = TlsOptions::self_signed().unwrap();
+    let server = server_with(|o| o.tls = Some(tls));
+    let url = server.url_for_host("localhost");
+    assert!(url.starts_with("wss://"));
+
+    let trusted = ClientOptions::builder(config(&url).build().unwrap())
+        .add_root_certificate(cert.clone())
+        .webpki_roots(false)
+        .build();
+    let client = A::connect(trusted).await.unwrap();
+    assert!(A::is_connected(&client));
+    let p = client.get_application_policies().await.unwrap();
+    assert_eq!(p.total, 2);
+    assert!(server.counters().snapshot().last_key_present);
+    close_bounded::<A>(&client).await;
+
+    let untrusted = ClientOptions::builder(config(&url).build().unwrap()).build();
+    let client = A::connect(untrusted).await.unwrap();
+    let mut sub = A::subscribe(&client);
+    assert!(!A::is_connected(&client));
+    let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
+        matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
+    })
+    .await
+    .expect("a ConnectFailed event");
+    let ClientEvent::Pool(Event::ConnectFailed { error, .. }) = event else {
+        unreachable!()
+    };
+    assert!(matches!(error, DialError::Network(_)), "{error:?}");
+    assert_eq!(
+        client.request(policies()).await.unwrap_err(),
+        ClientError::NotConnected
+    );
+    let s = A::stats(&client);
+    assert!(s.dial_failures >= 2 && s.rejections == 0, "{s:?}");
+    assert!(server.counters().snapshot().handshakes_failed >= 1);
+    close_bounded::<A>(&client).await;
+}
+
+/// Dropping a request future cancels its pending entry (pending 0, cancelled 1); its late
+/// reply is an orphan.
+pub async fn dropped_request_future_cancels<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 800);
+    let client = connect::<A>(config(&server.url())).await;
+    let counters = server.counters();
+    // The timeout drops the request future after 300 ms.
+    let r = timeout::<A, _>(MS(300), client.request(policies())).await;
+    assert!(r.is_none());
+    assert_eq!(
+        counters.requests_total(),
+        1,
+        "the request went out before the drop"
+    );
+    let s = A::stats(&client);
+    assert_eq!((s.requests, s.pending, s.cancelled), (1, 0, 1), "{s:?}");
+    assert!(s.pending_per_slot.iter().all(|p| *p == 0), "{s:?}");
+    assert!(s.requests_conserved());
+    must_wait::<A>(Duration::from_secs(2), "the late reply is an orphan", || {
+        A::stats(&client).orphan_replies == 1
+    })
+    .await;
+    close_bounded::<A>(&client).await;
+}
+
+/// Dropping the last client handle closes the pool: every connection gets a 1000 close
+/// frame and nothing dials again.
+pub async fn dropping_the_last_handle_closes<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url()).pool_size(3)).await;
+    let other = client.clone();
+    drop(client);
+    other.request(policies()).await.unwrap();
+    drop(other);
+    let counters = server.counters();
+    must_wait::<A>(Duration::from_secs(3), "3 close frames", || {
+        counters.close_codes().len() == 3
+    })
+    .await;
+    assert!(
+        counters.close_codes().iter().all(|c| *c == Some(1000)),
+        "{:?}",
+        counters.close_codes()
+    );
+    must_wait::<A>(Duration::from_secs(3), "no connection open", || {
+        counters.open_connections() == 0
+    })
+    .await;
+    let accepted = counters.snapshot().tcp_accepted;
+    A::sleep(MS(400)).await;
+    assert_eq!(
+        counters.snapshot().tcp_accepted,
+        accepted,
+        "a dropped client dialed"
+    );
+}
+
+/// Every open connection at its in-flight cap: a request is refused at once with
+/// `Backpressure` (unavailable), nothing sent.
+pub async fn backpressure_refuses_at_once<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 500);
+    let client = connect::<A>(config(&server.url()).pool_size(1).max_in_flight(2)).await;
+    let third = async {
+        let counters = server.counters();
+        must_wait::<A>(Duration::from_secs(2), "2 requests at the server", || {
+            counters.requests_total() == 2
+        })
+        .await;
+        let t = Instant::now();
+        let r = client.request(policies()).await;
+        (r, t.elapsed())
+    };
+    let (first, (third, took)) = join(
+        join(client.request(policies()), client.request(policies())),
+        third,
+    )
+    .await;
+    assert!(first.0.is_ok() && first.1.is_ok());
+    let e = third.unwrap_err();
+    assert_eq!(e, ClientError::Backpressure { max_in_flight: 2 });
+    assert!(e.is_unavailable() && took < MS(100), "{took:?}");
+    assert_eq!(server.counters().requests_total(), 2);
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.requests, s.replies, s.refused_backpressure),
+        (2, 2, 1),
+        "{s:?}"
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// A message that waits in the outbox past its TTL is dropped and counted `expired`, with a
+/// `MessageDropped` event; it is not sent after the reconnect.
+pub async fn outbox_ttl_expires<A: Adapter>() {
+    let server = server();
+    server.kill();
+    let client = connect::<A>(config(&server.url()).outbox_ttl(MS(200))).await;
+    let mut sub = A::subscribe(&client);
+    client.send(report(0, 8)).unwrap();
+    let event = wait_event::<A>(&mut sub, Duration::from_secs(2), |e| {
+        matches!(e, ClientEvent::Pool(Event::MessageDropped { .. }))
+    })
+    .await;
+    assert!(event.is_some(), "a MessageDropped event");
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.sends.expired, s.sends.queued, s.outbox_depth),
+        (1, 0, 0),
+        "{:?}",
+        s.sends
+    );
+    server.restart().unwrap();
+    must_wait::<A>(Duration::from_secs(3), "connected", || A::is_connected(&client)).await;
+    client.send(report(1, 8)).unwrap();
+    must_wait::<A>(Duration::from_secs(2), "the fresh send delivered", || {
+        server_ff(&server) == 1
+    })
+    .await;
+    A::sleep(MS(100)).await;
+    assert_eq!(server_ff(&server), 1, "the expired message was not sent");
+    close_bounded::<A>(&client).await;
+}
+
+/// Slots that used up their reconnect attempts rest (no dials), and the next request
+/// re-arms them: a pool in use never stays dead for good.
+pub async fn exhausted_slots_rearm_on_use<A: Adapter>() {
+    let server = server();
+    server.kill();
+    let client = connect::<A>(config(&server.url()).backoff_attempts(2)).await;
+    let mut sub = A::subscribe(&client);
+    must_wait::<A>(Duration::from_secs(3), "both slots exhausted", || {
+        A::stats(&client).exhausted >= 2
+    })
+    .await;
+    let _ = wait_event::<A>(&mut sub, MS(10), |e| {
+        matches!(e, ClientEvent::Pool(Event::AttemptsExhausted { .. }))
+    })
+    .await;
+    server.restart().unwrap();
+    let dials = A::stats(&client).dials;
+    A::sleep(MS(500)).await;
+    assert_eq!(A::stats(&client).dials, dials, "a resting slot dialed by itself");
+    assert!(!A::is_connected(&client));
+    assert_eq!(
+        client.request(policies()).await.unwrap_err(),
+        ClientError::NotConnected
+    );
+    must_wait::<A>(Duration::from_secs(3), "re-armed and connected", || {
+        A::is_connected(&client)
+    })
+    .await;
+    client.request(policies()).await.unwrap();
+    close_bounded::<A>(&client).await;
+}
+
+// ----- load generation for the fault tests (#5) -----
+
+/// Shared state of a load run: workers loop until `stop`; sends only while `sends_on`.
+#[derive(Default)]
+pub struct Load {
+    pub stop: Cell<bool>,
+    pub sends_on: Cell<bool>,
+    pub issued: Cell<u64>,
+    pub outcomes: RefCell<Outcomes>,
+    pub sends_issued: Cell<u64>,
+    pub sends_refused: Cell<u64>,
+    next: Cell<u64>,
+}
+
+impl Load {
+    pub fn new() -> Self {
+        let l = Self::default();
+        l.sends_on.set(true);
+        l
+    }
+
+    fn next(&self) -> u64 {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        n
+    }
+
+    pub fn outcomes(&self) -> Outcomes {
+        self.outcomes.borrow().clone()
+    }
+}
+
+/// Issues requests back to back (a mix: non-idempotent policies, idempotent allocations,
+/// denials), each with `timeout`, pausing `pace` after each.
+pub async fn request_worker<A: Adapter>(client: &A::Client, load: &Load, timeout: Duration, pace: Duration) {
+    while !load.stop.get() {
+        let n = load.next();
+        load.issued.set(load.issued.get() + 1);
+        let options = RequestOptions::timeout(timeout);
+        let result = match n % 10 {
+            0 => {
+                let deny = RequestForAllocation {
+                    alias: "deny".into(),
+                    amount: 1.0,
+                    ..Default::default()
+                };
+                client.request_with(deny.to_message(), options).await
+            }
+            1 | 4 | 7 => {
+                let id = format!("load-{n}");
+                let r = client.request_with(allocation(&id), options).await;
+                if let Ok(reply) = &r {
+                    assert_eq!(allocation_id(reply), id, "a reply for another request");
+                }
+                r
+            }
+            _ => client.request_with(policies(), options).await,
+        };
+        if let Err(e) = &result {
+            assert!(
+                e.is_denied() || e.is_unavailable(),
+                "{}: unexpected error {e:?}",
+                A::NAME
+            );
+        }
+        load.outcomes.borrow_mut().record(&result);
+        A::sleep(pace).await;
+    }
+}
+
+/// Sends a `report_call_chain` of `size` bytes every `pace` while `sends_on`.
+pub async fn send_worker<A: Adapter>(client: &A::Client, load: &Load, size: usize, pace: Duration) {
+    while !load.stop.get() {
+        if load.sends_on.get() {
+            let n = load.next();
+            load.sends_issued.set(load.sends_issued.get() + 1);
+            match client.send(report(n, size)) {
+                Ok(()) => {}
+                Err(ClientError::OutboxFull(_)) | Err(ClientError::Closed) => {
+                    load.sends_refused.set(load.sends_refused.get() + 1)
+                }
+                Err(e) => panic!("{}: unexpected send error {e:?}", A::NAME),
+            }
+        }
+        A::sleep(pace).await;
+    }
+}
+
+/// Runs `workers` request workers and one send worker alongside `script`; stops them when
+/// the script returns and waits for every worker to finish.
+async fn with_load<A: Adapter, T>(
+    client: &A::Client,
+    load: &Load,
+    workers: usize,
+    timeout: Duration,
+    script: impl std::future::Future<Output = T>,
+) -> T {
+    let requests = join_all((0..workers).map(|_| request_worker::<A>(client, load, timeout, MS(2))));
+    let sends = send_worker::<A>(client, load, 64, MS(2));
+    let script = async {
+        let out = script.await;
+        load.stop.set(true);
+        out
+    };
+    let ((_, ()), out) = join(join(requests, sends), script).await;
+    out
+}
+
+/// Stops the sends and waits until every message is flushed and counted by the server, so a
+/// fault injected next cannot catch a message in flight (which would make the server's count
+/// inexact: a message flushed to a socket that is then killed is `sent` but never arrives).
+async fn quiesce_sends<A: Adapter>(client: &A::Client, load: &Load, server: &ServerThread) {
+    load.sends_on.set(false);
+    must_wait::<A>(Duration::from_secs(3), "sends quiesced", || {
+        let s = A::stats(client);
+        s.sends.queued == 0 && s.sends.unflushed == 0 && server_ff(server) == s.sends.sent
+    })
+    .await;
+}
+
+/// The end-of-test checks: outcomes vs stats, nothing pending, send conservation.
+fn check_load<A: Adapter>(name: &str, client: &A::Client, load: &Load) -> Stats {
+    let s = A::stats(client);
+    let o = load.outcomes();
+    eprintln!("{}::{name}: outcomes {o:?}", A::NAME);
+    eprintln!("{}::{name}: sends {:?}", A::NAME, s.sends);
+    assert_outcomes_match(name, load.issued.get(), &o, &s);
+    assert!(s.sends.conserved(), "{name}: {:?}", s.sends);
+    assert_eq!(s.sends.sends, load.sends_issued.get());
+    assert_eq!(s.sends.dropped + s.sends.closed, load.sends_refused.get());
+    s
+}
+
+/// Waits until the outbox and the writers are empty and the server counted what it will.
+async fn settle_sends<A: Adapter>(client: &A::Client, server: &ServerThread, expect_exact: bool) {
+    let ok = wait_until::<A>(Duration::from_secs(5), || {
+        let s = A::stats(client);
+        s.sends.queued == 0 && s.sends.unflushed == 0 && (!expect_exact || server_ff(server) == s.sends.sent)
+    })
+    .await;
+    let s = A::stats(client);
+    assert!(
+        ok,
+        "{}: sends did not settle: server {} vs {:?}",
+        A::NAME,
+        server_ff(server),
+        s.sends
+    );
+}
+
+// ----- fault tests (#5) -----
+
+/// The server is killed and restarted twice under load (concurrent requests + sends).
+/// First outage: sends quiesced before the kill, so the server's count must equal `sent`
+/// exactly. Second outage: sends keep flowing into the kill; then messages flushed to the
+/// dying sockets are `sent` yet may never reach the server, so the server's count is only
+/// bounded: `sent - window <= server <= sent + lost`, where `window` is what the client
+/// counted `sent` between the kill and its noticing the loss.
+pub async fn fault_kill_restart_under_load<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url()).pool_size(4)).await;
+    let load = Load::new();
+    let window = with_load::<A, _>(&client, &load, 8, Duration::from_secs(1), async {
+        A::sleep(MS(500)).await;
+        // Outage 1, exact.
+        quiesce_sends::<A>(&client, &load, &server).await;
+        server.kill();
+        must_wait::<A>(Duration::from_secs(2), "all lost", || {
+            A::stats(&client).open_connections == 0
+        })
+        .await;
+        load.sends_on.set(true); // into the outbox
+        A::sleep(MS(300)).await;
+        server.restart().unwrap();
+        must_wait::<A>(Duration::from_secs(4), "reconnected", || {
+            A::stats(&client).open_connections == 4
+        })
+        .await;
+        settle_sends::<A>(&client, &server, true).await;
+        let s = A::stats(&client);
+        assert_eq!(
+            server_ff(&server),
+            s.sends.sent,
+            "exact after a quiesced outage: {:?}",
+            s.sends
+        );
+        assert_eq!(s.sends.lost, 0);
+        A::sleep(MS(300)).await;
+        // Outage 2, sends in flight.
+        let server_before = server_ff(&server);
+        server.kill();
+        let server_at_kill = server_ff(&server);
+        must_wait::<A>(Duration::from_secs(2), "all lost", || {
+            A::stats(&client).open_connections == 0
+        })
+        .await;
+        // No connection is open, so nothing more becomes `sent` until the restart.
+        let sent_at_detection = A::stats(&client).sends.sent;
+        eprintln!(
+            "{}: outage 2: server counted {server_before}..{server_at_kill}, client sent {sent_at_detection}",
+            A::NAME
+        );
+        A::sleep(MS(300)).await;
+        server.restart().unwrap();
+        must_wait::<A>(Duration::from_secs(4), "reconnected", || {
+            A::stats(&client).open_connections == 4
+        })
+        .await;
+        A::sleep(MS(500)).await;
+        sent_at_detection.saturating_sub(server_at_kill)
+    })
+    .await;
+    settle_sends::<A>(&client, &server, false).await;
+    let s = check_load::<A>("fault_kill_restart_under_load", &client, &load);
+    let o = load.outcomes();
+    assert!(o.ok > 100, "{o:?}");
+    assert!(
+        o.connection_lost + o.not_connected > 0,
+        "the outages were seen: {o:?}"
+    );
+    let counted = server_ff(&server);
+    eprintln!(
+        "{}: server counted {counted}, client sent {} lost {} (window {window})",
+        A::NAME,
+        s.sends.sent,
+        s.sends.lost
+    );
+    assert!(
+        counted + window >= s.sends.sent && counted <= s.sends.sent + s.sends.lost,
+        "server {counted} vs sent {} lost {} window {window}",
+        s.sends.sent,
+        s.sends.lost
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// A server that freezes under load (stops reading and answering pings) is detected within
+/// the pong wait: in-flight requests fail `ConnectionLost(ReadTimeout)` then, not at their
+/// timeout; the pool reconnects once the server thaws. Sends are quiesced around the
+/// freeze, so the server's count is exact.
+pub async fn fault_frozen_server_under_load<A: Adapter>() {
+    let server = server();
+    let pong_wait = MS(600);
+    let client = connect::<A>(config(&server.url()).pong_wait(pong_wait)).await;
+    let load = Load::new();
+    let mut sub = A::subscribe(&client);
+    let detected = with_load::<A, _>(&client, &load, 4, Duration::from_secs(3), async {
+        A::sleep(MS(500)).await;
+        quiesce_sends::<A>(&client, &load, &server).await;
+        let t = Instant::now();
+        server.faults().set_freeze(true);
+        let mut lost = 0;
+        while lost < 2 {
+            let e = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
+                matches!(e, ClientEvent::Pool(Event::Disconnected { .. }))
+            })
+            .await
+            .expect("both connections detected dead");
+            let ClientEvent::Pool(Event::Disconnected { reason, .. }) = e else {
+                unreachable!()
+            };
+            assert_eq!(reason, DisconnectReason::ReadTimeout);
+            lost += 1;
+        }
+        let detected = t.elapsed();
+        server.faults().set_freeze(false);
+        load.sends_on.set(true);
+        must_wait::<A>(Duration::from_secs(4), "reconnected", || {
+            A::stats(&client).open_connections == 2
+        })
+        .await;
+        let ok_before = load.outcomes().ok;
+        must_wait::<A>(Duration::from_secs(4), "requests succeed again", || {
+            load.outcomes().ok > ok_before + 20
+        })
+        .await;
+        detected
+    })
+    .await;
+    assert!(detected <= pong_wait + MS(500), "detected after {detected:?}");
+    settle_sends::<A>(&client, &server, true).await;
+    let s = check_load::<A>("fault_frozen_server_under_load", &client, &load);
+    let o = load.outcomes();
+    assert!(
+        o.connection_lost > 0,
+        "in-flight requests failed at detection: {o:?}"
+    );
+    assert_eq!(o.timeout, 0, "nothing waited for its 3 s timeout: {o:?}");
+    assert_eq!(server_ff(&server), s.sends.sent, "{:?}", s.sends);
+    close_bounded::<A>(&client).await;
+}
+
+/// A server that accepts TCP but never answers the upgrade: each dial ends at the handshake
+/// timeout (`ConnectFailed { Timeout }`), then backs off; requests fail `NotConnected` at
+/// once, sends wait in the outbox; once the server answers, the pool connects and flushes.
+pub async fn fault_handshake_hang<A: Adapter>() {
+    let server = server_with(|o| o.faults.hang_handshakes = true);
+    let handshake = MS(300);
+    let t = Instant::now();
+    let client = connect::<A>(config(&server.url()).handshake_timeout(handshake)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= handshake - MS(50) && took <= handshake + MS(700),
+        "connect returned after {took:?}"
+    );
+    assert!(!A::is_connected(&client));
+    let mut sub = A::subscribe(&client);
+    let e = wait_event::<A>(&mut sub, Duration::from_secs(2), |e| {
+        matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
+    })
+    .await
+    .expect("a ConnectFailed event");
+    let ClientEvent::Pool(Event::ConnectFailed { error, .. }) = e else {
+        unreachable!()
+    };
+    assert_eq!(error, DialError::Timeout);
+    let backoff = wait_event::<A>(&mut sub, Duration::from_secs(2), |e| {
+        matches!(e, ClientEvent::Pool(Event::ReconnectScheduled { .. }))
+    })
+    .await;
+    assert!(backoff.is_some(), "a reconnect is scheduled after the timeout");
+    let t = Instant::now();
+    assert_eq!(
+        client.request(policies()).await.unwrap_err(),
+        ClientError::NotConnected
+    );
+    assert!(t.elapsed() < MS(200));
+    client.send(report(1, 8)).unwrap();
+    let s = A::stats(&client);
+    assert!(
+        s.dial_failures >= 3 && s.rejections == 0 && s.sends.queued == 1,
+        "{s:?}"
+    );
+    assert!(server.counters().snapshot().handshakes_hung >= 3);
+    server.faults().set_hang_handshakes(false);
+    must_wait::<A>(Duration::from_secs(4), "connected", || {
+        A::stats(&client).open_connections == 2
+    })
+    .await;
+    client.request(policies()).await.unwrap();
+    must_wait::<A>(Duration::from_secs(2), "the queued send delivered", || {
+        server_ff(&server) == 1
+    })
+    .await;
+    close_bounded::<A>(&client).await;
+}
+
+/// A server that closes every connection after n messages, under load: requests fail
+/// `ConnectionLost` or succeed, the pool keeps reconnecting, everything is accounted for.
+/// The server reads until the client's close reply, so every message the client flushed
+/// before it saw the close frame is counted: `sent <= server <= sent + lost` (a message
+/// counted `lost`, written but not yet reported flushed, may still have arrived).
+pub async fn fault_close_after_n_messages<A: Adapter>() {
+    let server = server_with(|o| o.faults.close_after_messages = 25);
+    let client = connect::<A>(config(&server.url())).await;
+    let load = Load::new();
+    with_load::<A, _>(&client, &load, 4, Duration::from_secs(1), A::sleep(MS(2500))).await;
+    settle_sends::<A>(&client, &server, false).await;
+    let s = check_load::<A>("fault_close_after_n_messages", &client, &load);
+    let o = load.outcomes();
+    let counted = server_ff(&server);
+    eprintln!("{}: server counted {counted}, client {:?}", A::NAME, s.sends);
+    assert!(o.ok > 50 && o.connection_lost > 0, "{o:?}");
+    assert!(server.counters().snapshot().closes_sent >= 5);
+    assert!(s.reconnects >= 5, "{s:?}");
+    assert!(
+        counted >= s.sends.sent && counted <= s.sends.sent + s.sends.lost,
+        "server {counted} vs {:?}",
+        s.sends
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// A slow server: every timeout fires at its deadline, not late (elapsed within
+/// [timeout, timeout + 500 ms]); requests with a longer timeout succeed; the late replies
+/// are orphans; pings keep the connection up.
+pub async fn fault_slow_server_deadlines<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 1000);
+    let client = connect::<A>(config(&server.url())).await;
+    let timeouts = [100u64, 200, 300, 450, 600, 3000];
+    let results = join_all(timeouts.iter().flat_map(|&ms| {
+        let client = &client;
+        (0..4).map(move |_| async move {
+            let t = Instant::now();
+            let r = client
+                .request_with(policies(), RequestOptions::timeout(MS(ms)))
+                .await;
+            (ms, r, t.elapsed())
+        })
+    }))
+    .await;
+    for (ms, r, elapsed) in results {
+        if ms >= 3000 {
+            assert!(r.is_ok(), "{r:?}");
+            assert!(elapsed >= MS(1000), "{elapsed:?}");
+        } else {
+            assert_eq!(r.unwrap_err(), ClientError::Timeout);
+            assert!(
+                elapsed >= MS(ms) && elapsed <= MS(ms + 500),
+                "timeout {ms} ms fired after {elapsed:?}"
+            );
+        }
+    }
+    must_wait::<A>(Duration::from_secs(3), "20 late replies are orphans", || {
+        A::stats(&client).orphan_replies == 20
+    })
+    .await;
+    let s = A::stats(&client);
+    assert_eq!(
+        (s.timeouts, s.replies, s.disconnects, s.pending),
+        (20, 4, 0, 0),
+        "{s:?}"
+    );
+    close_bounded::<A>(&client).await;
+}
+
+/// A peer that stops reading: big writes fill the socket buffers (small SO_RCVBUF at the
+/// server), the write deadline passes, the connection is dropped as `WriteTimeout` and its
+/// in-flight request fails at once; the pool reconnects once the server reads again.
+pub async fn fault_write_stall<A: Adapter>() {
+    let server = server_with(|o| o.recv_buffer_size = Some(4096));
+    let write_wait = MS(400);
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(1)
+            .write_wait(write_wait)
+            .pong_wait(Duration::from_secs(5))
+            .request_timeout(Duration::from_secs(5))
+            .resend_idempotent(false),
+    )
+    .await;
+    client.request(policies()).await.unwrap();
+    let mut sub = A::subscribe(&client);
+    server.faults().set_stop_reading(true);
+    let t = Instant::now();
+    // 40 × 256 KiB = 10 MiB: more than the loopback socket buffers hold.
+    for i in 0..40 {
+        client.send(report(i, 256 * 1024)).unwrap();
+    }
+    let (request, event) = join(
+        client.request(policies()),
+        wait_event::<A>(&mut sub, Duration::from_secs(4), |e| {
+            matches!(e, ClientEvent::Pool(Event::Disconnected { .. }))
+        }),
+    )
+    .await;
+    let elapsed = t.elapsed();
+    let ClientEvent::Pool(Event::Disconnected { reason, .. }) = event.expect("a disconnect") else {
+        unreachable!()
+    };
+    assert_eq!(reason, DisconnectReason::WriteTimeout);
+    assert_eq!(
+        request.unwrap_err(),
+        ClientError::ConnectionLost(DisconnectReason::WriteTimeout)
+    );
+    assert!(
+        elapsed < write_wait + Duration::from_secs(2),
+        "stall detected after {elapsed:?}"
+    );
+    server.faults().set_stop_reading(false);
+    request_ok_eventually::<A>(&client, Duration::from_secs(5)).await;
+    let s = A::stats(&client);
+    eprintln!(
+        "{}: write stall: {:?}, server {}",
+        A::NAME,
+        s.sends,
+        server_ff(&server)
+    );
+    assert!(s.sends.conserved() && s.sends.lost > 0, "{:?}", s.sends);
+    assert!(server_ff(&server) <= s.sends.sent + s.sends.lost);
+    close_bounded::<A>(&client).await;
+}
+
+/// `close()` against a peer that never answers the close frame (frozen) still returns,
+/// bounded by the write wait, and leaves nothing pending.
+pub async fn fault_close_against_frozen_server<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 5000);
+    let write_wait = MS(500);
+    let client = connect::<A>(
+        config(&server.url())
+            .write_wait(write_wait)
+            .pong_wait(Duration::from_secs(5)),
+    )
+    .await;
+    let counters = server.counters();
+    let closer = async {
+        must_wait::<A>(Duration::from_secs(2), "requests at the server", || {
+            counters.requests_total() == 4
+        })
+        .await;
+        server.faults().set_freeze(true);
+        must_wait::<A>(Duration::from_secs(2), "frozen", || {
+            counters.snapshot().connections_frozen == 2
+        })
+        .await;
+        let t = Instant::now();
+        A::close(&client).await;
+        t.elapsed()
+    };
+    let (results, took) = join(join_all((0..4).map(|_| client.request(policies()))), closer).await;
+    for r in results {
+        assert_eq!(r.unwrap_err(), ClientError::Closed);
+    }
+    assert!(took <= write_wait + MS(700), "close took {took:?}");
+    let s = A::stats(&client);
+    assert_eq!((s.pending, s.closed, s.open_connections), (0, 4, 0), "{s:?}");
+    assert!(s.requests_conserved());
+}
+
+// ----- soak -----
+
+/// Sustained load with random faults toggled periodically, for `SOAK_SECS` (default 30)
+/// seconds; prints RSS at start and end and the totals; asserts every request completed
+/// exactly once and every message is accounted for.
+pub async fn soak<A: Adapter>() {
+    let secs = soak_duration().as_secs();
+    let rss_start = rss_kib();
+    let server = server_with(|o| o.recv_buffer_size = Some(64 * 1024));
+    let client = connect::<A>(config(&server.url()).pool_size(4).outbox_capacity(5000)).await;
+    let load = Load::new();
+    let seed = fastrand::u64(..);
+    eprintln!(
+        "{}::soak: {secs} s, seed {seed}, RSS at start {rss_start} KiB",
+        A::NAME
+    );
+    let rng = RefCell::new(fastrand::Rng::with_seed(seed));
+    let faults_seen = RefCell::new(Vec::new());
+    let kills = Cell::new(0u64);
+    with_load::<A, _>(&client, &load, 8, MS(800), async {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            let pick = rng.borrow_mut().u8(0..10);
+            let faults = server.faults();
+            faults.clear();
+            let name = match pick {
+                0 => "none",
+                1 => {
+                    faults.set_reply_delay_ms(50);
+                    faults.set_reply_jitter_ms(900);
+                    "slow"
+                }
+                2 => {
+                    faults.set_drop_every(7);
+                    "drop_every"
+                }
+                3 => {
+                    faults.set_duplicate_replies(true);
+                    faults.set_garbage_every(5);
+                    faults.set_binary_every(7);
+                    faults.set_stray_every(3);
+                    "noise"
+                }
+                4 => {
+                    faults.set_close_after_messages(200);
+                    "close_after"
+                }
+                5 => {
+                    faults.set_drop_after_messages(300);
+                    "drop_after"
+                }
+                6 => {
+                    kills.set(kills.get() + 1);
+                    server.kill();
+                    A::sleep(MS(200)).await;
+                    server.restart().unwrap();
+                    "kill_restart"
+                }
+                7 => {
+                    faults.set_freeze_after_messages(500);
+                    "freeze_after"
+                }
+                8 => {
+                    faults.set_no_pongs(true);
+                    "no_pongs"
+                }
+                _ => {
+                    faults.set_reject_handshakes(true);
+                    "reject_handshakes"
+                }
+            };
+            faults_seen.borrow_mut().push(name);
+            let dwell = rng.borrow_mut().u64(300..1500);
+            A::sleep(MS(dwell)).await;
+        }
+        server.faults().clear();
+        // Frozen connections stay frozen until detected; let the pool recover.
+        must_wait::<A>(Duration::from_secs(5), "recovered", || {
+            A::stats(&client).open_connections == 4
+        })
+        .await;
+    })
+    .await;
+    settle_sends::<A>(&client, &server, false).await;
+    let s = check_load::<A>("soak", &client, &load);
+    let counted = server_ff(&server);
+    let o = load.outcomes();
+    eprintln!("{}::soak: faults {:?}", A::NAME, faults_seen.borrow());
+    eprintln!(
+        "{}::soak: {} requests {o:?}; {} sends, server counted {counted} of {} sent ({} lost, {} kills)",
+        A::NAME,
+        load.issued.get(),
+        s.sends.sends,
+        s.sends.sent,
+        s.sends.lost,
+        kills.get()
+    );
+    eprintln!("{}::soak: stats {s:?}", A::NAME);
+    assert!(o.ok > 0);
+    // Every message the server counted was sent (or counted lost while it was in fact
+    // delivered); below `sent` only by what died in the socket buffers of a kill or a drop.
+    assert!(
+        counted <= s.sends.sent + s.sends.lost,
+        "server {counted} vs {:?}",
+        s.sends
+    );
+    if kills.get() == 0
+        && !faults_seen.borrow().contains(&"drop_after")
+        && !faults_seen.borrow().contains(&"freeze_after")
+    {
+        assert!(counted >= s.sends.sent, "server {counted} vs {:?}", s.sends);
+    }
+    close_bounded::<A>(&client).await;
+    drop(server);
+    eprintln!(
+        "{}::soak: RSS at start {rss_start} KiB, at end {} KiB",
+        A::NAME,
+        rss_kib()
+    );
+}

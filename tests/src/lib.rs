@@ -1,0 +1,404 @@
+//! Conformance and fault tests of the usageflow-socket adapters, over loopback against the
+//! local server (`ufsock::server`).
+//!
+//! # Design
+//!
+//! - [`Adapter`] abstracts what differs between the adapters: the runtime (`block_on`,
+//!   `sleep`), `connect`, the inherent client methods (`stats`, `is_connected`, `close`, ...)
+//!   and the event subscription. Requests and sends go through the shared
+//!   [`UsageFlowApi`] trait, which both clients implement.
+//! - Every test body in [`bodies`] is an `async fn name<A: Adapter>()`. The
+//!   [`conformance!`] macro instantiates all of them for one adapter as plain `#[test]`s, each
+//!   run under [`run`] with a global time limit ([`TEST_TIMEOUT`]).
+//! - The server always runs on its own thread and Tokio runtime ([`ServerThread`]), so a
+//!   body never depends on the client's runtime, and every test has its own server on an
+//!   ephemeral port: tests run in parallel.
+//! - Nothing waits with a blind sleep: [`wait_until`] polls a predicate (client stats,
+//!   server counters) until it holds or a deadline passes.
+#![allow(missing_docs, reason = "test support crate")]
+
+pub mod bodies;
+mod smol_adapter;
+mod tokio_adapter;
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{select, Either};
+use serde_json::json;
+use ufsock::server::{ServerOptions, ServerThread};
+pub use usageflow_socket_common::{ClientError, ClientEvent, ClientOptions, UsageFlowApi};
+pub use usageflow_socket_core::{
+    Availability, Config, ConfigBuilder, DialError, DisconnectReason, Event, Incoming, Outgoing,
+    RequestOptions, Stats,
+};
+
+pub use smol_adapter::SmolAdapter;
+pub use tokio_adapter::TokioAdapter;
+
+/// The time limit of every test.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The API key the test servers accept.
+pub const KEY: &str = "test-key-Secr3t-0123456789";
+
+/// What the suite needs from an adapter. Everything else goes through [`UsageFlowApi`].
+#[allow(async_fn_in_trait, reason = "test-only trait; bodies use concrete adapters")]
+pub trait Adapter: 'static {
+    /// For messages.
+    const NAME: &'static str;
+    /// The adapter's client handle.
+    type Client: Clone + std::fmt::Debug + UsageFlowApi + 'static;
+    /// An event subscription.
+    type Subscription;
+
+    /// Runs a future to completion on this adapter's runtime.
+    fn block_on<F: Future>(f: F) -> F::Output;
+    /// `Client::connect`.
+    async fn connect(options: ClientOptions) -> Result<Self::Client, ClientError>;
+    /// Sleeps on this adapter's timer.
+    async fn sleep(d: Duration);
+    /// `Client::stats`.
+    fn stats(client: &Self::Client) -> Stats;
+    /// `Client::is_connected`.
+    fn is_connected(client: &Self::Client) -> bool;
+    /// `Client::availability`.
+    fn availability(client: &Self::Client) -> Availability;
+    /// `Client::close`.
+    async fn close(client: &Self::Client);
+    /// `Client::subscribe`.
+    fn subscribe(client: &Self::Client) -> Self::Subscription;
+    /// The next event, or `None` when the subscription ended. Lagging skips lost events.
+    async fn next_event(sub: &mut Self::Subscription) -> Option<ClientEvent>;
+    /// The `User-Agent` the adapter sends.
+    fn user_agent() -> String;
+}
+
+/// Runs one test body under [`TEST_TIMEOUT`], on the adapter's runtime.
+pub fn run<A: Adapter, F: Future<Output = ()>>(name: &str, body: F) {
+    run_within::<A, F>(name, TEST_TIMEOUT, body);
+}
+
+/// The soak's length: `SOAK_SECS` (default 30 s).
+pub fn soak_duration() -> Duration {
+    let secs = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
+/// Runs one test body under `limit`, on the adapter's runtime.
+pub fn run_within<A: Adapter, F: Future<Output = ()>>(name: &str, limit: Duration, body: F) {
+    init_tracing();
+    let started = Instant::now();
+    let done = A::block_on(timeout::<A, _>(limit, body));
+    assert!(
+        done.is_some(),
+        "{}::{name} did not finish within {limit:?}",
+        A::NAME
+    );
+    eprintln!("{}::{name} passed in {:?}", A::NAME, started.elapsed());
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()))
+        .try_init();
+}
+
+/// `fut`, or `None` if `d` passes first.
+pub async fn timeout<A: Adapter, F: Future>(d: Duration, fut: F) -> Option<F::Output> {
+    match select(pin!(fut), pin!(A::sleep(d))).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// Polls `pred` every 5 ms until it holds (true) or `limit` passes (false).
+pub async fn wait_until<A: Adapter>(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if pred() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        A::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Like [`wait_until`], panicking with `what` (and the adapter's name) when it times out.
+pub async fn must_wait<A: Adapter>(limit: Duration, what: &str, pred: impl FnMut() -> bool) {
+    assert!(
+        wait_until::<A>(limit, pred).await,
+        "{}: timed out after {limit:?} waiting for: {what}",
+        A::NAME
+    );
+}
+
+/// The next event for which `pred` holds, within `limit`.
+pub async fn wait_event<A: Adapter>(
+    sub: &mut A::Subscription,
+    limit: Duration,
+    mut pred: impl FnMut(&ClientEvent) -> bool,
+) -> Option<ClientEvent> {
+    timeout::<A, _>(limit, async {
+        while let Some(event) = A::next_event(sub).await {
+            if pred(&event) {
+                return Some(event);
+            }
+        }
+        None
+    })
+    .await
+    .flatten()
+}
+
+/// A server with the test key and `tweak` applied to its options.
+pub fn server_with(tweak: impl FnOnce(&mut ServerOptions)) -> ServerThread {
+    let mut options = ServerOptions {
+        key: Some(KEY.into()),
+        rebind_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    tweak(&mut options);
+    ServerThread::spawn(options).expect("the test server starts")
+}
+
+/// A server with the test key.
+pub fn server() -> ServerThread {
+    server_with(|_| {})
+}
+
+/// The suite's configuration: short timings so faults are detected within a second.
+///
+/// ping 200 ms, pong wait 800 ms (4 ping periods: a loaded 2-core machine must not see
+/// spurious read timeouts), write wait 1 s, handshake 1 s, backoff 100 ms doubling to 1 s
+/// without jitter, 20 attempts (no slot rests during a test), request timeout 2 s.
+pub fn config(url: &str) -> ConfigBuilder {
+    config_key(url, KEY)
+}
+
+/// [`config`] with another API key.
+pub fn config_key(url: &str, key: &str) -> ConfigBuilder {
+    Config::builder(url, key)
+        .pool_size(2)
+        .request_timeout(Duration::from_secs(2))
+        .ping_period(Duration::from_millis(200))
+        .pong_wait(Duration::from_millis(800))
+        .write_wait(Duration::from_secs(1))
+        .handshake_timeout(Duration::from_secs(1))
+        .backoff_base(Duration::from_millis(100))
+        .backoff_cap(Duration::from_secs(1))
+        .backoff_jitter(0.0)
+        .backoff_attempts(20)
+}
+
+/// Options from a config builder (default TLS roots, random seed).
+pub fn options(builder: ConfigBuilder) -> ClientOptions {
+    ClientOptions::from(builder.build().expect("a valid test config"))
+}
+
+/// Connects with `builder`'s config, panicking on an options error.
+pub async fn connect<A: Adapter>(builder: ConfigBuilder) -> A::Client {
+    A::connect(options(builder)).await.expect("connect")
+}
+
+/// A non-idempotent request (no `allocationId`) that the server answers with success.
+pub fn policies() -> Outgoing {
+    Outgoing::new("get_application_policies", serde_json::Value::Null)
+}
+
+/// A `request_for_allocation` whose reply echoes `allocation_id` (idempotent: it carries an
+/// idempotency key).
+pub fn allocation(allocation_id: &str) -> Outgoing {
+    Outgoing::new(
+        "request_for_allocation",
+        json!({"alias": "ledger-1", "amount": 1.0, "allocationId": allocation_id}),
+    )
+}
+
+/// A fire-and-forget `report_call_chain`, with `size` bytes of padding.
+pub fn report(n: u64, size: usize) -> Outgoing {
+    Outgoing::new(
+        "report_call_chain",
+        json!({"method": "GET", "url": format!("/r/{n}"), "callChain": "x".repeat(size), "timestamp": n}),
+    )
+}
+
+/// How a request ended, by kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcomes {
+    pub ok: u64,
+    pub denied: u64,
+    pub timeout: u64,
+    pub connection_lost: u64,
+    pub not_connected: u64,
+    pub backpressure: u64,
+    pub closed: u64,
+    pub cancelled: u64,
+    pub other: u64,
+}
+
+impl Outcomes {
+    pub fn record(&mut self, result: &Result<Incoming, ClientError>) {
+        match result {
+            Ok(_) => self.ok += 1,
+            Err(ClientError::Denied(_)) => self.denied += 1,
+            Err(ClientError::Timeout) => self.timeout += 1,
+            Err(ClientError::ConnectionLost(_)) => self.connection_lost += 1,
+            Err(ClientError::NotConnected) => self.not_connected += 1,
+            Err(ClientError::Backpressure { .. }) => self.backpressure += 1,
+            Err(ClientError::Closed) => self.closed += 1,
+            Err(ClientError::Cancelled) => self.cancelled += 1,
+            Err(_) => self.other += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok
+            + self.denied
+            + self.timeout
+            + self.connection_lost
+            + self.not_connected
+            + self.backpressure
+            + self.closed
+            + self.cancelled
+            + self.other
+    }
+
+    /// Refused at once (never entered the pool's pending set).
+    pub fn refused(&self) -> u64 {
+        self.not_connected + self.backpressure
+    }
+
+    pub fn merge(&mut self, o: &Outcomes) {
+        self.ok += o.ok;
+        self.denied += o.denied;
+        self.timeout += o.timeout;
+        self.connection_lost += o.connection_lost;
+        self.not_connected += o.not_connected;
+        self.backpressure += o.backpressure;
+        self.closed += o.closed;
+        self.cancelled += o.cancelled;
+        self.other += o.other;
+    }
+}
+
+/// Checks that `issued` requests completed exactly once each and that the client's counters
+/// agree with the outcomes the callers saw (with nothing pending).
+///
+/// `closed_refusals` are `Closed` errors returned at once by a closed client (counted in
+/// `refused_closed`, not in `requests`).
+#[track_caller]
+pub fn assert_outcomes_match(name: &str, issued: u64, o: &Outcomes, s: &Stats) {
+    assert_eq!(
+        o.total(),
+        issued,
+        "{name}: every request completes exactly once: {o:?}"
+    );
+    assert_eq!(o.other, 0, "{name}: unexpected error kinds: {o:?}");
+    assert!(s.requests_conserved(), "{name}: request conservation: {s:?}");
+    assert_eq!(s.pending, 0, "{name}: nothing pending: {s:?}");
+    assert_eq!(s.replies, o.ok, "{name}: replies vs Ok outcomes: {o:?} {s:?}");
+    assert_eq!(s.denials, o.denied, "{name}: denials: {o:?} {s:?}");
+    assert_eq!(s.timeouts, o.timeout, "{name}: timeouts: {o:?} {s:?}");
+    assert_eq!(
+        s.connection_lost, o.connection_lost,
+        "{name}: connection lost: {o:?} {s:?}"
+    );
+    assert_eq!(
+        s.refused_not_connected, o.not_connected,
+        "{name}: not connected: {o:?} {s:?}"
+    );
+    assert_eq!(
+        s.refused_backpressure, o.backpressure,
+        "{name}: backpressure: {o:?} {s:?}"
+    );
+    assert_eq!(s.cancelled, o.cancelled, "{name}: cancelled: {o:?} {s:?}");
+    assert_eq!(
+        s.closed + s.refused_closed,
+        o.closed,
+        "{name}: closed (pending and refused): {o:?} {s:?}"
+    );
+    assert_eq!(
+        s.requests + s.refused_not_connected + s.refused_backpressure + s.refused_closed,
+        issued,
+        "{name}: accepted + refused = issued: {s:?}"
+    );
+}
+
+/// The resident set size of this process, in KiB (Linux; 0 elsewhere).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Instantiates every test body of [`bodies`] for one adapter, as `#[test]` functions in the
+/// invoking module; `soak` is `#[ignore]`d.
+///
+/// ```ignore
+/// mod tokio_suite {
+///     usageflow_socket_tests::conformance!(usageflow_socket_tests::TokioAdapter);
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance {
+    ($adapter:ty) => {
+        $crate::conformance!(@tests $adapter;
+            handshake_headers_and_typed_api,
+            rejected_key_is_permanent_and_clear,
+            correlation_in_every_reply_style,
+            out_of_order_replies,
+            denials_are_distinct_from_unavailability,
+            timeout_at_the_deadline,
+            noise_frames_are_counted_and_harmless,
+            in_flight_fail_at_once_on_server_close,
+            in_flight_fail_at_once_on_kill,
+            reconnects_after_restart,
+            frozen_server_read_timeout,
+            no_pong_server_read_timeout,
+            writes_keep_working_across_many_ping_periods,
+            outbox_flushed_after_reconnect,
+            close_refuses_work_and_closes_cleanly,
+            is_connected_transitions,
+            tls_self_signed,
+            dropped_request_future_cancels,
+            dropping_the_last_handle_closes,
+            backpressure_refuses_at_once,
+            outbox_ttl_expires,
+            exhausted_slots_rearm_on_use,
+            fault_kill_restart_under_load,
+            fault_frozen_server_under_load,
+            fault_handshake_hang,
+            fault_close_after_n_messages,
+            fault_slow_server_deadlines,
+            fault_write_stall,
+            fault_close_against_frozen_server,
+        );
+        #[test]
+        #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]
+        fn soak() {
+            let limit = $crate::soak_duration() + std::time::Duration::from_secs(30);
+            $crate::run_within::<$adapter, _>("soak", limit, $crate::bodies::soak::<$adapter>());
+        }
+    };
+    (@tests $adapter:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run::<$adapter, _>(stringify!($name), $crate::bodies::$name::<$adapter>());
+            }
+        )*
+    };
+}
