@@ -7,11 +7,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_raw;
+mod cmd_bench;
+mod cmd_demo;
+mod cmd_request;
 mod cmd_serve;
+mod procstat;
+mod shared;
 
 /// UsageFlow socket tool: a local UsageFlow-compatible server, and clients to talk to one.
 #[derive(Debug, Parser)]
-#[command(name = "ufsock", version, about)]
+#[command(name = "ufsock", version, about, after_help = shared::EXIT_CODES_HELP)]
 struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -23,25 +29,45 @@ struct Cli {
 enum Command {
     /// Run a local UsageFlow-compatible WebSocket server (with optional fault injection).
     Serve(cmd_serve::ServeArgs),
+    /// Send one request and print its reply as JSON.
+    #[command(after_help = shared::EXIT_CODES_HELP)]
+    Request(cmd_request::RequestArgs),
+    /// Send one fire-and-forget message and wait until it is flushed.
+    #[command(after_help = shared::EXIT_CODES_HELP)]
+    Send(cmd_request::SendArgs),
+    /// Measure throughput, latency, CPU and memory of the pooled client (and of a bare client).
+    #[command(after_help = cmd_bench::AFTER_HELP)]
+    Bench(cmd_bench::BenchArgs),
+    /// Start a local server, drive a pool through a workload, an outage and a recovery.
+    Demo(cmd_demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo and bench print their own story; keep the library's logs for real problems.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(args) => cmd_serve::run(args),
+        Command::Serve(args) => cmd_serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Request(args) => cmd_request::run_request(args),
+        Command::Send(args) => cmd_request::run_send(args),
+        Command::Bench(args) => cmd_bench::run(args),
+        Command::Demo(args) => cmd_demo::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ufsock: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(shared::EXIT_OTHER)
         }
     }
 }

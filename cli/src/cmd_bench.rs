@@ -1,0 +1,790 @@
+//! `ufsock bench`: throughput, latency, CPU and memory of the pooled client, beside a bare
+//! pipelined client (`--mode raw`) that shows the limit of the machine and the server.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use ufsock::server::{ServerOptions, ServerThread};
+use usageflow_socket_tokio::{Client, Config, Outgoing};
+
+use crate::bench_raw::{self, RawRun};
+use crate::procstat;
+use crate::shared::{error_kind, CmdResult, EXIT_OK, EXIT_OTHER};
+
+/// Extra help of `ufsock bench`.
+pub(crate) const AFTER_HELP: &str = "\
+Modes:
+  request   C tasks share one pooled client and issue requests until R are done
+            (request_for_allocation; latency per request).
+  send      C tasks send fire-and-forget messages (use_allocation without an id) through the
+            pooled client; the clock stops when the server counted them all (embedded server)
+            or when the client flushed them all (--url).
+  raw       the bare limit: N pipelined async-tungstenite connections, C requests in flight
+            in total, replies matched by count (no id map, no pool, no timers). Same frames.
+  raw-send  the bare limit of fire-and-forget: N connections writing frames, flushing every
+            C/N frames, then one request per connection as a barrier.
+  --compare runs the raw twin of the mode first, then the mode, against the same server, and
+            prints the ratios (pooled/raw req/s, CPU per operation).
+
+Measurement:
+  Without --url the server is embedded: it runs on its own thread and runtime (threads named
+  ufsock-server), and client CPU = process CPU - those threads' CPU. Peak RSS (VmHWM, reset
+  at the start of each run) then includes the server. For clean numbers run `ufsock serve`
+  in another process and point --url at it. CPU times have a resolution of 10 ms.
+
+Exit codes: 0 no errors, 1 errors happened (or the bench could not run), 2 usage error.";
+
+/// Options of `ufsock bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// URL of a running server (`ufsock serve`); without it, a server is embedded.
+    #[arg(long, env = "USAGEFLOW_URL")]
+    url: Option<String>,
+    /// API key for --url (never printed); the embedded server uses its own.
+    #[arg(long, env = "USAGEFLOW_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Connections in the pool (and raw connections).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pool: u16,
+    /// Operations in flight (concurrent tasks; for raw, the total window).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// Operations in total.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Request)]
+    mode: Mode,
+    /// The async runtime of the pooled client.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Tokio)]
+    runtime: RuntimeKind,
+    /// Run the raw twin of the mode first, then the mode, and print the ratios.
+    #[arg(long)]
+    compare: bool,
+    /// Print one JSON document on stdout instead of the text report (no progress bar).
+    #[arg(long)]
+    json: bool,
+    /// Client runtime worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Request timeout of the pooled client, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+    /// Upper bound of one run, in seconds (a run that takes longer is stopped and reported).
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+}
+
+/// What `--mode` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Requests through the pooled client.
+    Request,
+    /// Fire-and-forget through the pooled client.
+    Send,
+    /// Requests through the bare pipelined client.
+    Raw,
+    /// Fire-and-forget through the bare client.
+    RawSend,
+}
+
+/// What `--runtime` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    /// `usageflow-socket-tokio`.
+    Tokio,
+    /// `usageflow-socket-smol` (not built into this binary yet).
+    Smol,
+}
+
+/// Requests, or fire-and-forget messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// Requests with replies.
+    Request,
+    /// Fire-and-forget messages.
+    Send,
+}
+
+/// The pooled client or the bare one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    Pooled,
+    Raw,
+}
+
+impl Mode {
+    fn split(self) -> (ClientKind, Workload) {
+        match self {
+            Mode::Request => (ClientKind::Pooled, Workload::Request),
+            Mode::Send => (ClientKind::Pooled, Workload::Send),
+            Mode::Raw => (ClientKind::Raw, Workload::Request),
+            Mode::RawSend => (ClientKind::Raw, Workload::Send),
+        }
+    }
+
+    fn of(client: ClientKind, workload: Workload) -> Mode {
+        match (client, workload) {
+            (ClientKind::Pooled, Workload::Request) => Mode::Request,
+            (ClientKind::Pooled, Workload::Send) => Mode::Send,
+            (ClientKind::Raw, Workload::Request) => Mode::Raw,
+            (ClientKind::Raw, Workload::Send) => Mode::RawSend,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Request => "request",
+            Mode::Send => "send",
+            Mode::Raw => "raw",
+            Mode::RawSend => "raw-send",
+        }
+    }
+}
+
+/// The request every bench operation sends (built afresh per operation, like a host would).
+pub(crate) fn request_message() -> Outgoing {
+    Outgoing::new("request_for_allocation", json!({"alias": "bench", "amount": 1.0}))
+}
+
+/// The fire-and-forget message of the send modes.
+pub(crate) fn send_message() -> Outgoing {
+    Outgoing::new(
+        "use_allocation",
+        json!({"alias": "bench", "amount": 1.0, "allocationId": "bench-allocation"}),
+    )
+}
+
+/// Errors by kind, shared by the tasks of a run (locked only when an error happens).
+#[derive(Debug, Default)]
+pub(crate) struct Errors(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Errors {
+    /// Counts `n` errors of `kind`.
+    pub(crate) fn add(&self, kind: &'static str, n: u64) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += n;
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect()
+    }
+}
+
+/// Latency recording into one HDR histogram per thread (no contention, a few histograms in
+/// all), merged at the end of a run.
+pub(crate) mod latency {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use hdrhistogram::Histogram;
+
+    type Shared = Arc<Mutex<Histogram<u64>>>;
+
+    static ALL: Mutex<Vec<Shared>> = Mutex::new(Vec::new());
+
+    thread_local! {
+        static LOCAL: Shared = {
+            let h = Arc::new(Mutex::new(empty()));
+            ALL.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&h));
+            h
+        };
+    }
+
+    /// An empty histogram of nanoseconds, 1 µs to 60 s, 3 significant digits.
+    pub(crate) fn empty() -> Histogram<u64> {
+        Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+    }
+
+    /// Records one latency.
+    pub(crate) fn record(d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        LOCAL.with(|h| h.lock().unwrap_or_else(|e| e.into_inner()).saturating_record(ns));
+    }
+
+    /// Every thread's recordings merged, and the per-thread histograms reset.
+    pub(crate) fn take() -> Histogram<u64> {
+        let mut merged = empty();
+        for h in ALL.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            // Same bounds: adding cannot fail.
+            let _ = merged.add(&*h);
+            h.reset();
+        }
+        merged
+    }
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Serialize)]
+struct Latency {
+    count: u64,
+    mean_us: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+}
+
+impl Latency {
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Some(Latency {
+            count: h.len(),
+            mean_us: h.mean() / 1000.0,
+            p50_us: us(h.value_at_quantile(0.5)),
+            p90_us: us(h.value_at_quantile(0.9)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        })
+    }
+}
+
+/// CPU use of a run's timed part.
+#[derive(Debug, Serialize)]
+struct Cpu {
+    /// The whole process.
+    process_s: f64,
+    /// The embedded server's threads (0 with --url).
+    server_s: f64,
+    /// process - server.
+    client_s: f64,
+    /// client_s per completed operation, in microseconds.
+    client_us_per_op: f64,
+}
+
+/// Memory of a run.
+#[derive(Debug, Serialize)]
+struct Memory {
+    /// VmHWM at the end of the run (reset at its start when `peak_reset`).
+    peak_rss_kib: u64,
+    /// VmRSS at the end of the run.
+    end_rss_kib: u64,
+    /// Whether the peak was reset at the start of the run (else it covers the whole process).
+    peak_reset: bool,
+}
+
+/// The result of one run.
+#[derive(Debug, Serialize)]
+struct RunReport {
+    mode: &'static str,
+    client: &'static str,
+    runtime: &'static str,
+    pool: u16,
+    concurrency: u64,
+    operations: u64,
+    /// Operations that succeeded (replies; or sends written and, with an embedded server,
+    /// counted by it).
+    completed: u64,
+    errors: BTreeMap<String, u64>,
+    error_total: u64,
+    elapsed_s: f64,
+    ops_per_s: f64,
+    /// Request latency; for the pooled send mode, the cost of the `send()` call.
+    latency: Option<Latency>,
+    cpu: Cpu,
+    memory: Memory,
+    /// Fire-and-forget messages the embedded server counted during the run.
+    server_counted: Option<u64>,
+    /// The pooled client's counters at the end (requests, replies, sends...).
+    client_stats: Option<serde_json::Value>,
+}
+
+/// The comparison of `--compare`.
+#[derive(Debug, Serialize)]
+struct Comparison {
+    /// pooled ops/s divided by raw ops/s.
+    rate_ratio: f64,
+    /// pooled client CPU per operation divided by raw's (`None` when raw's rounds to 0).
+    cpu_per_op_ratio: Option<f64>,
+}
+
+/// The whole `--json` document.
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    server: &'static str,
+    url: String,
+    runs: Vec<RunReport>,
+    comparison: Option<Comparison>,
+}
+
+/// Where the runs go.
+struct Target {
+    url: String,
+    key: String,
+    /// The embedded server, when there is no --url.
+    server: Option<ServerThread>,
+}
+
+/// Name prefix of the embedded server's threads (see [`ServerThread::spawn`]).
+const SERVER_THREADS: &str = "ufsock-server";
+
+/// CPU readings at one moment.
+#[derive(Clone, Copy)]
+struct Usage {
+    process: Duration,
+    server: Duration,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        Usage {
+            process: procstat::process_cpu().unwrap_or_default(),
+            server: procstat::threads_cpu(SERVER_THREADS)
+                .map(|(d, _)| d)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs the benchmark.
+pub(crate) fn run(args: BenchArgs) -> CmdResult {
+    if args.runtime == RuntimeKind::Smol {
+        return Err("smol runtime not built: this ufsock has no usageflow-socket-smol adapter yet".into());
+    }
+    let (client, workload) = args.mode.split();
+    let target = match &args.url {
+        Some(url) => Target {
+            url: url.clone(),
+            key: args
+                .key
+                .clone()
+                .ok_or("--url needs --key (or USAGEFLOW_API_KEY)")?,
+            server: None,
+        },
+        None => {
+            let key = "ufsock-bench-key".to_owned();
+            let server = ServerThread::spawn(ServerOptions {
+                key: Some(key.clone()),
+                ..ServerOptions::default()
+            })?;
+            Target {
+                url: server.url(),
+                key,
+                server: Some(server),
+            }
+        }
+    };
+    let mut phases = Vec::new();
+    if args.compare && client == ClientKind::Pooled {
+        phases.push(Mode::of(ClientKind::Raw, workload));
+    }
+    phases.push(args.mode);
+
+    let rt = crate::shared::runtime(args.threads, "ufsock-bench")?;
+    let mut runs = Vec::new();
+    for mode in phases {
+        if !args.json {
+            eprintln!(
+                "ufsock bench: {} x{} over {} connection(s), concurrency {} -> {}{}",
+                mode.name(),
+                args.requests,
+                args.pool,
+                args.concurrency,
+                target.url,
+                if target.server.is_some() {
+                    " (embedded server)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let report = rt.block_on(run_one(mode, &args, &target))?;
+        if !args.json {
+            print_run(&report);
+        }
+        runs.push(report);
+    }
+    let comparison = match runs.as_slice() {
+        [raw, pooled] => {
+            let c = Comparison {
+                rate_ratio: pooled.ops_per_s / raw.ops_per_s.max(f64::MIN_POSITIVE),
+                cpu_per_op_ratio: (raw.cpu.client_us_per_op > 0.0)
+                    .then(|| pooled.cpu.client_us_per_op / raw.cpu.client_us_per_op),
+            };
+            if !args.json {
+                let cpu = c
+                    .cpu_per_op_ratio
+                    .map_or_else(|| "n/a (raw CPU below 10 ms)".to_owned(), |r| format!("{r:.2}x"));
+                println!(
+                    "  pooled / raw     rate {:.2}x   client CPU per op {cpu}",
+                    c.rate_ratio
+                );
+            }
+            Some(c)
+        }
+        _ => None,
+    };
+    let errors: u64 = runs.iter().map(|r| r.error_total).sum();
+    let report = BenchReport {
+        server: if target.server.is_some() {
+            "embedded"
+        } else {
+            "external"
+        },
+        url: target.url.clone(),
+        runs,
+        comparison,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    drop(rt);
+    drop(target);
+    Ok(ExitCode::from(if errors == 0 { EXIT_OK } else { EXIT_OTHER }))
+}
+
+fn print_run(r: &RunReport) {
+    let unit = if r.mode.contains("send") { "msg/s" } else { "req/s" };
+    println!(
+        "  {:<10} {:>10.0} {unit}   {} ok, {} errors {:?}, {:.3} s",
+        r.mode, r.ops_per_s, r.completed, r.error_total, r.errors, r.elapsed_s
+    );
+    if let Some(l) = &r.latency {
+        let what = if r.mode == "send" {
+            "send() call"
+        } else {
+            "latency"
+        };
+        println!(
+            "  {what:<11} p50 {:.0} us  p90 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
+    println!(
+        "  client CPU  {:.2} s = {:.2} us/op   (process {:.2} s - server threads {:.2} s)",
+        r.cpu.client_s, r.cpu.client_us_per_op, r.cpu.process_s, r.cpu.server_s
+    );
+    println!(
+        "  memory      peak RSS {:.1} MiB{}   end RSS {:.1} MiB",
+        r.memory.peak_rss_kib as f64 / 1024.0,
+        if r.memory.peak_reset {
+            ""
+        } else {
+            " (process lifetime)"
+        },
+        r.memory.end_rss_kib as f64 / 1024.0
+    );
+    if let Some(n) = r.server_counted {
+        println!("  server      counted {n} fire-and-forget messages");
+    }
+}
+
+/// A progress bar on stderr, hidden with --json or when stderr is not a terminal; its
+/// position follows `done` (polled every 100 ms, so the hot path only bumps an atomic).
+fn progress(
+    args: &BenchArgs,
+    label: &str,
+    done: &Arc<AtomicU64>,
+) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = if args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(args.requests), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "  {msg:<9} [{bar:40.cyan/blue}] {pos:>9}/{len:9} {per_sec:>12} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(label.to_owned());
+        bar
+    };
+    let ticker = {
+        let bar = bar.clone();
+        let done = Arc::clone(done);
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(done.load(Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    (bar, ticker)
+}
+
+/// Splits `concurrency` over `pool` connections: the windows of the connections used.
+fn windows(pool: u16, concurrency: u64) -> Vec<usize> {
+    let n = u64::from(pool).min(concurrency).max(1);
+    (0..n)
+        .map(|i| (concurrency / n + u64::from(i < concurrency % n)) as usize)
+        .collect()
+}
+
+async fn run_one(
+    mode: Mode,
+    args: &BenchArgs,
+    target: &Target,
+) -> Result<RunReport, Box<dyn std::error::Error>> {
+    let (client_kind, workload) = mode.split();
+    let peak_reset = procstat::reset_peak_rss();
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Errors::default());
+    let limit = Duration::from_secs(args.max_seconds);
+    let server_base = target
+        .server
+        .as_ref()
+        .map(|s| s.counters().fire_and_forget_total());
+    let _ = latency::take();
+
+    let (timing, client_stats) = match client_kind {
+        ClientKind::Raw => {
+            let windows = windows(args.pool, args.concurrency);
+            let sockets = bench_raw::connect(&target.url, &target.key, windows.len()).await?;
+            let run = Arc::new(RawRun {
+                total: args.requests,
+                issued: AtomicU64::new(0),
+                completed: Arc::clone(&done),
+                errors: Errors::default(),
+            });
+            let (bar, ticker) = progress(args, mode.name(), &done);
+            let before = Usage::now();
+            let t0 = Instant::now();
+            let finished = tokio::time::timeout(
+                limit,
+                tokio::spawn(bench_raw::run(sockets, windows, workload, Arc::clone(&run))),
+            )
+            .await;
+            let elapsed = t0.elapsed();
+            let after = Usage::now();
+            ticker.abort();
+            bar.finish_and_clear();
+            if finished.is_err() {
+                errors.add("run_time_limit", 1);
+            }
+            for (k, v) in run.errors.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                errors.add(k, *v);
+            }
+            ((before, after, elapsed), None)
+        }
+        ClientKind::Pooled => {
+            let config = Config::builder(&target.url, &target.key)
+                .pool_size(args.pool)
+                .request_timeout(Duration::from_millis(args.timeout_ms))
+                .build()?;
+            let client = Client::connect(config).await?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while client.stats().open_connections < u32::from(args.pool) {
+                if Instant::now() >= deadline {
+                    client.close().await;
+                    return Err(format!(
+                        "only {} of {} connections opened",
+                        client.stats().open_connections,
+                        args.pool
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let (bar, ticker) = progress(args, mode.name(), &done);
+            let before = Usage::now();
+            let t0 = Instant::now();
+            let work = pooled(
+                client.clone(),
+                workload,
+                args,
+                target,
+                server_base,
+                Arc::clone(&done),
+                Arc::clone(&errors),
+            );
+            if tokio::time::timeout(limit, work).await.is_err() {
+                errors.add("run_time_limit", 1);
+            }
+            let elapsed = t0.elapsed();
+            let after = Usage::now();
+            ticker.abort();
+            bar.finish_and_clear();
+            let stats = client.stats();
+            client.close().await;
+            ((before, after, elapsed), Some(stats))
+        }
+    };
+    let (before, after, elapsed) = timing;
+    let hist = latency::take();
+    let server_counted = match (&target.server, server_base) {
+        (Some(s), Some(base)) if workload == Workload::Send => {
+            Some(s.counters().fire_and_forget_total().saturating_sub(base))
+        }
+        _ => None,
+    };
+    let errors = errors.snapshot();
+    let error_total: u64 = errors.values().sum();
+    let completed = match (workload, client_kind) {
+        (Workload::Request, _) => hist.len(),
+        (Workload::Send, _) => server_counted.unwrap_or_else(|| match &client_stats {
+            Some(s) => s.sends.sent,
+            None => done.load(Relaxed),
+        }),
+    };
+    let process = after.process.saturating_sub(before.process);
+    let server = after.server.saturating_sub(before.server);
+    let client_cpu = process.saturating_sub(server);
+    let secs = elapsed.as_secs_f64();
+    Ok(RunReport {
+        mode: mode.name(),
+        client: match client_kind {
+            ClientKind::Pooled => "pooled",
+            ClientKind::Raw => "raw",
+        },
+        runtime: "tokio",
+        pool: args.pool,
+        concurrency: args.concurrency,
+        operations: args.requests,
+        completed,
+        error_total,
+        errors,
+        elapsed_s: secs,
+        ops_per_s: completed as f64 / secs.max(1e-9),
+        latency: Latency::of(&hist),
+        cpu: Cpu {
+            process_s: process.as_secs_f64(),
+            server_s: server.as_secs_f64(),
+            client_s: client_cpu.as_secs_f64(),
+            client_us_per_op: client_cpu.as_secs_f64() * 1e6 / completed.max(1) as f64,
+        },
+        memory: Memory {
+            peak_rss_kib: procstat::peak_rss_kib().unwrap_or(0),
+            end_rss_kib: procstat::rss_kib().unwrap_or(0),
+            peak_reset,
+        },
+        server_counted,
+        client_stats: client_stats.map(|s| {
+            json!({
+                "requests": s.requests,
+                "replies": s.replies,
+                "denials": s.denials,
+                "timeouts": s.timeouts,
+                "connection_lost": s.connection_lost,
+                "reconnects": s.reconnects,
+                "sends": s.sends.sends,
+                "sent": s.sends.sent,
+                "dropped": s.sends.dropped,
+                "expired": s.sends.expired,
+                "lost": s.sends.lost,
+            })
+        }),
+    })
+}
+
+/// Most fire-and-forget messages a send task lets wait (queued or unflushed) before pausing,
+/// so a bench never overruns the outbox.
+const SEND_BACKLOG: u64 = 8192;
+
+/// The pooled workload: `concurrency` tasks on one client until `requests` operations.
+async fn pooled(
+    client: Client,
+    workload: Workload,
+    args: &BenchArgs,
+    target: &Target,
+    server_base: Option<u64>,
+    done: Arc<AtomicU64>,
+    errors: Arc<Errors>,
+) {
+    let issued = Arc::new(AtomicU64::new(0));
+    let total = args.requests;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        let client = client.clone();
+        let issued = Arc::clone(&issued);
+        let done = Arc::clone(&done);
+        let errors = Arc::clone(&errors);
+        let accepted = Arc::clone(&accepted);
+        match workload {
+            Workload::Request => tasks.spawn(async move {
+                while issued.fetch_add(1, Relaxed) < total {
+                    let t0 = Instant::now();
+                    match client.request(request_message()).await {
+                        Ok(_) => latency::record(t0.elapsed()),
+                        Err(e) => errors.add(error_kind(&e), 1),
+                    }
+                    done.fetch_add(1, Relaxed);
+                }
+            }),
+            Workload::Send => tasks.spawn(async move {
+                let mut n: u64 = 0;
+                while issued.fetch_add(1, Relaxed) < total {
+                    let message = send_message();
+                    let t0 = Instant::now();
+                    let result = client.send(message);
+                    let took = t0.elapsed();
+                    match result {
+                        Ok(()) => {
+                            latency::record(took);
+                            accepted.fetch_add(1, Relaxed);
+                        }
+                        Err(e) => errors.add(error_kind(&e), 1),
+                    }
+                    done.fetch_add(1, Relaxed);
+                    n += 1;
+                    if n % 64 == 0 {
+                        loop {
+                            let s = client.stats().sends;
+                            if s.queued + s.unflushed < SEND_BACKLOG {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }),
+        };
+    }
+    while tasks.join_next().await.is_some() {}
+    if workload == Workload::Send {
+        // The clock stops when the messages arrived: counted by the embedded server, or else
+        // flushed by the client.
+        let accepted = accepted.load(Relaxed);
+        loop {
+            let arrived = match (&target.server, server_base) {
+                (Some(server), Some(base)) => {
+                    server.counters().fire_and_forget_total().saturating_sub(base) >= accepted
+                }
+                _ => {
+                    let s = client.stats().sends;
+                    s.queued + s.unflushed == 0
+                }
+            };
+            if arrived {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_split_the_concurrency() {
+        assert_eq!(windows(10, 1), vec![1]);
+        assert_eq!(windows(10, 16), vec![2, 2, 2, 2, 2, 2, 1, 1, 1, 1]);
+        assert_eq!(windows(10, 256).iter().sum::<usize>(), 256);
+        assert_eq!(windows(4, 3), vec![1, 1, 1]);
+    }
+}

@@ -1,0 +1,154 @@
+//! `ufsock request` and `ufsock send`: one message to a UsageFlow server, from the command line.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::Value;
+use usageflow_socket_tokio::{Client, ClientError, Config, Outgoing, RequestOptions, Stats};
+
+use crate::shared::{exit_code_of, parse_json, CmdResult, ConnArgs, EXIT_OK, EXIT_OTHER, EXIT_UNAVAILABLE};
+
+/// Options of `ufsock request`.
+#[derive(Debug, Args)]
+pub(crate) struct RequestArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The message type, such as `get_application_policies` or `request_for_allocation`.
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    /// The payload, as JSON (default `null`).
+    #[arg(value_name = "PAYLOAD-JSON", value_parser = parse_json)]
+    payload: Option<Value>,
+    /// How long to wait for the reply, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+}
+
+/// Options of `ufsock send`.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The message type, such as `report_call_chain` or `use_allocation`.
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    /// The payload, as JSON (default `null`).
+    #[arg(value_name = "PAYLOAD-JSON", value_parser = parse_json)]
+    payload: Option<Value>,
+    /// How long to wait for the message to be written and flushed, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+}
+
+/// A one-connection pool that does not linger on reconnects (the command ends soon anyway).
+fn config(conn: &ConnArgs, request_timeout: Duration) -> Result<Config, Box<dyn std::error::Error>> {
+    Ok(Config::builder(&conn.url, &conn.key)
+        .pool_size(1)
+        .handshake_timeout(conn.connect_timeout())
+        .request_timeout(request_timeout)
+        .backoff_base(Duration::from_millis(100))
+        .backoff_cap(Duration::from_secs(1))
+        .build()?)
+}
+
+/// Why no connection opened, from the pool's counters.
+fn connect_hint(stats: &Stats) -> &'static str {
+    if stats.rejections > 0 {
+        " (the server rejected the handshake: check the API key)"
+    } else if stats.dial_failures > 0 {
+        " (the connection could not be opened: check the URL and that the server runs)"
+    } else {
+        ""
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), serde_json::Error> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Sends one request and prints its reply as pretty JSON (a denial's reply too, on stdout,
+/// with the reason on stderr).
+pub(crate) fn run_request(args: RequestArgs) -> CmdResult {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let config = config(&args.conn, timeout)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = Client::connect(config).await?;
+        let message = Outgoing::new(args.kind, args.payload.unwrap_or(Value::Null));
+        let result = client
+            .request_with(message, RequestOptions::timeout(timeout))
+            .await;
+        let stats = client.stats();
+        client.close().await;
+        match result {
+            Ok(reply) => {
+                print_json(&reply)?;
+                Ok(ExitCode::from(EXIT_OK))
+            }
+            Err(e) => {
+                if let Some(reply) = e.denial() {
+                    print_json(reply)?;
+                }
+                let hint = match e {
+                    ClientError::NotConnected => connect_hint(&stats),
+                    _ => "",
+                };
+                eprintln!("ufsock: {e}{hint}");
+                Ok(ExitCode::from(exit_code_of(&e)))
+            }
+        }
+    })
+}
+
+/// Sends one fire-and-forget message and waits (bounded) until it was flushed to the socket.
+pub(crate) fn run_send(args: SendArgs) -> CmdResult {
+    let wait = Duration::from_millis(args.timeout_ms);
+    let config = config(&args.conn, Duration::from_secs(2))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let started = Instant::now();
+        let client = Client::connect(config).await?;
+        let message = Outgoing::new(args.kind, args.payload.unwrap_or(Value::Null));
+        if let Err(e) = client.send(message) {
+            client.close().await;
+            eprintln!("ufsock: {e}");
+            return Ok(ExitCode::from(exit_code_of(&e)));
+        }
+        // The message is written now or waits in the outbox: wait until it was flushed, or
+        // ended otherwise (dropped, expired, lost), or the time is up.
+        let deadline = started + wait;
+        let stats = loop {
+            let stats = client.stats();
+            let s = &stats.sends;
+            if s.sent + s.dropped + s.expired + s.lost + s.closed > 0 || Instant::now() >= deadline {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        client.close().await;
+        let s = &stats.sends;
+        if s.sent == 1 {
+            eprintln!("ufsock: sent (flushed to the socket)");
+            Ok(ExitCode::from(EXIT_OK))
+        } else if s.queued + s.unflushed > 0 {
+            eprintln!(
+                "ufsock: UsageFlow unavailable: the message was not flushed within {} ms{}",
+                args.timeout_ms,
+                connect_hint(&stats)
+            );
+            Ok(ExitCode::from(EXIT_UNAVAILABLE))
+        } else if s.lost + s.dropped + s.expired > 0 {
+            eprintln!("ufsock: UsageFlow unavailable: the message was not delivered ({s:?})");
+            Ok(ExitCode::from(EXIT_UNAVAILABLE))
+        } else {
+            eprintln!("ufsock: the message was not sent ({s:?})");
+            Ok(ExitCode::from(EXIT_OTHER))
+        }
+    })
+}
