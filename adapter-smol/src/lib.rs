@@ -62,7 +62,7 @@ use smol::channel;
 use usageflow_socket_common::handshake::{user_agent, DialContext};
 use usageflow_socket_common::ClientHandle;
 
-use crate::runtime::{drive, report_channel, Shared, SmolRuntime, SmolSignals};
+use crate::runtime::{drive, Shared, SmolRuntime, SmolSignals};
 
 pub use usageflow_socket_common::shared::EVENT_CAPACITY;
 pub use usageflow_socket_common::{
@@ -115,15 +115,16 @@ impl Client {
     pub fn start(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
         let options = options.into();
         let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
-        let (reports, report_rx) = report_channel();
         let (signals, wake_rx) = SmolSignals::new();
-        let runtime = SmolRuntime {
-            dial: Arc::new(dial),
-            reports,
-            events: signals.events.clone(),
-        };
-        let shared = Arc::new(Shared::new(&options, runtime, signals));
-        smol::spawn(drive(Arc::clone(&shared), report_rx, wake_rx)).detach();
+        let shared = Arc::new_cyclic(|weak| {
+            let runtime = SmolRuntime {
+                dial: Arc::new(dial),
+                shared: weak.clone(),
+                events: signals.events.clone(),
+            };
+            Shared::new(&options, runtime, signals)
+        });
+        smol::spawn(drive(Arc::clone(&shared), wake_rx)).detach();
         shared.connect();
         Ok(Client {
             handle: Arc::new(ClientHandle::new(shared, options.config().url())),

@@ -1,6 +1,6 @@
 //! The smol dialect of the shared driver: channels, task handles, the dial, the driver task.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
 use async_broadcast::InactiveReceiver;
@@ -13,10 +13,10 @@ use smol::future;
 use smol::net::TcpStream;
 use smol::{Task, Timer};
 use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext};
-use usageflow_socket_common::shared::{EVENT_CAPACITY, REPORT_CAPACITY};
+use usageflow_socket_common::shared::EVENT_CAPACITY;
 use usageflow_socket_common::{
-    run_connection, run_writer, ClientEvent, DriverState, Report, ReportSink, Runtime, Signals, StopOnExit,
-    Turn, WriteCommand, WriteQueue,
+    run_connection, run_writer, ClientEvent, DirectReports, DriverState, FlushedWrites, Runtime, Signals,
+    StopOnExit, Turn, WriteCommand, WriteQueue,
 };
 use usageflow_socket_core::{ConnId, DialError, Outcome};
 
@@ -34,16 +34,8 @@ pub(crate) struct SmolWriter {
 
 pub(crate) struct SmolRuntime {
     pub(crate) dial: Arc<DialContext<TlsConnector>>,
-    pub(crate) reports: Sender<Report<SmolWriter>>,
+    pub(crate) shared: Weak<Shared>,
     pub(crate) events: async_broadcast::Sender<ClientEvent>,
-}
-
-struct ReportTx(Sender<Report<SmolWriter>>);
-
-impl ReportSink<SmolWriter> for ReportTx {
-    async fn report(&mut self, report: Report<SmolWriter>) -> bool {
-        self.0.send(report).await.is_ok()
-    }
 }
 
 struct Queue(Receiver<WriteCommand>);
@@ -88,15 +80,16 @@ impl Runtime for SmolRuntime {
 
     fn dial(&mut self, conn: ConnId) -> Task<()> {
         let ctx = Arc::clone(&self.dial);
-        let reports = self.reports.clone();
+        let reports = DirectReports(Weak::clone(&self.shared));
         smol::spawn(async move {
             let writer_reports = reports.clone();
-            let spawn_writer = move |conn: ConnId, sink: WebSocketSender<ConnectStream>| {
-                let (commands, queue) = channel::unbounded();
-                let task = smol::spawn(run_writer(conn, sink, Queue(queue), ReportTx(writer_reports)));
-                SmolWriter { commands, task }
-            };
-            run_connection(conn, dial(&ctx), spawn_writer, ReportTx(reports)).await;
+            let spawn_writer =
+                move |conn: ConnId, sink: WebSocketSender<ConnectStream>, flushed: FlushedWrites| {
+                    let (commands, queue) = channel::unbounded();
+                    let task = smol::spawn(run_writer(conn, sink, Queue(queue), flushed, writer_reports));
+                    SmolWriter { commands, task }
+                };
+            run_connection(conn, dial(&ctx), spawn_writer, reports).await;
         })
     }
 
@@ -180,14 +173,14 @@ impl Signals for SmolSignals {
 
 /// What woke the driver task.
 enum Wakeup {
-    Report(Option<Report<SmolWriter>>),
     Woken,
     Fired,
 }
 
-/// The driver task: feeds reports, sleeps until the next deadline, handles timeouts; ends
-/// when the client is closed and everything finished.
-pub(crate) async fn drive(shared: Arc<Shared>, reports: Receiver<Report<SmolWriter>>, wake: Receiver<()>) {
+/// The driver task: sleeps until the next deadline or a wake-up, handles timeouts; ends when
+/// the client is closed and everything finished. Connection tasks feed their reports
+/// directly ([`DirectReports`]), so this task is off the request path.
+pub(crate) async fn drive(shared: Arc<Shared>, wake: Receiver<()>) {
     let _stop = StopOnExit(Arc::clone(&shared));
     let mut sleep = Timer::never();
     let mut armed: Option<Instant> = None;
@@ -205,8 +198,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, reports: Receiver<Report<SmolWrit
                 sleeping = true;
             }
         }
-        // Biased, like the Tokio driver: reports first, then wake-ups, then the timer.
-        let report = async { Wakeup::Report(reports.recv().await.ok()) };
+        // Biased, like the Tokio driver: wake-ups first, then the timer.
         let woken = async {
             let _ = wake.recv().await;
             Wakeup::Woken
@@ -219,18 +211,9 @@ pub(crate) async fn drive(shared: Arc<Shared>, reports: Receiver<Report<SmolWrit
             }
             Wakeup::Fired
         };
-        let wakeup = future::or(report, future::or(woken, fired)).await;
-        match wakeup {
-            // The runtime holds a sender for the driver's whole life: `None` cannot happen.
-            Wakeup::Report(None) => return,
-            Wakeup::Report(Some(report)) => shared.handle_reports(report, || reports.try_recv().ok()),
+        match future::or(woken, fired).await {
             Wakeup::Woken => {}
             Wakeup::Fired => sleeping = false,
         }
     }
-}
-
-/// The channel pair of a new client's reports.
-pub(crate) fn report_channel() -> (Sender<Report<SmolWriter>>, Receiver<Report<SmolWriter>>) {
-    channel::bounded(REPORT_CAPACITY)
 }

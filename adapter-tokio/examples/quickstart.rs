@@ -3,7 +3,7 @@
 //! Start a local server first (`ufsock serve`), then:
 //!
 //! ```text
-//! USAGEFLOW_URL=ws://localhost:9000/ws USAGEFLOW_API_KEY=dev-key cargo run -p usageflow-socket-tokio --example quickstart
+//! USAGEFLOW_URL=ws://localhost:9000/ws USAGEFLOW_API_KEY=dev-key cargo run -p usageflow-socket-tokio --example tokio_quickstart
 //! ```
 
 use std::time::Duration;

@@ -57,7 +57,7 @@ use tokio_rustls::TlsConnector;
 use usageflow_socket_common::handshake::{user_agent, DialContext};
 use usageflow_socket_common::ClientHandle;
 
-use crate::runtime::{drive, report_channel, Shared, TokioRuntime, TokioSignals};
+use crate::runtime::{drive, Shared, TokioRuntime, TokioSignals};
 
 pub use usageflow_socket_common::shared::EVENT_CAPACITY;
 pub use usageflow_socket_common::{
@@ -113,16 +113,17 @@ impl Client {
             ClientError::InvalidOptions("the client must be started within a Tokio runtime".into())
         })?;
         let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
-        let (reports, report_rx) = report_channel();
         let signals = TokioSignals::new();
-        let runtime = TokioRuntime {
-            handle: handle.clone(),
-            dial: Arc::new(dial),
-            reports,
-            events: signals.events.clone(),
-        };
-        let shared = Arc::new(Shared::new(&options, runtime, signals));
-        handle.spawn(drive(Arc::clone(&shared), report_rx));
+        let shared = Arc::new_cyclic(|weak| {
+            let runtime = TokioRuntime {
+                handle: handle.clone(),
+                dial: Arc::new(dial),
+                shared: weak.clone(),
+                events: signals.events.clone(),
+            };
+            Shared::new(&options, runtime, signals)
+        });
+        handle.spawn(drive(Arc::clone(&shared)));
         shared.connect();
         Ok(Client {
             handle: Arc::new(ClientHandle::new(shared, options.config().url())),

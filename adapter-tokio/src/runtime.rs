@@ -1,6 +1,6 @@
 //! The Tokio dialect of the shared driver: channels, task handles, the dial, the driver task.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use async_tungstenite::tokio::{client_async_tls_with_connector_and_config, ConnectStream};
@@ -10,10 +10,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsConnector;
 use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext};
-use usageflow_socket_common::shared::{EVENT_CAPACITY, REPORT_CAPACITY};
+use usageflow_socket_common::shared::EVENT_CAPACITY;
 use usageflow_socket_common::{
-    run_connection, run_writer, ClientEvent, DriverState, Report, ReportSink, Runtime, Signals, StopOnExit,
-    Turn, WriteCommand, WriteQueue,
+    run_connection, run_writer, ClientEvent, DirectReports, DriverState, FlushedWrites, Runtime, Signals,
+    StopOnExit, Turn, WriteCommand, WriteQueue,
 };
 use usageflow_socket_core::{ConnId, DialError, Outcome};
 
@@ -32,16 +32,8 @@ pub(crate) struct TokioWriter {
 pub(crate) struct TokioRuntime {
     pub(crate) handle: tokio::runtime::Handle,
     pub(crate) dial: Arc<DialContext<TlsConnector>>,
-    pub(crate) reports: mpsc::Sender<Report<TokioWriter>>,
+    pub(crate) shared: Weak<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
-}
-
-struct ReportTx(mpsc::Sender<Report<TokioWriter>>);
-
-impl ReportSink<TokioWriter> for ReportTx {
-    async fn report(&mut self, report: Report<TokioWriter>) -> bool {
-        self.0.send(report).await.is_ok()
-    }
 }
 
 struct Queue(mpsc::UnboundedReceiver<WriteCommand>);
@@ -86,19 +78,20 @@ impl Runtime for TokioRuntime {
 
     fn dial(&mut self, conn: ConnId) -> AbortHandle {
         let ctx = Arc::clone(&self.dial);
-        let reports = self.reports.clone();
+        let reports = DirectReports(Weak::clone(&self.shared));
         let handle = self.handle.clone();
         self.handle
             .spawn(async move {
                 let writer_reports = reports.clone();
-                let spawn_writer = move |conn: ConnId, sink: WebSocketSender<ConnectStream>| {
-                    let (commands, queue) = mpsc::unbounded_channel();
-                    let task = handle
-                        .spawn(run_writer(conn, sink, Queue(queue), ReportTx(writer_reports)))
-                        .abort_handle();
-                    TokioWriter { commands, task }
-                };
-                run_connection(conn, dial(&ctx), spawn_writer, ReportTx(reports)).await;
+                let spawn_writer =
+                    move |conn: ConnId, sink: WebSocketSender<ConnectStream>, flushed: FlushedWrites| {
+                        let (commands, queue) = mpsc::unbounded_channel();
+                        let task = handle
+                            .spawn(run_writer(conn, sink, Queue(queue), flushed, writer_reports))
+                            .abort_handle();
+                        TokioWriter { commands, task }
+                    };
+                run_connection(conn, dial(&ctx), spawn_writer, reports).await;
             })
             .abort_handle()
     }
@@ -158,9 +151,10 @@ impl Signals for TokioSignals {
     }
 }
 
-/// The driver task: feeds reports, sleeps until the next deadline, handles timeouts; ends
-/// when the client is closed and everything finished.
-pub(crate) async fn drive(shared: Arc<Shared>, mut reports: mpsc::Receiver<Report<TokioWriter>>) {
+/// The driver task: sleeps until the next deadline or a wake-up, handles timeouts; ends when
+/// the client is closed and everything finished. Connection tasks feed their reports
+/// directly ([`DirectReports`]), so this task is off the request path.
+pub(crate) async fn drive(shared: Arc<Shared>) {
     let _stop = StopOnExit(Arc::clone(&shared));
     let sleep = tokio::time::sleep(std::time::Duration::from_secs(86_400));
     tokio::pin!(sleep);
@@ -181,23 +175,10 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut reports: mpsc::Receiver<Repor
         }
         tokio::select! {
             biased;
-            report = reports.recv() => {
-                // The runtime holds a sender for the driver's whole life: `None` cannot happen.
-                let Some(report) = report else { return };
-                shared.handle_reports(report, || reports.try_recv().ok());
-            }
             () = shared.signals().wake.notified() => {}
             () = &mut sleep, if sleeping => {
                 sleeping = false;
             }
         }
     }
-}
-
-/// The channel pair of a new client's reports.
-pub(crate) fn report_channel() -> (
-    mpsc::Sender<Report<TokioWriter>>,
-    mpsc::Receiver<Report<TokioWriter>>,
-) {
-    mpsc::channel(REPORT_CAPACITY)
 }

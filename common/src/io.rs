@@ -4,6 +4,10 @@
 //! every deadline belongs to the core.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -115,7 +119,7 @@ pub trait WriteQueue: Send {
 pub async fn run_connection<D, Si, St, W, Sp, R>(conn: ConnId, dial: D, spawn_writer: Sp, mut reports: R)
 where
     D: Future<Output = Result<(Si, St), DialError>>,
-    Sp: FnOnce(ConnId, Si) -> W,
+    Sp: FnOnce(ConnId, Si, FlushedWrites) -> W,
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     R: ReportSink<W>,
 {
@@ -124,18 +128,36 @@ where
             reports.report(Report::ConnectFailed { conn, error }).await;
         }
         Ok((sink, stream)) => {
-            let writer = spawn_writer(conn, sink);
+            let flushed = FlushedWrites::default();
+            let writer = spawn_writer(conn, sink, flushed.clone());
             if reports.report(Report::Connected { conn, writer }).await {
-                run_reader(conn, stream, reports).await;
+                run_reader(conn, stream, flushed, reports).await;
             }
         }
     }
 }
 
+/// The number of writes a connection's writer has flushed, shared with its reader: when the
+/// connection ends, the reader reports the writer's last count before the end itself, so
+/// writes that did reach the socket are never counted as lost because two tasks raced.
+#[derive(Debug, Clone, Default)]
+pub struct FlushedWrites(Arc<AtomicU64>);
+
+impl FlushedWrites {
+    fn set(&self, writes: u64) {
+        self.0.store(writes, Ordering::Release);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Reads frames and reports them. Pings are answered by tungstenite itself. The first close
-/// frame, read error or end of stream is reported once as [`Report::Closed`]; after a close
-/// frame the loop keeps reading so tungstenite can finish the close handshake.
-pub async fn run_reader<St, W, R>(conn: ConnId, mut stream: St, mut reports: R)
+/// frame, read error or end of stream is reported once as [`Report::Closed`], preceded by the
+/// writer's final [`Report::Flushed`] count; after a close frame the loop keeps reading so
+/// tungstenite can finish the close handshake.
+pub async fn run_reader<St, W, R>(conn: ConnId, mut stream: St, flushed: FlushedWrites, mut reports: R)
 where
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     R: ReportSink<W>,
@@ -155,6 +177,7 @@ where
                     continue;
                 }
                 closed = true;
+                report_flushed(conn, &flushed, &mut reports).await;
                 Report::Closed {
                     conn,
                     reason: close_frame_reason(frame),
@@ -162,6 +185,7 @@ where
             }
             Err(error) => {
                 if !closed {
+                    report_flushed(conn, &flushed, &mut reports).await;
                     reports
                         .report(Report::Closed {
                             conn,
@@ -177,6 +201,7 @@ where
         }
     }
     if !closed {
+        report_flushed(conn, &flushed, &mut reports).await;
         reports
             .report(Report::Closed {
                 conn,
@@ -186,22 +211,56 @@ where
     }
 }
 
-/// The writer loop: feeds queued commands to the sink, flushes when the queue is momentarily
-/// empty (or after [`MAX_WRITES_PER_FLUSH`] writes), then reports [`Report::Flushed`] with the
-/// total number of writes flushed so far. A failure is reported as [`Report::WriteFailed`]
-/// and ends the loop; [`WriteCommand::Close`] writes a close frame 1000 after everything
-/// before it, reports [`Report::CloseWritten`] and ends the loop.
-pub async fn run_writer<Si, Q, W, R>(conn: ConnId, mut sink: Si, mut queue: Q, mut reports: R)
-where
+async fn report_flushed<W, R: ReportSink<W>>(conn: ConnId, flushed: &FlushedWrites, reports: &mut R) {
+    let writes = flushed.get();
+    if writes > 0 {
+        reports.report(Report::Flushed { conn, writes }).await;
+    }
+}
+
+/// Yields to the executor once, so other ready tasks can queue more writes before a flush.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The writer loop: feeds queued commands to the sink, flushes when the queue is empty (or
+/// after [`MAX_WRITES_PER_FLUSH`] writes), then reports [`Report::Flushed`] with the total
+/// number of writes flushed so far. A failure is reported as [`Report::WriteFailed`] and ends
+/// the loop; [`WriteCommand::Close`] writes a close frame 1000 after everything before it,
+/// reports [`Report::CloseWritten`] and ends the loop.
+///
+/// Coalescing: under load (the last batch held more than one write) the writer yields once
+/// before flushing, so frames queued by other tasks in the meantime share the syscall; a
+/// lone write (light load) is flushed at once, keeping latency minimal.
+pub async fn run_writer<Si, Q, W, R>(
+    conn: ConnId,
+    mut sink: Si,
+    mut queue: Q,
+    shared_flushed: FlushedWrites,
+    mut reports: R,
+) where
     Si: Sink<Message, Error = tungstenite::Error> + Unpin,
     Q: WriteQueue,
     R: ReportSink<W>,
 {
     let mut flushed: u64 = 0;
+    let mut busy = false;
     while let Some(first) = queue.recv().await {
         let mut fed: u64 = 0;
         let mut next = Some(first);
         let mut close = false;
+        let mut yielded = false;
         while let Some(command) = next.take() {
             let message = match command {
                 WriteCommand::Text(text) => Message::Text(text.into()),
@@ -223,8 +282,14 @@ where
             fed += 1;
             if fed < MAX_WRITES_PER_FLUSH {
                 next = queue.try_recv();
+                if next.is_none() && (busy || fed > 1) && !yielded {
+                    yielded = true;
+                    YieldOnce(false).await;
+                    next = queue.try_recv();
+                }
             }
         }
+        busy = fed > 1;
         if close {
             let frame = CloseFrame {
                 code: CloseCode::Normal,
@@ -250,6 +315,7 @@ where
             return;
         }
         flushed += fed;
+        shared_flushed.set(flushed);
         if !reports
             .report(Report::Flushed {
                 conn,

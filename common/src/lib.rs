@@ -36,10 +36,11 @@ pub use api::UsageFlowApi;
 pub use driver::{log_event, ClientEvent, Driver, Runtime};
 pub use error::{ClientError, ErrorClass};
 pub use io::{
-    run_connection, run_reader, run_writer, CancelOnDrop, Report, ReportSink, WriteCommand, WriteQueue,
+    run_connection, run_reader, run_writer, CancelOnDrop, FlushedWrites, Report, ReportSink, WriteCommand,
+    WriteQueue,
 };
 pub use options::{ClientOptions, ClientOptionsBuilder};
-pub use shared::{ClientHandle, DriverState, Shared, Signals, StopOnExit, Turn};
+pub use shared::{ClientHandle, DirectReports, DriverState, Shared, Signals, StopOnExit, Turn};
 
 /// The tungstenite version the helpers speak (re-exported for the adapters).
 pub use tungstenite;

@@ -1,25 +1,19 @@
 //! [`Shared`]: the state every client handle, request guard and driver task of an adapter
 //! shares — the [`Driver`] behind a lock, plus the adapter's [`Signals`] — and the client
 //! operations written once over it. An adapter's `Client` methods are one-line calls into
-//! this module; its driver task calls [`Shared::turn`], sleeps, and feeds reports with
-//! [`Shared::handle_reports`].
+//! this module; connection tasks hand their reports straight to the driver through
+//! [`DirectReports`] (no hop through another task); the driver task only calls
+//! [`Shared::turn`] and sleeps until the next deadline or a wake-up.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use usageflow_socket_core::{Availability, Incoming, Outcome, Outgoing, Pool, RequestOptions, Stats};
 
-use crate::io::{CancelOnDrop, Report};
+use crate::io::{CancelOnDrop, Report, ReportSink};
 use crate::{ClientError, ClientOptions, Driver, Runtime};
-
-/// Capacity of the report channel from connection tasks to the driver task. Bounded: a reader
-/// that outpaces the driver waits, and TCP pushes back on the server.
-pub const REPORT_CAPACITY: usize = 1024;
-
-/// Most reports handled per lock of the driver, so application commands are not starved.
-pub const REPORT_BATCH: usize = 64;
 
 /// Capacity of each subscriber's event queue; a subscriber that falls further behind loses
 /// the oldest events (and is told how many).
@@ -122,21 +116,13 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
         }
     }
 
-    /// Feeds `first` and then whatever `more` yields, at most [`REPORT_BATCH`] reports in one
-    /// lock of the driver.
-    pub fn handle_reports(
-        &self,
-        first: Report<R::Writer>,
-        mut more: impl FnMut() -> Option<Report<R::Writer>>,
-    ) {
-        let mut driver = self.lock();
-        driver.handle_report(Instant::now(), first);
-        for _ in 1..REPORT_BATCH {
-            match more() {
-                Some(report) => driver.handle_report(Instant::now(), report),
-                None => break,
-            }
-        }
+    /// Feeds one report of a connection's task, waking the driver task when the report moved
+    /// the next deadline earlier. Returns false once the driver stopped.
+    pub fn handle_report(&self, report: Report<R::Writer>) -> bool {
+        self.command(|driver, now| {
+            driver.handle_report(now, report);
+            !driver.is_stopped()
+        })
     }
 
     /// Arms every slot (the first dials).
@@ -207,6 +193,31 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     pub async fn close(&self) {
         self.close_now();
         self.signals.wait_for(|s| s.stopped).await;
+    }
+}
+
+/// The report sink of every connection task: reports go straight into the driver, under its
+/// lock, from the task that read them. A reader therefore waits for the driver as long as it
+/// handles a frame, which is what pushes back on a fast server. Holds the shared state weakly,
+/// so the tasks never keep a dropped client alive.
+pub struct DirectReports<R: Runtime, S>(pub Weak<Shared<R, S>>);
+
+impl<R: Runtime, S> Clone for DirectReports<R, S> {
+    fn clone(&self) -> Self {
+        Self(Weak::clone(&self.0))
+    }
+}
+
+impl<R: Runtime, S: Signals> ReportSink<R::Writer> for DirectReports<R, S>
+where
+    Shared<R, S>: Send + Sync,
+{
+    fn report(&mut self, report: Report<R::Writer>) -> impl Future<Output = bool> + Send {
+        let alive = match self.0.upgrade() {
+            Some(shared) => shared.handle_report(report),
+            None => false,
+        };
+        std::future::ready(alive)
     }
 }
 

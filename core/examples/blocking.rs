@@ -29,7 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = args.next().unwrap_or_else(|| "ws://127.0.0.1:9000/ws".into());
     let key = args.next().unwrap_or_else(|| "dev-key".into());
     let config = Config::builder(&url, &key).pool_size(1).build()?;
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
     let mut pool = Pool::new(config, seed, Instant::now());
     let mut socket: Option<(ConnId, Socket, u64)> = None;
     let (mut issued, mut answered, goal) = (0, 0, 5);
@@ -50,7 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     pool.handle_input(Instant::now(), input);
                 }
                 Output::Transmit { conn, frame } => write(&mut pool, &mut socket, conn, Message::text(frame)),
-                Output::Ping { conn } => write(&mut pool, &mut socket, conn, Message::Ping(Vec::new().into())),
+                Output::Ping { conn } => {
+                    write(&mut pool, &mut socket, conn, Message::Ping(Vec::new().into()))
+                }
                 Output::Disconnect { conn, graceful } => {
                     if let Some((c, mut ws, _)) = socket.take() {
                         if c == conn && graceful {
@@ -100,7 +104,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Wait for the socket or the next deadline, whichever comes first.
         let wait = pool
             .poll_timeout()
-            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()))
+            .map_or(Duration::from_secs(1), |t| {
+                t.saturating_duration_since(Instant::now())
+            })
             .max(Duration::from_millis(1));
         match socket.as_mut() {
             Some((conn, ws, _)) => {
@@ -111,7 +117,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         pool.handle_input(Instant::now(), Input::Text { conn, text: &text });
                         None
                     }
-                    Ok(Message::Binary(data)) => Some(Input::Binary { conn, len: data.len() }),
+                    Ok(Message::Binary(data)) => Some(Input::Binary {
+                        conn,
+                        len: data.len(),
+                    }),
                     Ok(Message::Pong(_)) => Some(Input::Pong { conn }),
                     Ok(Message::Close(frame)) => Some(Input::Closed {
                         conn,
@@ -144,8 +153,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Dials with the `x-usage-key` header, bounded by the handshake timeout.
 fn dial(pool: &Pool, url: &str) -> Result<Socket, DialError> {
     let timeout = pool.config().handshake_timeout();
-    let mut request = url.into_client_request().map_err(|e| DialError::Network(e.to_string()))?;
-    let key = pool.config().api_key().expose().parse().map_err(|_| DialError::Network("bad key".into()))?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| DialError::Network(e.to_string()))?;
+    let key = pool
+        .config()
+        .api_key()
+        .expose()
+        .parse()
+        .map_err(|_| DialError::Network("bad key".into()))?;
     request.headers_mut().insert("x-usage-key", key);
     let host = request.uri().host().unwrap_or("localhost").to_owned();
     let port = request.uri().port_u16().unwrap_or(80);
@@ -155,7 +171,9 @@ fn dial(pool: &Pool, url: &str) -> Result<Socket, DialError> {
         .next()
         .ok_or_else(|| DialError::Network("no address".into()))?;
     let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| DialError::Network(e.to_string()))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| DialError::Network(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| DialError::Network(e.to_string()))?;
     match tungstenite::client(request, stream) {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
@@ -169,7 +187,9 @@ fn dial(pool: &Pool, url: &str) -> Result<Socket, DialError> {
 
 /// Writes one message and reports the result; a blocking write is flushed when it returns.
 fn write(pool: &mut Pool, socket: &mut Option<(ConnId, Socket, u64)>, conn: ConnId, message: Message) {
-    let Some((c, ws, writes)) = socket.as_mut().filter(|(c, ..)| *c == conn) else { return };
+    let Some((c, ws, writes)) = socket.as_mut().filter(|(c, ..)| *c == conn) else {
+        return;
+    };
     let input = match ws.send(message) {
         Ok(()) => {
             *writes += 1;

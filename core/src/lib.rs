@@ -65,12 +65,13 @@
 mod backoff;
 pub mod config;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod io;
 pub mod messages;
 mod pool;
+pub mod sim;
 pub mod stats;
-#[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzzing;
 
 pub use config::{ApiKey, Config, ConfigBuilder, ConfigError};
 pub use frame::{FrameError, Incoming, Outgoing};

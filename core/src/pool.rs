@@ -801,12 +801,15 @@ impl Pool {
                 self.flush_outbox(now);
             }
             _ => {
-                // A dial the pool gave up on (timed out, or closing) finished anyway.
+                // A dial the pool gave up on (timed out, or closing) finished anyway: close
+                // it. A repeated report about a live connection changes nothing.
                 self.counters.stale_inputs += 1;
-                self.outputs.push_back(Output::Disconnect {
-                    conn: id,
-                    graceful: false,
-                });
+                if self.slots[slot].conn_mut(id.generation).is_none() {
+                    self.outputs.push_back(Output::Disconnect {
+                        conn: id,
+                        graceful: false,
+                    });
+                }
             }
         }
     }
@@ -837,6 +840,9 @@ impl Pool {
 
     fn replacement_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
         self.counters.dial_failures += 1;
+        if matches!(error, DialError::Rejected { .. }) {
+            self.counters.rejections += 1;
+        }
         self.outputs
             .push_back(Output::Event(Event::ConnectFailed { conn, error }));
         let retry = jittered_delay(

@@ -743,3 +743,60 @@ fn same_seed_same_ids() {
     };
     assert_eq!(run(), run());
 }
+
+/// Found by the simulation: a rejected replacement dial (rotation) was counted as a dial
+/// failure but not as a rejection.
+#[test]
+fn rejected_replacement_dial_counts_as_rejection() {
+    let mut h = H::new(|b| b.pool_size(1).max_connection_age(Some(10 * SEC)));
+    let c = h.up()[0];
+    let mut new = None;
+    for s in 1..=10 {
+        h.at(s * SEC);
+        for o in h.drain() {
+            if let Output::Dial { conn } = o {
+                new = Some(conn);
+            }
+        }
+        h.input(Input::Pong { conn: c });
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("a replacement dial");
+    h.input(Input::ConnectFailed {
+        conn: new,
+        error: DialError::Rejected { status: 401 },
+    });
+    let st = h.pool.stats();
+    assert_eq!((st.dial_failures, st.rejections), (1, 1));
+    assert_eq!(h.pool.open_conn(0), Some(c), "the old connection stays in use");
+}
+
+/// Found by the simulation's checker under arbitrary inputs: a repeated `Connected` for an
+/// open connection told the adapter to drop that socket while the pool kept using it.
+#[test]
+fn repeated_connected_does_not_disconnect_a_live_connection() {
+    let mut h = H::new(|b| b.pool_size(1));
+    let c = h.up()[0];
+    let outs = h.input(Input::Connected { conn: c });
+    assert!(outs.is_empty(), "{outs:?}");
+    assert_eq!(h.pool.open_conn(0), Some(c));
+    assert_eq!(h.pool.stats().stale_inputs, 1);
+    // A dial the pool gave up on that connects late is still closed.
+    h.at(60 * SEC);
+    h.drain();
+    let late = ConnId {
+        slot: 0,
+        generation: 0,
+    };
+    assert_eq!(h.pool.open_conn(0), None, "read deadline passed");
+    let outs = h.input(Input::Connected { conn: late });
+    assert_eq!(
+        outs,
+        vec![Output::Disconnect {
+            conn: late,
+            graceful: false
+        }]
+    );
+}
