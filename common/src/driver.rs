@@ -10,12 +10,12 @@
 //! calls [`Driver::handle_timeout`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
-    Availability, ConnId, DialError, DisconnectReason, Event, Incoming, Input, Outcome, Outgoing, Output,
-    Pool, RequestId, RequestOptions, Stats,
+    Availability, CloseReason, ConnId, DialError, DisconnectReason, Event, Incoming, Input, Outcome,
+    Outgoing, Output, Pool, RequestId, RequestOptions, Stats,
 };
 
 use crate::io::{Report, WriteCommand};
@@ -70,11 +70,6 @@ struct Link<R: Runtime> {
     writer: R::Writer,
 }
 
-struct Closing<R: Runtime> {
-    deadline: Instant,
-    link: Link<R>,
-}
-
 /// The pool and the adapter state beside it. See the [module docs](self).
 pub struct Driver<R: Runtime> {
     pool: Pool,
@@ -82,13 +77,15 @@ pub struct Driver<R: Runtime> {
     waiters: HashMap<RequestId, R::Waiter>,
     dialing: BTreeMap<ConnId, R::Task>,
     open: BTreeMap<ConnId, Link<R>>,
-    closing: BTreeMap<ConnId, Closing<R>>,
+    /// Connections closing gracefully; the pool bounds how long (it aborts them after the
+    /// write wait), so this map holds no deadline of its own.
+    closing: BTreeMap<ConnId, Link<R>>,
     /// Slots whose first dial has not settled yet (for `connect`).
     first_dials: BTreeSet<u16>,
     /// The deadline the driver task currently sleeps until.
     armed: Option<Instant>,
-    /// How long a gracefully closed connection may take to finish its close handshake.
-    linger: Duration,
+    /// Whether the driver task's last turn saw every first dial settled (and published it).
+    settled_seen: bool,
     stopped: bool,
 }
 
@@ -97,7 +94,6 @@ impl<R: Runtime> Driver<R> {
     pub fn new(pool: Pool, rt: R) -> Self {
         let config = pool.config();
         let first_dials = (0..config.pool_size()).collect();
-        let linger = config.write_wait();
         Self {
             pool,
             rt,
@@ -107,7 +103,7 @@ impl<R: Runtime> Driver<R> {
             closing: BTreeMap::new(),
             first_dials,
             armed: None,
-            linger,
+            settled_seen: false,
             stopped: false,
         }
     }
@@ -233,18 +229,15 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             Report::WriteFailed { conn, error } => {
-                if self.open.contains_key(&conn) {
+                if self.open.contains_key(&conn) || self.finish_closing(conn) {
                     self.pool.handle_input(now, Input::WriteFailed { conn, error });
-                } else {
-                    self.finish_closing(conn);
                 }
             }
             Report::Closed { conn, reason } => {
-                if self.open.contains_key(&conn) {
+                // For a connection closing gracefully: the peer answered our close frame (or
+                // the socket ended), which ends the pool's linger.
+                if self.open.contains_key(&conn) || self.finish_closing(conn) {
                     self.pool.handle_input(now, Input::Closed { conn, reason });
-                } else {
-                    // The peer answered our close frame (or the socket ended): done.
-                    self.finish_closing(conn);
                 }
             }
             Report::CloseWritten { conn } => {
@@ -259,45 +252,37 @@ impl<R: Runtime> Driver<R> {
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
         }
-        let expired: Vec<ConnId> = self
-            .closing
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(conn, _)| *conn)
-            .collect();
-        for conn in expired {
-            debug!(%conn, "usageflow-socket: close handshake did not finish in time; dropping the socket");
-            self.finish_closing(conn);
-        }
         self.drain(now);
     }
 
-    /// The next deadline: the pool's, or a closing connection's. `None` once stopped.
+    /// The pool's next deadline; `None` once stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
         }
-        let closing = self.closing.values().map(|c| c.deadline).min();
-        match (self.pool.poll_timeout(), closing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.pool.poll_timeout()
     }
 
     /// Records and returns the deadline the driver task is about to sleep until.
     pub fn arm(&mut self) -> Option<Instant> {
+        self.settled_seen = self.first_dials_settled();
         self.armed = self.poll_timeout();
         self.armed
     }
 
     /// Whether the driver task must be woken after an application command: the next deadline
-    /// moved before the one it sleeps until, or the pool is closing and the task must notice
-    /// when it is done.
+    /// moved before the one it sleeps until, the last first dial settled (so `connect` is
+    /// told at once), or the pool is closing and the task must notice when it is done.
     pub fn needs_wake(&self) -> bool {
         if self.stopped {
             return false;
         }
         if self.pool.is_closing() {
+            return true;
+        }
+        if !self.settled_seen && self.first_dials_settled() {
+            // The last first dial just settled: the task must publish it now, so `connect`
+            // returns at once rather than at the next deadline (a backoff, a handshake timeout).
             return true;
         }
         match (self.poll_timeout(), self.armed) {
@@ -315,20 +300,12 @@ impl<R: Runtime> Driver<R> {
     /// Stops the driver if the pool is closed and nothing is left to do: every request
     /// ended and every connection finished closing. Returns whether it is stopped; the
     /// driver task ends then.
-    pub fn check_stopped(&mut self, now: Instant) -> bool {
+    pub fn check_stopped(&mut self) -> bool {
         if self.stopped {
             return true;
         }
         if !self.pool.is_closed() || self.pool.pending_len() > 0 {
             return false;
-        }
-        if !self.open.is_empty() && self.pool.poll_timeout().is_none() {
-            // The pool has nothing left to do yet left these open: close them ourselves.
-            let conns: Vec<ConnId> = self.open.keys().copied().collect();
-            for conn in conns {
-                debug!(%conn, "usageflow-socket: closing a connection the closed pool left open");
-                self.disconnect(now, conn, true);
-            }
         }
         if !self.open.is_empty() || !self.closing.is_empty() {
             return false;
@@ -399,20 +376,33 @@ impl<R: Runtime> Driver<R> {
             self.rt.abort(task);
             return;
         }
+        // The pool's linger ended before the close handshake did: drop the socket.
+        if self.finish_closing(conn) {
+            return;
+        }
         let Some(link) = self.open.remove(&conn) else {
             return;
         };
-        if graceful && self.rt.write(&link.writer, WriteCommand::Close) {
-            let deadline = now + self.linger;
-            self.closing.insert(conn, Closing { deadline, link });
-        } else {
+        if !graceful {
             self.abort_link(link);
+        } else if self.rt.write(&link.writer, WriteCommand::Close) {
+            self.closing.insert(conn, link);
+        } else {
+            // The writer is gone (its failure report will be dropped): the close is over.
+            self.abort_link(link);
+            let reason = CloseReason::Error("writer ended before the close frame".into());
+            self.pool.handle_input(now, Input::Closed { conn, reason });
         }
     }
 
-    fn finish_closing(&mut self, conn: ConnId) {
-        if let Some(closing) = self.closing.remove(&conn) {
-            self.abort_link(closing.link);
+    /// Ends a graceful close; false when `conn` was not closing.
+    fn finish_closing(&mut self, conn: ConnId) -> bool {
+        match self.closing.remove(&conn) {
+            Some(link) => {
+                self.abort_link(link);
+                true
+            }
+            None => false,
         }
     }
 
@@ -462,7 +452,8 @@ pub fn log_event(event: &Event) {
 mod tests {
     use super::*;
     use serde_json::Value;
-    use usageflow_socket_core::{CloseReason, Config};
+    use std::time::Duration;
+    use usageflow_socket_core::Config;
 
     /// A runtime that records what the driver asks of it.
     #[derive(Default)]
@@ -582,7 +573,7 @@ mod tests {
         d.close(t0);
         assert!(d.needs_wake());
         assert_eq!(d.runtime().writes.last().unwrap(), &(70, WriteCommand::Close));
-        assert!(!d.check_stopped(t0));
+        assert!(!d.check_stopped());
         d.handle_report(t0, Report::CloseWritten { conn });
         d.handle_report(
             t0,
@@ -595,9 +586,36 @@ mod tests {
             },
         );
         assert_eq!(d.runtime().aborted_writers, vec![70]);
-        assert!(d.check_stopped(t0));
+        assert!(d.check_stopped());
         assert_eq!(d.poll_timeout(), None);
         assert_eq!(d.runtime().events.last(), Some(&ClientEvent::Stopped));
+    }
+
+    #[test]
+    fn the_last_first_dial_wakes_the_task_once() {
+        let t0 = Instant::now();
+        // Handshake deadline 1 s, backoff 5 s: the failure moves no deadline earlier.
+        let config = Config::builder("ws://localhost:9000/ws", "k")
+            .pool_size(1)
+            .handshake_timeout(Duration::from_secs(1))
+            .backoff_base(Duration::from_secs(5))
+            .backoff_jitter(0.0)
+            .build()
+            .unwrap();
+        let mut d = Driver::new(Pool::new(config, 1, t0), Fake::default());
+        d.connect(t0);
+        assert_eq!(d.arm(), Some(t0 + Duration::from_secs(1)));
+        assert!(!d.needs_wake());
+        let conn = d.runtime().dials[0];
+        let error = DialError::Rejected { status: 401 };
+        d.handle_report(t0, Report::ConnectFailed { conn, error });
+        assert!(d.first_dials_settled());
+        assert!(
+            d.needs_wake(),
+            "`connect` must hear now, not at the next deadline"
+        );
+        d.arm();
+        assert!(!d.needs_wake(), "once published, no more wake-ups for it");
     }
 
     #[test]
@@ -623,10 +641,10 @@ mod tests {
         d.handle_report(next, Report::Connected { conn, writer: 10 });
         assert!(d.is_connected());
         d.close(next);
-        assert!(!d.check_stopped(next));
+        assert!(!d.check_stopped());
         let linger = d.poll_timeout().unwrap();
         d.handle_timeout(linger);
         assert!(d.runtime().aborted_writers.contains(&10));
-        assert!(d.check_stopped(linger));
+        assert!(d.check_stopped());
     }
 }

@@ -104,7 +104,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
             if driver.poll_timeout().is_some_and(|t| t <= now) {
                 driver.handle_timeout(now);
             }
-            let stopped = driver.check_stopped(now);
+            let stopped = driver.check_stopped();
             let settled = driver.first_dials_settled();
             (DriverState { settled, stopped }, driver.arm())
         };

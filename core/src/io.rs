@@ -345,8 +345,10 @@ pub enum Output {
         /// The connection.
         conn: ConnId,
     },
-    /// Stop using `conn`: with `graceful`, send a normal close frame (1000) after the queued
-    /// writes; otherwise drop the socket (or abandon the dial). Report nothing afterwards.
+    /// Stop using `conn`. Without `graceful`: drop the socket (or abandon the dial) and report
+    /// nothing more about it. With `graceful`: send a normal close frame (1000) after the
+    /// queued writes, and report [`Input::Closed`] when the close handshake finished; the pool
+    /// waits up to the write wait for that, then emits a non-graceful `Disconnect` for it.
     Disconnect {
         /// The connection.
         conn: ConnId,

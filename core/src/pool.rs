@@ -196,6 +196,9 @@ pub struct Pool {
     counters: Counters,
     closing: bool,
     drain_deadline: Option<Instant>,
+    /// Connections told to close gracefully, with the instant they are aborted if the close
+    /// handshake has not finished (the adapter reports `Closed` when it has).
+    lingering: Vec<(ConnId, Instant)>,
     availability: Availability,
     upgrade_at: Option<Instant>,
     timeout_ratio: f64,
@@ -229,6 +232,7 @@ impl Pool {
             counters: Counters::default(),
             closing: false,
             drain_deadline: None,
+            lingering: Vec::new(),
             availability: Availability::Unavailable,
             upgrade_at: None,
             timeout_ratio: 0.0,
@@ -294,6 +298,7 @@ impl Pool {
     pub fn is_closed(&self) -> bool {
         self.closing
             && self.pending.is_empty()
+            && self.lingering.is_empty()
             && self
                 .slots
                 .iter()
@@ -538,6 +543,14 @@ impl Pool {
             self.counters.stale_inputs += 1;
             return;
         }
+        if let Some(i) = self.lingering.iter().position(|(c, _)| *c == id) {
+            // A connection closing gracefully: its end finishes the close; nothing else
+            // about it matters any more (it had no pending request and no unflushed write).
+            if matches!(input, Input::Closed { .. } | Input::WriteFailed { .. }) {
+                self.lingering.swap_remove(i);
+            }
+            return;
+        }
         match input {
             Input::Connected { conn } => self.on_connected(now, conn),
             Input::ConnectFailed { conn, error } => self.on_connect_failed(now, conn, error),
@@ -569,6 +582,19 @@ impl Pool {
         let now = self.advance(now);
         for i in 0..self.slots.len() {
             self.slot_timers(i, now);
+        }
+        // A close handshake that did not finish within the write wait: drop the socket.
+        let mut i = 0;
+        while i < self.lingering.len() {
+            if self.lingering[i].1 <= now {
+                let (conn, _) = self.lingering.swap_remove(i);
+                self.outputs.push_back(Output::Disconnect {
+                    conn,
+                    graceful: false,
+                });
+            } else {
+                i += 1;
+            }
         }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
@@ -635,6 +661,9 @@ impl Pool {
             consider(q.expires);
         }
         if let Some(t) = self.drain_deadline {
+            consider(t);
+        }
+        for &(_, t) in &self.lingering {
             consider(t);
         }
         if let Some(t) = self.upgrade_at {
@@ -1132,6 +1161,7 @@ impl Pool {
                     conn: id,
                     graceful: true,
                 });
+                self.lingering.push((id, self.now + self.config.write_wait));
                 self.outputs.push_back(Output::Event(Event::Disconnected {
                     conn: id,
                     reason: if self.closing {

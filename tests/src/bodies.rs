@@ -72,6 +72,11 @@ pub async fn handshake_headers_and_typed_api<A: Adapter>() {
     let client = connect::<A>(config(&server.url()).pool_size(3)).await;
     assert!(A::is_connected(&client));
     assert_eq!(A::stats(&client).open_connections, 3);
+    // The client hears the 101 before the server's task counts the connection.
+    must_wait::<A>(Duration::from_secs(2), "3 connections counted", || {
+        server.counters().snapshot().connections_accepted == 3
+    })
+    .await;
     let snap = server.counters().snapshot();
     assert_eq!(snap.connections_accepted, 3);
     assert_eq!(snap.handshakes_rejected, 0);

@@ -513,11 +513,31 @@ fn close_is_idempotent_fails_pending_and_closes_normally() {
         completed(&outs),
         vec![(a, Outcome::Failed(RequestFailure::Closed))]
     );
-    for conn in conns {
+    for &conn in &conns {
         assert!(outs.contains(&Output::Disconnect { conn, graceful: true }));
     }
     h.pool.close(h.now);
     assert!(h.drain().is_empty());
+    // Closed once every close handshake finished; one peer answers, the other lingers.
+    assert!(!h.pool.is_closed());
+    h.input(Input::Closed {
+        conn: conns[0],
+        reason: CloseReason::Frame {
+            code: 1000,
+            reason: String::new(),
+        },
+    });
+    assert!(!h.pool.is_closed());
+    h.at(Duration::from_millis(9_999));
+    assert!(h.drain().is_empty());
+    h.at(10 * SEC);
+    assert_eq!(
+        h.drain(),
+        vec![Output::Disconnect {
+            conn: conns[1],
+            graceful: false
+        }]
+    );
     assert!(h.pool.is_closed());
     assert_eq!(
         h.pool
@@ -554,6 +574,10 @@ fn close_with_drain_lets_replies_arrive() {
         conn: c,
         graceful: true
     }));
+    h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
     assert!(h.pool.is_closed());
 }
 

@@ -258,6 +258,8 @@ pub struct Checker {
     transmitted_sends: u64,
     closing: bool,
     drain_deadline: Option<Instant>,
+    /// Connections told to close gracefully, with the instant the pool must abort them.
+    lingering: BTreeMap<ConnId, Instant>,
     stats: Stats,
     // ----- per step -----
     step: Step,
@@ -307,6 +309,7 @@ impl Checker {
             transmitted_sends: 0,
             closing: false,
             drain_deadline: None,
+            lingering: BTreeMap::new(),
             stats,
             step: Step::None,
             outputs_in_step: 0,
@@ -815,6 +818,13 @@ impl Checker {
         let conn = input.conn();
         let write_wait = self.config.write_wait();
         let max_frame = self.config.max_frame_size();
+        if self.lingering.contains_key(&conn) {
+            // Closing gracefully: only its end matters, and it ends the linger.
+            if matches!(input, Input::WriteFailed { .. } | Input::Closed { .. }) {
+                self.lingering.remove(&conn);
+            }
+            return Step::Quiet;
+        }
         let Some(slot) = self.slots.get_mut(usize::from(conn.slot)) else {
             return Step::Quiet;
         };
@@ -1101,6 +1111,16 @@ impl Checker {
     fn on_disconnect(&mut self, now: Instant, conn: ConnId, graceful: bool) -> Result<(), Violation> {
         let step = self.step.clone();
         let closing = self.closing;
+        if let Some(deadline) = self.lingering.get(&conn).copied() {
+            ensure!(
+                !graceful && step == Step::Timeout && now >= deadline,
+                13,
+                "{conn} closing gracefully was disconnected again (graceful {graceful}) {:?} before its linger ended",
+                deadline.saturating_duration_since(now)
+            );
+            self.lingering.remove(&conn);
+            return Ok(());
+        }
         let Some(s) = self.slots.get_mut(usize::from(conn.slot)) else {
             return Err(Violation {
                 invariant: 10,
@@ -1152,6 +1172,7 @@ impl Checker {
                 c.pending,
                 c.unflushed()
             );
+            self.lingering.insert(conn, now + self.config.write_wait());
         } else {
             if was_open && closing {
                 return Err(Violation {
@@ -1512,6 +1533,9 @@ impl Checker {
         if let Some(t) = self.drain_deadline {
             f(t, &|| "close drain deadline".to_owned(), 13);
         }
+        for (conn, &t) in &self.lingering {
+            f(t, &|| format!("{conn}: end of the close linger"), 13);
+        }
         for (i, s) in self.slots.iter().enumerate() {
             match s.phase {
                 Phase::Idle {
@@ -1652,6 +1676,7 @@ impl Checker {
         }
         let closed = self.closing
             && self.pending.is_empty()
+            && self.lingering.is_empty()
             && self
                 .slots
                 .iter()

@@ -271,6 +271,8 @@ struct Sock {
     mute: bool,
     /// The pool told us to stop using it.
     gone: bool,
+    /// It was told to close gracefully: the peer's answer (its end) is still reported.
+    closing: bool,
     /// We reported its end (closed or write failed): nothing more to report.
     reported: bool,
 }
@@ -682,7 +684,7 @@ impl Sim {
         if sock.reported {
             return Ok(());
         }
-        if sock.gone {
+        if sock.gone && !(sock.closing && matches!(event, Net::Closed(..))) {
             // A race: the adapter reports something about a socket the pool gave up.
             let race = self.faults && late > 0.0 && self.rng.f64() < late;
             if !race {
@@ -731,7 +733,26 @@ impl Sim {
             Output::Dial { conn } => self.dial(conn),
             Output::Transmit { conn, frame } => self.write(conn, Some(frame)),
             Output::Ping { conn } => self.write(conn, None),
-            Output::Disconnect { conn, .. } => self.socks.entry(conn).or_default().gone = true,
+            Output::Disconnect { conn, graceful } => {
+                let sock = self.socks.entry(conn).or_default();
+                sock.gone = true;
+                // A live peer answers a close frame; a frozen or broken one never does, and
+                // the pool's linger ends it.
+                if graceful && !sock.broken && !sock.stalled && !sock.reported {
+                    sock.closing = true;
+                    let after = Duration::from_micros(self.rng.u64(0..=5_000));
+                    self.schedule(
+                        after,
+                        Net::Closed(
+                            conn,
+                            CloseReason::Frame {
+                                code: 1000,
+                                reason: String::new(),
+                            },
+                        ),
+                    );
+                }
+            }
             Output::Completed { id, outcome } => {
                 if let Some((probe, done)) = &mut self.probe {
                     if *probe == id {
