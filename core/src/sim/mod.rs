@@ -7,7 +7,7 @@
 //! - [`Knobs`]: the configuration, faults and workload of a run, drawn from the seed (swarm
 //!   testing: every seed gets its own subset of faults at its own rates).
 //! - [`Sim`]: the harness. It plays the adapter (dials, writes, flushes, or withholds
-//!   [`Input::Flushed`](crate::Input::Flushed) when writes stall) and the server (answers
+//!   [`Input::Flushed`] when writes stall) and the server (answers
 //!   requests after a latency per PROTOCOL.md's correlation rule, counts fire-and-forget
 //!   messages, refuses or rejects dials, hangs handshakes, drops and duplicates replies,
 //!   sends garbage, binary and stray frames, ignores pings, closes mid-stream), and runs a
