@@ -84,6 +84,10 @@ pub(crate) struct ServeArgs {
     /// Fault: accept TCP connections but never answer the upgrade.
     #[arg(long, help_heading = "Faults")]
     hang_handshake: bool,
+    /// Fault (one-shot): drop the TCP connection (no close frame, no reply) that receives the
+    /// first message containing TEXT, e.g. a request's allocationId; the message is counted.
+    #[arg(long, value_name = "TEXT", help_heading = "Faults")]
+    drop_once_on: Option<String>,
 }
 
 impl ServeArgs {
@@ -106,6 +110,7 @@ impl ServeArgs {
             drop_after_messages: self.drop_after,
             reject_handshakes: self.reject_all,
             hang_handshakes: self.hang_handshake,
+            drop_once_on: self.drop_once_on.clone(),
         }
     }
 

@@ -521,6 +521,39 @@ async fn close_drop_and_freeze_after_n_messages() {
 }
 
 #[tokio::test]
+async fn drop_once_on_drops_one_connection_then_disarms() {
+    timeout(LIMIT, async {
+        let server = start(options()).await;
+        let faults = server.faults();
+        faults.set_drop_once_on(Some("key-7".into()));
+        assert_eq!(faults.get().drop_once_on.as_deref(), Some("key-7"));
+        let mut a = connect(&server, Some(KEY)).await.unwrap();
+        let mut b = connect(&server, Some(KEY)).await.unwrap();
+        send(&mut a, alloc("key-1")).await;
+        assert_eq!(next_json(&mut a).await["replyTo"], "key-1");
+        send(&mut a, alloc("key-7")).await;
+        match next_frame(&mut a, SHORT * 10).await {
+            Some(None) | Some(Some(Err(_))) => {}
+            other => panic!("expected an abrupt end, got {other:?}"),
+        }
+        // Disarmed: the same frame on another connection is answered.
+        assert_eq!(faults.drop_once_on(), None);
+        send(&mut b, alloc("key-7")).await;
+        assert_eq!(next_json(&mut b).await["replyTo"], "key-7");
+        let snap = server.counters().snapshot();
+        assert_eq!(
+            snap.requests["request_for_allocation"], 3,
+            "the dropped frame is counted"
+        );
+        assert_eq!(snap.connections_dropped, 1);
+        faults.set_drop_once_on(Some(String::new()));
+        assert_eq!(faults.drop_once_on(), None, "an empty text is off");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn hanging_handshakes_never_complete() {
     timeout(LIMIT, async {
         let server = start(options()).await;

@@ -17,6 +17,7 @@
 //!   server counters) until it holds or a deadline passes.
 #![allow(missing_docs, reason = "test support crate")]
 
+pub mod beyond;
 pub mod bodies;
 mod smol_adapter;
 mod tokio_adapter;
@@ -344,7 +345,7 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Instantiates every test body of [`bodies`] for one adapter, as `#[test]` functions in the
+/// Instantiates every test body of [`bodies`] and [`beyond`] for one adapter, as `#[test]` functions in the
 /// invoking module; `soak` is `#[ignore]`d.
 ///
 /// ```ignore
@@ -386,12 +387,28 @@ macro_rules! conformance {
             fault_write_stall,
             fault_close_against_frozen_server,
         );
+        $crate::conformance!(@beyond $adapter;
+            beyond_resend_idempotent_once,
+            beyond_availability_state,
+            beyond_staggered_connections,
+            beyond_connect_returns_when_dials_settle,
+            beyond_rotation_under_load,
+            beyond_loss_accounting_outage,
+        );
         #[test]
         #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]
         fn soak() {
             let limit = $crate::soak_duration() + std::time::Duration::from_secs(30);
             $crate::run_within::<$adapter, _>("soak", limit, $crate::bodies::soak::<$adapter>());
         }
+    };
+    (@beyond $adapter:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run::<$adapter, _>(stringify!($name), $crate::beyond::$name::<$adapter>());
+            }
+        )*
     };
     (@tests $adapter:ty; $($name:ident),* $(,)?) => {
         $(

@@ -335,6 +335,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Message::Text(text) => {
                 Counters::add(&counters.text_frames_received);
                 self.msgs += 1;
+                if self.shared.faults.take_drop_once(text.as_str()) {
+                    // Counted as received, never answered: the connection dies before replying.
+                    self.count(text.as_str());
+                    Counters::add(&counters.connections_dropped);
+                    return Next::End;
+                }
                 if self.on_text(text.as_str()).await.is_err() {
                     return Next::End;
                 }
@@ -395,27 +401,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), WsError> {
-        let counters = &self.shared.counters;
-        let frame = match decode(text, self.shared.max_frame_size) {
-            Ok(f) => f,
-            Err(_) => {
-                Counters::add(&counters.invalid_frames_received);
-                return Ok(());
-            }
+        let Some((frame, true)) = self.count(text) else {
+            return Ok(());
         };
-        let id = frame.id.as_deref().filter(|id| !id.is_empty());
-        match id {
-            Some(id) if frame.kind != REPORT_CALL_CHAIN => {
-                counters.count_request(&frame.kind);
-                let style = self.shared.faults.reply_style();
-                let (reply, denial) = build_reply(&frame, id, style, &self.shared.payloads);
-                self.emit(reply, denial).await
-            }
-            _ => {
-                counters.count_fire_and_forget(&frame.kind);
-                Ok(())
-            }
+        let id = frame.id.as_deref().unwrap_or_default();
+        let style = self.shared.faults.reply_style();
+        let (reply, denial) = build_reply(&frame, id, style, &self.shared.payloads);
+        self.emit(reply, denial).await
+    }
+
+    /// Decodes and counts a text frame: the frame and whether it is a request (to be
+    /// answered), or `None` when it is invalid.
+    fn count(&self, text: &str) -> Option<(Incoming, bool)> {
+        let counters = &self.shared.counters;
+        let Ok(frame) = decode(text, self.shared.max_frame_size) else {
+            Counters::add(&counters.invalid_frames_received);
+            return None;
+        };
+        let is_request =
+            frame.id.as_deref().is_some_and(|id| !id.is_empty()) && frame.kind != REPORT_CALL_CHAIN;
+        if is_request {
+            counters.count_request(&frame.kind);
+        } else {
+            counters.count_fire_and_forget(&frame.kind);
         }
+        Some((frame, is_request))
     }
 
     /// Applies the reply faults (drop, delay) and sends or schedules the reply.

@@ -149,7 +149,7 @@ pub struct CountersSnapshot {
     pub pongs_suppressed: u64,
     /// Close frames sent by the server (faults and shutdown).
     pub closes_sent: u64,
-    /// Connections dropped abruptly by `drop_after_messages`.
+    /// Connections dropped abruptly by `drop_after_messages` or `drop_once_on`.
     pub connections_dropped: u64,
     /// Connections that froze.
     pub connections_frozen: u64,

@@ -1,6 +1,7 @@
 //! Run-time fault switches shared by the listener and every connection task.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -32,6 +33,9 @@ pub struct Faults {
     drop_after_messages: AtomicU64,
     reject_handshakes: AtomicBool,
     hang_handshakes: AtomicBool,
+    /// Fast check for `drop_once_on`, so the hot path takes no lock while it is off.
+    drop_once_armed: AtomicBool,
+    drop_once_on: Mutex<Option<String>>,
     pub(crate) changed: Notify,
 }
 
@@ -74,6 +78,8 @@ impl Faults {
             drop_after_messages: AtomicU64::new(0),
             reject_handshakes: AtomicBool::new(false),
             hang_handshakes: AtomicBool::new(false),
+            drop_once_armed: AtomicBool::new(false),
+            drop_once_on: Mutex::new(None),
             changed: Notify::new(),
         };
         f.set(config);
@@ -99,6 +105,7 @@ impl Faults {
         self.drop_after_messages.store(c.drop_after_messages, Relaxed);
         self.reject_handshakes.store(c.reject_handshakes, Relaxed);
         self.hang_handshakes.store(c.hang_handshakes, Relaxed);
+        self.set_drop_once_on(c.drop_once_on.clone());
         self.changed.notify_waiters();
     }
 
@@ -127,6 +134,41 @@ impl Faults {
             drop_after_messages: self.drop_after_messages(),
             reject_handshakes: self.reject_handshakes(),
             hang_handshakes: self.hang_handshakes(),
+            drop_once_on: self.drop_once_on(),
+        }
+    }
+
+    /// The armed `drop_once_on` text, if any.
+    pub fn drop_once_on(&self) -> Option<String> {
+        self.drop_once_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Arms (or, with `None` or an empty text, disarms) the one-shot `drop_once_on` fault:
+    /// the connection that receives the first text frame containing `text` is dropped.
+    pub fn set_drop_once_on(&self, text: Option<String>) {
+        let text = text.filter(|t| !t.is_empty());
+        let mut armed = self.drop_once_on.lock().unwrap_or_else(PoisonError::into_inner);
+        self.drop_once_armed.store(text.is_some(), Relaxed);
+        *armed = text;
+    }
+
+    /// Whether the connection that received `frame` must be dropped by `drop_once_on`; a
+    /// match disarms the fault, so exactly one connection is dropped per arming.
+    pub(crate) fn take_drop_once(&self, frame: &str) -> bool {
+        if !self.drop_once_armed.load(Relaxed) {
+            return false;
+        }
+        let mut armed = self.drop_once_on.lock().unwrap_or_else(PoisonError::into_inner);
+        match armed.as_deref() {
+            Some(text) if frame.contains(text) => {
+                *armed = None;
+                self.drop_once_armed.store(false, Relaxed);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -167,6 +167,11 @@ pub struct FaultConfig {
     pub reject_handshakes: bool,
     /// Accept TCP connections but never answer the upgrade request.
     pub hang_handshakes: bool,
+    /// One-shot: drop the TCP connection abruptly (no close frame, no reply) that receives the
+    /// first text frame containing this text, then disarm. The frame is counted as received
+    /// (as a request or a fire-and-forget message). Lets a test kill exactly the connection that
+    /// carries one given request; `None` (or an empty text) is off.
+    pub drop_once_on: Option<String>,
 }
 
 /// Everything fixed when a [`Server`](super::Server) starts. Its `Debug` never shows the key.
