@@ -200,6 +200,9 @@ pub struct Pool {
     /// handshake has not finished (the adapter reports `Closed` when it has).
     lingering: Vec<(ConnId, Instant)>,
     availability: Availability,
+    /// Whether the pool was ever `Available`: until then (start-up) nothing can flap, so
+    /// improvements need no hold.
+    ever_available: bool,
     upgrade_at: Option<Instant>,
     timeout_ratio: f64,
 }
@@ -234,6 +237,7 @@ impl Pool {
             drain_deadline: None,
             lingering: Vec::new(),
             availability: Availability::Unavailable,
+            ever_available: false,
             upgrade_at: None,
             timeout_ratio: 0.0,
         }
@@ -251,8 +255,9 @@ impl Pool {
         self.open_count > 0
     }
 
-    /// The pool's availability (with hysteresis: `Degraded` turns `Available` only after
-    /// looking healthy for 5 s; getting worse is immediate).
+    /// The pool's availability (with hysteresis: once the pool has been `Available`, a
+    /// `Degraded` pool turns `Available` again only after looking healthy for 5 s; getting
+    /// worse, leaving `Unavailable`, and the first start-up are immediate).
     pub fn availability(&self) -> Availability {
         self.availability
     }
@@ -1281,9 +1286,12 @@ impl Pool {
         } else {
             Availability::Available
         };
-        let change = if raw >= self.availability || self.availability == Availability::Unavailable {
-            // Worse, or back from nothing: at once (a host should use a connection as soon
-            // as there is one).
+        let change = if raw >= self.availability
+            || self.availability == Availability::Unavailable
+            || !self.ever_available
+        {
+            // Worse, back from nothing, or still starting up: at once (a host should use a
+            // connection as soon as there is one, and a clean start is not a flap).
             self.upgrade_at = None;
             raw != self.availability
         } else {
@@ -1298,6 +1306,7 @@ impl Pool {
         if change {
             self.upgrade_at = None;
             self.availability = raw;
+            self.ever_available |= raw == Availability::Available;
             self.outputs
                 .push_back(Output::Event(Event::AvailabilityChanged { availability: raw }));
         }

@@ -740,11 +740,7 @@ fn availability_transitions() {
     let mut h = H::new(|b| b.pool_size(2));
     assert_eq!(h.pool.availability(), Availability::Unavailable);
     let conns = h.up();
-    // Up from nothing at once; from degraded to available only after 5 s of health.
-    assert_eq!(h.pool.availability(), Availability::Degraded);
-    h.at(Duration::from_millis(4_999));
-    assert_eq!(h.pool.availability(), Availability::Degraded);
-    h.at(5 * SEC);
+    // A clean start is available at once.
     assert_eq!(h.pool.availability(), Availability::Available);
     h.input(Input::Closed {
         conn: conns[0],
@@ -756,6 +752,26 @@ fn availability_transitions() {
         reason: CloseReason::Eof,
     });
     assert_eq!(h.pool.availability(), Availability::Unavailable);
+    // Both reconnect after 5 s: out of Unavailable at once, but back to Available only
+    // after 5 s of health (no flapping).
+    h.at(5 * SEC);
+    let dials: Vec<ConnId> = h
+        .drain()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Dial { conn } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dials.len(), 2);
+    h.input(Input::Connected { conn: dials[0] });
+    assert_eq!(h.pool.availability(), Availability::Degraded);
+    h.input(Input::Connected { conn: dials[1] });
+    assert_eq!(h.pool.availability(), Availability::Degraded);
+    h.at(Duration::from_millis(9_999));
+    assert_eq!(h.pool.availability(), Availability::Degraded);
+    h.at(10 * SEC);
+    assert_eq!(h.pool.availability(), Availability::Available);
 }
 
 #[test]
