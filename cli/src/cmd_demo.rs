@@ -419,8 +419,9 @@ async fn demo(args: DemoArgs) -> CmdResult {
     let _ = tokio::time::timeout(Duration::from_secs(2), log).await;
     server.shutdown().await;
     let counted = counters.fire_and_forget_total();
+    let counted_by_type = counters.snapshot().fire_and_forget;
     let summary = std::mem::take(&mut *summary.lock().unwrap_or_else(|e| e.into_inner()));
-    let ok = print_summary(&tally, &stats, &summary, counted, clock);
+    let ok = print_summary(&tally, &stats, &summary, (counted, &counted_by_type), clock);
     Ok(ExitCode::from(if ok { EXIT_OK } else { EXIT_OTHER }))
 }
 
@@ -435,7 +436,13 @@ fn kinds(map: &BTreeMap<&'static str, u64>) -> String {
 }
 
 /// Prints the summary; whether the accounting holds.
-fn print_summary(t: &Tally, s: &Stats, e: &EventSummary, counted: u64, clock: Clock) -> bool {
+fn print_summary(
+    t: &Tally,
+    s: &Stats,
+    e: &EventSummary,
+    (counted, counted_by_type): (u64, &BTreeMap<String, u64>),
+    clock: Clock,
+) -> bool {
     let f = &s.sends;
     let transitions = e
         .transitions
@@ -460,7 +467,9 @@ fn print_summary(t: &Tally, s: &Stats, e: &EventSummary, counted: u64, clock: Cl
         "  connections      {} connected events, {} disconnects, {} reconnects scheduled, {} failed dials",
         e.connected, e.disconnected, e.reconnects_scheduled, e.dial_failures
     );
-    println!("  availability     {transitions}   (DEGRADED turns AVAILABLE after 5 s of health)");
+    println!(
+        "  availability     {transitions}   (after an outage, DEGRADED turns AVAILABLE after 5 s of health)"
+    );
     println!(
         "  fire-and-forget  {} sends: {} refused ({})",
         t.sends,
@@ -471,6 +480,23 @@ fn print_summary(t: &Tally, s: &Stats, e: &EventSummary, counted: u64, clock: Cl
         "  accounting       sent={} counted={} dropped={} expired={} lost={} closed={} queued={} unflushed={}",
         f.sent, counted, f.dropped, f.expired, f.lost, f.closed, f.queued, f.unflushed
     );
+    println!(
+        "  per type         {:<24} {:>6} {:>6} {:>7} {:>7} {:>7} {:>5} {:>6}",
+        "type", "sends", "sent", "server", "dropped", "expired", "lost", "closed"
+    );
+    for (kind, k) in &s.sends_by_type {
+        println!(
+            "                   {:<24} {:>6} {:>6} {:>7} {:>7} {:>7} {:>5} {:>6}",
+            kind,
+            k.sends,
+            k.sent,
+            counted_by_type.get(kind).copied().unwrap_or(0),
+            k.dropped,
+            k.expired,
+            k.lost,
+            k.closed
+        );
+    }
     if sends_match {
         println!("  check            OK: the server counted every message the client sent; conservation laws hold: {conserved}");
     } else {
