@@ -419,3 +419,8 @@ macro_rules! conformance {
         )*
     };
 }
+
+/// The README's code blocks, compiled as doc tests so the quick starts stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
