@@ -28,7 +28,8 @@ pub const MAX_OUTPUTS_PER_STEP: usize = 10_000;
 pub const MAX_OPS: usize = 1_000;
 
 /// Whether the harness also runs the simulation's shadow-model [`Checker`] after every step
-/// (on unless `UFSOCK_FUZZ_SIM_CHECKER=0`). The harness's own checks always run.
+/// (on by default; `UFSOCK_FUZZ_SIM_CHECKER=0` turns it off to isolate a finding to the
+/// harness's own checks). The harness's own checks always run.
 pub fn sim_checker_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("UFSOCK_FUZZ_SIM_CHECKER").is_none_or(|v| v != "0"))

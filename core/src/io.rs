@@ -1,6 +1,7 @@
 //! What goes into the pool ([`Input`]) and what comes out ([`Output`], [`Event`]).
 
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -26,8 +27,47 @@ impl fmt::Display for ConnId {
 }
 
 /// A request's id: a UUID drawn from the pool's seeded generator, unique for the pool's life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// It hashes as one `u64` (its two halves folded), which [`RequestIdHasher`] takes as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestId(pub Uuid);
+
+impl Hash for RequestId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (high, low) = self.0.as_u64_pair();
+        state.write_u64(high ^ low);
+    }
+}
+
+/// The hasher of maps keyed by [`RequestId`]: the id's folded bits, unmixed.
+///
+/// The pool's ids are random already (UUID v4 bits from its seeded generator; the fixed
+/// version and variant bits are folded into random ones), so mixing them again buys nothing,
+/// and a fixed hasher keeps iteration order a function of the inputs. Flooding is not a
+/// concern: only the pool inserts ids (its own); a server's reply is only looked up, after
+/// parsing into a UUID.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdHasher(u64);
+
+impl Hasher for RequestIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `RequestId`; any other key still hashes deterministically.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+}
+
+/// Builds [`RequestIdHasher`]s.
+pub type RequestIdBuildHasher = BuildHasherDefault<RequestIdHasher>;
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
