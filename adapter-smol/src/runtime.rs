@@ -73,7 +73,7 @@ impl Runtime for SmolRuntime {
     type Task = Task<()>;
     type Writer = SmolWriter;
 
-    fn complete(&mut self, waiter: Self::Waiter, outcome: Outcome) {
+    fn complete(waiter: Self::Waiter, outcome: Outcome) {
         // The caller may have gone (its future was dropped after the outcome was drawn).
         let _ = waiter.try_send(outcome);
     }

@@ -71,7 +71,7 @@ impl Runtime for TokioRuntime {
     type Task = AbortHandle;
     type Writer = TokioWriter;
 
-    fn complete(&mut self, waiter: Self::Waiter, outcome: Outcome) {
+    fn complete(waiter: Self::Waiter, outcome: Outcome) {
         // The caller may have gone (its future was dropped after the outcome was drawn).
         let _ = waiter.send(outcome);
     }

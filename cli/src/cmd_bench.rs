@@ -2,19 +2,23 @@
 //! pipelined client (`--mode raw`) that shows the limit of the machine and the server.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::IsTerminal;
+use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use futures_util::future::{select, Either};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 use ufsock::server::{ServerOptions, ServerThread};
-use usageflow_socket_tokio::{Client, Config, Outgoing};
+use usageflow_socket_tokio::{Config, Outgoing, Stats, UsageFlowApi};
 
+use crate::bench_adapter::{self, Adapter};
 use crate::bench_raw::{self, RawRun};
 use crate::procstat;
 use crate::shared::{error_kind, CmdResult, EXIT_OK, EXIT_OTHER};
@@ -33,6 +37,12 @@ Modes:
             C/N frames, then one request per connection as a barrier.
   --compare runs the raw twin of the mode first, then the mode, against the same server, and
             prints the ratios (pooled/raw req/s, CPU per operation).
+
+Runtimes:
+  --runtime selects the adapter of the pooled modes: tokio (usageflow-socket-tokio on a Tokio
+  runtime of --threads workers) or smol (usageflow-socket-smol on smol's global executor of
+  --threads threads; SMOL_THREADS applies when --threads is 0). The raw modes, and the raw
+  baseline of --compare, always run on Tokio.
 
 Measurement:
   Without --url the server is embedded: it runs on its own thread and runtime (threads named
@@ -101,7 +111,7 @@ enum Mode {
 enum RuntimeKind {
     /// `usageflow-socket-tokio`.
     Tokio,
-    /// `usageflow-socket-smol` (not built into this binary yet).
+    /// `usageflow-socket-smol` (the raw baseline stays on Tokio).
     Smol,
 }
 
@@ -362,7 +372,8 @@ impl Usage {
 /// Runs the benchmark.
 pub(crate) fn run(args: BenchArgs) -> CmdResult {
     if args.runtime == RuntimeKind::Smol {
-        return Err("smol runtime not built: this ufsock has no usageflow-socket-smol adapter yet".into());
+        // Before any thread starts (the embedded server, the Tokio runtime).
+        bench_adapter::smol_threads(args.threads);
     }
     let (client, workload) = args.mode.split();
     let target = match &args.url {
@@ -398,11 +409,12 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
     for mode in phases {
         if !args.json {
             eprintln!(
-                "ufsock bench: {} x{} over {} connection(s), concurrency {} -> {}{}",
+                "ufsock bench: {} x{} over {} connection(s), concurrency {}, {} runtime -> {}{}",
                 mode.name(),
                 args.requests,
                 args.pool,
                 args.concurrency,
+                runtime_name(mode, args.runtime),
                 target.url,
                 if target.server.is_some() {
                     " (embedded server)"
@@ -411,7 +423,7 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
                 }
             );
         }
-        let report = rt.block_on(run_one(mode, &args, &target))?;
+        let report = run_one(mode, &args, &target, &rt)?;
         if !args.json {
             print_run(&report);
         }
@@ -492,16 +504,23 @@ fn print_run(r: &RunReport) {
     }
 }
 
-/// A progress bar on stderr, hidden with --json or when stderr is not a terminal; its
-/// position follows `done` (polled every 100 ms, so the hot path only bumps an atomic).
-fn progress(
-    args: &BenchArgs,
-    label: &str,
-    done: &Arc<AtomicU64>,
-) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = if args.json || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
+/// A progress bar on stderr, hidden with --json or when stderr is not a terminal. Its
+/// position follows `done`, polled every 100 ms by a thread of its own, so it works under
+/// either runtime and the hot path only bumps an atomic.
+struct Progress {
+    bar: ProgressBar,
+    /// Dropping the sender stops the ticker thread.
+    ticker: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Progress {
+    fn start(args: &BenchArgs, label: &str, done: &Arc<AtomicU64>) -> Progress {
+        if args.json || !std::io::stderr().is_terminal() {
+            return Progress {
+                bar: ProgressBar::hidden(),
+                ticker: None,
+            };
+        }
         let bar = ProgressBar::with_draw_target(Some(args.requests), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
             "  {msg:<9} [{bar:40.cyan/blue}] {pos:>9}/{len:9} {per_sec:>12} eta {eta}",
@@ -509,19 +528,43 @@ fn progress(
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(label.to_owned());
-        bar
-    };
-    let ticker = {
-        let bar = bar.clone();
-        let done = Arc::clone(done);
-        tokio::spawn(async move {
-            loop {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = {
+            let bar = bar.clone();
+            let done = Arc::clone(done);
+            std::thread::spawn(move || loop {
                 bar.set_position(done.load(Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    (bar, ticker)
+                if stopped.recv_timeout(Duration::from_millis(100)) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
+            })
+        };
+        Progress {
+            bar,
+            ticker: Some((stop, thread)),
+        }
+    }
+
+    fn finish(self) {
+        if let Some((stop, thread)) = self.ticker {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Runs `work` for at most `limit`; false when the limit came first.
+async fn within<A: Adapter>(limit: Duration, work: impl Future<Output = ()>) -> bool {
+    matches!(select(pin!(work), pin!(A::sleep(limit))).await, Either::Left(_))
+}
+
+/// The runtime that runs `mode`: the raw client is always on Tokio.
+fn runtime_name(mode: Mode, runtime: RuntimeKind) -> &'static str {
+    match (mode.split().0, runtime) {
+        (ClientKind::Raw, _) | (ClientKind::Pooled, RuntimeKind::Tokio) => bench_adapter::Tokio::NAME,
+        (ClientKind::Pooled, RuntimeKind::Smol) => bench_adapter::Smol::NAME,
+    }
 }
 
 /// Splits `concurrency` over `pool` connections: the windows of the connections used.
@@ -532,110 +575,80 @@ fn windows(pool: u16, concurrency: u64) -> Vec<usize> {
         .collect()
 }
 
-async fn run_one(
+/// What the timed part of a run saw.
+struct Measured {
+    before: Usage,
+    after: Usage,
+    elapsed: Duration,
+    /// The pooled client's counters at the end.
+    stats: Option<Stats>,
+}
+
+/// What every run shares: the counters its tasks bump, its limit, the server's count at its
+/// start.
+struct RunCtx<'a> {
+    args: &'a BenchArgs,
+    target: &'a Target,
+    label: &'static str,
+    workload: Workload,
+    done: Arc<AtomicU64>,
+    errors: Arc<Errors>,
+    limit: Duration,
+    server_base: Option<u64>,
+}
+
+fn run_one(
     mode: Mode,
     args: &BenchArgs,
     target: &Target,
+    rt: &tokio::runtime::Runtime,
 ) -> Result<RunReport, Box<dyn std::error::Error>> {
     let (client_kind, workload) = mode.split();
     let peak_reset = procstat::reset_peak_rss();
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(Errors::default());
-    let limit = Duration::from_secs(args.max_seconds);
-    let server_base = target
-        .server
-        .as_ref()
-        .map(|s| s.counters().fire_and_forget_total());
+    let ctx = RunCtx {
+        args,
+        target,
+        label: mode.name(),
+        workload,
+        done: Arc::new(AtomicU64::new(0)),
+        errors: Arc::new(Errors::default()),
+        limit: Duration::from_secs(args.max_seconds),
+        server_base: target
+            .server
+            .as_ref()
+            .map(|s| s.counters().fire_and_forget_total()),
+    };
     let _ = latency::take();
 
-    let (timing, client_stats) = match client_kind {
-        ClientKind::Raw => {
-            let windows = windows(args.pool, args.concurrency);
-            let sockets = bench_raw::connect(&target.url, &target.key, windows.len()).await?;
-            let run = Arc::new(RawRun {
-                total: args.requests,
-                issued: AtomicU64::new(0),
-                completed: Arc::clone(&done),
-                errors: Errors::default(),
-            });
-            let (bar, ticker) = progress(args, mode.name(), &done);
-            let before = Usage::now();
-            let t0 = Instant::now();
-            let finished = tokio::time::timeout(
-                limit,
-                tokio::spawn(bench_raw::run(sockets, windows, workload, Arc::clone(&run))),
-            )
-            .await;
-            let elapsed = t0.elapsed();
-            let after = Usage::now();
-            ticker.abort();
-            bar.finish_and_clear();
-            if finished.is_err() {
-                errors.add("run_time_limit", 1);
-            }
-            for (k, v) in run.errors.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                errors.add(k, *v);
-            }
-            ((before, after, elapsed), None)
+    let measured = match (client_kind, args.runtime) {
+        (ClientKind::Raw, _) => rt.block_on(measure_raw(&ctx))?,
+        (ClientKind::Pooled, RuntimeKind::Tokio) => {
+            rt.block_on(measure_pooled::<bench_adapter::Tokio>(&ctx))?
         }
-        ClientKind::Pooled => {
-            let config = Config::builder(&target.url, &target.key)
-                .pool_size(args.pool)
-                .request_timeout(Duration::from_millis(args.timeout_ms))
-                .build()?;
-            let client = Client::connect(config).await?;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while client.stats().open_connections < u32::from(args.pool) {
-                if Instant::now() >= deadline {
-                    client.close().await;
-                    return Err(format!(
-                        "only {} of {} connections opened",
-                        client.stats().open_connections,
-                        args.pool
-                    )
-                    .into());
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let (bar, ticker) = progress(args, mode.name(), &done);
-            let before = Usage::now();
-            let t0 = Instant::now();
-            let work = pooled(
-                client.clone(),
-                workload,
-                args,
-                target,
-                server_base,
-                Arc::clone(&done),
-                Arc::clone(&errors),
-            );
-            if tokio::time::timeout(limit, work).await.is_err() {
-                errors.add("run_time_limit", 1);
-            }
-            let elapsed = t0.elapsed();
-            let after = Usage::now();
-            ticker.abort();
-            bar.finish_and_clear();
-            let stats = client.stats();
-            client.close().await;
-            ((before, after, elapsed), Some(stats))
+        (ClientKind::Pooled, RuntimeKind::Smol) => {
+            smol::block_on(measure_pooled::<bench_adapter::Smol>(&ctx))?
         }
     };
-    let (before, after, elapsed) = timing;
+    let Measured {
+        before,
+        after,
+        elapsed,
+        stats: client_stats,
+    } = measured;
     let hist = latency::take();
-    let server_counted = match (&target.server, server_base) {
+    let server_counted = match (&target.server, ctx.server_base) {
         (Some(s), Some(base)) if workload == Workload::Send => {
             Some(s.counters().fire_and_forget_total().saturating_sub(base))
         }
         _ => None,
     };
-    let errors = errors.snapshot();
+    let errors = ctx.errors.snapshot();
     let error_total: u64 = errors.values().sum();
     let completed = match (workload, client_kind) {
         (Workload::Request, _) => hist.len(),
         (Workload::Send, _) => server_counted.unwrap_or_else(|| match &client_stats {
             Some(s) => s.sends.sent,
-            None => done.load(Relaxed),
+            None => ctx.done.load(Relaxed),
         }),
     };
     let process = after.process.saturating_sub(before.process);
@@ -648,7 +661,7 @@ async fn run_one(
             ClientKind::Pooled => "pooled",
             ClientKind::Raw => "raw",
         },
-        runtime: "tokio",
+        runtime: runtime_name(mode, args.runtime),
         pool: args.pool,
         concurrency: args.concurrency,
         operations: args.requests,
@@ -688,92 +701,178 @@ async fn run_one(
     })
 }
 
+/// The raw client's run (on Tokio).
+async fn measure_raw(ctx: &RunCtx<'_>) -> Result<Measured, Box<dyn std::error::Error>> {
+    let windows = windows(ctx.args.pool, ctx.args.concurrency);
+    let sockets = bench_raw::connect(&ctx.target.url, &ctx.target.key, windows.len()).await?;
+    let run = Arc::new(RawRun {
+        total: ctx.args.requests,
+        issued: AtomicU64::new(0),
+        completed: Arc::clone(&ctx.done),
+        errors: Errors::default(),
+    });
+    let progress = Progress::start(ctx.args, ctx.label, &ctx.done);
+    let before = Usage::now();
+    let t0 = Instant::now();
+    let work = tokio::spawn(bench_raw::run(sockets, windows, ctx.workload, Arc::clone(&run)));
+    let finished = within::<bench_adapter::Tokio>(ctx.limit, async {
+        let _ = work.await;
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    let after = Usage::now();
+    progress.finish();
+    if !finished {
+        ctx.errors.add("run_time_limit", 1);
+    }
+    for (k, v) in run.errors.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        ctx.errors.add(k, *v);
+    }
+    Ok(Measured {
+        before,
+        after,
+        elapsed,
+        stats: None,
+    })
+}
+
+/// The pooled client's run, on adapter `A`.
+async fn measure_pooled<A: Adapter>(ctx: &RunCtx<'_>) -> Result<Measured, Box<dyn std::error::Error>> {
+    let args = ctx.args;
+    let config = Config::builder(&ctx.target.url, &ctx.target.key)
+        .pool_size(args.pool)
+        .request_timeout(Duration::from_millis(args.timeout_ms))
+        .build()?;
+    let client = A::connect(config).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while A::stats(&client).open_connections < u32::from(args.pool) {
+        if Instant::now() >= deadline {
+            A::close(&client).await;
+            return Err(format!(
+                "only {} of {} connections opened",
+                A::stats(&client).open_connections,
+                args.pool
+            )
+            .into());
+        }
+        A::sleep(Duration::from_millis(5)).await;
+    }
+    let progress = Progress::start(args, ctx.label, &ctx.done);
+    let before = Usage::now();
+    let t0 = Instant::now();
+    if !within::<A>(ctx.limit, pooled::<A>(&client, ctx)).await {
+        ctx.errors.add("run_time_limit", 1);
+    }
+    let elapsed = t0.elapsed();
+    let after = Usage::now();
+    progress.finish();
+    let stats = A::stats(&client);
+    A::close(&client).await;
+    Ok(Measured {
+        before,
+        after,
+        elapsed,
+        stats: Some(stats),
+    })
+}
+
 /// Most fire-and-forget messages a send task lets wait (queued or unflushed) before pausing,
 /// so a bench never overruns the outbox.
 const SEND_BACKLOG: u64 = 8192;
 
-/// The pooled workload: `concurrency` tasks on one client until `requests` operations.
-async fn pooled(
-    client: Client,
-    workload: Workload,
-    args: &BenchArgs,
-    target: &Target,
-    server_base: Option<u64>,
+/// Shared state of the pooled workload's tasks.
+struct Tickets {
+    total: u64,
+    issued: AtomicU64,
+    /// Sends the client accepted.
+    accepted: AtomicU64,
     done: Arc<AtomicU64>,
     errors: Arc<Errors>,
-) {
-    let issued = Arc::new(AtomicU64::new(0));
-    let total = args.requests;
-    let accepted = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency {
-        let client = client.clone();
-        let issued = Arc::clone(&issued);
-        let done = Arc::clone(&done);
-        let errors = Arc::clone(&errors);
-        let accepted = Arc::clone(&accepted);
-        match workload {
-            Workload::Request => tasks.spawn(async move {
-                while issued.fetch_add(1, Relaxed) < total {
-                    let t0 = Instant::now();
-                    match client.request(request_message()).await {
-                        Ok(_) => latency::record(t0.elapsed()),
-                        Err(e) => errors.add(error_kind(&e), 1),
-                    }
-                    done.fetch_add(1, Relaxed);
-                }
-            }),
-            Workload::Send => tasks.spawn(async move {
-                let mut n: u64 = 0;
-                while issued.fetch_add(1, Relaxed) < total {
-                    let message = send_message();
-                    let t0 = Instant::now();
-                    let result = client.send(message);
-                    let took = t0.elapsed();
-                    match result {
-                        Ok(()) => {
-                            latency::record(took);
-                            accepted.fetch_add(1, Relaxed);
-                        }
-                        Err(e) => errors.add(error_kind(&e), 1),
-                    }
-                    done.fetch_add(1, Relaxed);
-                    n += 1;
-                    // Sends never wait; every 64 let the writers run, and keep the client's
-                    // backlog bounded so the run measures throughput, not the outbox.
-                    if n % 64 == 0 {
-                        loop {
-                            let s = client.stats().sends;
-                            if s.queued + s.unflushed < SEND_BACKLOG {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }),
-        };
+}
+
+impl Tickets {
+    /// Draws the next operation; false once `total` were drawn.
+    fn draw(&self) -> bool {
+        self.issued.fetch_add(1, Relaxed) < self.total
     }
-    while tasks.join_next().await.is_some() {}
-    if workload == Workload::Send {
+}
+
+/// The pooled workload: `concurrency` tasks on one client until `requests` operations.
+async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
+    let tickets = Arc::new(Tickets {
+        total: ctx.args.requests,
+        issued: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        done: Arc::clone(&ctx.done),
+        errors: Arc::clone(&ctx.errors),
+    });
+    let tasks = (0..ctx.args.concurrency).map(|_| (client.clone(), Arc::clone(&tickets)));
+    match ctx.workload {
+        Workload::Request => A::join_all(tasks.map(|(c, t)| request_task(c, t))).await,
+        Workload::Send => A::join_all(tasks.map(|(c, t)| send_task::<A>(c, t))).await,
+    }
+    if ctx.workload == Workload::Send {
         // The clock stops when the messages arrived: counted by the embedded server, or else
         // flushed by the client.
-        let accepted = accepted.load(Relaxed);
+        let accepted = tickets.accepted.load(Relaxed);
         loop {
-            let arrived = match (&target.server, server_base) {
+            let arrived = match (&ctx.target.server, ctx.server_base) {
                 (Some(server), Some(base)) => {
                     server.counters().fire_and_forget_total().saturating_sub(base) >= accepted
                 }
                 _ => {
-                    let s = client.stats().sends;
+                    let s = A::stats(client).sends;
                     s.queued + s.unflushed == 0
                 }
             };
             if arrived {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            A::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// One task of the request mode: requests one after another, timing each.
+async fn request_task<C: UsageFlowApi>(client: C, tickets: Arc<Tickets>) {
+    while tickets.draw() {
+        let t0 = Instant::now();
+        match client.request(request_message()).await {
+            Ok(_) => latency::record(t0.elapsed()),
+            Err(e) => tickets.errors.add(error_kind(&e), 1),
+        }
+        tickets.done.fetch_add(1, Relaxed);
+    }
+}
+
+/// One task of the send mode: sends that never wait, timing the `send()` call.
+async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
+    let mut n: u64 = 0;
+    while tickets.draw() {
+        let message = send_message();
+        let t0 = Instant::now();
+        let result = client.send(message);
+        let took = t0.elapsed();
+        match result {
+            Ok(()) => {
+                latency::record(took);
+                tickets.accepted.fetch_add(1, Relaxed);
+            }
+            Err(e) => tickets.errors.add(error_kind(&e), 1),
+        }
+        tickets.done.fetch_add(1, Relaxed);
+        n += 1;
+        // Every 64 sends let the writers run, and keep the client's backlog bounded so the
+        // run measures throughput, not the outbox.
+        if n % 64 == 0 {
+            loop {
+                let s = A::stats(&client).sends;
+                if s.queued + s.unflushed < SEND_BACKLOG {
+                    break;
+                }
+                A::sleep(Duration::from_millis(1)).await;
+            }
+            A::yield_now().await;
         }
     }
 }

@@ -244,8 +244,21 @@ fn bench_compare_runs_raw_then_pooled() {
 }
 
 #[test]
-fn bench_smol_is_reported_as_not_built() {
-    let out = ufsock(&["bench", "--runtime", "smol", "--requests", "10"], T);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("smol runtime not built"));
+fn bench_on_smol() {
+    let report = bench(&["--mode", "request", "--runtime", "smol"]);
+    let run = &report["runs"][0];
+    assert_clean(run, "request");
+    assert_eq!(run["runtime"], "smol");
+    assert_eq!(run["latency"]["count"], 2000);
+    assert_eq!(run["client_stats"]["replies"], 2000);
+
+    let report = bench(&["--mode", "send", "--runtime", "smol", "--compare"]);
+    let raw = &report["runs"][0];
+    assert_clean(raw, "raw-send");
+    assert_eq!(raw["runtime"], "tokio", "the raw baseline stays on Tokio");
+    let run = &report["runs"][1];
+    assert_clean(run, "send");
+    assert_eq!(run["runtime"], "smol");
+    assert_eq!(run["server_counted"], 2000);
+    assert_eq!(run["client_stats"]["sent"], 2000);
 }

@@ -1,6 +1,8 @@
 //! [`UsageFlowApi`]: typed helpers for every message type of PROTOCOL.md, provided over two
 //! required methods, so each adapter gets them by implementing `request_with` and `send`.
 
+use std::future::Future;
+
 use serde_json::Value;
 use usageflow_socket_core::messages::{
     self, AllocationReply, ApplicationConfigReply, BlockedEndpointsReply, PoliciesReply, ReportCallChain,
@@ -21,8 +23,10 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(kind: &str, reply: &Incoming
 /// The UsageFlow API: generic requests and sends, plus a typed helper per message type.
 ///
 /// Implementors provide [`UsageFlowApi::request_with`] and [`UsageFlowApi::send`]; every
-/// other method is provided. The futures of a concrete client are `Send` when its
-/// `request_with` future is.
+/// other method is provided. The futures of [`UsageFlowApi::request_with`] and
+/// [`UsageFlowApi::request`] are `Send`, so code generic over the client (such as a
+/// benchmark's workload) can spawn them on a multi-threaded executor; those of the typed
+/// helpers are `Send` on each concrete client.
 #[allow(
     async_fn_in_trait,
     reason = "implemented by this workspace's clients, whose concrete futures are Send; callers use the concrete types"
@@ -30,15 +34,18 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(kind: &str, reply: &Incoming
 pub trait UsageFlowApi {
     /// Sends `message` as a request with `options` and waits for its reply. A denial is
     /// [`ClientError::Denied`]; a transport failure is an unavailable error.
-    async fn request_with(&self, message: Outgoing, options: RequestOptions)
-        -> Result<Incoming, ClientError>;
+    fn request_with(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> impl Future<Output = Result<Incoming, ClientError>> + Send;
 
     /// Sends `message` fire-and-forget (queued in the outbox while no connection is open).
     fn send(&self, message: Outgoing) -> Result<(), ClientError>;
 
     /// Sends `message` as a request with the configured timeout.
-    async fn request(&self, message: Outgoing) -> Result<Incoming, ClientError> {
-        self.request_with(message, RequestOptions::default()).await
+    fn request(&self, message: Outgoing) -> impl Future<Output = Result<Incoming, ClientError>> + Send {
+        self.request_with(message, RequestOptions::default())
     }
 
     /// A request whose reply payload is decoded into `T`.

@@ -5,7 +5,9 @@
 //! An adapter supplies a [`Runtime`] (its oneshot sender, task handles, writer channel,
 //! broadcast sender and a way to spawn a dial) and keeps the driver in a `Mutex`. Every
 //! method of [`Driver`] that changes state drains the pool's outputs before it returns, as
-//! the core's contract requires, so the lock holder has always done all the work; the
+//! the core's contract requires, so the lock holder has always done all the work, except
+//! handing outcomes to their waiters: those wait in [`Driver::take_completed`] until the
+//! lock is released, so waking a caller never lengthens the lock. The
 //! adapter's driver task only feeds [`Report`]s, sleeps until [`Driver::poll_timeout`] and
 //! calls [`Driver::handle_timeout`].
 
@@ -15,7 +17,7 @@ use std::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
     Availability, CloseReason, ConnId, DialError, DisconnectReason, Event, Incoming, Input, Outcome,
-    Outgoing, Output, Pool, RequestId, RequestOptions, Stats,
+    Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, Stats,
 };
 
 use crate::io::{Report, WriteCommand};
@@ -49,8 +51,9 @@ pub trait Runtime {
     /// Handle of a connection's writer task (its command channel and abort handle).
     type Writer;
 
-    /// Hands `outcome` to a waiting request (ignore a waiter that is gone).
-    fn complete(&mut self, waiter: Self::Waiter, outcome: Outcome);
+    /// Hands `outcome` to a waiting request (ignore a waiter that is gone). Called without
+    /// the driver's lock (see [`Driver::take_completed`]), so it may wake another thread.
+    fn complete(waiter: Self::Waiter, outcome: Outcome);
     /// Spawns the task of `conn`: dial, report [`Report::Connected`] (with a spawned writer)
     /// or [`Report::ConnectFailed`], then read (see [`crate::io::run_connection`]).
     fn dial(&mut self, conn: ConnId) -> Self::Task;
@@ -74,7 +77,9 @@ struct Link<R: Runtime> {
 pub struct Driver<R: Runtime> {
     pool: Pool,
     rt: R,
-    waiters: HashMap<RequestId, R::Waiter>,
+    waiters: HashMap<RequestId, R::Waiter, RequestIdBuildHasher>,
+    /// Outcomes drawn but not yet handed to their waiters (see [`Driver::take_completed`]).
+    completed: Vec<(R::Waiter, Outcome)>,
     dialing: BTreeMap<ConnId, R::Task>,
     open: BTreeMap<ConnId, Link<R>>,
     /// Connections closing gracefully; the pool bounds how long (it aborts them after the
@@ -97,7 +102,8 @@ impl<R: Runtime> Driver<R> {
         Self {
             pool,
             rt,
-            waiters: HashMap::new(),
+            waiters: HashMap::default(),
+            completed: Vec::new(),
             dialing: BTreeMap::new(),
             open: BTreeMap::new(),
             closing: BTreeMap::new(),
@@ -327,6 +333,15 @@ impl<R: Runtime> Driver<R> {
         self.stopped
     }
 
+    /// The outcomes completed since the last call, with their waiters. The lock holder hands
+    /// them over with [`Runtime::complete`] after releasing the lock: that may wake the
+    /// caller's task on another thread, which should not happen while every other task
+    /// waits for the lock.
+    #[must_use]
+    pub fn take_completed(&mut self) -> Vec<(R::Waiter, Outcome)> {
+        std::mem::take(&mut self.completed)
+    }
+
     /// Drains every output and carries it out.
     fn drain(&mut self, now: Instant) {
         while let Some(output) = self.pool.poll_output() {
@@ -343,7 +358,7 @@ impl<R: Runtime> Driver<R> {
                 Output::Disconnect { conn, graceful } => self.disconnect(now, conn, graceful),
                 Output::Completed { id, outcome } => {
                     if let Some(waiter) = self.waiters.remove(&id) {
-                        self.rt.complete(waiter, outcome);
+                        self.completed.push((waiter, outcome));
                     }
                 }
                 Output::Unsolicited { conn, frame } => {
@@ -462,7 +477,6 @@ mod tests {
         aborted_tasks: Vec<u32>,
         aborted_writers: Vec<u32>,
         writes: Vec<(u32, WriteCommand)>,
-        completed: Vec<(u32, Outcome)>,
         events: Vec<ClientEvent>,
         next_task: u32,
     }
@@ -471,9 +485,7 @@ mod tests {
         type Waiter = u32;
         type Task = u32;
         type Writer = u32;
-        fn complete(&mut self, waiter: u32, outcome: Outcome) {
-            self.completed.push((waiter, outcome));
-        }
+        fn complete(_: u32, _: Outcome) {}
         fn dial(&mut self, conn: ConnId) -> u32 {
             self.dials.push(conn);
             self.next_task += 1;
@@ -546,7 +558,7 @@ mod tests {
                 text: reply.clone().into(),
             },
         );
-        assert!(d.runtime().completed.is_empty());
+        assert!(d.take_completed().is_empty());
         d.handle_report(
             t0,
             Report::Text {
@@ -554,7 +566,7 @@ mod tests {
                 text: reply.into(),
             },
         );
-        assert!(matches!(d.runtime().completed[..], [(5, Outcome::Reply(_))]));
+        assert!(matches!(d.take_completed()[..], [(5, Outcome::Reply(_))]));
 
         // A cancelled request drops its waiter: nothing is completed for it.
         let id = d
@@ -566,7 +578,7 @@ mod tests {
             )
             .unwrap();
         assert!(d.cancel(t0, id));
-        assert_eq!(d.runtime().completed.len(), 1);
+        assert!(d.take_completed().is_empty());
         d.handle_report(t0, Report::Flushed { conn, writes: 2 });
 
         // Close: a close frame, then the peer's answer ends the connection.

@@ -138,13 +138,21 @@ pub fn tls_client_config(options: &ClientOptions) -> Result<Arc<ClientConfig>, C
     Ok(Arc::new(config))
 }
 
+/// Size of a connection's read buffer. tungstenite zero-fills the free part of this buffer
+/// before every socket read, so its default (128 KiB) costs a 128 KiB memset per read; our
+/// frames are small JSON objects, and 16 KiB still takes about a hundred replies per read.
+/// Larger frames grow the buffer as they need.
+pub const READ_BUFFER_SIZE: usize = 16 << 10;
+
 /// The WebSocket configuration: incoming frames and messages are bounded at twice
 /// `max_frame_size` (at least 64 KiB). Frames a little over the limit still reach the core,
 /// which skips and counts them while the connection stays up; far larger ones cannot exhaust
-/// memory (tungstenite fails the read and the connection is replaced).
+/// memory (tungstenite fails the read and the connection is replaced). The read buffer is
+/// [`READ_BUFFER_SIZE`].
 pub fn websocket_config(config: &Config) -> WebSocketConfig {
     let limit = config.max_frame_size().saturating_mul(2).max(64 << 10);
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
         .max_frame_size(Some(limit))
         .max_message_size(Some(limit))
 }

@@ -76,19 +76,23 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     }
 
     /// Locks the driver. Never held across an `.await`. A panic while locked (a bug) does not
-    /// make every later call panic too.
+    /// make every later call panic too. For reading: calls that change the driver go through
+    /// [`Shared::command`] or [`Shared::turn`], which hand completed outcomes to their waiters
+    /// after unlocking.
     pub fn lock(&self) -> MutexGuard<'_, Driver<R>> {
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs an application command on the driver, then wakes the driver task if the command
-    /// moved the next deadline earlier (or closed the pool).
+    /// Runs an application command on the driver, hands the outcomes it completed to their
+    /// waiters once the lock is released, then wakes the driver task if the command moved the
+    /// next deadline earlier (or closed the pool).
     pub fn command<T>(&self, f: impl FnOnce(&mut Driver<R>, Instant) -> T) -> T {
-        let (result, wake) = {
+        let (result, wake, completed) = {
             let mut driver = self.lock();
             let result = f(&mut driver, Instant::now());
-            (result, driver.needs_wake())
+            (result, driver.needs_wake(), driver.take_completed())
         };
+        complete_all::<R>(completed);
         if wake {
             self.signals.wake();
         }
@@ -98,7 +102,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     /// The driver task's turn: handles a passed deadline (trusting the clock, not the sleep),
     /// stops the driver if everything is done, publishes its state, and arms the next deadline.
     pub fn turn(&self) -> Turn {
-        let (state, deadline) = {
+        let (state, deadline, completed) = {
             let mut driver = self.lock();
             let now = Instant::now();
             if driver.poll_timeout().is_some_and(|t| t <= now) {
@@ -106,8 +110,10 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
             }
             let stopped = driver.check_stopped();
             let settled = driver.first_dials_settled();
-            (DriverState { settled, stopped }, driver.arm())
+            let completed = driver.take_completed();
+            (DriverState { settled, stopped }, driver.arm(), completed)
         };
+        complete_all::<R>(completed);
         self.signals.publish(state);
         if state.stopped {
             Turn::Stop
@@ -193,6 +199,13 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     pub async fn close(&self) {
         self.close_now();
         self.signals.wait_for(|s| s.stopped).await;
+    }
+}
+
+/// Hands outcomes to their waiters (without the driver's lock).
+fn complete_all<R: Runtime>(completed: Vec<(R::Waiter, Outcome)>) {
+    for (waiter, outcome) in completed {
+        R::complete(waiter, outcome);
     }
 }
 
