@@ -502,6 +502,37 @@ fn print_run(r: &RunReport) {
     if let Some(n) = r.server_counted {
         println!("  server      counted {n} fire-and-forget messages");
     }
+    // Loss accounting: every fire-and-forget message ends in exactly one column.
+    let by_type = r
+        .client_stats
+        .as_ref()
+        .and_then(|s| s.get("sends_by_type"))
+        .and_then(|v| v.as_object())
+        .filter(|m| !m.is_empty());
+    if let Some(by_type) = by_type {
+        let cols = [
+            "sends",
+            "sent",
+            "dropped",
+            "expired",
+            "lost",
+            "closed",
+            "queued",
+            "unflushed",
+        ];
+        println!(
+            "  sends       {:<24}{}",
+            "type",
+            cols.map(|c| format!("{c:>10}")).concat()
+        );
+        for (kind, s) in by_type {
+            let n = |c: &str| s.get(c).and_then(|v| v.as_u64()).unwrap_or(0);
+            println!(
+                "              {kind:<24}{}",
+                cols.map(|c| format!("{:>10}", n(c))).concat()
+            );
+        }
+    }
 }
 
 /// A progress bar on stderr, hidden with --json or when stderr is not a terminal. Its
@@ -696,6 +727,10 @@ fn run_one(
                 "dropped": s.sends.dropped,
                 "expired": s.sends.expired,
                 "lost": s.sends.lost,
+                "closed": s.sends.closed,
+                "queued": s.sends.queued,
+                "unflushed": s.sends.unflushed,
+                "sends_by_type": s.sends_by_type,
             })
         }),
     })

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 /// Fire-and-forget counters of one message type.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SendStats {
     /// `send` calls of this type, accepted or not.
     pub sends: u64,
@@ -50,8 +50,8 @@ impl SendStats {
     }
 }
 
-/// A snapshot of the pool's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A snapshot of the pool's counters (serializable, for metrics exporters and `ufsock bench --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Open connections now.
     pub open_connections: u32,
