@@ -1,8 +1,6 @@
 //! The pool state machine: every decision of the client, no I/O.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -12,9 +10,6 @@ use crate::config::Config;
 use crate::frame::{self, FrameError, Outgoing};
 use crate::io::*;
 use crate::stats::{SendStats, Stats};
-
-/// Hash maps with a fixed hasher, so iteration order depends only on the inputs (determinism).
-type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 /// Distinct message types tracked separately in send counters; the rest share one bucket.
 const MAX_TRACKED_KINDS: usize = 64;
@@ -115,12 +110,13 @@ struct Queued {
 struct Kinds {
     names: Vec<String>,
     stats: Vec<SendStats>,
-    index: FixedMap<String, u16>,
 }
 
 impl Kinds {
+    /// The index of `kind`'s counters. A linear scan: there are at most 64 names and a
+    /// middleware sends a handful of types, so this beats hashing the name on every send.
     fn intern(&mut self, kind: &str) -> u16 {
-        if let Some(&i) = self.index.get(kind) {
+        if let Some(i) = self.position(kind) {
             return i;
         }
         let name = if self.names.len() + 1 >= MAX_TRACKED_KINDS {
@@ -128,14 +124,16 @@ impl Kinds {
         } else {
             kind
         };
-        if let Some(&i) = self.index.get(name) {
+        if let Some(i) = self.position(name) {
             return i;
         }
-        let i = self.names.len() as u16;
         self.names.push(name.to_owned());
         self.stats.push(SendStats::default());
-        self.index.insert(name.to_owned(), i);
-        i
+        (self.names.len() - 1) as u16
+    }
+
+    fn position(&self, kind: &str) -> Option<u16> {
+        self.names.iter().position(|n| n == kind).map(|i| i as u16)
     }
 }
 
