@@ -76,5 +76,5 @@ pub mod stats;
 pub use config::{ApiKey, Config, ConfigBuilder, ConfigError};
 pub use frame::{FrameError, Incoming, Outgoing};
 pub use io::*;
-pub use pool::Pool;
+pub use pool::{Pool, AVAILABILITY_HOLD};
 pub use stats::{SendStats, Stats};

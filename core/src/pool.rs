@@ -16,8 +16,9 @@ const MAX_TRACKED_KINDS: usize = 64;
 const OTHER_KIND: &str = "*other*";
 /// Weight of one completion in the moving timeout ratio.
 const TIMEOUT_EWMA_ALPHA: f64 = 0.05;
-/// How long the pool must look healthy before `Degraded` turns back into `Available`.
-const AVAILABILITY_HOLD: Duration = Duration::from_secs(5);
+/// How long a pool that was `Available` before must look healthy again before `Degraded`
+/// turns back into `Available` (the hysteresis that keeps the state from flapping).
+pub const AVAILABILITY_HOLD: Duration = Duration::from_secs(5);
 /// Requests whose timeout would overflow `Instant` are capped at this.
 const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 

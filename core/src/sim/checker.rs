@@ -11,7 +11,7 @@ use crate::backoff::nominal_delay;
 use crate::config::Config;
 use crate::frame::{self, Outgoing};
 use crate::io::*;
-use crate::pool::Pool;
+use crate::pool::{Pool, AVAILABILITY_HOLD};
 use crate::stats::{SendStats, Stats};
 
 /// Mirrors the pool's bound on distinct message types in send counters.
@@ -260,6 +260,11 @@ pub struct Checker {
     drain_deadline: Option<Instant>,
     /// Connections told to close gracefully, with the instant the pool must abort them.
     lingering: BTreeMap<ConnId, Instant>,
+    /// Availability as the events told it, whether it was ever `Available`, and when it
+    /// last left `Available`.
+    availability: Availability,
+    ever_available: bool,
+    left_available_at: Option<Instant>,
     stats: Stats,
     // ----- per step -----
     step: Step,
@@ -310,6 +315,9 @@ impl Checker {
             closing: false,
             drain_deadline: None,
             lingering: BTreeMap::new(),
+            availability: Availability::Unavailable,
+            ever_available: false,
+            left_available_at: None,
             stats,
             step: Step::None,
             outputs_in_step: 0,
@@ -635,6 +643,7 @@ impl Checker {
         if step == Step::Timeout {
             self.check_nothing_overdue(pool)?;
         }
+        self.check_availability(pool)?;
         self.check_not_late(pool)?;
         self.check_state(pool)?;
         self.check_stats(pool)
@@ -1354,6 +1363,33 @@ impl Checker {
         Ok(())
     }
 
+    /// (14) availability: a change is a change; from `Degraded` back to `Available`, once the
+    /// pool has been `Available`, only after the hold.
+    fn on_availability(&mut self, now: Instant, to: Availability) -> Result<(), Violation> {
+        ensure!(
+            to != self.availability,
+            14,
+            "AvailabilityChanged to {to:?}, which it already was"
+        );
+        // Leaving Unavailable is immediate (a pool of one goes straight back to Available).
+        if to == Availability::Available && self.ever_available && self.availability == Availability::Degraded
+        {
+            let left = self.left_available_at.expect("left Available before");
+            ensure!(
+                now >= left + AVAILABILITY_HOLD,
+                14,
+                "Available again {:?} after leaving it, before the {AVAILABILITY_HOLD:?} hold",
+                now - left
+            );
+        }
+        if self.availability == Availability::Available {
+            self.left_available_at = Some(now);
+        }
+        self.ever_available |= to == Availability::Available;
+        self.availability = to;
+        Ok(())
+    }
+
     fn on_event(&mut self, now: Instant, event: &Event) -> Result<(), Violation> {
         match event {
             Event::Connected { conn } => {
@@ -1468,7 +1504,7 @@ impl Checker {
                 Ok(())
             }
             // Hysteresis makes these timing-dependent; they are not anomalies.
-            Event::AvailabilityChanged { .. } => Ok(()),
+            Event::AvailabilityChanged { availability } => self.on_availability(now, *availability),
         }
     }
 
@@ -1600,6 +1636,34 @@ impl Checker {
                 invariant: inv,
                 message: format!("{what} overdue by {by:?} after handle_timeout"),
             });
+        }
+        Ok(())
+    }
+
+    /// (14) the getter matches the events; `Unavailable` exactly when nothing is open;
+    /// `Available` only with every slot open and the pool not closing.
+    fn check_availability(&self, pool: &Pool) -> Result<(), Violation> {
+        let a = pool.availability();
+        ensure!(
+            a == self.availability,
+            14,
+            "availability() is {a:?}, the events said {:?}",
+            self.availability
+        );
+        let open = self.slots.iter().filter(|s| s.open.is_some()).count();
+        ensure!(
+            (a == Availability::Unavailable) == (open == 0),
+            14,
+            "availability {a:?} with {open} open connection(s)"
+        );
+        if a == Availability::Available {
+            ensure!(
+                open == self.slots.len() && !self.closing,
+                14,
+                "Available with {open} of {} open (closing {})",
+                self.slots.len(),
+                self.closing
+            );
         }
         Ok(())
     }

@@ -59,6 +59,10 @@
 //!     its deadline; never three times;
 //! 13. after `close`: no dial, every dial abandoned, every connection disconnected once
 //!     drained, requests fail as closed after `close_drain`, and `is_closed` agrees.
+//! 14. availability: `Unavailable` exactly when no connection is open, `Available` only with
+//!     every slot open and the pool not closing, the getter agrees with the
+//!     `AvailabilityChanged` events, and once the pool has been `Available`, `Degraded` turns
+//!     `Available` again only after [`AVAILABILITY_HOLD`](crate::AVAILABILITY_HOLD).
 //!
 //! # Example
 //!
