@@ -200,7 +200,10 @@ impl Config {
     pub fn outbox_ttl(&self) -> Duration {
         self.outbox_ttl
     }
-    /// Largest accepted incoming frame, in bytes.
+    /// Largest accepted incoming frame, in bytes. A larger frame is skipped and counted
+    /// ([`crate::FrameError::TooLarge`]) while the connection stays up; the adapters bound the
+    /// socket layer at twice this (at least 64 KiB), beyond which a frame fails the read and
+    /// the connection is replaced, so no frame can exhaust memory.
     pub fn max_frame_size(&self) -> usize {
         self.max_frame_size
     }
