@@ -89,7 +89,8 @@ impl Runtime for SmolRuntime {
                     let task = smol::spawn(run_writer(conn, sink, Queue(queue), flushed, writer_reports));
                     SmolWriter { commands, task }
                 };
-            run_connection(conn, dial(&ctx), spawn_writer, reports).await;
+            let max_frame_size = ctx.config().max_frame_size();
+            run_connection(conn, dial(&ctx), max_frame_size, spawn_writer, reports).await;
         })
     }
 

@@ -91,7 +91,8 @@ impl Runtime for TokioRuntime {
                             .abort_handle();
                         TokioWriter { commands, task }
                     };
-                run_connection(conn, dial(&ctx), spawn_writer, reports).await;
+                let max_frame_size = ctx.config().max_frame_size();
+                run_connection(conn, dial(&ctx), max_frame_size, spawn_writer, reports).await;
             })
             .abort_handle()
     }

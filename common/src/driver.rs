@@ -208,15 +208,9 @@ impl<R: Runtime> Driver<R> {
                     self.pool.handle_input(now, Input::ConnectFailed { conn, error });
                 }
             }
-            Report::Text { conn, text } => {
+            Report::Frame { conn, frame } => {
                 if self.open.contains_key(&conn) {
-                    self.pool.handle_input(
-                        now,
-                        Input::Text {
-                            conn,
-                            text: text.as_str(),
-                        },
-                    );
+                    self.pool.handle_frame(now, conn, frame);
                 }
             }
             Report::Binary { conn, len } => {
@@ -468,7 +462,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
     use std::time::Duration;
-    use usageflow_socket_core::Config;
+    use usageflow_socket_core::{frame, Config};
 
     /// A runtime that records what the driver asks of it.
     #[derive(Default)]
@@ -553,17 +547,17 @@ mod tests {
         let reply = format!(r#"{{"type":"success","replyTo":"{wire}"}}"#);
         d.handle_report(
             t0,
-            Report::Text {
+            Report::Frame {
                 conn: stale,
-                text: reply.clone().into(),
+                frame: frame::decode(&reply, 1 << 20),
             },
         );
         assert!(d.take_completed().is_empty());
         d.handle_report(
             t0,
-            Report::Text {
+            Report::Frame {
                 conn,
-                text: reply.into(),
+                frame: frame::decode(&reply, 1 << 20),
             },
         );
         assert!(matches!(d.take_completed()[..], [(5, Outcome::Reply(_))]));

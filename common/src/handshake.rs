@@ -42,6 +42,11 @@ pub struct DialContext<C> {
 }
 
 impl<C: Clone> DialContext<C> {
+    /// The pool configuration it dials for.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Builds the context of `options`; `connector` wraps the rustls configuration in the
     /// runtime's TLS connector. Fails on unusable TLS options.
     pub fn new(

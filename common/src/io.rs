@@ -13,6 +13,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
+use usageflow_socket_core::frame::{self, FrameError, Incoming};
 use usageflow_socket_core::{CloseReason, ConnId, DialError};
 
 use crate::handshake::{close_frame_reason, close_reason};
@@ -50,12 +51,12 @@ pub enum Report<W> {
         /// Why.
         error: DialError,
     },
-    /// A text frame arrived.
-    Text {
+    /// A text frame arrived, already decoded by the reader (outside the driver's lock).
+    Frame {
         /// The connection.
         conn: ConnId,
-        /// The frame's text.
-        text: Utf8Bytes,
+        /// The decoded frame, or why it is skipped.
+        frame: Result<Incoming, FrameError>,
     },
     /// A binary frame arrived.
     Binary {
@@ -116,8 +117,13 @@ pub trait WriteQueue: Send {
 /// hands the sink to `spawn_writer`, reports [`Report::Connected`] with the writer handle, and
 /// then reads until the stream ends (see [`run_reader`]). The report of `Connected` precedes
 /// every report of the reader, because both go through the same channel from this task.
-pub async fn run_connection<D, Si, St, W, Sp, R>(conn: ConnId, dial: D, spawn_writer: Sp, mut reports: R)
-where
+pub async fn run_connection<D, Si, St, W, Sp, R>(
+    conn: ConnId,
+    dial: D,
+    max_frame_size: usize,
+    spawn_writer: Sp,
+    mut reports: R,
+) where
     D: Future<Output = Result<(Si, St), DialError>>,
     Sp: FnOnce(ConnId, Si, FlushedWrites) -> W,
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
@@ -131,7 +137,7 @@ where
             let flushed = FlushedWrites::default();
             let writer = spawn_writer(conn, sink, flushed.clone());
             if reports.report(Report::Connected { conn, writer }).await {
-                run_reader(conn, stream, flushed, reports).await;
+                run_reader(conn, stream, max_frame_size, flushed, reports).await;
             }
         }
     }
@@ -157,15 +163,23 @@ impl FlushedWrites {
 /// frame, read error or end of stream is reported once as [`Report::Closed`], preceded by the
 /// writer's final [`Report::Flushed`] count; after a close frame the loop keeps reading so
 /// tungstenite can finish the close handshake.
-pub async fn run_reader<St, W, R>(conn: ConnId, mut stream: St, flushed: FlushedWrites, mut reports: R)
-where
+pub async fn run_reader<St, W, R>(
+    conn: ConnId,
+    mut stream: St,
+    max_frame_size: usize,
+    flushed: FlushedWrites,
+    mut reports: R,
+) where
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     R: ReportSink<W>,
 {
     let mut closed = false;
     while let Some(item) = stream.next().await {
         let report = match item {
-            Ok(Message::Text(text)) => Report::Text { conn, text },
+            Ok(Message::Text(text)) => Report::Frame {
+                conn,
+                frame: frame::decode(text.as_str(), max_frame_size),
+            },
             Ok(Message::Binary(data)) => Report::Binary {
                 conn,
                 len: data.len(),

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::backoff::{jittered_delay, nominal_delay};
 use crate::config::Config;
-use crate::frame::{self, FrameError, Outgoing};
+use crate::frame::{self, FrameError, Incoming, Outgoing};
 use crate::io::*;
 use crate::stats::{SendStats, Stats};
 
@@ -541,31 +541,16 @@ impl Pool {
     /// old generations are ignored and counted.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         let now = self.advance(now);
-        let id = input.conn();
-        let slot = usize::from(id.slot);
-        if slot >= self.slots.len() || id.generation >= self.slots[slot].next_generation {
-            self.counters.stale_inputs += 1;
-            return;
-        }
-        if let Some(i) = self.lingering.iter().position(|(c, _)| *c == id) {
-            // A connection closing gracefully: its end finishes the close; nothing else
-            // about it matters any more (it had no pending request and no unflushed write).
-            if matches!(input, Input::Closed { .. } | Input::WriteFailed { .. }) {
-                self.lingering.swap_remove(i);
-            }
+        let ends = matches!(input, Input::Closed { .. } | Input::WriteFailed { .. });
+        if !self.admit(input.conn(), ends) {
             return;
         }
         match input {
             Input::Connected { conn } => self.on_connected(now, conn),
             Input::ConnectFailed { conn, error } => self.on_connect_failed(now, conn, error),
             Input::Text { conn, text } => {
-                if !self.touch(now, conn) {
-                    return;
-                }
-                match frame::decode(text, self.config.max_frame_size) {
-                    Ok(frame) => self.on_frame(now, conn, frame),
-                    Err(error) => self.skip_frame(conn, error),
-                }
+                let frame = frame::decode(text, self.config.max_frame_size);
+                self.frame_in(now, conn, frame);
             }
             Input::Binary { conn, len } => {
                 if self.touch(now, conn) {
@@ -579,6 +564,45 @@ impl Pool {
             Input::WriteFailed { conn, error } => self.lose(now, conn, DisconnectReason::WriteFailed(error)),
             Input::Closed { conn, reason } => self.lose(now, conn, DisconnectReason::Closed(reason)),
         }
+    }
+
+    /// A text frame the adapter already decoded with [`frame::decode`] (with this pool's
+    /// `max_frame_size`), so the decoding can happen outside any lock the adapter holds
+    /// around the pool. Exactly the same as `handle_input(now, Input::Text { conn, text })`.
+    pub fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: Result<Incoming, FrameError>) {
+        let now = self.advance(now);
+        if self.admit(conn, false) {
+            self.frame_in(now, conn, frame);
+        }
+    }
+
+    fn frame_in(&mut self, now: Instant, conn: ConnId, frame: Result<Incoming, FrameError>) {
+        if !self.touch(now, conn) {
+            return;
+        }
+        match frame {
+            Ok(frame) => self.on_frame(now, conn, frame),
+            Err(error) => self.skip_frame(conn, error),
+        }
+    }
+
+    /// Whether an input about `id` concerns a connection the pool still uses; counts stale
+    /// ones. `ends`: the input reports the connection's end, which finishes a graceful close.
+    fn admit(&mut self, id: ConnId, ends: bool) -> bool {
+        let slot = usize::from(id.slot);
+        if slot >= self.slots.len() || id.generation >= self.slots[slot].next_generation {
+            self.counters.stale_inputs += 1;
+            return false;
+        }
+        if let Some(i) = self.lingering.iter().position(|(c, _)| *c == id) {
+            // A connection closing gracefully: its end finishes the close; nothing else
+            // about it matters any more (it had no pending request and no unflushed write).
+            if ends {
+                self.lingering.swap_remove(i);
+            }
+            return false;
+        }
+        true
     }
 
     /// Fires every deadline at or before `now`. Spurious calls do nothing.
@@ -910,7 +934,7 @@ impl Pool {
             .push_back(Output::Event(Event::FrameSkipped { conn, error }));
     }
 
-    fn on_frame(&mut self, now: Instant, conn: ConnId, frame: crate::frame::Incoming) {
+    fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Incoming) {
         let id = frame
             .correlation_id()
             .and_then(|s| Uuid::try_parse(s).ok())

@@ -840,3 +840,33 @@ fn repeated_connected_does_not_disconnect_a_live_connection() {
         }]
     );
 }
+
+/// `handle_frame` (decoded by the adapter outside its lock) acts exactly like
+/// `handle_input(Text)`: replies complete, bad frames are skipped, stale connections counted.
+#[test]
+fn handle_frame_matches_handle_input_text() {
+    let mut h = H::new(|b| b.pool_size(1));
+    let c = h.up()[0];
+    let (a, _, _) = h.req("x");
+    let text = format!(r#"{{"type":"success","replyTo":"{a}"}}"#);
+    h.pool
+        .handle_frame(h.now, c, crate::frame::decode(&text, 1 << 20));
+    assert!(matches!(&completed(&h.drain())[..], [(id, Outcome::Reply(_))] if *id == a));
+    h.pool
+        .handle_frame(h.now, c, crate::frame::decode("nope", 1 << 20));
+    assert_eq!(
+        count(&h.drain(), |o| matches!(
+            o,
+            Output::Event(Event::FrameSkipped { .. })
+        )),
+        1
+    );
+    let stale = ConnId {
+        slot: 0,
+        generation: 7,
+    };
+    h.pool
+        .handle_frame(h.now, stale, crate::frame::decode(&text, 1 << 20));
+    let st = h.pool.stats();
+    assert_eq!((st.replies, st.skipped_frames, st.stale_inputs), (1, 1, 1));
+}
