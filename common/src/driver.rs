@@ -55,7 +55,7 @@ pub trait Runtime {
     /// the driver's lock (see [`Driver::take_completed`]), so it may wake another thread.
     fn complete(waiter: Self::Waiter, outcome: Outcome);
     /// Spawns the task of `conn`: dial, report [`Report::Connected`] (with a spawned writer)
-    /// or [`Report::ConnectFailed`], then read (see [`crate::io::run_connection`]).
+    /// or `Input::ConnectFailed`, then read (see [`crate::io::run_connection`]).
     fn dial(&mut self, conn: ConnId) -> Self::Task;
     /// Aborts a connection's task (drops its socket, or abandons its dial).
     fn abort(&mut self, task: Self::Task);
@@ -202,42 +202,30 @@ impl<R: Runtime> Driver<R> {
                     self.rt.abort_writer(writer);
                 }
             },
-            Report::ConnectFailed { conn, error } => {
-                if self.dialing.remove(&conn).is_some() {
-                    self.first_dials.remove(&conn.slot);
-                    self.pool.handle_input(now, Input::ConnectFailed { conn, error });
-                }
-            }
             Report::Frame { conn, frame } => {
                 if self.open.contains_key(&conn) {
                     self.pool.handle_frame(now, conn, frame);
                 }
             }
-            Report::Binary { conn, len } => {
-                if self.open.contains_key(&conn) {
-                    self.pool.handle_input(now, Input::Binary { conn, len });
-                }
-            }
-            Report::Pong { conn } => {
-                if self.open.contains_key(&conn) {
-                    self.pool.handle_input(now, Input::Pong { conn });
-                }
-            }
-            Report::Flushed { conn, writes } => {
-                if self.open.contains_key(&conn) {
-                    self.pool.handle_input(now, Input::Flushed { conn, writes });
-                }
-            }
-            Report::WriteFailed { conn, error } => {
-                if self.open.contains_key(&conn) || self.finish_closing(conn) {
-                    self.pool.handle_input(now, Input::WriteFailed { conn, error });
-                }
-            }
-            Report::Closed { conn, reason } => {
-                // For a connection closing gracefully: the peer answered our close frame (or
-                // the socket ended), which ends the pool's linger.
-                if self.open.contains_key(&conn) || self.finish_closing(conn) {
-                    self.pool.handle_input(now, Input::Closed { conn, reason });
+            Report::Io(input) => {
+                let conn = input.conn();
+                let deliver = match input {
+                    Input::ConnectFailed { .. } => {
+                        let dialing = self.dialing.remove(&conn).is_some();
+                        if dialing {
+                            self.first_dials.remove(&conn.slot);
+                        }
+                        dialing
+                    }
+                    // For a connection closing gracefully, its end (the peer answered our
+                    // close frame, or the socket ended) ends the pool's linger.
+                    Input::WriteFailed { .. } | Input::Closed { .. } => {
+                        self.open.contains_key(&conn) || self.finish_closing(conn)
+                    }
+                    _ => self.open.contains_key(&conn),
+                };
+                if deliver {
+                    self.pool.handle_input(now, input);
                 }
             }
             Report::CloseWritten { conn } => {
@@ -538,7 +526,7 @@ mod tests {
             .unwrap();
         let wire = sent_id(&d);
         assert_eq!(wire, id.to_string());
-        d.handle_report(t0, Report::Flushed { conn, writes: 1 });
+        d.handle_report(t0, Report::Io(Input::Flushed { conn, writes: 1 }));
         // A report naming another generation is dropped before the pool.
         let stale = ConnId {
             slot: 0,
@@ -573,7 +561,7 @@ mod tests {
             .unwrap();
         assert!(d.cancel(t0, id));
         assert!(d.take_completed().is_empty());
-        d.handle_report(t0, Report::Flushed { conn, writes: 2 });
+        d.handle_report(t0, Report::Io(Input::Flushed { conn, writes: 2 }));
 
         // Close: a close frame, then the peer's answer ends the connection.
         d.close(t0);
@@ -583,13 +571,13 @@ mod tests {
         d.handle_report(t0, Report::CloseWritten { conn });
         d.handle_report(
             t0,
-            Report::Closed {
+            Report::Io(Input::Closed {
                 conn,
                 reason: CloseReason::Frame {
                     code: 1000,
                     reason: String::new(),
                 },
-            },
+            }),
         );
         assert_eq!(d.runtime().aborted_writers, vec![70]);
         assert!(d.check_stopped());
@@ -614,7 +602,7 @@ mod tests {
         assert!(!d.needs_wake());
         let conn = d.runtime().dials[0];
         let error = DialError::Rejected { status: 401 };
-        d.handle_report(t0, Report::ConnectFailed { conn, error });
+        d.handle_report(t0, Report::Io(Input::ConnectFailed { conn, error }));
         assert!(d.first_dials_settled());
         assert!(
             d.needs_wake(),

@@ -14,7 +14,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 use usageflow_socket_core::frame::{self, FrameError, Incoming};
-use usageflow_socket_core::{CloseReason, ConnId, DialError};
+use usageflow_socket_core::{CloseReason, ConnId, DialError, Input};
 
 use crate::handshake::{close_frame_reason, close_reason};
 
@@ -33,8 +33,9 @@ pub enum WriteCommand {
     Close,
 }
 
-/// What a connection's tasks tell the driver; the owned form of the core's `Input`, plus
-/// the connection's writer handle and the end of a graceful close.
+/// What a connection's tasks tell the driver: the core's `Input`s, except that a dial's
+/// success carries the connection's writer handle and a text frame comes already decoded,
+/// plus the end of a graceful close.
 #[derive(Debug)]
 pub enum Report<W> {
     /// The dial finished; `writer` is the handle of the spawned writer task.
@@ -44,13 +45,6 @@ pub enum Report<W> {
         /// Its writer.
         writer: W,
     },
-    /// The dial failed.
-    ConnectFailed {
-        /// The connection.
-        conn: ConnId,
-        /// Why.
-        error: DialError,
-    },
     /// A text frame arrived, already decoded by the reader (outside the driver's lock).
     Frame {
         /// The connection.
@@ -58,39 +52,9 @@ pub enum Report<W> {
         /// The decoded frame, or why it is skipped.
         frame: Result<Incoming, FrameError>,
     },
-    /// A binary frame arrived.
-    Binary {
-        /// The connection.
-        conn: ConnId,
-        /// Its length.
-        len: usize,
-    },
-    /// A pong arrived.
-    Pong {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// `writes` writes (text frames and pings) in total are written and flushed.
-    Flushed {
-        /// The connection.
-        conn: ConnId,
-        /// Total writes flushed so far.
-        writes: u64,
-    },
-    /// A write or flush failed.
-    WriteFailed {
-        /// The connection.
-        conn: ConnId,
-        /// Why.
-        error: String,
-    },
-    /// The connection ended (close frame, end of stream, or read error).
-    Closed {
-        /// The connection.
-        conn: ConnId,
-        /// How.
-        reason: CloseReason,
-    },
+    /// Any other I/O result, in the core's own terms: a failed dial, a binary frame, a pong,
+    /// flushed writes, a failed write, the connection's end.
+    Io(Input<'static>),
     /// A graceful close frame was written and flushed.
     CloseWritten {
         /// The connection.
@@ -113,7 +77,7 @@ pub trait WriteQueue: Send {
     fn try_recv(&mut self) -> Option<WriteCommand>;
 }
 
-/// A connection's task: runs `dial`; on failure reports [`Report::ConnectFailed`]; on success
+/// A connection's task: runs `dial`; on failure reports `Input::ConnectFailed`; on success
 /// hands the sink to `spawn_writer`, reports [`Report::Connected`] with the writer handle, and
 /// then reads until the stream ends (see [`run_reader`]). The report of `Connected` precedes
 /// every report of the reader, because both go through the same channel from this task.
@@ -131,7 +95,9 @@ pub async fn run_connection<D, Si, St, W, Sp, R>(
 {
     match dial.await {
         Err(error) => {
-            reports.report(Report::ConnectFailed { conn, error }).await;
+            reports
+                .report(Report::Io(Input::ConnectFailed { conn, error }))
+                .await;
         }
         Ok((sink, stream)) => {
             let flushed = FlushedWrites::default();
@@ -160,8 +126,8 @@ impl FlushedWrites {
 }
 
 /// Reads frames and reports them. Pings are answered by tungstenite itself. The first close
-/// frame, read error or end of stream is reported once as [`Report::Closed`], preceded by the
-/// writer's final [`Report::Flushed`] count; after a close frame the loop keeps reading so
+/// frame, read error or end of stream is reported once as `Input::Closed`, preceded by the
+/// writer's final `Input::Flushed` count; after a close frame the loop keeps reading so
 /// tungstenite can finish the close handshake.
 pub async fn run_reader<St, W, R>(
     conn: ConnId,
@@ -180,32 +146,25 @@ pub async fn run_reader<St, W, R>(
                 conn,
                 frame: frame::decode(text.as_str(), max_frame_size),
             },
-            Ok(Message::Binary(data)) => Report::Binary {
+            Ok(Message::Binary(data)) => Report::Io(Input::Binary {
                 conn,
                 len: data.len(),
-            },
-            Ok(Message::Pong(_)) => Report::Pong { conn },
+            }),
+            Ok(Message::Pong(_)) => Report::Io(Input::Pong { conn }),
             Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
             Ok(Message::Close(frame)) => {
                 if closed {
                     continue;
                 }
                 closed = true;
-                report_flushed(conn, &flushed, &mut reports).await;
-                Report::Closed {
-                    conn,
-                    reason: close_frame_reason(frame),
+                if !report_end(conn, &flushed, &mut reports, close_frame_reason(frame)).await {
+                    return;
                 }
+                continue;
             }
             Err(error) => {
                 if !closed {
-                    report_flushed(conn, &flushed, &mut reports).await;
-                    reports
-                        .report(Report::Closed {
-                            conn,
-                            reason: close_reason(error),
-                        })
-                        .await;
+                    report_end(conn, &flushed, &mut reports, close_reason(error)).await;
                 }
                 return;
             }
@@ -215,21 +174,29 @@ pub async fn run_reader<St, W, R>(
         }
     }
     if !closed {
-        report_flushed(conn, &flushed, &mut reports).await;
-        reports
-            .report(Report::Closed {
-                conn,
-                reason: CloseReason::Eof,
-            })
-            .await;
+        report_end(conn, &flushed, &mut reports, CloseReason::Eof).await;
     }
 }
 
-async fn report_flushed<W, R: ReportSink<W>>(conn: ConnId, flushed: &FlushedWrites, reports: &mut R) {
+/// Reports a connection's end, preceded by the writer's last flushed count.
+async fn report_end<W, R: ReportSink<W>>(
+    conn: ConnId,
+    flushed: &FlushedWrites,
+    reports: &mut R,
+    reason: CloseReason,
+) -> bool {
     let writes = flushed.get();
-    if writes > 0 {
-        reports.report(Report::Flushed { conn, writes }).await;
+    if writes > 0 && !reports.report(Report::Io(Input::Flushed { conn, writes })).await {
+        return false;
     }
+    reports.report(Report::Io(Input::Closed { conn, reason })).await
+}
+
+fn write_failed<W>(conn: ConnId, error: tungstenite::Error) -> Report<W> {
+    Report::Io(Input::WriteFailed {
+        conn,
+        error: error.to_string(),
+    })
 }
 
 /// Yields to the executor once, so other ready tasks can queue more writes before a flush.
@@ -249,8 +216,8 @@ impl Future for YieldOnce {
 }
 
 /// The writer loop: feeds queued commands to the sink, flushes when the queue is empty (or
-/// after [`MAX_WRITES_PER_FLUSH`] writes), then reports [`Report::Flushed`] with the total
-/// number of writes flushed so far. A failure is reported as [`Report::WriteFailed`] and ends
+/// after [`MAX_WRITES_PER_FLUSH`] writes), then reports `Input::Flushed` with the total
+/// number of writes flushed so far. A failure is reported as `Input::WriteFailed` and ends
 /// the loop; [`WriteCommand::Close`] writes a close frame 1000 after everything before it,
 /// reports [`Report::CloseWritten`] and ends the loop.
 ///
@@ -285,12 +252,7 @@ pub async fn run_writer<Si, Q, W, R>(
                 }
             };
             if let Err(error) = sink.feed(message).await {
-                reports
-                    .report(Report::WriteFailed {
-                        conn,
-                        error: error.to_string(),
-                    })
-                    .await;
+                reports.report(write_failed(conn, error)).await;
                 return;
             }
             fed += 1;
@@ -311,30 +273,22 @@ pub async fn run_writer<Si, Q, W, R>(
             };
             let report = match sink.send(Message::Close(Some(frame))).await {
                 Ok(()) => Report::CloseWritten { conn },
-                Err(error) => Report::WriteFailed {
-                    conn,
-                    error: error.to_string(),
-                },
+                Err(error) => write_failed(conn, error),
             };
             reports.report(report).await;
             return;
         }
         if let Err(error) = sink.flush().await {
-            reports
-                .report(Report::WriteFailed {
-                    conn,
-                    error: error.to_string(),
-                })
-                .await;
+            reports.report(write_failed(conn, error)).await;
             return;
         }
         flushed += fed;
         shared_flushed.set(flushed);
         if !reports
-            .report(Report::Flushed {
+            .report(Report::Io(Input::Flushed {
                 conn,
                 writes: flushed,
-            })
+            }))
             .await
         {
             return;

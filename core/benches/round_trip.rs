@@ -82,17 +82,7 @@ impl Core {
             .expect("valid config");
         let now = Instant::now();
         let mut pool = Pool::new(cfg, 1, now);
-        pool.connect(now);
-        let mut conns = Vec::new();
-        while let Some(o) = pool.poll_output() {
-            if let Output::Dial { conn } = o {
-                conns.push(conn);
-            }
-        }
-        for &conn in &conns {
-            pool.handle_input(now, Input::Connected { conn });
-            while pool.poll_output().is_some() {}
-        }
+        let conns = usageflow_socket_core::sim::connect_all(&mut pool, now);
         let mut core = Core {
             pool,
             now,

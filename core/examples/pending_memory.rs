@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use usageflow_socket_core::{Config, Input, Outgoing, Output, Pool, RequestOptions};
+use usageflow_socket_core::{Config, Outgoing, Output, Pool, RequestOptions};
 
 const POOL_SIZE: u16 = 64;
 const TARGET_MIB: f64 = 32.0;
@@ -35,17 +35,7 @@ fn main() {
         .expect("valid config");
     let now = Instant::now();
     let mut pool = Pool::new(cfg, 1, now);
-    pool.connect(now);
-    let mut conns = Vec::new();
-    while let Some(o) = pool.poll_output() {
-        if let Output::Dial { conn } = o {
-            conns.push(conn);
-        }
-    }
-    for &conn in &conns {
-        pool.handle_input(now, Input::Connected { conn });
-        while pool.poll_output().is_some() {}
-    }
+    usageflow_socket_core::sim::connect_all(&mut pool, now);
     // One message, cloned per request, as a caller would build one per request.
     let message = Outgoing::new(
         "request_for_allocation",

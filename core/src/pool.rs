@@ -935,19 +935,19 @@ impl Pool {
     }
 
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Incoming) {
-        let id = frame
+        let answered = frame
             .correlation_id()
             .and_then(|s| Uuid::try_parse(s).ok())
             .map(RequestId)
-            .filter(|id| self.pending.contains_key(id));
-        match id {
-            Some(id) => {
+            .and_then(|id| Some((id, self.pending.remove(&id)?)));
+        match answered {
+            Some((id, pending)) => {
                 let outcome = if frame.is_denial() {
                     Outcome::Denied(frame)
                 } else {
                     Outcome::Reply(frame)
                 };
-                self.complete(now, id, outcome);
+                self.finish(now, id, pending, outcome);
             }
             None => {
                 self.counters.orphan_replies += 1;
@@ -1045,7 +1045,13 @@ impl Pool {
 
     /// Completes a pending request exactly once.
     fn complete(&mut self, now: Instant, id: RequestId, outcome: Outcome) {
-        let Some(p) = self.pending.remove(&id) else { return };
+        if let Some(p) = self.pending.remove(&id) {
+            self.finish(now, id, p, outcome);
+        }
+    }
+
+    /// Completes a request already taken out of the pending map.
+    fn finish(&mut self, now: Instant, id: RequestId, p: Pending, outcome: Outcome) {
         self.deadlines.remove(&(p.deadline, id));
         let slot = usize::from(p.slot);
         if let Some(conn) = self.slots[slot].conn_mut(p.generation) {

@@ -156,6 +156,24 @@ pub fn run_with(seed: u64, knobs: Knobs, base: Instant) -> Result<Report, Failur
     })
 }
 
+/// Connects every slot of a fresh pool at `now`, playing an adapter whose dials all succeed
+/// at once, and discards the outputs; returns the open connections. A shortcut for
+/// benchmarks and examples that need a pool in its steady state.
+pub fn connect_all(pool: &mut Pool, now: Instant) -> Vec<ConnId> {
+    pool.connect(now);
+    let mut conns = Vec::new();
+    while let Some(output) = pool.poll_output() {
+        if let Output::Dial { conn } = output {
+            conns.push(conn);
+        }
+    }
+    for &conn in &conns {
+        pool.handle_input(now, Input::Connected { conn });
+        while pool.poll_output().is_some() {}
+    }
+    conns
+}
+
 /// What a successful run did.
 #[derive(Debug, Clone)]
 pub struct Report {
