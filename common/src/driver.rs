@@ -335,7 +335,12 @@ impl<R: Runtime> Driver<R> {
                         self.rt.abort(old);
                     }
                 }
-                Output::Transmit { conn, frame } => self.write(conn, WriteCommand::Text(frame)),
+                Output::Transmit { conn, frame } => {
+                    // Replies still to come on this connection mean more requests are likely
+                    // to follow at once: let the writer gather them (see `run_writer`).
+                    let coalesce = self.pool.in_flight(conn) > 1;
+                    self.write(conn, WriteCommand::Text { frame, coalesce })
+                }
                 Output::Ping { conn } => self.write(conn, WriteCommand::Ping),
                 Output::Disconnect { conn, graceful } => self.disconnect(now, conn, graceful),
                 Output::Completed { id, outcome } => {
@@ -498,7 +503,7 @@ mod tests {
     }
 
     fn sent_id(driver: &Driver<Fake>) -> String {
-        let (_, WriteCommand::Text(frame)) = driver.runtime().writes.last().unwrap() else {
+        let (_, WriteCommand::Text { frame, .. }) = driver.runtime().writes.last().unwrap() else {
             panic!("no text write");
         };
         let v: Value = serde_json::from_str(frame).unwrap();

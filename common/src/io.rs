@@ -22,11 +22,21 @@ use crate::handshake::{close_frame_reason, close_reason};
 /// reports progress (and clears the core's write deadline) regularly.
 pub const MAX_WRITES_PER_FLUSH: u64 = 256;
 
+/// Most times a writer yields to the executor to gather more frames before one flush.
+pub const MAX_COALESCING_YIELDS: u32 = 8;
+
 /// A command for a connection's writer task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteCommand {
     /// Write this text frame (an encoded JSON message).
-    Text(String),
+    Text {
+        /// The frame.
+        frame: String,
+        /// Other requests are in flight on this connection, so more frames are likely to be
+        /// queued within a scheduler tick: the writer lets other ready tasks run before it
+        /// flushes, so they share the syscall. False for a lone request: it goes out at once.
+        coalesce: bool,
+    },
     /// Write a ping.
     Ping,
     /// Write a normal close frame (1000) after everything queued before it, then stop.
@@ -221,7 +231,7 @@ impl Future for YieldOnce {
 /// the loop; [`WriteCommand::Close`] writes a close frame 1000 after everything before it,
 /// reports [`Report::CloseWritten`] and ends the loop.
 ///
-/// Coalescing: under load (the last batch held more than one write) the writer yields once
+/// Coalescing: under load (a frame marked `coalesce`, or the last batch held more than one write) the writer yields (up to [`MAX_COALESCING_YIELDS`] times)
 /// before flushing, so frames queued by other tasks in the meantime share the syscall; a
 /// lone write (light load) is flushed at once, keeping latency minimal.
 pub async fn run_writer<Si, Q, W, R>(
@@ -241,10 +251,14 @@ pub async fn run_writer<Si, Q, W, R>(
         let mut fed: u64 = 0;
         let mut next = Some(first);
         let mut close = false;
-        let mut yielded = false;
+        let mut yields = 0;
+        let mut gather = false;
         while let Some(command) = next.take() {
             let message = match command {
-                WriteCommand::Text(text) => Message::Text(text.into()),
+                WriteCommand::Text { frame, coalesce } => {
+                    gather |= coalesce;
+                    Message::Text(frame.into())
+                }
                 WriteCommand::Ping => Message::Ping(Bytes::new()),
                 WriteCommand::Close => {
                     close = true;
@@ -258,10 +272,12 @@ pub async fn run_writer<Si, Q, W, R>(
             fed += 1;
             if fed < MAX_WRITES_PER_FLUSH {
                 next = queue.try_recv();
-                if next.is_none() && (busy || fed > 1) && !yielded {
-                    yielded = true;
-                    YieldOnce(false).await;
-                    next = queue.try_recv();
+                if gather || busy || fed > 1 {
+                    while next.is_none() && yields < MAX_COALESCING_YIELDS {
+                        yields += 1;
+                        YieldOnce(false).await;
+                        next = queue.try_recv();
+                    }
                 }
             }
         }

@@ -80,6 +80,13 @@ impl Slot {
         }
     }
 
+    fn conn(&self, generation: u32) -> Option<&Conn> {
+        match &self.phase {
+            Phase::Open { conn, .. } if conn.generation == generation => Some(conn),
+            _ => self.retiring.iter().find(|c| c.generation == generation),
+        }
+    }
+
     fn conn_mut(&mut self, generation: u32) -> Option<&mut Conn> {
         if let Phase::Open { conn, .. } = &mut self.phase {
             if conn.generation == generation {
@@ -280,6 +287,17 @@ impl Pool {
             slot,
             generation: conn.generation,
         })
+    }
+
+    /// Requests waiting for their reply on `conn` (0 for a connection the pool does not
+    /// hold). An adapter may use it to schedule its writes: while other replies are still to
+    /// come on a connection, more requests are likely to follow, and their frames can share
+    /// one write.
+    pub fn in_flight(&self, conn: ConnId) -> usize {
+        self.slots
+            .get(usize::from(conn.slot))
+            .and_then(|s| s.conn(conn.generation))
+            .map_or(0, |c| c.pending as usize)
     }
 
     /// Requests waiting for their outcome.
