@@ -77,6 +77,22 @@ pub enum Report<W> {
 pub trait ReportSink<W>: Send {
     /// Delivers a report; `false` when the driver is gone (the task should end).
     fn report(&mut self, report: Report<W>) -> impl Future<Output = bool> + Send;
+
+    /// Delivers every report of `batch` in order (leaving it empty); `false` when the driver
+    /// is gone. A sink that can take them in one go (one lock for a whole read) should.
+    fn report_all(&mut self, batch: &mut Vec<Report<W>>) -> impl Future<Output = bool> + Send
+    where
+        W: Send,
+    {
+        async move {
+            for report in batch.drain(..) {
+                if !self.report(report).await {
+                    return false;
+                }
+            }
+            true
+        }
+    }
 }
 
 /// The receiving side of a writer's command channel.
@@ -102,6 +118,7 @@ pub async fn run_connection<D, Si, St, W, Sp, R>(
     Sp: FnOnce(ConnId, Si, FlushedWrites) -> W,
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     R: ReportSink<W>,
+    W: Send,
 {
     match dial.await {
         Err(error) => {
@@ -135,7 +152,12 @@ impl FlushedWrites {
     }
 }
 
-/// Reads frames and reports them. Pings are answered by tungstenite itself. The first close
+/// Most frames a reader hands the driver in one report batch (one lock).
+pub const MAX_FRAMES_PER_BATCH: usize = 64;
+
+/// Reads frames and reports them. Every frame the socket has already delivered (up to
+/// [`MAX_FRAMES_PER_BATCH`]) is decoded and handed over in one batch, so a burst of replies
+/// costs one lock, not one each. Pings are answered by tungstenite itself. The first close
 /// frame, read error or end of stream is reported once as `Input::Closed`, preceded by the
 /// writer's final `Input::Flushed` count; after a close frame the loop keeps reading so
 /// tungstenite can finish the close handshake.
@@ -148,44 +170,74 @@ pub async fn run_reader<St, W, R>(
 ) where
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     R: ReportSink<W>,
+    W: Send,
 {
     let mut closed = false;
-    while let Some(item) = stream.next().await {
-        let report = match item {
-            Ok(Message::Text(text)) => Report::Frame {
-                conn,
-                frame: frame::decode(text.as_str(), max_frame_size),
-            },
-            Ok(Message::Binary(data)) => Report::Io(Input::Binary {
-                conn,
-                len: data.len(),
-            }),
-            Ok(Message::Pong(_)) => Report::Io(Input::Pong { conn }),
-            Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
-            Ok(Message::Close(frame)) => {
-                if closed {
-                    continue;
+    let mut batch: Vec<Report<W>> = Vec::new();
+    'read: while let Some(first) = stream.next().await {
+        let mut item = Some(first);
+        // Take every item already delivered, without waiting, until the batch is full.
+        while let Some(next) = item.take() {
+            let end = match next {
+                Ok(Message::Text(text)) => {
+                    batch.push(Report::Frame {
+                        conn,
+                        frame: frame::decode(text.as_str(), max_frame_size),
+                    });
+                    None
                 }
-                closed = true;
-                if !report_end(conn, &flushed, &mut reports, close_frame_reason(frame)).await {
+                Ok(Message::Binary(data)) => {
+                    batch.push(Report::Io(Input::Binary {
+                        conn,
+                        len: data.len(),
+                    }));
+                    None
+                }
+                Ok(Message::Pong(_)) => {
+                    batch.push(Report::Io(Input::Pong { conn }));
+                    None
+                }
+                Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => None,
+                Ok(Message::Close(frame)) if !closed => Some((close_frame_reason(frame), false)),
+                Ok(Message::Close(_)) => None,
+                Err(error) => Some((close_reason(error), true)),
+            };
+            if let Some((reason, stop)) = end {
+                if !reports.report_all(&mut batch).await {
                     return;
                 }
-                continue;
-            }
-            Err(error) => {
                 if !closed {
-                    report_end(conn, &flushed, &mut reports, close_reason(error)).await;
+                    closed = true;
+                    if !report_end(conn, &flushed, &mut reports, reason).await {
+                        return;
+                    }
                 }
-                return;
+                if stop {
+                    return;
+                }
+                continue 'read;
             }
-        };
-        if !reports.report(report).await {
+            if batch.len() < MAX_FRAMES_PER_BATCH {
+                item = ready_now(&mut stream).await;
+            }
+        }
+        if !reports.report_all(&mut batch).await {
             return;
         }
     }
     if !closed {
         report_end(conn, &flushed, &mut reports, CloseReason::Eof).await;
     }
+}
+
+/// The stream's next item if it is ready now, without waiting. At the end of the stream
+/// (`None`) it says `None` too: the reader's next wait sees the end again.
+async fn ready_now<St: Stream + Unpin>(stream: &mut St) -> Option<St::Item> {
+    std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+        Poll::Ready(item) => Poll::Ready(item),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Reports a connection's end, preceded by the writer's last flushed count.

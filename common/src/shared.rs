@@ -131,6 +131,17 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
         })
     }
 
+    /// Feeds a batch of reports of one connection (in order) under one lock, leaving `batch`
+    /// empty. Returns false once the driver stopped.
+    pub fn handle_reports(&self, batch: &mut Vec<Report<R::Writer>>) -> bool {
+        self.command(|driver, now| {
+            for report in batch.drain(..) {
+                driver.handle_report(now, report);
+            }
+            !driver.is_stopped()
+        })
+    }
+
     /// Arms every slot (the first dials).
     pub fn connect(&self) {
         self.command(|driver, now| driver.connect(now));
@@ -229,6 +240,20 @@ where
         let alive = match self.0.upgrade() {
             Some(shared) => shared.handle_report(report),
             None => false,
+        };
+        std::future::ready(alive)
+    }
+
+    fn report_all(&mut self, batch: &mut Vec<Report<R::Writer>>) -> impl Future<Output = bool> + Send
+    where
+        R::Writer: Send,
+    {
+        let alive = match self.0.upgrade() {
+            Some(shared) => shared.handle_reports(batch),
+            None => {
+                batch.clear();
+                false
+            }
         };
         std::future::ready(alive)
     }

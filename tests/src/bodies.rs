@@ -1090,6 +1090,19 @@ async fn settle_sends<A: Adapter>(client: &A::Client, server: &ServerThread, exp
         server_ff(server),
         s.sends
     );
+    if !expect_exact {
+        // The last messages flushed may still be on their way to the server (or lost with a
+        // killed socket): give its count time to reach `sent`, or to stop moving.
+        let mut last = (server_ff(server), Instant::now());
+        wait_until::<A>(Duration::from_secs(3), || {
+            let counted = server_ff(server);
+            if counted != last.0 {
+                last = (counted, Instant::now());
+            }
+            counted >= s.sends.sent || last.1.elapsed() >= MS(300)
+        })
+        .await;
+    }
 }
 
 // ----- fault tests (#5) -----
