@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
-    Availability, CloseReason, ConnId, DialError, DisconnectReason, Event, Incoming, Input, Outcome,
+    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, Incoming, Input, Outcome,
     Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, Stats,
 };
 
@@ -150,11 +150,11 @@ impl<R: Runtime> Driver<R> {
     pub fn request(
         &mut self,
         now: Instant,
-        message: Outgoing,
+        request: impl Into<EncodedRequest>,
         options: RequestOptions,
         waiter: R::Waiter,
     ) -> Result<RequestId, ClientError> {
-        let result = self.pool.request(now, message, options);
+        let result = self.pool.request_encoded(now, request.into(), options);
         if let Ok(id) = &result {
             // Before the drain: the outcome may come out of it.
             self.waiters.insert(*id, waiter);

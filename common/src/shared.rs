@@ -10,7 +10,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
-use usageflow_socket_core::{Availability, Incoming, Outcome, Outgoing, Pool, RequestOptions, Stats};
+use usageflow_socket_core::{
+    Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions, Stats,
+};
 
 use crate::io::{CancelOnDrop, Report, ReportSink};
 use crate::{ClientError, ClientOptions, Driver, Runtime};
@@ -162,7 +164,9 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
         waiter: R::Waiter,
         outcome: impl Future<Output = Result<Outcome, E>>,
     ) -> Result<Incoming, ClientError> {
-        let id = self.command(|driver, now| driver.request(now, message, options, waiter))?;
+        // Encoding is the costliest part of a request: do it before taking the lock.
+        let request = EncodedRequest::new(&message);
+        let id = self.command(|driver, now| driver.request(now, request, options, waiter))?;
         // If this future is dropped before the outcome, cancel the request in the core.
         let guard = CancelOnDrop::new(|| {
             self.command(|driver, now| driver.cancel(now, id));

@@ -72,6 +72,56 @@ pub fn encode(message: &Outgoing, id: Option<&str>) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
+/// A request encoded before its id is known: the JSON frame with a placeholder id, so the
+/// costly part of encoding can run outside whatever lock guards the [`Pool`](crate::Pool);
+/// the pool writes the real id in place (same length, no re-encoding) when it takes the
+/// request. Build it with [`EncodedRequest::new`] and hand it to
+/// [`Pool::request_encoded`](crate::Pool::request_encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRequest {
+    frame: String,
+    idempotency_key: bool,
+}
+
+/// The placeholder id of an [`EncodedRequest`]: as long as every hyphenated UUID.
+const ID_PLACEHOLDER: &str = "00000000-0000-0000-0000-000000000000";
+
+impl EncodedRequest {
+    /// Encodes `message` as a request frame whose id is still to be written.
+    pub fn new(message: &Outgoing) -> Self {
+        Self {
+            frame: encode(message, Some(ID_PLACEHOLDER)),
+            idempotency_key: message.idempotency_key().is_some(),
+        }
+    }
+
+    /// Whether the payload carries an idempotency key ([`Outgoing::idempotency_key`]).
+    pub fn has_idempotency_key(&self) -> bool {
+        self.idempotency_key
+    }
+
+    /// The frame with `id` written in place of the placeholder. `id` is a hyphenated UUID
+    /// (36 bytes); the id is the frame's last field, so it sits just before the closing `"}`.
+    pub(crate) fn into_frame(mut self, id: &str) -> String {
+        debug_assert_eq!(id.len(), ID_PLACEHOLDER.len());
+        let end = self.frame.len() - 2;
+        self.frame.replace_range(end - ID_PLACEHOLDER.len()..end, id);
+        self.frame
+    }
+}
+
+impl From<&Outgoing> for EncodedRequest {
+    fn from(message: &Outgoing) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<Outgoing> for EncodedRequest {
+    fn from(message: Outgoing) -> Self {
+        Self::new(&message)
+    }
+}
+
 /// A frame from the server. Unknown fields are ignored; only `type` is required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incoming {
@@ -192,6 +242,24 @@ fn classify(text: &str, err: serde_json::Error) -> FrameError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn encoded_request_gets_its_id_in_place() {
+        let m = Outgoing::new(
+            "request_for_allocation",
+            json!({"alias": "ledger-1", "amount": 1.5, "note": "a \"quoted\" }"}),
+        );
+        let id = "2f1c0a3e-5b7d-4e8f-9a6b-0c1d2e3f4a5b";
+        let encoded = EncodedRequest::new(&m);
+        assert!(!encoded.has_idempotency_key());
+        assert_eq!(encoded.into_frame(id), encode(&m, Some(id)));
+        let keyed = Outgoing::new("use_allocation", json!({"allocationId": "a-1"}));
+        assert!(EncodedRequest::from(&keyed).has_idempotency_key());
+        assert_eq!(
+            EncodedRequest::new(&keyed).into_frame(id),
+            encode(&keyed, Some(id))
+        );
+    }
 
     #[test]
     fn encode_request_and_fire_and_forget() {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::backoff::{jittered_delay, nominal_delay};
 use crate::config::Config;
-use crate::frame::{self, FrameError, Incoming, Outgoing};
+use crate::frame::{self, EncodedRequest, FrameError, Incoming, Outgoing};
 use crate::io::*;
 use crate::stats::{SendStats, Stats};
 
@@ -411,6 +411,17 @@ impl Pool {
         message: Outgoing,
         options: RequestOptions,
     ) -> Result<RequestId, RequestError> {
+        self.request_encoded(now, EncodedRequest::new(&message), options)
+    }
+
+    /// [`Pool::request`] for a message already encoded (outside the caller's lock, say):
+    /// the same checks, selection and outcome; the pool only writes the id into the frame.
+    pub fn request_encoded(
+        &mut self,
+        now: Instant,
+        request: EncodedRequest,
+        options: RequestOptions,
+    ) -> Result<RequestId, RequestError> {
         let now = self.advance(now);
         if self.closing {
             self.counters.refused_closed += 1;
@@ -429,8 +440,8 @@ impl Pool {
         };
         let id = self.next_id();
         let mut buf = Uuid::encode_buffer();
-        let frame = frame::encode(&message, Some(id.0.hyphenated().encode_lower(&mut buf)));
-        let idempotent = options.idempotent || message.idempotency_key().is_some();
+        let idempotent = options.idempotent || request.has_idempotency_key();
+        let frame = request.into_frame(id.0.hyphenated().encode_lower(&mut buf));
         let resend = (idempotent && self.config.resend_idempotent).then(|| frame.clone());
         let timeout = options
             .timeout
