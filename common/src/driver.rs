@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
-    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, Incoming, Input, Outcome,
-    Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, Stats,
+    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, Incoming, Input,
+    Outcome, Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, Stats,
 };
 
 use crate::io::{Report, WriteCommand};

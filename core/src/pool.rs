@@ -1,6 +1,6 @@
 //! The pool state machine: every decision of the client, no I/O.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::frame::{self, EncodedRequest, FrameError, Incoming, Outgoing};
 use crate::io::*;
 use crate::stats::{SendStats, Stats};
+use deadlines::Deadlines;
 
 /// Distinct message types tracked separately in send counters; the rest share one bucket.
 const MAX_TRACKED_KINDS: usize = 64;
@@ -192,7 +193,7 @@ pub struct Pool {
     now: Instant,
     slots: Vec<Slot>,
     pending: HashMap<RequestId, Pending, RequestIdBuildHasher>,
-    deadlines: BTreeSet<(Instant, RequestId)>,
+    deadlines: Deadlines,
     outbox: VecDeque<Queued>,
     kinds: Kinds,
     outputs: VecDeque<Output>,
@@ -232,7 +233,7 @@ impl Pool {
             now,
             slots,
             pending: HashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: Deadlines::default(),
             outbox: VecDeque::new(),
             kinds: Kinds::default(),
             outputs: VecDeque::new(),
@@ -462,7 +463,7 @@ impl Pool {
                 resend,
             },
         );
-        self.deadlines.insert((deadline, id));
+        self.deadlines.insert(deadline, id);
         self.counters.requests += 1;
         self.write(slot, generation, now, Some(frame));
         Ok(id)
@@ -653,7 +654,7 @@ impl Pool {
                 i += 1;
             }
         }
-        while let Some(&(deadline, id)) = self.deadlines.first() {
+        while let Some((deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
@@ -711,7 +712,7 @@ impl Pool {
                 conn_timers(conn, &mut consider);
             }
         }
-        if let Some(&(t, _)) = self.deadlines.first() {
+        if let Some((t, _)) = self.deadlines.first() {
             consider(t);
         }
         if let Some(q) = self.outbox.front() {
@@ -1081,7 +1082,9 @@ impl Pool {
 
     /// Completes a request already taken out of the pending map.
     fn finish(&mut self, now: Instant, id: RequestId, p: Pending, outcome: Outcome) {
-        self.deadlines.remove(&(p.deadline, id));
+        let pending = &self.pending;
+        self.deadlines
+            .remove(p.deadline, id, |id| pending.contains_key(id));
         let slot = usize::from(p.slot);
         if let Some(conn) = self.slots[slot].conn_mut(p.generation) {
             conn.pending -= 1;
@@ -1386,5 +1389,6 @@ fn conn_timers(conn: &Conn, consider: &mut impl FnMut(Instant)) {
     consider(conn.next_ping);
 }
 
+mod deadlines;
 #[cfg(test)]
 mod tests;
