@@ -16,7 +16,7 @@ use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext}
 use usageflow_socket_common::shared::EVENT_CAPACITY;
 use usageflow_socket_common::{
     run_connection, run_writer, ClientEvent, DirectReports, DriverState, FlushedWrites, Runtime, Signals,
-    StopOnExit, Turn, WriteCommand, WriteQueue,
+    StopOnExit, Turn, WriteCommand, WriteQueue, SMOL_COALESCING_YIELDS,
 };
 use usageflow_socket_core::{ConnId, DialError, Outcome};
 
@@ -86,7 +86,14 @@ impl Runtime for SmolRuntime {
             let spawn_writer =
                 move |conn: ConnId, sink: WebSocketSender<ConnectStream>, flushed: FlushedWrites| {
                     let (commands, queue) = channel::unbounded();
-                    let task = smol::spawn(run_writer(conn, sink, Queue(queue), flushed, writer_reports));
+                    let task = smol::spawn(run_writer(
+                        conn,
+                        sink,
+                        Queue(queue),
+                        flushed,
+                        writer_reports,
+                        SMOL_COALESCING_YIELDS,
+                    ));
                     SmolWriter { commands, task }
                 };
             let max_frame_size = ctx.config().max_frame_size();

@@ -13,7 +13,7 @@ use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext}
 use usageflow_socket_common::shared::EVENT_CAPACITY;
 use usageflow_socket_common::{
     run_connection, run_writer, ClientEvent, DirectReports, DriverState, FlushedWrites, Runtime, Signals,
-    StopOnExit, Turn, WriteCommand, WriteQueue,
+    StopOnExit, Turn, WriteCommand, WriteQueue, TOKIO_COALESCING_YIELDS,
 };
 use usageflow_socket_core::{ConnId, DialError, Outcome};
 
@@ -87,7 +87,14 @@ impl Runtime for TokioRuntime {
                     move |conn: ConnId, sink: WebSocketSender<ConnectStream>, flushed: FlushedWrites| {
                         let (commands, queue) = mpsc::unbounded_channel();
                         let task = handle
-                            .spawn(run_writer(conn, sink, Queue(queue), flushed, writer_reports))
+                            .spawn(run_writer(
+                                conn,
+                                sink,
+                                Queue(queue),
+                                flushed,
+                                writer_reports,
+                                TOKIO_COALESCING_YIELDS,
+                            ))
                             .abort_handle();
                         TokioWriter { commands, task }
                     };

@@ -22,8 +22,13 @@ use crate::handshake::{close_frame_reason, close_reason};
 /// reports progress (and clears the core's write deadline) regularly.
 pub const MAX_WRITES_PER_FLUSH: u64 = 256;
 
-/// Most times a writer yields to the executor to gather more frames before one flush.
-pub const MAX_COALESCING_YIELDS: u32 = 8;
+/// Most times a Tokio writer yields to the executor to gather more frames before one flush.
+/// Tokio re-polls a yielding task cheaply, after the other ready tasks.
+pub const TOKIO_COALESCING_YIELDS: u32 = 8;
+
+/// Most times a smol writer yields before one flush: each yield on smol's executor may wake
+/// another executor thread (a futex call), so more than one costs more than it gathers.
+pub const SMOL_COALESCING_YIELDS: u32 = 1;
 
 /// A command for a connection's writer task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,15 +288,18 @@ impl Future for YieldOnce {
 /// the loop; [`WriteCommand::Close`] writes a close frame 1000 after everything before it,
 /// reports [`Report::CloseWritten`] and ends the loop.
 ///
-/// Coalescing: under load (a frame marked `coalesce`, or the last batch held more than one write) the writer yields (up to [`MAX_COALESCING_YIELDS`] times)
-/// before flushing, so frames queued by other tasks in the meantime share the syscall; a
-/// lone write (light load) is flushed at once, keeping latency minimal.
+/// Coalescing: under load (a frame marked `coalesce`, or the last batch held more than one
+/// write) the writer yields to the executor, up to `max_yields` times while the queue stays
+/// empty, before flushing, so frames queued by other tasks in the meantime share the
+/// syscall; a lone write (light load) is flushed at once, keeping latency minimal. The
+/// budget is the adapter's: [`TOKIO_COALESCING_YIELDS`], [`SMOL_COALESCING_YIELDS`].
 pub async fn run_writer<Si, Q, W, R>(
     conn: ConnId,
     mut sink: Si,
     mut queue: Q,
     shared_flushed: FlushedWrites,
     mut reports: R,
+    max_yields: u32,
 ) where
     Si: Sink<Message, Error = tungstenite::Error> + Unpin,
     Q: WriteQueue,
@@ -325,7 +333,7 @@ pub async fn run_writer<Si, Q, W, R>(
             if fed < MAX_WRITES_PER_FLUSH {
                 next = queue.try_recv();
                 if gather || busy || fed > 1 {
-                    while next.is_none() && yields < MAX_COALESCING_YIELDS {
+                    while next.is_none() && yields < max_yields {
                         yields += 1;
                         YieldOnce(false).await;
                         next = queue.try_recv();
