@@ -163,12 +163,12 @@ impl From<SendError> for ClientError {
 mod tests {
     use super::*;
     use serde_json::Value;
-    use usageflow_socket_core::CloseReason;
+    use usageflow_socket_core::{CloseReason, Payload};
 
     fn reply(kind: &str, error: Option<&str>) -> Incoming {
         Incoming {
             kind: kind.into(),
-            payload: Value::Null,
+            payload: Payload::null(),
             id: None,
             reply_to: Some("r".into()),
             message: None,

@@ -1,6 +1,9 @@
 //! Wire types and the JSON codec of PROTOCOL.md: one text frame, one JSON object.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde_json::value::RawValue;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -56,9 +59,14 @@ struct WireOut<'a> {
     id: Option<&'a str>,
 }
 
+/// Initial buffer of [`encode`], beside the type's length.
+const ENCODE_CAPACITY: usize = 192;
+
 /// Encodes `message` as one JSON text frame, with `id` when it is a request.
 pub fn encode(message: &Outgoing, id: Option<&str>) -> String {
-    let mut out = Vec::with_capacity(64 + message.kind.len());
+    // Room for a typical frame (type, a small payload, a 36-byte id) so serializing does not
+    // grow the buffer several times; a large payload still grows it geometrically.
+    let mut out = Vec::with_capacity(ENCODE_CAPACITY + message.kind.len());
     // Serializing a `Value` into a Vec cannot fail: no I/O, and map keys are always strings.
     serde_json::to_writer(
         &mut out,
@@ -122,15 +130,88 @@ impl From<Outgoing> for EncodedRequest {
     }
 }
 
+/// An incoming frame's payload, kept as the JSON text it arrived in: a reply is decoded
+/// without building a tree for its payload, and whoever reads it parses it once, straight
+/// into the type it wants ([`Payload::parse`], [`Incoming::payload_as`]) or into a
+/// [`Value`] ([`Payload::to_value`]). The text is valid JSON (checked while decoding).
+/// Equality compares the JSON values, not their spelling.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// The `null` payload (a frame without one).
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+
+    /// The payload as JSON text, exactly as it arrived.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Whether the payload is `null` (or absent).
+    pub fn is_null(&self) -> bool {
+        self.json() == "null"
+    }
+
+    /// Parses the payload into `T`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.json())
+    }
+
+    /// The payload as a [`Value`]; `Null` in the one case where valid JSON is not a
+    /// `Value`: a number beyond `f64` (use [`Payload::json`] or [`Payload::parse`] for those).
+    pub fn to_value(&self) -> Value {
+        self.parse().unwrap_or(Value::Null)
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Self::null()
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Self(serde_json::value::to_raw_value(&value).expect("a Value always serializes"))
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json() || self.to_value() == other.to_value()
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
 /// A frame from the server. Unknown fields are ignored; only `type` is required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incoming {
     /// `"success"`, `"error"`, or a message-specific type.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The payload (`null` when absent).
+    /// The payload (`null` when absent), parsed only when read.
     #[serde(default)]
-    pub payload: Value,
+    pub payload: Payload,
     /// The frame's own id; some servers echo the request id here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -172,7 +253,7 @@ impl Incoming {
 
     /// Deserializes the payload into a typed reply.
     pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&self.payload)
+        self.payload.parse()
     }
 }
 
@@ -242,6 +323,45 @@ fn classify(text: &str, err: serde_json::Error) -> FrameError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn payload_is_kept_verbatim_and_parsed_on_demand() {
+        let f = decode(
+            r#"{"type":"success","payload": {"allocationId":"a-1", "n": [1, 2.5]},"replyTo":"r"}"#,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(f.payload.json(), r#"{"allocationId":"a-1", "n": [1, 2.5]}"#);
+        assert_eq!(f.payload, json!({"allocationId": "a-1", "n": [1, 2.5]}));
+        assert_eq!(f.payload.to_string(), f.payload.json());
+        #[derive(Deserialize)]
+        struct Reply {
+            #[serde(rename = "allocationId")]
+            allocation_id: String,
+        }
+        assert_eq!(f.payload.parse::<Reply>().unwrap().allocation_id, "a-1");
+        assert_eq!(f.payload_as::<Reply>().unwrap().allocation_id, "a-1");
+        // Equality is of values, not spellings.
+        assert_eq!(
+            Payload::from(json!({"n": [1, 2.5], "allocationId": "a-1"})),
+            f.payload
+        );
+        // Absent and null payloads are both null.
+        let bare = decode(r#"{"type":"success"}"#, 1 << 20).unwrap();
+        assert!(bare.payload.is_null() && bare.payload == Payload::null());
+        assert!(decode(r#"{"type":"success","payload":null}"#, 1 << 20)
+            .unwrap()
+            .payload
+            .is_null());
+        // A payload that is not JSON makes the frame invalid, as before.
+        assert!(matches!(
+            decode(r#"{"type":"success","payload":{nope}}"#, 1 << 20),
+            Err(FrameError::InvalidJson(_))
+        ));
+        // Round trip through serialization.
+        let again = serde_json::to_string(&f).unwrap();
+        assert_eq!(decode(&again, 1 << 20).unwrap(), f);
+    }
 
     #[test]
     fn encoded_request_gets_its_id_in_place() {

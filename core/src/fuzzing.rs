@@ -82,6 +82,9 @@ pub fn frame_decode(data: &[u8]) {
                 (&f.kind, &f.id, &f.reply_to, &f.message, &f.error),
                 (&g.kind, &g.id, &g.reply_to, &g.message, &g.error)
             );
+            // The payload travels verbatim; reading it never panics.
+            assert_eq!(f.payload.json(), g.payload.json());
+            let _ = f.payload.to_value();
         }
         Err(e) => {
             let _ = e.to_string();

@@ -74,7 +74,7 @@ pub mod sim;
 pub mod stats;
 
 pub use config::{ApiKey, Config, ConfigBuilder, ConfigError};
-pub use frame::{EncodedRequest, FrameError, Incoming, Outgoing};
+pub use frame::{EncodedRequest, FrameError, Incoming, Outgoing, Payload};
 pub use io::*;
 pub use pool::{Pool, AVAILABILITY_HOLD};
 pub use stats::{SendStats, Stats};

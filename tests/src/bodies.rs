@@ -55,8 +55,11 @@ async fn close_bounded<A: Adapter>(client: &A::Client) {
     eprintln!("{}: close took {:?}", A::NAME, t.elapsed());
 }
 
-fn allocation_id(reply: &Incoming) -> &str {
-    reply.payload["allocationId"].as_str().unwrap_or("")
+fn allocation_id(reply: &Incoming) -> String {
+    reply.payload.to_value()["allocationId"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn server_ff(server: &ServerThread) -> u64 {
@@ -238,7 +241,7 @@ pub async fn correlation_in_every_reply_style<A: Adapter>() {
         let replies = join_all(ids.iter().map(|id| client.request(allocation(id)))).await;
         for (id, reply) in ids.iter().zip(replies) {
             let reply = reply.unwrap_or_else(|e| panic!("{style:?}: {e}"));
-            assert_eq!(allocation_id(&reply), id);
+            assert_eq!(allocation_id(&reply), *id);
             match style {
                 ReplyStyle::ReplyTo => {
                     assert!(reply.reply_to.is_some() && reply.id.is_some() && reply.id != reply.reply_to)
@@ -392,7 +395,7 @@ pub async fn noise_frames_are_counted_and_harmless<A: Adapter>() {
         let ids: Vec<String> = (0..10).map(|i| format!("noise-{batch}-{i}")).collect();
         let replies = join_all(ids.iter().map(|id| client.request(allocation(id)))).await;
         for (id, reply) in ids.iter().zip(replies) {
-            assert_eq!(allocation_id(&reply.unwrap()), id);
+            assert_eq!(allocation_id(&reply.unwrap()), *id);
         }
     }
     let counters = server.counters();

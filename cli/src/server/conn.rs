@@ -1,5 +1,6 @@
 //! One task per TCP connection: TLS, the upgrade, then the read/answer loop.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
@@ -15,12 +16,13 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use usageflow_socket_core::frame::{decode, Incoming};
+use usageflow_socket_core::frame::{decode, Incoming, Payload};
 use usageflow_socket_core::messages::{
     GET_APPLICATION_CONFIG, GET_APPLICATION_POLICIES, GET_BLOCKED_ENDPOINTS, REPORT_CALL_CHAIN,
     REQUEST_FOR_ALLOCATION, USE_ALLOCATION,
@@ -559,15 +561,49 @@ fn build_frame(
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The fields of an allocation payload the server looks at, borrowed from the frame's text;
+/// each is read leniently (a field of another JSON type counts as absent), like a `Value`
+/// lookup would.
+#[derive(Debug, Default, Deserialize)]
+struct AllocationFields<'a> {
+    #[serde(borrow, default)]
+    alias: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "allocationId")]
+    allocation_id: Option<&'a RawValue>,
+}
+
+impl<'a> AllocationFields<'a> {
+    /// The fields of `payload` (none when it is not an object).
+    fn of(payload: &'a Payload) -> Self {
+        serde_json::from_str(payload.json()).unwrap_or_default()
+    }
+
+    fn text(field: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
+        field.and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    fn alias(&self) -> Option<Cow<'a, str>> {
+        Self::text(self.alias)
+    }
+
+    fn allocation_id(&self) -> Option<Cow<'a, str>> {
+        Self::text(self.allocation_id)
+    }
+
+    fn amount(&self) -> Option<f64> {
+        self.amount.and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+}
+
 /// Whether an allocation payload asks for the documented denial: alias `"deny"` or a negative
 /// amount.
-fn denied(payload: &Value) -> Option<String> {
-    let alias = payload.get("alias").and_then(Value::as_str);
-    let amount = payload.get("amount").and_then(Value::as_f64);
-    if alias == Some("deny") {
+fn denied(fields: &AllocationFields<'_>) -> Option<String> {
+    if fields.alias().as_deref() == Some("deny") {
         return Some("allocation denied: alias \"deny\"".to_owned());
     }
-    match amount {
+    match fields.amount() {
         Some(a) if a < 0.0 => Some(format!("allocation denied: negative amount {a}")),
         _ => None,
     }
@@ -584,15 +620,14 @@ pub(crate) fn build_reply(
     let deny = |error: &str| (build_frame("error", None, Some(error), id, style), true);
     match frame.kind.as_str() {
         REQUEST_FOR_ALLOCATION => {
-            if let Some(why) = denied(&frame.payload) {
+            let fields = AllocationFields::of(&frame.payload);
+            if let Some(why) = denied(&fields) {
                 return deny(&why);
             }
-            let allocation_id = frame
-                .payload
-                .get("allocationId")
-                .and_then(Value::as_str)
+            let allocation_id = fields
+                .allocation_id()
                 .filter(|s| !s.is_empty())
-                .map_or_else(new_uuid, str::to_owned);
+                .map_or_else(new_uuid, Cow::into_owned);
             let mut p = Vec::with_capacity(64);
             p.extend_from_slice(b"{\"allocationId\":");
             push_json_str(&mut p, &allocation_id);
@@ -600,7 +635,7 @@ pub(crate) fn build_reply(
             ok(&String::from_utf8(p).unwrap_or_default())
         }
         USE_ALLOCATION => {
-            if let Some(why) = denied(&frame.payload) {
+            if let Some(why) = denied(&AllocationFields::of(&frame.payload)) {
                 return deny(&why);
             }
             ok(&format!("{{\"eventId\":\"{}\"}}", new_uuid()))
@@ -616,10 +651,10 @@ pub(crate) fn build_reply(
 mod tests {
     use super::*;
     use crate::server::{Payloads, ReplyData};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn req(kind: &str, payload: Value) -> Incoming {
-        serde_json::from_value(json!({"type": kind, "payload": payload, "id": "r1"})).unwrap()
+        serde_json::from_str(&json!({"type": kind, "payload": payload, "id": "r1"}).to_string()).unwrap()
     }
 
     #[test]
