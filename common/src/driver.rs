@@ -17,7 +17,7 @@ use std::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
     Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, Incoming, Input,
-    Outcome, Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, Stats,
+    Outcome, Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, SendRefusal, Stats,
 };
 
 use crate::io::{Report, WriteCommand};
@@ -168,6 +168,15 @@ impl<R: Runtime> Driver<R> {
         let result = self.pool.send(now, message);
         self.drain(now);
         result.map_err(ClientError::from)
+    }
+
+    /// Sends a fire-and-forget message of type `kind` already encoded ([`frame::encode`]).
+    ///
+    /// [`frame::encode`]: usageflow_socket_core::frame::encode
+    pub fn send_encoded(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
+        let result = self.pool.send_encoded(now, kind, frame);
+        self.drain(now);
+        result
     }
 
     /// Cancels a request whose caller went away; its waiter is dropped. Returns whether it

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use usageflow_socket_core::{
-    Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions, Stats,
+    frame, Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions, SendError, Stats,
 };
 
 use crate::io::{CancelOnDrop, Report, ReportSink};
@@ -182,7 +182,10 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
 
     /// Sends a fire-and-forget message.
     pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
-        self.command(|driver, now| driver.send(now, message))
+        // Encoding is most of a send's cost: do it before taking the lock.
+        let frame = frame::encode(&message, None);
+        self.command(|driver, now| driver.send_encoded(now, &message.kind, frame))
+            .map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
     }
 
     /// Whether at least one connection is open.

@@ -112,8 +112,11 @@ impl EncodedRequest {
     /// (36 bytes); the id is the frame's last field, so it sits just before the closing `"}`.
     pub(crate) fn into_frame(mut self, id: &str) -> String {
         debug_assert_eq!(id.len(), ID_PLACEHOLDER.len());
-        let end = self.frame.len() - 2;
-        self.frame.replace_range(end - ID_PLACEHOLDER.len()..end, id);
+        // Cut the placeholder and the closing `"}`, then append the id and close again:
+        // two short copies, no splice.
+        self.frame.truncate(self.frame.len() - ID_PLACEHOLDER.len() - 2);
+        self.frame.push_str(id);
+        self.frame.push_str("\"}");
         self.frame
     }
 }

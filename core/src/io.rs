@@ -450,6 +450,25 @@ impl SendError {
             SendError::OutboxFull(m) | SendError::Closed(m) => m,
         }
     }
+
+    /// The error of [`Pool::send`](crate::Pool::send) for a refusal of
+    /// [`Pool::send_encoded`](crate::Pool::send_encoded), giving `message` back.
+    pub fn from_refusal(refusal: SendRefusal, message: Outgoing) -> Self {
+        match refusal {
+            SendRefusal::OutboxFull => SendError::OutboxFull(message),
+            SendRefusal::Closed => SendError::Closed(message),
+        }
+    }
+}
+
+/// Why [`Pool::send_encoded`](crate::Pool::send_encoded) refused a frame; counted as dropped,
+/// like the matching [`SendError`]. The caller still holds the message to hand back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRefusal {
+    /// No connection could take it and the outbox is full.
+    OutboxFull,
+    /// The pool is closed.
+    Closed,
 }
 
 /// Options of one request.

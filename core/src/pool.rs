@@ -473,17 +473,25 @@ impl Pool {
     /// outbox (bounded, with a TTL) and goes out in order when one opens. Refused, and
     /// handed back, when the outbox is full or the pool is closed; both are counted.
     pub fn send(&mut self, now: Instant, message: Outgoing) -> Result<(), SendError> {
+        let frame = frame::encode(&message, None);
+        self.send_encoded(now, &message.kind, frame)
+            .map_err(|refusal| SendError::from_refusal(refusal, message))
+    }
+
+    /// [`Pool::send`] for a message already encoded ([`frame::encode`] with no id, outside
+    /// the caller's lock, say) whose type is `kind`: the same outbox, counters and events.
+    pub fn send_encoded(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
         let now = self.advance(now);
-        let kind = self.kinds.intern(&message.kind);
+        let kind_name = kind;
+        let kind = self.kinds.intern(kind_name);
         self.kinds.stats[usize::from(kind)].sends += 1;
         if self.closing {
             self.kinds.stats[usize::from(kind)].closed += 1;
-            return Err(SendError::Closed(message));
+            return Err(SendRefusal::Closed);
         }
         // Messages never overtake the outbox: while it has any, new ones queue behind them.
         if self.outbox.is_empty() {
             if let Some(slot) = self.select(false) {
-                let frame = frame::encode(&message, None);
                 self.write_send(slot, now, frame, kind);
                 return Ok(());
             }
@@ -494,15 +502,15 @@ impl Pool {
         if self.outbox.len() >= self.config.outbox_capacity as usize {
             self.kinds.stats[usize::from(kind)].dropped += 1;
             self.outputs.push_back(Output::Event(Event::MessageDropped {
-                kind: message.kind.clone(),
+                kind: kind_name.to_owned(),
                 reason: DropReason::OutboxFull,
                 count: 1,
             }));
-            return Err(SendError::OutboxFull(message));
+            return Err(SendRefusal::OutboxFull);
         }
         self.kinds.stats[usize::from(kind)].queued += 1;
         self.outbox.push_back(Queued {
-            frame: frame::encode(&message, None),
+            frame,
             kind,
             expires: now + self.config.outbox_ttl,
         });
