@@ -89,9 +89,12 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     /// waiters once the lock is released, then wakes the driver task if the command moved the
     /// next deadline earlier (or closed the pool).
     pub fn command<T>(&self, f: impl FnOnce(&mut Driver<R>, Instant) -> T) -> T {
+        // The clock is read before the lock, to keep the lock short; a `now` a little older
+        // than one another holder already gave the pool is taken as that one.
+        let now = Instant::now();
         let (result, wake, completed) = {
             let mut driver = self.lock();
-            let result = f(&mut driver, Instant::now());
+            let result = f(&mut driver, now);
             (result, driver.needs_wake(), driver.take_completed())
         };
         complete_all::<R>(completed);
