@@ -4,7 +4,8 @@
 //! `Transmit` → `handle_input` with the reply text → drain the `Completed`, reading
 //! `poll_timeout` after each drain (the drain rule), with `N` other requests pending.
 //! `baseline/request_round_trip/N` does what any client must: draw a uuid, serialize the
-//! message with it, insert a map entry, parse the same reply text into a struct, parse its
+//! message with it, insert a map entry, parse the same reply text into a struct (its payload
+//! kept raw, as the core keeps it), parse its
 //! `replyTo` back into a uuid, remove the entry. `send` and `baseline/send` compare the
 //! fire-and-forget path with serializing alone.
 //!
@@ -165,14 +166,15 @@ struct WireOut<'a> {
     id: Option<&'a str>,
 }
 
-/// What the baseline parses the reply into: the same fields as the core's `Incoming`.
+/// What the baseline parses the reply into: the same fields as the core's `Incoming`, the
+/// payload kept raw as the core keeps it (the least a client must do).
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct WireIn {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
-    payload: Value,
+    payload: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     id: Option<String>,
     #[serde(default, rename = "replyTo")]
