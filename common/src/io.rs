@@ -183,44 +183,25 @@ pub async fn run_reader<St, W, R>(
         let mut item = Some(first);
         // Take every item already delivered, without waiting, until the batch is full.
         while let Some(next) = item.take() {
-            let end = match next {
-                Ok(Message::Text(text)) => {
-                    batch.push(Report::Frame {
-                        conn,
-                        frame: frame::decode(text.as_str(), max_frame_size),
-                    });
-                    None
-                }
-                Ok(Message::Binary(data)) => {
-                    batch.push(Report::Io(Input::Binary {
-                        conn,
-                        len: data.len(),
-                    }));
-                    None
-                }
-                Ok(Message::Pong(_)) => {
-                    batch.push(Report::Io(Input::Pong { conn }));
-                    None
-                }
-                Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => None,
-                Ok(Message::Close(frame)) if !closed => Some((close_frame_reason(frame), false)),
-                Ok(Message::Close(_)) => None,
-                Err(error) => Some((close_reason(error), true)),
-            };
-            if let Some((reason, stop)) = end {
-                if !reports.report_all(&mut batch).await {
-                    return;
-                }
-                if !closed {
-                    closed = true;
-                    if !report_end(conn, &flushed, &mut reports, reason).await {
+            match read_item(conn, next, max_frame_size) {
+                Read::Report(report) => batch.push(report),
+                Read::Skip => {}
+                Read::End { reason, last } => {
+                    // What came before the end is reported first, then the end (once).
+                    if !reports.report_all(&mut batch).await {
                         return;
                     }
+                    if !closed {
+                        closed = true;
+                        if !report_end(conn, &flushed, &mut reports, reason).await {
+                            return;
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                    continue 'read;
                 }
-                if stop {
-                    return;
-                }
-                continue 'read;
             }
             if batch.len() < MAX_FRAMES_PER_BATCH {
                 item = ready_now(&mut stream).await;
@@ -232,6 +213,47 @@ pub async fn run_reader<St, W, R>(
     }
     if !closed {
         report_end(conn, &flushed, &mut reports, CloseReason::Eof).await;
+    }
+}
+
+/// What the reader does with one item of the stream.
+enum Read<W> {
+    /// Hand this report to the driver.
+    Report(Report<W>),
+    /// Nothing to report (a ping, which tungstenite answers, or a raw frame).
+    Skip,
+    /// The connection ends: a close frame (`last` false: keep reading so tungstenite can
+    /// finish the close handshake) or a read error (`last`: stop).
+    End {
+        /// Why.
+        reason: CloseReason,
+        /// Whether nothing more can be read.
+        last: bool,
+    },
+}
+
+/// Turns one stream item into what the reader does with it; text frames are decoded here,
+/// outside the driver's lock.
+fn read_item<W>(conn: ConnId, item: Result<Message, tungstenite::Error>, max_frame_size: usize) -> Read<W> {
+    match item {
+        Ok(Message::Text(text)) => Read::Report(Report::Frame {
+            conn,
+            frame: frame::decode(text.as_str(), max_frame_size),
+        }),
+        Ok(Message::Binary(data)) => Read::Report(Report::Io(Input::Binary {
+            conn,
+            len: data.len(),
+        })),
+        Ok(Message::Pong(_)) => Read::Report(Report::Io(Input::Pong { conn })),
+        Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => Read::Skip,
+        Ok(Message::Close(frame)) => Read::End {
+            reason: close_frame_reason(frame),
+            last: false,
+        },
+        Err(error) => Read::End {
+            reason: close_reason(error),
+            last: true,
+        },
     }
 }
 
