@@ -64,7 +64,8 @@ fn connect_hint(stats: &Stats) -> &'static str {
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), serde_json::Error> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    // Through a `Value`, so a raw payload is laid out like the rest of the frame.
+    println!("{}", serde_json::to_string_pretty(&serde_json::to_value(value)?)?);
     Ok(())
 }
 
