@@ -84,51 +84,65 @@ mod tests {
         RequestId(Uuid::from_u128(n))
     }
 
+    /// Deadlines with the pending set they are checked against.
+    #[derive(Default)]
+    struct Tracked {
+        d: Deadlines,
+        pending: HashSet<RequestId>,
+    }
+
+    impl Tracked {
+        fn insert(&mut self, at: Instant, n: u128) {
+            self.d.insert(at, id(n));
+            self.pending.insert(id(n));
+        }
+
+        /// Request `n` (deadline `at`) completes.
+        fn complete(&mut self, at: Instant, n: u128) {
+            self.pending.remove(&id(n));
+            let pending = &self.pending;
+            self.d.remove(at, id(n), |i| pending.contains(i));
+        }
+    }
+
     #[test]
     fn earliest_first_in_and_out_of_order() {
         let t0 = Instant::now();
         let s = |n| t0 + Duration::from_secs(n);
-        let mut pending: HashSet<RequestId> = HashSet::new();
-        let mut d = Deadlines::default();
+        let mut t = Tracked::default();
         for (n, at) in [(1, 10), (2, 20), (3, 5), (4, 20), (5, 7)] {
-            d.insert(s(at), id(n));
-            pending.insert(id(n));
+            t.insert(s(at), n);
         }
-        assert_eq!(d.first(), Some((s(5), id(3))));
-        pending.remove(&id(3));
-        d.remove(s(5), id(3), |i| pending.contains(i));
-        assert_eq!(d.first(), Some((s(7), id(5))));
+        assert_eq!(t.d.first(), Some((s(5), id(3))));
+        t.complete(s(5), 3);
+        assert_eq!(t.d.first(), Some((s(7), id(5))));
         // The FIFO's front completes: the next live one becomes the front.
-        pending.remove(&id(1));
-        d.remove(s(10), id(1), |i| pending.contains(i));
-        pending.remove(&id(5));
-        d.remove(s(7), id(5), |i| pending.contains(i));
-        assert_eq!(d.first(), Some((s(20), id(2))));
-        pending.remove(&id(4));
-        d.remove(s(20), id(4), |i| pending.contains(i));
-        assert_eq!(d.first(), Some((s(20), id(2))));
-        pending.remove(&id(2));
-        d.remove(s(20), id(2), |i| pending.contains(i));
-        assert_eq!(d.first(), None);
-        assert_eq!(d.held(), 0);
+        t.complete(s(10), 1);
+        t.complete(s(7), 5);
+        assert_eq!(t.d.first(), Some((s(20), id(2))));
+        t.complete(s(20), 4);
+        assert_eq!(t.d.first(), Some((s(20), id(2))));
+        t.complete(s(20), 2);
+        assert_eq!(t.d.first(), None);
+        assert_eq!(t.d.held(), 0);
     }
 
     #[test]
     fn stale_entries_stay_bounded_behind_a_slow_front() {
         let t0 = Instant::now();
-        let mut pending: HashSet<RequestId> = HashSet::new();
-        let mut d = Deadlines::default();
+        let mut t = Tracked::default();
         // One request never completes; 100,000 behind it complete one by one.
-        d.insert(t0, id(0));
-        pending.insert(id(0));
+        t.insert(t0, 0);
         for n in 1..=100_000u128 {
             let at = t0 + Duration::from_millis(n as u64);
-            d.insert(at, id(n));
-            pending.insert(id(n));
-            pending.remove(&id(n));
-            d.remove(at, id(n), |i| pending.contains(i));
-            assert!(d.held() <= 2 * pending.len() + COMPACT_SLACK + 1, "{}", d.held());
+            t.insert(at, n);
+            t.complete(at, n);
+            assert!(
+                t.d.held() <= 2 * t.pending.len() + COMPACT_SLACK + 1,
+                "{}",
+                t.d.held()
+            );
         }
-        assert_eq!(d.first(), Some((t0, id(0))));
+        assert_eq!(t.d.first(), Some((t0, id(0))));
     }
 }
