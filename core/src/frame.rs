@@ -137,7 +137,9 @@ impl From<Outgoing> for EncodedRequest {
 /// without building a tree for its payload, and whoever reads it parses it once, straight
 /// into the type it wants ([`Payload::parse`], [`Incoming::payload_as`]) or into a
 /// [`Value`] ([`Payload::to_value`]). The text is valid JSON (checked while decoding).
-/// Equality compares the JSON values, not their spelling.
+/// Equality compares the JSON values, not their spelling. Like any raw JSON value, it
+/// deserializes from JSON text (`serde_json::from_str`, `from_slice`, `from_reader`), not
+/// from an already parsed `Value`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Payload(Box<RawValue>);
