@@ -17,7 +17,7 @@ use std::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
     Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, Incoming, Input,
-    Outcome, Outgoing, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, SendRefusal, Stats,
+    Outcome, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, SendRefusal, Stats,
 };
 
 use crate::io::{Report, WriteCommand};
@@ -159,13 +159,6 @@ impl<R: Runtime> Driver<R> {
             // Before the drain: the outcome may come out of it.
             self.waiters.insert(*id, waiter);
         }
-        self.drain(now);
-        result.map_err(ClientError::from)
-    }
-
-    /// Sends a fire-and-forget message.
-    pub fn send(&mut self, now: Instant, message: Outgoing) -> Result<(), ClientError> {
-        let result = self.pool.send(now, message);
         self.drain(now);
         result.map_err(ClientError::from)
     }
@@ -464,7 +457,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
     use std::time::Duration;
-    use usageflow_socket_core::{frame, Config};
+    use usageflow_socket_core::{frame, Config, Outgoing};
 
     /// A runtime that records what the driver asks of it.
     #[derive(Default)]

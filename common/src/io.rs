@@ -22,14 +22,6 @@ use crate::handshake::{close_frame_reason, close_reason};
 /// reports progress (and clears the core's write deadline) regularly.
 pub const MAX_WRITES_PER_FLUSH: u64 = 256;
 
-/// Most times a Tokio writer yields to the executor to gather more frames before one flush.
-/// Tokio re-polls a yielding task cheaply, after the other ready tasks.
-pub const TOKIO_COALESCING_YIELDS: u32 = 8;
-
-/// Most times a smol writer yields before one flush: each yield on smol's executor may wake
-/// another executor thread (a futex call), so more than one costs more than it gathers.
-pub const SMOL_COALESCING_YIELDS: u32 = 1;
-
 /// A command for a connection's writer task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteCommand {
@@ -314,7 +306,7 @@ impl Future for YieldOnce {
 /// write) the writer yields to the executor, up to `max_yields` times while the queue stays
 /// empty, before flushing, so frames queued by other tasks in the meantime share the
 /// syscall; a lone write (light load) is flushed at once, keeping latency minimal. The
-/// budget is the adapter's: [`TOKIO_COALESCING_YIELDS`], [`SMOL_COALESCING_YIELDS`].
+/// budget is the adapter's, because it depends on what a yield costs on its executor.
 pub async fn run_writer<Si, Q, W, R>(
     conn: ConnId,
     mut sink: Si,

@@ -37,7 +37,7 @@ pub use driver::{log_event, ClientEvent, Driver, Runtime};
 pub use error::{ClientError, ErrorClass};
 pub use io::{
     run_connection, run_reader, run_writer, CancelOnDrop, FlushedWrites, Report, ReportSink, WriteCommand,
-    WriteQueue, SMOL_COALESCING_YIELDS, TOKIO_COALESCING_YIELDS,
+    WriteQueue,
 };
 pub use options::{ClientOptions, ClientOptionsBuilder};
 pub use shared::{ClientHandle, DirectReports, DriverState, Shared, Signals, StopOnExit, Turn};

@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::frame::{self, EncodedRequest, FrameError, Incoming, Outgoing};
 use crate::io::*;
 use crate::stats::{SendStats, Stats};
+
+mod deadlines;
 use deadlines::Deadlines;
 
 /// Distinct message types tracked separately in send counters; the rest share one bucket.
@@ -482,17 +484,16 @@ impl Pool {
     /// the caller's lock, say) whose type is `kind`: the same outbox, counters and events.
     pub fn send_encoded(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
         let now = self.advance(now);
-        let kind_name = kind;
-        let kind = self.kinds.intern(kind_name);
-        self.kinds.stats[usize::from(kind)].sends += 1;
+        let index = self.kinds.intern(kind);
+        self.kinds.stats[usize::from(index)].sends += 1;
         if self.closing {
-            self.kinds.stats[usize::from(kind)].closed += 1;
+            self.kinds.stats[usize::from(index)].closed += 1;
             return Err(SendRefusal::Closed);
         }
         // Messages never overtake the outbox: while it has any, new ones queue behind them.
         if self.outbox.is_empty() {
             if let Some(slot) = self.select(false) {
-                self.write_send(slot, now, frame, kind);
+                self.write_send(slot, now, frame, index);
                 return Ok(());
             }
         }
@@ -500,18 +501,18 @@ impl Pool {
             self.rearm_exhausted(now);
         }
         if self.outbox.len() >= self.config.outbox_capacity as usize {
-            self.kinds.stats[usize::from(kind)].dropped += 1;
+            self.kinds.stats[usize::from(index)].dropped += 1;
             self.outputs.push_back(Output::Event(Event::MessageDropped {
-                kind: kind_name.to_owned(),
+                kind: kind.to_owned(),
                 reason: DropReason::OutboxFull,
                 count: 1,
             }));
             return Err(SendRefusal::OutboxFull);
         }
-        self.kinds.stats[usize::from(kind)].queued += 1;
+        self.kinds.stats[usize::from(index)].queued += 1;
         self.outbox.push_back(Queued {
             frame,
-            kind,
+            kind: index,
             expires: now + self.config.outbox_ttl,
         });
         Ok(())
@@ -1397,6 +1398,5 @@ fn conn_timers(conn: &Conn, consider: &mut impl FnMut(Instant)) {
     consider(conn.next_ping);
 }
 
-mod deadlines;
 #[cfg(test)]
 mod tests;

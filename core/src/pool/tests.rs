@@ -54,17 +54,21 @@ impl H {
         self.drain()
     }
 
-    /// Connects every slot and returns their ids.
-    fn up(&mut self) -> Vec<ConnId> {
-        self.pool.connect(self.now);
-        let dials: Vec<ConnId> = self
-            .drain()
+    /// Drains the outputs and returns the connections they dial.
+    fn dials(&mut self) -> Vec<ConnId> {
+        self.drain()
             .into_iter()
             .filter_map(|o| match o {
                 Output::Dial { conn } => Some(conn),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Connects every slot and returns their ids.
+    fn up(&mut self) -> Vec<ConnId> {
+        self.pool.connect(self.now);
+        let dials = self.dials();
         for &c in &dials {
             self.input(Input::Connected { conn: c });
         }
@@ -755,14 +759,7 @@ fn availability_transitions() {
     // Both reconnect after 5 s: out of Unavailable at once, but back to Available only
     // after 5 s of health (no flapping).
     h.at(5 * SEC);
-    let dials: Vec<ConnId> = h
-        .drain()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Dial { conn } => Some(conn),
-            _ => None,
-        })
-        .collect();
+    let dials = h.dials();
     assert_eq!(dials.len(), 2);
     h.input(Input::Connected { conn: dials[0] });
     assert_eq!(h.pool.availability(), Availability::Degraded);
