@@ -38,6 +38,8 @@ struct Conn {
     rotate_at: Option<Instant>,
     /// Fire-and-forget messages written but not flushed: (write number, kind index).
     unflushed_sends: VecDeque<(u64, u16)>,
+    /// Write number of the last ping (0: none yet).
+    last_ping: u64,
 }
 
 impl Conn {
@@ -853,6 +855,7 @@ impl Pool {
             next_ping: now + self.config.ping_period,
             rotate_at,
             unflushed_sends: VecDeque::new(),
+            last_ping: 0,
         }
     }
 
@@ -1335,8 +1338,20 @@ impl Pool {
             if conn.next_ping <= now {
                 conn.next_ping = now + ping_period;
             }
-            self.counters.pings += 1;
-            self.write(slot, generation, now, None);
+            if conn.last_ping > conn.writes_flushed {
+                // The last ping is not even flushed: another would only queue behind it (the
+                // adapter's queue would grow by one per period on a stuck socket). The write
+                // deadline decides this connection's fate; look again then.
+                if let Some(deadline) = conn.write_deadline {
+                    conn.next_ping = conn.next_ping.max(deadline);
+                }
+            } else {
+                self.counters.pings += 1;
+                let n = self.write(slot, generation, now, None);
+                if let Some(conn) = self.slots[slot].conn_mut(generation) {
+                    conn.last_ping = n;
+                }
+            }
         }
         true
     }

@@ -369,6 +369,34 @@ fn handshake_deadline_then_backoff_schedule_then_exhausted_then_rearm() {
 }
 
 #[test]
+fn no_ping_queues_behind_an_unflushed_ping() {
+    // Pings every second, writes may take half an hour: a stuck socket must not collect a ping a
+    // second in the adapter's queue.
+    let mut h = H::new(|b| {
+        b.pool_size(1)
+            .ping_period(SEC)
+            .pong_wait(Duration::from_secs(3600))
+            .write_wait(Duration::from_secs(1800))
+    });
+    let c = h.up()[0];
+    h.at(SEC);
+    assert_eq!(h.drain(), vec![Output::Ping { conn: c }]);
+    // Never flushed: no second ping, and no timer every second either.
+    h.at(2 * SEC);
+    assert!(h.drain().is_empty());
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some(h.t0 + SEC + Duration::from_secs(1800))
+    );
+    assert_eq!(h.pool.stats().pings, 1);
+    // Once it is flushed, pinging resumes at the deferred time.
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    h.at(SEC + Duration::from_secs(1800));
+    assert_eq!(h.drain(), vec![Output::Ping { conn: c }]);
+    assert_eq!(h.pool.stats().pings, 2);
+}
+
+#[test]
 fn liveness_pings_and_read_deadline() {
     let mut h = H::new(|b| b.pool_size(1));
     let c = h.up()[0];

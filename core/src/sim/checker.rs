@@ -94,6 +94,8 @@ struct ConnS {
     pending: u32,
     /// Fire-and-forget writes not yet flushed: (write number, kind index).
     unflushed_sends: VecDeque<(u64, u16)>,
+    /// Write number of the last ping (0: none yet).
+    last_ping: u64,
     /// When a replacement dial must start: (earliest, latest). Open connections only.
     rotate: Option<(Instant, Instant)>,
 }
@@ -641,6 +643,7 @@ impl Checker {
             _ => {}
         }
         if step == Step::Timeout {
+            self.defer_stuck_pings();
             self.check_nothing_overdue(pool)?;
         }
         self.check_availability(pool)?;
@@ -1101,7 +1104,10 @@ impl Checker {
             c.next_ping = now + period;
         }
         self.stats.pings += 1;
-        self.write(now, conn);
+        let n = self.write(now, conn);
+        if let Some(c) = self.slots[usize::from(conn.slot)].live_mut(conn.generation) {
+            c.last_ping = n;
+        }
         Ok(())
     }
 
@@ -1532,6 +1538,7 @@ impl Checker {
             write_deadline: None,
             pending: 0,
             unflushed_sends: VecDeque::new(),
+            last_ping: 0,
             rotate,
         }
     }
@@ -1603,6 +1610,28 @@ impl Checker {
                 }
                 if let (Some((_, hi)), None) = (c.rotate, s.replacement) {
                     f(hi, &|| format!("{i}#{g}: rotation"), 4);
+                }
+            }
+        }
+    }
+
+    /// (5) A ping that fell due while the last ping is not even flushed is not sent (it
+    /// would only queue behind it): it waits for the write deadline, which decides the
+    /// connection's fate. Applies that rule to the shadow after a `handle_timeout` that sent
+    /// no ping for such a connection.
+    fn defer_stuck_pings(&mut self) {
+        let now = self.now;
+        let period = self.config.ping_period();
+        for s in &mut self.slots {
+            for c in s.open.iter_mut().map(|(_, c)| c).chain(s.retiring.values_mut()) {
+                if c.next_ping <= now && c.last_ping > c.flushed {
+                    c.next_ping += period;
+                    if c.next_ping <= now {
+                        c.next_ping = now + period;
+                    }
+                    if let Some(deadline) = c.write_deadline {
+                        c.next_ping = c.next_ping.max(deadline);
+                    }
                 }
             }
         }
