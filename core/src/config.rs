@@ -148,7 +148,9 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
-    /// Interval between pings on an open connection.
+    /// Interval between pings on an open connection. A ping that falls due while the last
+    /// one is not yet flushed is not queued behind it; the next one waits for the write
+    /// deadline.
     pub fn ping_period(&self) -> Duration {
         self.ping_period
     }
