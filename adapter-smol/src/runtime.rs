@@ -7,6 +7,7 @@ use async_broadcast::InactiveReceiver;
 use async_tungstenite::smol::{client_async_tls_with_connector_and_config, ConnectStream};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use event_listener::Event;
+use futures_channel::oneshot;
 use futures_rustls::TlsConnector;
 use smol::channel::{self, Receiver, Sender};
 use smol::future;
@@ -74,13 +75,13 @@ async fn dial(ctx: &DialContext<TlsConnector>) -> Result<Socket, DialError> {
 }
 
 impl Runtime for SmolRuntime {
-    type Waiter = Sender<Outcome>;
+    type Waiter = oneshot::Sender<Outcome>;
     type Task = Task<()>;
     type Writer = SmolWriter;
 
     fn complete(waiter: Self::Waiter, outcome: Outcome) {
         // The caller may have gone (its future was dropped after the outcome was drawn).
-        let _ = waiter.try_send(outcome);
+        let _ = waiter.send(outcome);
     }
 
     fn dial(&mut self, conn: ConnId) -> Task<()> {
