@@ -19,6 +19,7 @@ use ufsock::server::{ServerOptions, ServerThread};
 use usageflow_socket_tokio::{Config, Outgoing, Stats, UsageFlowApi};
 
 use crate::bench_adapter::{self, Adapter};
+use crate::bench_minimal;
 use crate::bench_raw::{self, RawRun};
 use crate::procstat;
 use crate::shared::{error_kind, CmdResult, EXIT_OK, EXIT_OTHER};
@@ -35,8 +36,11 @@ Modes:
             in total, replies matched by count (no id map, no pool, no timers). Same frames.
   raw-send  the bare limit of fire-and-forget: N connections writing frames, flushing every
             C/N frames, then one request per connection as a barrier.
+  minimal   what any request client pays beyond raw: C tasks, each request its own future
+            waiting for its reply, replies matched by id, round-robin over N connections
+            (no core, no timers, no reconnection, one id map per connection). Same frames.
   --compare runs the raw twin of the mode first, then the mode, against the same server, and
-            prints the ratios (pooled/raw req/s, CPU per operation).
+            prints the ratios (pooled/raw or minimal/raw req/s, CPU per operation).
 
 Runtimes:
   --runtime selects the adapter of the pooled modes: tokio (usageflow-socket-tokio on a Tokio
@@ -104,6 +108,8 @@ enum Mode {
     Raw,
     /// Fire-and-forget through the bare client.
     RawSend,
+    /// Requests through the minimal correlating client.
+    Minimal,
 }
 
 /// What `--runtime` selects.
@@ -129,6 +135,7 @@ pub(crate) enum Workload {
 enum ClientKind {
     Pooled,
     Raw,
+    Minimal,
 }
 
 impl Mode {
@@ -138,15 +145,15 @@ impl Mode {
             Mode::Send => (ClientKind::Pooled, Workload::Send),
             Mode::Raw => (ClientKind::Raw, Workload::Request),
             Mode::RawSend => (ClientKind::Raw, Workload::Send),
+            Mode::Minimal => (ClientKind::Minimal, Workload::Request),
         }
     }
 
-    fn of(client: ClientKind, workload: Workload) -> Mode {
-        match (client, workload) {
-            (ClientKind::Pooled, Workload::Request) => Mode::Request,
-            (ClientKind::Pooled, Workload::Send) => Mode::Send,
-            (ClientKind::Raw, Workload::Request) => Mode::Raw,
-            (ClientKind::Raw, Workload::Send) => Mode::RawSend,
+    /// The raw mode of `workload` (the baseline of `--compare`).
+    fn raw_twin(workload: Workload) -> Mode {
+        match workload {
+            Workload::Request => Mode::Raw,
+            Workload::Send => Mode::RawSend,
         }
     }
 
@@ -156,6 +163,7 @@ impl Mode {
             Mode::Send => "send",
             Mode::Raw => "raw",
             Mode::RawSend => "raw-send",
+            Mode::Minimal => "minimal",
         }
     }
 }
@@ -325,9 +333,10 @@ struct RunReport {
 /// The comparison of `--compare`.
 #[derive(Debug, Serialize)]
 struct Comparison {
-    /// pooled ops/s divided by raw ops/s.
+    /// pooled (or minimal) ops/s divided by raw ops/s.
     rate_ratio: f64,
-    /// pooled client CPU per operation divided by raw's (`None` when raw's rounds to 0).
+    /// pooled (or minimal) client CPU per operation divided by raw's (`None` when raw's
+    /// rounds to 0).
     cpu_per_op_ratio: Option<f64>,
 }
 
@@ -399,8 +408,8 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
         }
     };
     let mut phases = Vec::new();
-    if args.compare && client == ClientKind::Pooled {
-        phases.push(Mode::of(ClientKind::Raw, workload));
+    if args.compare && client != ClientKind::Raw {
+        phases.push(Mode::raw_twin(workload));
     }
     phases.push(args.mode);
 
@@ -441,8 +450,8 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
                     .cpu_per_op_ratio
                     .map_or_else(|| "n/a (raw CPU below 10 ms)".to_owned(), |r| format!("{r:.2}x"));
                 println!(
-                    "  pooled / raw     rate {:.2}x   client CPU per op {cpu}",
-                    c.rate_ratio
+                    "  {} / raw   rate {:.2}x   client CPU per op {cpu}",
+                    pooled.client, c.rate_ratio
                 );
             }
             Some(c)
@@ -590,10 +599,12 @@ async fn within<A: Adapter>(limit: Duration, work: impl Future<Output = ()>) -> 
     matches!(select(pin!(work), pin!(A::sleep(limit))).await, Either::Left(_))
 }
 
-/// The runtime that runs `mode`: the raw client is always on Tokio.
+/// The runtime that runs `mode`: the raw and minimal clients are always on Tokio.
 fn runtime_name(mode: Mode, runtime: RuntimeKind) -> &'static str {
     match (mode.split().0, runtime) {
-        (ClientKind::Raw, _) | (ClientKind::Pooled, RuntimeKind::Tokio) => bench_adapter::Tokio::NAME,
+        (ClientKind::Raw | ClientKind::Minimal, _) | (ClientKind::Pooled, RuntimeKind::Tokio) => {
+            bench_adapter::Tokio::NAME
+        }
         (ClientKind::Pooled, RuntimeKind::Smol) => bench_adapter::Smol::NAME,
     }
 }
@@ -652,7 +663,7 @@ fn run_one(
     let _ = latency::take();
 
     let measured = match (client_kind, args.runtime) {
-        (ClientKind::Raw, _) => rt.block_on(measure_raw(&ctx))?,
+        (ClientKind::Raw | ClientKind::Minimal, _) => rt.block_on(measure_bare(client_kind, &ctx))?,
         (ClientKind::Pooled, RuntimeKind::Tokio) => {
             rt.block_on(measure_pooled::<bench_adapter::Tokio>(&ctx))?
         }
@@ -691,6 +702,7 @@ fn run_one(
         client: match client_kind {
             ClientKind::Pooled => "pooled",
             ClientKind::Raw => "raw",
+            ClientKind::Minimal => "minimal",
         },
         runtime: runtime_name(mode, args.runtime),
         pool: args.pool,
@@ -736,8 +748,8 @@ fn run_one(
     })
 }
 
-/// The raw client's run (on Tokio).
-async fn measure_raw(ctx: &RunCtx<'_>) -> Result<Measured, Box<dyn std::error::Error>> {
+/// The run of the raw or the minimal client (on Tokio).
+async fn measure_bare(kind: ClientKind, ctx: &RunCtx<'_>) -> Result<Measured, Box<dyn std::error::Error>> {
     let windows = windows(ctx.args.pool, ctx.args.concurrency);
     let sockets = bench_raw::connect(&ctx.target.url, &ctx.target.key, windows.len()).await?;
     let run = Arc::new(RawRun {
@@ -749,11 +761,20 @@ async fn measure_raw(ctx: &RunCtx<'_>) -> Result<Measured, Box<dyn std::error::E
     let progress = Progress::start(ctx.args, ctx.label, &ctx.done);
     let before = Usage::now();
     let t0 = Instant::now();
-    let work = tokio::spawn(bench_raw::run(sockets, windows, ctx.workload, Arc::clone(&run)));
+    let mut work = match kind {
+        ClientKind::Minimal => tokio::spawn(bench_minimal::run(
+            sockets,
+            ctx.args.concurrency,
+            Arc::clone(&run),
+        )),
+        _ => tokio::spawn(bench_raw::run(sockets, windows, ctx.workload, Arc::clone(&run))),
+    };
     let finished = within::<bench_adapter::Tokio>(ctx.limit, async {
-        let _ = work.await;
+        let _ = (&mut work).await;
     })
     .await;
+    // Past the limit: stop the client (dropping its sockets) rather than leave it running.
+    work.abort();
     let elapsed = t0.elapsed();
     let after = Usage::now();
     progress.finish();

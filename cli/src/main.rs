@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_adapter;
+mod bench_minimal;
 mod bench_raw;
 mod cmd_bench;
 mod cmd_demo;

@@ -244,6 +244,18 @@ fn bench_compare_runs_raw_then_pooled() {
 }
 
 #[test]
+fn bench_minimal_mode_beside_raw() {
+    let report = bench(&["--mode", "minimal", "--compare"]);
+    assert_clean(&report["runs"][0], "raw");
+    let run = &report["runs"][1];
+    assert_clean(run, "minimal");
+    assert_eq!(run["client"], "minimal");
+    // Every request was answered through its own id, and timed.
+    assert_eq!(run["latency"]["count"], 2000);
+    assert!(report["comparison"]["rate_ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn bench_on_smol() {
     let report = bench(&["--mode", "request", "--runtime", "smol"]);
     let run = &report["runs"][0];
