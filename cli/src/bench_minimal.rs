@@ -1,7 +1,7 @@
 //! The client `ufsock bench --mode minimal` measures: the least a request client must do
 //! beside the bare client of `--mode raw`, and nothing else. Every request is its own future
 //! that waits for its reply, and replies are matched by id (decoded with the same decoder as
-//! the pooled client). It has no core, no timers, no reconnection, no selection rule (requests
+//! the pooled client; the ids are UUID-sized, from a counter like raw's). It has no core, no timers, no reconnection, no selection rule (requests
 //! go round-robin), no pool-wide lock (each connection has its own id map). Its writers gather
 //! frames before a flush the way the pooled client's do.
 //!
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use usageflow_socket_core::frame;
 
-use crate::bench_raw::{RawRun, RawSocket};
+use crate::bench_raw::{raw_id, RawRun, RawSocket};
 use crate::cmd_bench::latency;
 
 /// Most frames a writer feeds before one flush.
@@ -99,9 +99,14 @@ pub(crate) async fn run(sockets: Vec<RawSocket>, concurrency: u64, run: Arc<RawR
 /// One caller: requests one after another, each waiting for its reply.
 async fn requests(connections: Arc<[Arc<Connection>]>, next: Arc<AtomicU64>, run: Arc<RawRun>) {
     let message = crate::cmd_bench::request_message();
-    while run.issued.fetch_add(1, Relaxed) < run.total {
+    loop {
+        let ticket = run.issued.fetch_add(1, Relaxed);
+        if ticket >= run.total {
+            return;
+        }
         let t0 = Instant::now();
-        let id = uuid::Uuid::new_v4().to_string();
+        // Unique and UUID-sized, and cheaper than a random UUID (no random source).
+        let id = raw_id(ticket);
         let text = frame::encode(&message, Some(&id));
         let pick = next.fetch_add(1, Relaxed) % connections.len() as u64;
         let connection = &connections[pick as usize];

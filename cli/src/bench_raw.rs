@@ -57,7 +57,7 @@ pub(crate) async fn connect(url: &str, key: &str, n: usize) -> Result<Vec<RawSoc
 }
 
 /// A UUID-shaped id (36 characters, like the pool's request ids), unique per run.
-fn raw_id(n: u64) -> String {
+pub(crate) fn raw_id(n: u64) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
 }
 
