@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use usageflow_socket_core::frame;
 
-use crate::cmd_bench::{latency, Errors, Workload};
+use crate::cmd_bench::{latency, Chunks, Errors, Workload};
 
 /// One raw connection.
 pub(crate) type RawSocket = WebSocketStream<TokioAdapter<TcpStream>>;
@@ -176,11 +176,9 @@ async fn sends(socket: RawSocket, window: usize, run: Arc<RawRun>) {
     let message = crate::cmd_bench::send_message();
     let result = async {
         let mut fed = 0;
-        loop {
-            let ticket = run.issued.fetch_add(1, Relaxed);
-            if ticket >= run.total {
-                break;
-            }
+        // Drawn in chunks, as the pooled send mode does.
+        let mut chunks = Chunks::new(&run.issued, run.total);
+        while chunks.draw() {
             let text = frame::encode(&message.clone(), None);
             sink.feed(Message::Text(text.into())).await?;
             fed += 1;

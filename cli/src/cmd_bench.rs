@@ -853,6 +853,42 @@ impl Tickets {
     }
 }
 
+/// Operations a send task draws at once. A send costs about a microsecond, so one shared
+/// counter bumped per send (by tasks on every core) would be a measurable part of what the
+/// bench measures; a chunk leaves a tail of at most this many sends per task.
+const SEND_CHUNK: u64 = 16;
+
+/// A task's share of the tickets, drawn [`SEND_CHUNK`] at a time from a shared counter.
+pub(crate) struct Chunks<'a> {
+    issued: &'a AtomicU64,
+    total: u64,
+    left: u64,
+}
+
+impl<'a> Chunks<'a> {
+    /// Draws from `issued` until `total` were drawn.
+    pub(crate) fn new(issued: &'a AtomicU64, total: u64) -> Self {
+        Self {
+            issued,
+            total,
+            left: 0,
+        }
+    }
+
+    /// Takes the next operation; false once every operation was drawn.
+    pub(crate) fn draw(&mut self) -> bool {
+        if self.left == 0 {
+            let first = self.issued.fetch_add(SEND_CHUNK, Relaxed);
+            self.left = self.total.saturating_sub(first).min(SEND_CHUNK);
+            if self.left == 0 {
+                return false;
+            }
+        }
+        self.left -= 1;
+        true
+    }
+}
+
 /// The pooled workload: `concurrency` tasks on one client until `requests` operations.
 async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
     let tickets = Arc::new(Tickets {
@@ -901,10 +937,13 @@ async fn request_task<C: UsageFlowApi>(client: C, tickets: Arc<Tickets>) {
     }
 }
 
-/// One task of the send mode: sends that never wait, timing the `send()` call.
+/// One task of the send mode: sends that never wait, timing the `send()` call. Its counts
+/// reach the shared counters once every 64 sends, when it pauses anyway.
 async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
+    let mut chunks = Chunks::new(&tickets.issued, tickets.total);
     let mut n: u64 = 0;
-    while tickets.draw() {
+    let mut accepted: u64 = 0;
+    while chunks.draw() {
         let message = send_message();
         let t0 = Instant::now();
         let result = client.send(message);
@@ -912,15 +951,17 @@ async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
         match result {
             Ok(()) => {
                 latency::record(took);
-                tickets.accepted.fetch_add(1, Relaxed);
+                accepted += 1;
             }
             Err(e) => tickets.errors.add(error_kind(&e), 1),
         }
-        tickets.done.fetch_add(1, Relaxed);
         n += 1;
         // Every 64 sends let the writers run, and keep the client's backlog bounded so the
         // run measures throughput, not the outbox.
         if n % 64 == 0 {
+            tickets.accepted.fetch_add(accepted, Relaxed);
+            tickets.done.fetch_add(64, Relaxed);
+            accepted = 0;
             loop {
                 let s = A::stats(&client).sends;
                 if s.queued + s.unflushed < SEND_BACKLOG {
@@ -931,11 +972,33 @@ async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
             A::yield_now().await;
         }
     }
+    tickets.accepted.fetch_add(accepted, Relaxed);
+    tickets.done.fetch_add(n % 64, Relaxed);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_hand_out_every_operation_exactly_once() {
+        let issued = AtomicU64::new(0);
+        let total = 3 * SEND_CHUNK + 5;
+        let mut a = Chunks::new(&issued, total);
+        let mut b = Chunks::new(&issued, total);
+        let (mut got_a, mut got_b) = (0, 0);
+        // Interleaved like two tasks, until both are told there is no more.
+        loop {
+            let (more_a, more_b) = (a.draw(), b.draw());
+            got_a += u64::from(more_a);
+            got_b += u64::from(more_b);
+            if !more_a && !more_b {
+                break;
+            }
+        }
+        assert_eq!(got_a + got_b, total);
+        assert!(!a.draw() && !b.draw(), "drawn out stays drawn out");
+    }
 
     #[test]
     fn windows_split_the_concurrency() {
