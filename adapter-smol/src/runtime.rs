@@ -86,7 +86,7 @@ impl Runtime for SmolRuntime {
 
     fn dial(&mut self, conn: ConnId) -> Task<()> {
         let ctx = Arc::clone(&self.dial);
-        let reports = DirectReports(Weak::clone(&self.shared));
+        let reports = DirectReports::new(Weak::clone(&self.shared));
         smol::spawn(async move {
             let writer_reports = reports.clone();
             let spawn_writer =

@@ -83,7 +83,7 @@ impl Runtime for TokioRuntime {
 
     fn dial(&mut self, conn: ConnId) -> AbortHandle {
         let ctx = Arc::clone(&self.dial);
-        let reports = DirectReports(Weak::clone(&self.shared));
+        let reports = DirectReports::new(Weak::clone(&self.shared));
         let handle = self.handle.clone();
         self.handle
             .spawn(async move {

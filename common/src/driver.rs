@@ -326,6 +326,17 @@ impl<R: Runtime> Driver<R> {
         std::mem::take(&mut self.completed)
     }
 
+    /// Moves the outcomes completed since the last call into `into` (which must be empty),
+    /// handing the driver `into`'s allocation for the next ones: a reader that passes the same
+    /// buffer batch after batch completes its replies without allocating, and without the
+    /// buffer growing (and moving every outcome) each time, as a fresh one would.
+    pub fn swap_completed(&mut self, into: &mut Vec<(R::Waiter, Outcome)>) {
+        debug_assert!(into.is_empty());
+        if !self.completed.is_empty() {
+            std::mem::swap(&mut self.completed, into);
+        }
+    }
+
     /// Drains every output and carries it out.
     fn drain(&mut self, now: Instant) {
         while let Some(output) = self.pool.poll_output() {
@@ -555,7 +566,14 @@ mod tests {
                 frame: frame::decode(&reply, 1 << 20),
             },
         );
-        assert!(matches!(d.take_completed()[..], [(5, Outcome::Reply(_))]));
+        // A reader's own buffer takes the outcome; the driver keeps that buffer's allocation.
+        let mut completed = Vec::with_capacity(8);
+        d.swap_completed(&mut completed);
+        assert!(matches!(completed[..], [(5, Outcome::Reply(_))]));
+        assert!(d.completed.capacity() >= 8);
+        completed.clear();
+        d.swap_completed(&mut completed);
+        assert!(completed.is_empty(), "nothing new completed");
 
         // A cancelled request drops its waiter: nothing is completed for it.
         let id = d

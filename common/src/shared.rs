@@ -89,15 +89,26 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     /// waiters once the lock is released, then wakes the driver task if the command moved the
     /// next deadline earlier (or closed the pool).
     pub fn command<T>(&self, f: impl FnOnce(&mut Driver<R>, Instant) -> T) -> T {
+        self.command_with(&mut Vec::new(), f)
+    }
+
+    /// [`Shared::command`], with `completed` (empty) as the buffer the completed outcomes are
+    /// handed over in; it is left empty, with its allocation, for the next call.
+    fn command_with<T>(
+        &self,
+        completed: &mut Vec<(R::Waiter, Outcome)>,
+        f: impl FnOnce(&mut Driver<R>, Instant) -> T,
+    ) -> T {
         // The clock is read before the lock, to keep the lock short; a `now` a little older
         // than one another holder already gave the pool is taken as that one.
         let now = Instant::now();
-        let (result, wake, completed) = {
+        let (result, wake) = {
             let mut driver = self.lock();
             let result = f(&mut driver, now);
-            (result, driver.needs_wake(), driver.take_completed())
+            driver.swap_completed(completed);
+            (result, driver.needs_wake())
         };
-        complete_all::<R>(completed);
+        complete_all::<R>(completed.drain(..));
         if wake {
             self.signals.wake();
         }
@@ -137,9 +148,14 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     }
 
     /// Feeds a batch of reports of one connection (in order) under one lock, leaving `batch`
-    /// empty. Returns false once the driver stopped.
-    pub fn handle_reports(&self, batch: &mut Vec<Report<R::Writer>>) -> bool {
-        self.command(|driver, now| {
+    /// empty; the replies it completes are handed over in `completed` (see
+    /// [`Driver::swap_completed`]). Returns false once the driver stopped.
+    pub fn handle_reports(
+        &self,
+        batch: &mut Vec<Report<R::Writer>>,
+        completed: &mut Vec<(R::Waiter, Outcome)>,
+    ) -> bool {
+        self.command_with(completed, |driver, now| {
             for report in batch.drain(..) {
                 driver.handle_report(now, report);
             }
@@ -224,7 +240,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
 }
 
 /// Hands outcomes to their waiters (without the driver's lock).
-fn complete_all<R: Runtime>(completed: Vec<(R::Waiter, Outcome)>) {
+fn complete_all<R: Runtime>(completed: impl IntoIterator<Item = (R::Waiter, Outcome)>) {
     for (waiter, outcome) in completed {
         R::complete(waiter, outcome);
     }
@@ -233,21 +249,36 @@ fn complete_all<R: Runtime>(completed: Vec<(R::Waiter, Outcome)>) {
 /// The report sink of every connection task: reports go straight into the driver, under its
 /// lock, from the task that read them. A reader therefore waits for the driver as long as it
 /// handles a frame, which is what pushes back on a fast server. Holds the shared state weakly,
-/// so the tasks never keep a dropped client alive.
-pub struct DirectReports<R: Runtime, S>(pub Weak<Shared<R, S>>);
+/// so the tasks never keep a dropped client alive, and keeps the buffer its batches' replies
+/// are completed through (see [`Shared::handle_reports`]).
+pub struct DirectReports<R: Runtime, S> {
+    shared: Weak<Shared<R, S>>,
+    completed: Vec<(R::Waiter, Outcome)>,
+}
+
+impl<R: Runtime, S> DirectReports<R, S> {
+    /// A sink into `shared`'s driver.
+    pub fn new(shared: Weak<Shared<R, S>>) -> Self {
+        Self {
+            shared,
+            completed: Vec::new(),
+        }
+    }
+}
 
 impl<R: Runtime, S> Clone for DirectReports<R, S> {
     fn clone(&self) -> Self {
-        Self(Weak::clone(&self.0))
+        Self::new(Weak::clone(&self.shared))
     }
 }
 
 impl<R: Runtime, S: Signals> ReportSink<R::Writer> for DirectReports<R, S>
 where
     Shared<R, S>: Send + Sync,
+    R::Waiter: Send,
 {
     fn report(&mut self, report: Report<R::Writer>) -> impl Future<Output = bool> + Send {
-        let alive = match self.0.upgrade() {
+        let alive = match self.shared.upgrade() {
             Some(shared) => shared.handle_report(report),
             None => false,
         };
@@ -258,8 +289,8 @@ where
     where
         R::Writer: Send,
     {
-        let alive = match self.0.upgrade() {
-            Some(shared) => shared.handle_reports(batch),
+        let alive = match self.shared.upgrade() {
+            Some(shared) => shared.handle_reports(batch, &mut self.completed),
             None => {
                 batch.clear();
                 false

@@ -895,3 +895,10 @@ fn handle_frame_matches_handle_input_text() {
     let st = h.pool.stats();
     assert_eq!((st.replies, st.skipped_frames, st.stale_inputs), (1, 1, 1));
 }
+
+#[test]
+fn pool_is_send_and_sync() {
+    // An embedder may keep the pool behind any lock, or share it for its getters.
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+}
