@@ -107,7 +107,8 @@ async fn requests(connections: Arc<[Arc<Connection>]>, next: Arc<AtomicU64>, run
         let t0 = Instant::now();
         // Unique and UUID-sized, and cheaper than a random UUID (no random source).
         let id = raw_id(ticket);
-        let text = frame::encode(&message, Some(&id));
+        // A message per request, as raw clones one and a pooled caller hands one over.
+        let text = frame::encode(&message.clone(), Some(&id));
         let pick = next.fetch_add(1, Relaxed) % connections.len() as u64;
         let connection = &connections[pick as usize];
         let (done, reply) = oneshot::channel();
