@@ -41,6 +41,8 @@ Modes:
             (no core, no timers, no reconnection, one id map per connection). Same frames.
   --compare runs the raw twin of the mode first, then the mode, against the same server, and
             prints the ratios (pooled/raw or minimal/raw req/s, CPU per operation).
+  --rounds  repeats all of that N times, alternating, then prints medians per mode and the
+            median of the per-round ratios with their spread (the machine's noise).
 
 Runtimes:
   --runtime selects the adapter of the pooled modes: tokio (usageflow-socket-tokio on a Tokio
@@ -83,6 +85,10 @@ pub(crate) struct BenchArgs {
     /// Run the raw twin of the mode first, then the mode, and print the ratios.
     #[arg(long)]
     compare: bool,
+    /// Repeat the run (with --compare: raw, then the mode, alternating) this many times and
+    /// summarize with medians; the machine's noise shows in the spread of the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
     /// Print one JSON document on stdout instead of the text report (no progress bar).
     #[arg(long)]
     json: bool,
@@ -330,14 +336,100 @@ struct RunReport {
     client_stats: Option<serde_json::Value>,
 }
 
-/// The comparison of `--compare`.
+/// The comparison of `--compare`: per round, the mode against the raw run just before it.
 #[derive(Debug, Serialize)]
 struct Comparison {
-    /// pooled (or minimal) ops/s divided by raw ops/s.
+    /// pooled (or minimal) ops/s divided by raw ops/s (the median over the rounds).
     rate_ratio: f64,
-    /// pooled (or minimal) client CPU per operation divided by raw's (`None` when raw's
-    /// rounds to 0).
+    /// pooled (or minimal) client CPU per operation divided by raw's (the median over the
+    /// rounds where raw's did not round to 0).
     cpu_per_op_ratio: Option<f64>,
+    /// The rate ratio of every round.
+    rate_ratios: Vec<f64>,
+    /// The CPU ratio of every round where it is known.
+    cpu_per_op_ratios: Vec<f64>,
+}
+
+impl Comparison {
+    /// The comparison of `(raw, mode)` run pairs.
+    fn of(pairs: &[(&RunReport, &RunReport)]) -> Comparison {
+        let rate_ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(raw, run)| run.ops_per_s / raw.ops_per_s.max(f64::MIN_POSITIVE))
+            .collect();
+        let cpu_per_op_ratios: Vec<f64> = pairs
+            .iter()
+            .filter(|(raw, _)| raw.cpu.client_us_per_op > 0.0)
+            .map(|(raw, run)| run.cpu.client_us_per_op / raw.cpu.client_us_per_op)
+            .collect();
+        Comparison {
+            rate_ratio: median(&rate_ratios).unwrap_or(0.0),
+            cpu_per_op_ratio: median(&cpu_per_op_ratios),
+            rate_ratios,
+            cpu_per_op_ratios,
+        }
+    }
+}
+
+/// Medians of one mode over the rounds of `--rounds`.
+#[derive(Debug, Serialize)]
+struct ModeSummary {
+    mode: &'static str,
+    rounds: usize,
+    ops_per_s: f64,
+    ops_per_s_min: f64,
+    ops_per_s_max: f64,
+    client_us_per_op: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// The highest peak RSS of the rounds.
+    peak_rss_kib: u64,
+}
+
+impl ModeSummary {
+    /// The summary of the runs of `mode` among `runs`.
+    fn of(mode: &'static str, runs: &[RunReport]) -> ModeSummary {
+        let runs: Vec<&RunReport> = runs.iter().filter(|r| r.mode == mode).collect();
+        let of = |f: &dyn Fn(&RunReport) -> f64| {
+            median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        let rates: Vec<f64> = runs.iter().map(|r| r.ops_per_s).collect();
+        let (ops_per_s_min, ops_per_s_max) = min_max(&rates);
+        ModeSummary {
+            mode,
+            rounds: runs.len(),
+            ops_per_s: of(&|r| r.ops_per_s),
+            ops_per_s_min,
+            ops_per_s_max,
+            client_us_per_op: of(&|r| r.cpu.client_us_per_op),
+            p50_us: of(&|r| r.latency.as_ref().map_or(0.0, |l| l.p50_us)),
+            p99_us: of(&|r| r.latency.as_ref().map_or(0.0, |l| l.p99_us)),
+            peak_rss_kib: runs.iter().map(|r| r.memory.peak_rss_kib).max().unwrap_or(0),
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// The smallest and largest of `values` (0, 0 when empty).
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold(None, |acc: Option<(f64, f64)>, &v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
+        .unwrap_or((0.0, 0.0))
 }
 
 /// The whole `--json` document.
@@ -345,7 +437,11 @@ struct Comparison {
 struct BenchReport {
     server: &'static str,
     url: String,
+    /// Rounds run (`--rounds`); `runs` holds every run of every round, in order.
+    rounds: u32,
     runs: Vec<RunReport>,
+    /// Medians per mode (with more than one round).
+    summary: Vec<ModeSummary>,
     comparison: Option<Comparison>,
 }
 
@@ -415,10 +511,15 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
 
     let rt = crate::shared::runtime(args.threads, "ufsock-bench")?;
     let mut runs = Vec::new();
-    for mode in phases {
+    for (round, &mode) in (1..=args.rounds).flat_map(|r| phases.iter().map(move |m| (r, m))) {
         if !args.json {
+            let round = if args.rounds > 1 {
+                format!("round {round}/{}: ", args.rounds)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "ufsock bench: {} x{} over {} connection(s), concurrency {}, {} runtime -> {}{}",
+                "ufsock bench: {round}{} x{} over {} connection(s), concurrency {}, {} runtime -> {}{}",
                 mode.name(),
                 args.requests,
                 args.pool,
@@ -438,26 +539,42 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
         }
         runs.push(report);
     }
-    let comparison = match runs.as_slice() {
-        [raw, pooled] => {
-            let c = Comparison {
-                rate_ratio: pooled.ops_per_s / raw.ops_per_s.max(f64::MIN_POSITIVE),
-                cpu_per_op_ratio: (raw.cpu.client_us_per_op > 0.0)
-                    .then(|| pooled.cpu.client_us_per_op / raw.cpu.client_us_per_op),
-            };
-            if !args.json {
-                let cpu = c
-                    .cpu_per_op_ratio
-                    .map_or_else(|| "n/a (raw CPU below 10 ms)".to_owned(), |r| format!("{r:.2}x"));
-                println!(
-                    "  {} / raw   rate {:.2}x   client CPU per op {cpu}",
-                    pooled.client, c.rate_ratio
-                );
-            }
-            Some(c)
-        }
-        _ => None,
+    let summary: Vec<ModeSummary> = if args.rounds > 1 {
+        phases
+            .iter()
+            .map(|mode| ModeSummary::of(mode.name(), &runs))
+            .collect()
+    } else {
+        Vec::new()
     };
+    if !args.json {
+        for s in &summary {
+            println!(
+                "  median of {}  {:<10} {:>10.0} ops/s ({:.0}-{:.0})   client CPU {:.2} us/op   p50 {:.0} us  p99 {:.0} us",
+                s.rounds, s.mode, s.ops_per_s, s.ops_per_s_min, s.ops_per_s_max, s.client_us_per_op, s.p50_us, s.p99_us
+            );
+        }
+    }
+    let comparison = (phases.len() == 2).then(|| {
+        let pairs: Vec<(&RunReport, &RunReport)> = runs.chunks(2).map(|p| (&p[0], &p[1])).collect();
+        let c = Comparison::of(&pairs);
+        if !args.json {
+            let cpu = c
+                .cpu_per_op_ratio
+                .map_or_else(|| "n/a (raw CPU below 10 ms)".to_owned(), |r| format!("{r:.2}x"));
+            let spread = if pairs.len() > 1 {
+                let (lo, hi) = min_max(&c.rate_ratios);
+                format!(" (median of {} rounds, {lo:.2}-{hi:.2}x)", pairs.len())
+            } else {
+                String::new()
+            };
+            println!(
+                "  {} / raw   rate {:.2}x{spread}   client CPU per op {cpu}",
+                pairs[0].1.client, c.rate_ratio
+            );
+        }
+        c
+    });
     let errors: u64 = runs.iter().map(|r| r.error_total).sum();
     let report = BenchReport {
         server: if target.server.is_some() {
@@ -466,7 +583,9 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
             "external"
         },
         url: target.url.clone(),
+        rounds: args.rounds,
         runs,
+        summary,
         comparison,
     };
     if args.json {
@@ -979,6 +1098,15 @@ async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_and_spreads() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(min_max(&[2.0, 5.0, 1.0]), (1.0, 5.0));
+        assert_eq!(min_max(&[]), (0.0, 0.0));
+    }
 
     #[test]
     fn chunks_hand_out_every_operation_exactly_once() {

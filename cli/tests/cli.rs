@@ -244,6 +244,34 @@ fn bench_compare_runs_raw_then_pooled() {
 }
 
 #[test]
+fn bench_rounds_alternate_raw_and_the_mode_and_summarize() {
+    let report = bench(&["--mode", "request", "--compare", "--rounds", "2"]);
+    assert_eq!(report["rounds"], 2);
+    let modes: Vec<&str> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["raw", "request", "raw", "request"]);
+    for run in report["runs"].as_array().unwrap() {
+        assert_clean(run, run["mode"].as_str().unwrap());
+    }
+    let summary = report["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 2);
+    assert_eq!(summary[1]["mode"], "request");
+    assert_eq!(summary[1]["rounds"], 2);
+    let (lo, hi) = (
+        summary[1]["ops_per_s_min"].as_f64().unwrap(),
+        summary[1]["ops_per_s_max"].as_f64().unwrap(),
+    );
+    let median = summary[1]["ops_per_s"].as_f64().unwrap();
+    assert!(lo <= median && median <= hi && lo > 0.0, "{summary:?}");
+    let ratios = report["comparison"]["rate_ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2);
+}
+
+#[test]
 fn bench_minimal_mode_beside_raw() {
     let report = bench(&["--mode", "minimal", "--compare"]);
     assert_clean(&report["runs"][0], "raw");
