@@ -36,9 +36,9 @@ Modes:
             in total, replies matched by count (no id map, no pool, no timers). Same frames.
   raw-send  the bare limit of fire-and-forget: N connections writing frames, flushing every
             C/N frames, then one request per connection as a barrier.
-  minimal   what any request client pays beyond raw: C tasks, each request its own future
-            waiting for its reply, replies matched by id, round-robin over N connections
-            (no core, no timers, no reconnection, one id map per connection). Same frames.
+  minimal   a minimal correlating client: C tasks, each request its own future waiting for
+            its reply, replies matched by id, round-robin over N connections (no core, no
+            timers, no reconnection, one id map per connection). Same frames.
   --compare runs the raw twin of the mode first, then the mode, against the same server, and
             prints the ratios (pooled/raw or minimal/raw req/s, CPU per operation).
   --rounds  repeats all of that N times, alternating, then prints medians per mode and the

@@ -6,7 +6,7 @@
 //! broadcast sender and a way to spawn a dial) and keeps the driver in a `Mutex`. Every
 //! method of [`Driver`] that changes state drains the pool's outputs before it returns, as
 //! the core's contract requires, so the lock holder has always done all the work, except
-//! handing outcomes to their waiters: those wait in [`Driver::take_completed`] until the
+//! handing outcomes to their waiters: those wait in [`Driver::swap_completed`] until the
 //! lock is released, so waking a caller never lengthens the lock. The
 //! adapter's driver task only feeds [`Report`]s, sleeps until [`Driver::poll_timeout`] and
 //! calls [`Driver::handle_timeout`].
@@ -52,7 +52,7 @@ pub trait Runtime {
     type Writer;
 
     /// Hands `outcome` to a waiting request (ignore a waiter that is gone). Called without
-    /// the driver's lock (see [`Driver::take_completed`]), so it may wake another thread.
+    /// the driver's lock (see [`Driver::swap_completed`]), so it may wake another thread.
     fn complete(waiter: Self::Waiter, outcome: Outcome);
     /// Spawns the task of `conn`: dial, report [`Report::Connected`] (with a spawned writer)
     /// or `Input::ConnectFailed`, then read (see [`crate::io::run_connection`]).
@@ -78,7 +78,7 @@ pub struct Driver<R: Runtime> {
     pool: Pool,
     rt: R,
     waiters: HashMap<RequestId, R::Waiter, RequestIdBuildHasher>,
-    /// Outcomes drawn but not yet handed to their waiters (see [`Driver::take_completed`]).
+    /// Outcomes drawn but not yet handed to their waiters (see [`Driver::swap_completed`]).
     completed: Vec<(R::Waiter, Outcome)>,
     dialing: BTreeMap<ConnId, R::Task>,
     open: BTreeMap<ConnId, Link<R>>,
@@ -317,19 +317,13 @@ impl<R: Runtime> Driver<R> {
         self.stopped
     }
 
-    /// The outcomes completed since the last call, with their waiters. The lock holder hands
-    /// them over with [`Runtime::complete`] after releasing the lock: that may wake the
-    /// caller's task on another thread, which should not happen while every other task
-    /// waits for the lock.
-    #[must_use]
-    pub fn take_completed(&mut self) -> Vec<(R::Waiter, Outcome)> {
-        std::mem::take(&mut self.completed)
-    }
-
     /// Moves the outcomes completed since the last call into `into` (which must be empty),
-    /// handing the driver `into`'s allocation for the next ones: a reader that passes the same
-    /// buffer batch after batch completes its replies without allocating, and without the
-    /// buffer growing (and moving every outcome) each time, as a fresh one would.
+    /// handing the driver `into`'s allocation for the next ones. The lock holder hands them
+    /// over with [`Runtime::complete`] after releasing the lock: that may wake the caller's
+    /// task on another thread, which should not happen while every other task waits for the
+    /// lock. A reader that passes the same buffer batch after batch completes its replies
+    /// without allocating, and without the buffer growing (and moving every outcome) each
+    /// time, as a fresh one would.
     pub fn swap_completed(&mut self, into: &mut Vec<(R::Waiter, Outcome)>) {
         debug_assert!(into.is_empty());
         if !self.completed.is_empty() {
@@ -515,6 +509,13 @@ mod tests {
         Driver::new(Pool::new(config, 1, now), Fake::default())
     }
 
+    /// The outcomes completed since the last call.
+    fn completed_now(d: &mut Driver<Fake>) -> Vec<(u32, Outcome)> {
+        let mut completed = Vec::new();
+        d.swap_completed(&mut completed);
+        completed
+    }
+
     fn sent_id(driver: &Driver<Fake>) -> String {
         let (_, WriteCommand::Text { frame, .. }) = driver.runtime().writes.last().unwrap() else {
             panic!("no text write");
@@ -558,7 +559,7 @@ mod tests {
                 frame: frame::decode(&reply, 1 << 20),
             },
         );
-        assert!(d.take_completed().is_empty());
+        assert!(completed_now(&mut d).is_empty());
         d.handle_report(
             t0,
             Report::Frame {
@@ -585,7 +586,7 @@ mod tests {
             )
             .unwrap();
         assert!(d.cancel(t0, id));
-        assert!(d.take_completed().is_empty());
+        assert!(completed_now(&mut d).is_empty());
         d.handle_report(t0, Report::Io(Input::Flushed { conn, writes: 2 }));
 
         // Close: a close frame, then the peer's answer ends the connection.

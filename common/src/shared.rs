@@ -126,7 +126,8 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
             }
             let stopped = driver.check_stopped();
             let settled = driver.first_dials_settled();
-            let completed = driver.take_completed();
+            let mut completed = Vec::new();
+            driver.swap_completed(&mut completed);
             (DriverState { settled, stopped }, driver.arm(), completed)
         };
         complete_all::<R>(completed);
