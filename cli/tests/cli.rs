@@ -221,6 +221,13 @@ fn bench_send_mode() {
     assert_clean(run, "send");
     assert_eq!(run["server_counted"], 2000);
     assert_eq!(run["client_stats"]["sent"], 2000);
+    // One call in 16 is timed, counted per task (each task times its first call).
+    let timed = run["latency"]["count"].as_u64().unwrap();
+    let tasks = run["concurrency"].as_u64().unwrap();
+    assert!(
+        (2000 / 16..=2000 / 16 + tasks).contains(&timed),
+        "{timed} timed of 2000"
+    );
 }
 
 #[test]
