@@ -186,6 +186,9 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     ) -> Result<Incoming, ClientError> {
         // Encoding is the costliest part of a request: do it before taking the lock.
         let request = EncodedRequest::new(&message);
+        // The frame is all the request needs from here: free the message now rather than
+        // keep it in this future's state until the reply.
+        drop(message);
         let id = self.command(|driver, now| driver.request(now, request, options, waiter))?;
         // If this future is dropped before the outcome, cancel the request in the core.
         let guard = CancelOnDrop::new(|| {
