@@ -1,14 +1,23 @@
 //! UsageFlow WebSocket client on smol: a pool of connections with request/response
 //! correlation, fire-and-forget messages, reconnection with backoff and ping/pong health.
 //!
-//! ```no_run
-//! use usageflow_socket_smol::{Client, ClientError, Config, UsageFlowApi};
+//! ```
+//! use usageflow_socket_smol::{Client, Config, UsageFlowApi};
 //! use usageflow_socket_smol::messages::RequestForAllocation;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // A local UsageFlow-compatible server (`ufsock::server`, on a thread of its own) stands in
+//! # // for the service.
+//! # let server = ufsock::server::ServerThread::spawn(ufsock::server::ServerOptions {
+//! #     key: Some("my-api-key".into()),
+//! #     ..Default::default()
+//! # })?;
+//! # let url = server.url();
 //! smol::block_on(async {
-//!     let config = Config::builder("ws://localhost:9000/ws", "my-api-key").pool_size(4).build()?;
+//!     // `url` is the service's WebSocket address, such as "wss://usageflow.example/ws".
+//!     let config = Config::builder(url, "my-api-key").pool_size(4).build()?;
 //!     let client = Client::connect(config).await?;
+//!     assert!(client.is_connected());
 //!
 //!     // A typed request.
 //!     let policies = client.get_application_policies().await?;
@@ -23,6 +32,7 @@
 //!     }
 //!
 //!     client.close().await;
+//!     assert!(client.is_closed());
 //!     Ok::<(), Box<dyn std::error::Error>>(())
 //! })
 //! # }

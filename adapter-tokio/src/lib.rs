@@ -1,13 +1,23 @@
 //! UsageFlow WebSocket client on Tokio: a pool of connections with request/response
 //! correlation, fire-and-forget messages, reconnection with backoff and ping/pong health.
 //!
-//! ```no_run
-//! use usageflow_socket_tokio::{Client, ClientError, Config, UsageFlowApi};
+//! ```
+//! use usageflow_socket_tokio::{Client, Config, UsageFlowApi};
 //! use usageflow_socket_tokio::messages::RequestForAllocation;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = Config::builder("ws://localhost:9000/ws", "my-api-key").pool_size(4).build()?;
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // A local UsageFlow-compatible server (`ufsock::server`) stands in for the service.
+//! # let server = ufsock::server::Server::start(ufsock::server::ServerOptions {
+//! #     key: Some("my-api-key".into()),
+//! #     ..Default::default()
+//! # })
+//! # .await?;
+//! # let url = server.url();
+//! // `url` is the service's WebSocket address, such as "wss://usageflow.example/ws".
+//! let config = Config::builder(url, "my-api-key").pool_size(4).build()?;
 //! let client = Client::connect(config).await?;
+//! assert!(client.is_connected());
 //!
 //! // A typed request.
 //! let policies = client.get_application_policies().await?;
@@ -22,6 +32,8 @@
 //! }
 //!
 //! client.close().await;
+//! assert!(client.is_closed());
+//! # server.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```

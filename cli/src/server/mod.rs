@@ -38,8 +38,9 @@
 //! runtime of its own, for callers without Tokio (smol-based tests) — both share one
 //! implementation.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), ufsock::server::ServerError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), ufsock::server::ServerError> {
 //! use ufsock::server::{Server, ServerOptions};
 //! let server = Server::start(ServerOptions { key: Some("k".into()), ..Default::default() }).await?;
 //! println!("listening on {}", server.url());
