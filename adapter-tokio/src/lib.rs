@@ -91,9 +91,22 @@ pub type Subscription = broadcast::Receiver<ClientEvent>;
 
 /// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
 /// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
-#[derive(Clone)]
 pub struct Client {
     handle: Arc<ClientHandle<TokioRuntime, TokioSignals>>,
+    /// The slot this handle's requests lean to ([`RequestOptions::affinity`]).
+    affinity: u32,
+}
+
+/// A clone is a new handle on the same pool, leaning to the next slot: give each task its
+/// own clone, and each task's requests keep to one connection while the pool is balanced
+/// (see [`RequestOptions::affinity`]).
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Self {
+            handle: Arc::clone(&self.handle),
+            affinity: self.handle.next_affinity(),
+        }
+    }
 }
 
 impl fmt::Debug for Client {
@@ -137,8 +150,10 @@ impl Client {
         });
         handle.spawn(drive(Arc::clone(&shared)));
         shared.connect();
+        let handle = Arc::new(ClientHandle::new(shared, options.config().url()));
         Ok(Client {
-            handle: Arc::new(ClientHandle::new(shared, options.config().url())),
+            affinity: handle.next_affinity(),
+            handle,
         })
     }
 
@@ -156,12 +171,17 @@ impl Client {
         self.request_with(message, RequestOptions::default()).await
     }
 
-    /// [`Client::request`] with per-request options (timeout, idempotence).
+    /// [`Client::request`] with per-request options (timeout, idempotence, a preferred slot;
+    /// without one, the request leans to this handle's slot).
     pub async fn request_with(
         &self,
         message: Outgoing,
         options: RequestOptions,
     ) -> Result<Incoming, ClientError> {
+        let options = RequestOptions {
+            affinity: options.affinity.or(Some(self.affinity)),
+            ..options
+        };
         let (waiter, outcome) = oneshot::channel();
         self.shared().request(message, options, waiter, outcome).await
     }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
@@ -304,10 +305,12 @@ where
     }
 }
 
-/// The inside of an adapter's `Client`: closes the pool when the last handle goes away.
+/// The inside of an adapter's `Client`: closes the pool when the last handle goes away, and
+/// hands each handle the slot its requests lean to.
 pub struct ClientHandle<R: Runtime, S: Signals> {
     shared: Arc<Shared<R, S>>,
     url: String,
+    affinities: AtomicU32,
 }
 
 impl<R: Runtime, S: Signals> ClientHandle<R, S> {
@@ -316,12 +319,20 @@ impl<R: Runtime, S: Signals> ClientHandle<R, S> {
         Self {
             shared,
             url: url.to_owned(),
+            affinities: AtomicU32::new(0),
         }
     }
 
     /// The shared state.
     pub fn shared(&self) -> &Arc<Shared<R, S>> {
         &self.shared
+    }
+
+    /// The preferred slot ([`RequestOptions::affinity`]) of a new `Client` handle: handles
+    /// take the slots in turn, so tasks that each keep a clone spread over the pool, one
+    /// connection each while it is balanced.
+    pub fn next_affinity(&self) -> u32 {
+        self.affinities.fetch_add(1, Relaxed)
     }
 }
 

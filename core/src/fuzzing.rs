@@ -300,6 +300,8 @@ pub enum Op {
         timeout: Option<Duration>,
         /// The idempotent flag.
         idempotent: bool,
+        /// The preferred slot.
+        affinity: Option<u32>,
         /// Which message.
         kind: u8,
     },
@@ -362,9 +364,14 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
         0 | 1 => Op::Connect,
         2..=4 => {
             let t = u.arbitrary::<u8>()?;
+            // One byte of flags, as before the preference existed, so older corpora decode
+            // to the same operations: bit 0 idempotent, bit 1 "has a preferred slot", the
+            // rest that slot.
+            let flags = u.arbitrary::<u8>()?;
             Op::Request {
                 timeout: (t != 0).then(|| Duration::from_millis(u64::from(t - 1) * 20)),
-                idempotent: u.arbitrary::<u8>()? & 1 != 0,
+                idempotent: flags & 1 != 0,
+                affinity: (flags & 2 != 0).then_some(u32::from(flags >> 2)),
                 kind: u.arbitrary::<u8>()? % 3,
             }
         }
@@ -560,8 +567,16 @@ impl Harness {
             Op::Request {
                 timeout,
                 idempotent,
+                affinity,
                 kind,
-            } => self.request(message(kind), RequestOptions { timeout, idempotent }),
+            } => self.request(
+                message(kind),
+                RequestOptions {
+                    timeout,
+                    idempotent,
+                    affinity,
+                },
+            ),
             Op::Send(kind) => self.send(message(kind)),
             Op::Cancel(back) => {
                 let Some(id) = self.pick_request(back) else { return };

@@ -480,6 +480,13 @@ pub struct RequestOptions {
     /// Requests whose payload carries an idempotency key (`allocationId`) are idempotent
     /// without this flag.
     pub idempotent: bool,
+    /// The slot this request leans to (any number, taken modulo the pool size). It only
+    /// breaks ties: the request still goes to an open connection with the fewest pending
+    /// requests, and among those tied for fewest, the preferred slot wins; without a
+    /// preference, ties rotate round-robin. A caller that keeps to one slot keeps to one
+    /// connection while the pool is balanced, so requests whose replies arrived together go
+    /// out together, in one write, as a pipelined client's would.
+    pub affinity: Option<u32>,
 }
 
 impl RequestOptions {
@@ -487,7 +494,7 @@ impl RequestOptions {
     pub fn timeout(timeout: Duration) -> Self {
         Self {
             timeout: Some(timeout),
-            idempotent: false,
+            ..Self::default()
         }
     }
 }

@@ -406,8 +406,8 @@ impl Pool {
         }
     }
 
-    /// Sends a request on the open connection with the fewest pending requests (ties
-    /// rotate). Returns its id at once; its outcome comes later, exactly once, as
+    /// Sends a request on the open connection with the fewest pending requests (ties go to
+    /// [`RequestOptions::affinity`] when set, else rotate). Returns its id at once; its outcome comes later, exactly once, as
     /// [`Output::Completed`]. Refuses at once when no connection is open (and re-arms
     /// exhausted slots), when every open connection is at its in-flight cap, or after close.
     pub fn request(
@@ -432,7 +432,7 @@ impl Pool {
             self.counters.refused_closed += 1;
             return Err(RequestError::Closed);
         }
-        let Some(slot) = self.select(true) else {
+        let Some(slot) = self.select(true, options.affinity) else {
             if self.open_count == 0 {
                 self.counters.refused_not_connected += 1;
                 self.rearm_exhausted(now);
@@ -494,7 +494,7 @@ impl Pool {
         }
         // Messages never overtake the outbox: while it has any, new ones queue behind them.
         if self.outbox.is_empty() {
-            if let Some(slot) = self.select(false) {
+            if let Some(slot) = self.select(false, None) {
                 self.write_send(slot, now, frame, index);
                 return Ok(());
             }
@@ -755,11 +755,17 @@ impl Pool {
         RequestId(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
-    /// The open slot that takes the next write: fewest pending requests, ties rotating from
-    /// the slot chosen last; `None` when no open slot has room.
-    fn select(&mut self, is_request: bool) -> Option<usize> {
+    /// The open slot that takes the next write: fewest pending requests, ties going to the
+    /// preferred slot (`affinity`) or else rotating from the slot chosen last; `None` when no
+    /// open slot has room.
+    fn select(&mut self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
         let n = self.slots.len();
-        let start = self.cursor.wrapping_add(1) % n;
+        // Scanning from the preferred slot makes it the winner of any tie it is part of: a
+        // later slot replaces the best only with strictly fewer pending.
+        let start = match affinity {
+            Some(slot) => slot as usize % n,
+            None => self.cursor.wrapping_add(1) % n,
+        };
         let mut best: Option<(usize, u32)> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -780,7 +786,10 @@ impl Pool {
             }
         }
         let (i, _) = best?;
-        self.cursor = i;
+        // The rotation is for requests without a preference; a preferred pick leaves it.
+        if affinity.is_none() {
+            self.cursor = i;
+        }
         Some(i)
     }
 
@@ -1051,7 +1060,9 @@ impl Pool {
 
     fn flush_outbox(&mut self, now: Instant) {
         while !self.outbox.is_empty() {
-            let Some(slot) = self.select(false) else { return };
+            let Some(slot) = self.select(false, None) else {
+                return;
+            };
             let q = self.outbox.pop_front().expect("not empty");
             self.kinds.stats[usize::from(q.kind)].queued -= 1;
             self.write_send(slot, now, q.frame, q.kind);
@@ -1206,7 +1217,7 @@ impl Pool {
         if p.resend.is_none() || p.deadline <= now {
             return false;
         }
-        let Some(slot) = self.select(true) else {
+        let Some(slot) = self.select(true, None) else {
             return false;
         };
         let p = self.pending.get_mut(&id).expect("checked above");

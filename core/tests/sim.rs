@@ -216,6 +216,7 @@ fn checker_accepts_arbitrary_event_sequences() {
                     let options = RequestOptions {
                         timeout: rng.bool().then(|| Duration::from_millis(rng.u64(1..=3_000))),
                         idempotent: rng.bool(),
+                        affinity: rng.bool().then(|| rng.u32(0..8)),
                     };
                     let result = pool.request(now, m.clone(), options);
                     checker.observe_call(

@@ -1,6 +1,7 @@
 //! Issue #6 over real sockets, generic over the [`Adapter`]: idempotent resends, the
 //! availability state, staggered connections (jittered backoff, initial dial spread, maximum
-//! connection age) and per-type loss accounting through an outage.
+//! connection age) and per-type loss accounting through an outage; and each handle's slot
+//! affinity.
 //!
 //! Each body starts its own server and is bounded by [`crate::TEST_TIMEOUT`]; timings are
 //! short (backoff 100–300 ms, ages of 1 s, TTLs of 250 ms). The one long wait is the
@@ -9,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join, join_all, select, Either};
@@ -90,6 +91,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     let idempotent = RequestOptions {
         timeout: Some(Duration::from_secs(2)),
         idempotent: true,
+        ..RequestOptions::default()
     };
     let t = Instant::now();
     let reply = client.request_with(policies(), idempotent).await;
@@ -807,4 +809,67 @@ impl SendStatsRow {
             self.sends, self.sent, self.server, self.dropped, self.expired, self.lost, self.closed
         )
     }
+}
+
+// ----- 7. handle affinity -----
+
+/// Each clone of a client leans to its own slot (the first handle to slot 0, each clone to
+/// the next): among the connections tied for fewest pending, a handle's request takes its
+/// own; fewest pending still comes first. Against a slow server (replies after 2 s), so the
+/// pending counts stay put while they are read:
+///
+/// - the handle of slot 2 goes first and takes slot 2 (round-robin alone would take slot 1);
+/// - the handle of slot 1 takes slot 1 (tied with slot 0 at none pending);
+/// - the first handle takes slot 0, the only one with none pending;
+/// - the handle of slot 2 again: all tied at one, it takes slot 2;
+/// - a fifth handle (slot 4, modulo 3 = 1) takes slot 1, tied with slot 0 at one.
+pub async fn beyond_each_handle_keeps_to_its_slot<A: Adapter>() {
+    let server = server_with(|o| o.faults.reply_delay_ms = 2_000);
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(3)
+            .request_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    wait_open::<A>(&client, 3, Duration::from_secs(2)).await;
+    let slot_1 = client.clone();
+    let slot_2 = client.clone();
+    let _slot_3 = client.clone();
+    let slot_4 = client.clone();
+    let pending = || A::stats(&client).pending_per_slot;
+    let step = MS(150);
+    let requests = join_all([
+        Box::pin(async { slot_2.request(policies()).await }) as Pin<Box<dyn Future<Output = _>>>,
+        Box::pin(async {
+            A::sleep(step).await;
+            assert_eq!(pending(), [0, 0, 1], "slot 2's handle");
+            slot_1.request(policies()).await
+        }),
+        Box::pin(async {
+            A::sleep(step * 2).await;
+            assert_eq!(pending(), [0, 1, 1], "slot 1's handle");
+            client.request(policies()).await
+        }),
+        Box::pin(async {
+            A::sleep(step * 3).await;
+            assert_eq!(pending(), [1, 1, 1], "slot 0's handle");
+            slot_2.request(policies()).await
+        }),
+        Box::pin(async {
+            A::sleep(step * 4).await;
+            assert_eq!(pending(), [1, 1, 2], "slot 2's handle, all tied");
+            slot_4.request(policies()).await
+        }),
+    ]);
+    let results = alongside(requests, async {
+        A::sleep(step * 5).await;
+        assert_eq!(pending(), [1, 2, 2], "slot 4's handle (4 mod 3 = 1)");
+        std::future::pending::<()>().await
+    })
+    .await;
+    for r in results {
+        r.expect("every request answered");
+    }
+    assert_eq!(A::stats(&client).pending, 0);
+    A::close(&client).await;
 }

@@ -394,6 +394,7 @@ macro_rules! conformance {
             beyond_connect_returns_when_dials_settle,
             beyond_rotation_under_load,
             beyond_loss_accounting_outage,
+            beyond_each_handle_keeps_to_its_slot,
         );
         #[test]
         #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]

@@ -182,6 +182,8 @@ enum Step {
     Request {
         id: Option<RequestId>,
         not_connected: bool,
+        /// The request's preferred slot, which its transmit's selection must honour.
+        affinity: Option<u32>,
     },
     Send {
         direct: Option<(String, u16)>,
@@ -671,10 +673,11 @@ impl Checker {
             return Ok(Step::Request {
                 id: None,
                 not_connected: false,
+                affinity: options.affinity,
             });
         }
         let open = self.open_count();
-        match (self.peek_select(true), result) {
+        match (self.peek_select(true, options.affinity), result) {
             (Some(_), Ok(id)) => {
                 ensure!(self.issued.insert(*id), 1, "request id {id} returned twice");
                 let timeout = options
@@ -700,6 +703,7 @@ impl Checker {
                 Ok(Step::Request {
                     id: Some(*id),
                     not_connected: false,
+                    affinity: options.affinity,
                 })
             }
             (None, Err(RequestError::NotConnected)) if open == 0 => {
@@ -707,6 +711,7 @@ impl Checker {
                 Ok(Step::Request {
                     id: None,
                     not_connected: true,
+                    affinity: options.affinity,
                 })
             }
             (None, Err(RequestError::Backpressure { max_in_flight }))
@@ -716,6 +721,7 @@ impl Checker {
                 Ok(Step::Request {
                     id: None,
                     not_connected: false,
+                    affinity: options.affinity,
                 })
             }
             (pick, result) => Err(Violation {
@@ -748,7 +754,7 @@ impl Checker {
             });
         }
         let encoded = frame::encode(message, None);
-        if self.outbox.is_empty() && self.peek_select(false).is_some() {
+        if self.outbox.is_empty() && self.peek_select(false, None).is_some() {
             ensure!(
                 result.is_ok(),
                 7,
@@ -1000,7 +1006,15 @@ impl Checker {
             .and_then(|f| f.id)
             .and_then(|s| Uuid::try_parse(&s).ok())
             .map(RequestId);
-        let expected = self.select(id.is_some());
+        let affinity = match self.step {
+            Step::Request {
+                id: Some(i),
+                affinity,
+                ..
+            } if !self.request_transmitted && id == Some(i) => affinity,
+            _ => None,
+        };
+        let expected = self.select(id.is_some(), affinity);
         ensure!(
             expected == Some(usize::from(conn.slot)),
             6,
@@ -1847,10 +1861,13 @@ impl Checker {
     }
 
     /// The pool's selection rule: among open connections with room, the fewest pending
-    /// requests, ties rotating from the slot chosen last.
-    fn peek_select(&self, is_request: bool) -> Option<usize> {
+    /// requests, ties going to the preferred slot, or else rotating from the slot chosen last.
+    fn peek_select(&self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
         let n = self.slots.len();
-        let start = self.cursor.map_or(0, |c| (c + 1) % n);
+        let start = match affinity {
+            Some(slot) => slot as usize % n,
+            None => self.cursor.map_or(0, |c| (c + 1) % n),
+        };
         let mut best: Option<(usize, u32)> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -1873,9 +1890,9 @@ impl Checker {
         best.map(|(i, _)| i)
     }
 
-    fn select(&mut self, is_request: bool) -> Option<usize> {
-        let pick = self.peek_select(is_request);
-        if pick.is_some() {
+    fn select(&mut self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
+        let pick = self.peek_select(is_request, affinity);
+        if pick.is_some() && affinity.is_none() {
             self.cursor = pick;
         }
         pick

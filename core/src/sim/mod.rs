@@ -43,8 +43,9 @@
 //!    slots, handshake deadlines and rotations come on time;
 //! 5. pings go to live connections only, one period apart; a read deadline fires iff nothing
 //!    (frame or pong) came for `pong_wait`;
-//! 6. requests and sends go to the open slot with the fewest pending requests (ties rotate
-//!    from the slot chosen last), never above `max_in_flight` or `max_unflushed_writes`;
+//! 6. requests and sends go to the open slot with the fewest pending requests (ties go to a
+//!    request's preferred slot, or else rotate from the slot chosen last), never above
+//!    `max_in_flight` or `max_unflushed_writes`;
 //! 7. the outbox is FIFO and bounded; per message type, `sends = queued + unflushed + sent +
 //!    dropped + expired + lost + closed`, each counted as the shadow model counts it, with
 //!    a matching `MessageDropped` event; the server never counts more messages than went out;
@@ -988,6 +989,8 @@ impl Sim {
             let options = RequestOptions {
                 timeout: per_call.then(|| Duration::from_millis(self.rng.u64(10..=5_000))),
                 idempotent,
+                // Half the requests lean to a slot, some of them beyond the pool's size.
+                affinity: self.rng.bool().then(|| self.rng.u32(0..12)),
             };
             let result = self.pool.request(now, message.clone(), options);
             return self.observe(
