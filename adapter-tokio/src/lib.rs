@@ -178,10 +178,8 @@ impl Client {
         message: Outgoing,
         options: RequestOptions,
     ) -> Result<Incoming, ClientError> {
-        let options = RequestOptions {
-            affinity: options.affinity.or(Some(self.affinity)),
-            ..options
-        };
+        let mut options = options;
+        options.affinity.get_or_insert(self.affinity);
         let (waiter, outcome) = oneshot::channel();
         self.shared().request(message, options, waiter, outcome).await
     }

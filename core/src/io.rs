@@ -471,8 +471,10 @@ pub enum SendRefusal {
     Closed,
 }
 
-/// Options of one request.
+/// Options of one request: `RequestOptions::default()`, or [`RequestOptions::timeout`], then
+/// the `with_` methods. Non-exhaustive, so options can be added without breaking callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct RequestOptions {
     /// Overrides the configured request timeout.
     pub timeout: Option<Duration>,
@@ -492,10 +494,29 @@ pub struct RequestOptions {
 impl RequestOptions {
     /// Options with a timeout.
     pub fn timeout(timeout: Duration) -> Self {
-        Self {
-            timeout: Some(timeout),
-            ..Self::default()
-        }
+        Self::default().with_timeout(timeout)
+    }
+
+    /// These options with a timeout ([`RequestOptions::timeout`]).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// These options with the request marked idempotent or not
+    /// ([`RequestOptions::idempotent`]).
+    #[must_use]
+    pub fn with_idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// These options with a preferred slot ([`RequestOptions::affinity`]).
+    #[must_use]
+    pub fn with_affinity(mut self, slot: u32) -> Self {
+        self.affinity = Some(slot);
+        self
     }
 }
 

@@ -213,11 +213,10 @@ fn checker_accepts_arbitrary_event_sequences() {
                         "use_allocation",
                         serde_json::json!({"allocationId": step.to_string()}),
                     );
-                    let options = RequestOptions {
-                        timeout: rng.bool().then(|| Duration::from_millis(rng.u64(1..=3_000))),
-                        idempotent: rng.bool(),
-                        affinity: rng.bool().then(|| rng.u32(0..8)),
-                    };
+                    let mut options = RequestOptions::default();
+                    options.timeout = rng.bool().then(|| Duration::from_millis(rng.u64(1..=3_000)));
+                    options.idempotent = rng.bool();
+                    options.affinity = rng.bool().then(|| rng.u32(0..8));
                     let result = pool.request(now, m.clone(), options);
                     checker.observe_call(
                         now,

@@ -49,7 +49,7 @@ async fn wait_open<A: Adapter>(client: &A::Client, n: u32, limit: Duration) {
 /// - a `use_allocation` with `allocationId` and `waitForConfirmation` (idempotent by its key)
 ///   is re-sent once on the other connection and succeeds within its deadline: `resent` = 1,
 ///   the server saw it twice;
-/// - a request marked `RequestOptions { idempotent: true }` does the same;
+/// - a request marked idempotent (`RequestOptions::with_idempotent`) does the same;
 /// - the same non-idempotent request fails at once with `ConnectionLost`; the server saw it
 ///   once and nothing was re-sent;
 /// - with a pool of one there is no other connection: even an idempotent request fails at
@@ -88,11 +88,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     // (b) Idempotent by flag.
     wait_open::<A>(&client, 2, Duration::from_secs(2)).await;
     faults.set_drop_once_on(Some("get_application_policies".into()));
-    let idempotent = RequestOptions {
-        timeout: Some(Duration::from_secs(2)),
-        idempotent: true,
-        ..RequestOptions::default()
-    };
+    let idempotent = RequestOptions::timeout(Duration::from_secs(2)).with_idempotent(true);
     let t = Instant::now();
     let reply = client.request_with(policies(), idempotent).await;
     assert!(reply.is_ok(), "{}: flagged request: {reply:?}", A::NAME);
