@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-/// Fire-and-forget counters of one message type.
+/// Fire-and-forget counters of one message type (non-exhaustive: counters may be added).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct SendStats {
     /// `send` calls of this type, accepted or not.
     pub sends: u64,
@@ -50,8 +51,10 @@ impl SendStats {
     }
 }
 
-/// A snapshot of the pool's counters (serializable, for metrics exporters and `ufsock bench --json`).
+/// A snapshot of the pool's counters (serializable, for metrics exporters and `ufsock bench
+/// --json`; non-exhaustive: counters may be added).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Open connections now.
     pub open_connections: u32,
