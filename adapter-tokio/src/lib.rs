@@ -91,22 +91,13 @@ pub type Subscription = broadcast::Receiver<ClientEvent>;
 
 /// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
 /// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
-pub struct Client {
-    handle: Arc<ClientHandle<TokioRuntime, TokioSignals>>,
-    /// The slot this handle's requests lean to ([`RequestOptions::affinity`]).
-    affinity: u32,
-}
-
-/// A clone is a new handle on the same pool, leaning to the next slot: give each task its
+///
+/// A clone is a new handle on the same pool that leans to the next slot: give each task its
 /// own clone, and each task's requests keep to one connection while the pool is balanced
 /// (see [`RequestOptions::affinity`]).
-impl Clone for Client {
-    fn clone(&self) -> Self {
-        Self {
-            handle: Arc::clone(&self.handle),
-            affinity: self.handle.next_affinity(),
-        }
-    }
+#[derive(Clone)]
+pub struct Client {
+    handle: ClientHandle<TokioRuntime, TokioSignals>,
 }
 
 impl fmt::Debug for Client {
@@ -150,10 +141,8 @@ impl Client {
         });
         handle.spawn(drive(Arc::clone(&shared)));
         shared.connect();
-        let handle = Arc::new(ClientHandle::new(shared, options.config().url()));
         Ok(Client {
-            affinity: handle.next_affinity(),
-            handle,
+            handle: ClientHandle::new(shared, options.config().url()),
         })
     }
 
@@ -178,10 +167,8 @@ impl Client {
         message: Outgoing,
         options: RequestOptions,
     ) -> Result<Incoming, ClientError> {
-        let mut options = options;
-        options.affinity.get_or_insert(self.affinity);
         let (waiter, outcome) = oneshot::channel();
-        self.shared().request(message, options, waiter, outcome).await
+        self.handle.request(message, options, waiter, outcome).await
     }
 
     /// Sends `message` fire-and-forget. It goes out at once on an open connection, or waits

@@ -305,38 +305,66 @@ where
     }
 }
 
-/// The inside of an adapter's `Client`: closes the pool when the last handle goes away, and
-/// hands each handle the slot its requests lean to.
+/// An adapter's `Client`: a cheap `Clone` handle on the shared state that closes the pool
+/// when the last handle goes away, with the slot this handle's requests lean to
+/// ([`RequestOptions::affinity`]). Each handle leans to the next slot (the first to slot 0),
+/// so tasks that each keep a clone spread over the pool, one connection each while it is
+/// balanced.
 pub struct ClientHandle<R: Runtime, S: Signals> {
+    inner: Arc<HandleInner<R, S>>,
+    affinity: u32,
+}
+
+/// What every handle of one client shares.
+struct HandleInner<R: Runtime, S: Signals> {
     shared: Arc<Shared<R, S>>,
     url: String,
+    /// The next handle's slot.
     affinities: AtomicU32,
 }
 
 impl<R: Runtime, S: Signals> ClientHandle<R, S> {
-    /// A handle on `shared`, for a client of `url`.
+    /// The first handle on `shared`, for a client of `url`.
     pub fn new(shared: Arc<Shared<R, S>>, url: &str) -> Self {
-        Self {
+        let inner = HandleInner {
             shared,
             url: url.to_owned(),
             affinities: AtomicU32::new(0),
-        }
+        };
+        Self::on(Arc::new(inner))
+    }
+
+    /// A new handle on `inner`, leaning to the next slot.
+    fn on(inner: Arc<HandleInner<R, S>>) -> Self {
+        let affinity = inner.affinities.fetch_add(1, Relaxed);
+        Self { inner, affinity }
     }
 
     /// The shared state.
     pub fn shared(&self) -> &Arc<Shared<R, S>> {
-        &self.shared
+        &self.inner.shared
     }
 
-    /// The preferred slot ([`RequestOptions::affinity`]) of a new `Client` handle: handles
-    /// take the slots in turn, so tasks that each keep a clone spread over the pool, one
-    /// connection each while it is balanced.
-    pub fn next_affinity(&self) -> u32 {
-        self.affinities.fetch_add(1, Relaxed)
+    /// [`Shared::request`], leaning to this handle's slot unless `options` name one.
+    pub async fn request<E>(
+        &self,
+        message: Outgoing,
+        mut options: RequestOptions,
+        waiter: R::Waiter,
+        outcome: impl Future<Output = Result<Outcome, E>>,
+    ) -> Result<Incoming, ClientError> {
+        options.affinity.get_or_insert(self.affinity);
+        self.shared().request(message, options, waiter, outcome).await
     }
 }
 
-impl<R: Runtime, S: Signals> Drop for ClientHandle<R, S> {
+impl<R: Runtime, S: Signals> Clone for ClientHandle<R, S> {
+    fn clone(&self) -> Self {
+        Self::on(Arc::clone(&self.inner))
+    }
+}
+
+impl<R: Runtime, S: Signals> Drop for HandleInner<R, S> {
     fn drop(&mut self) {
         self.shared.close_now();
     }
@@ -345,7 +373,7 @@ impl<R: Runtime, S: Signals> Drop for ClientHandle<R, S> {
 impl<R: Runtime, S: Signals> fmt::Debug for ClientHandle<R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.url)
+            .field("url", &self.inner.url)
             .finish_non_exhaustive()
     }
 }

@@ -407,9 +407,10 @@ impl Pool {
     }
 
     /// Sends a request on the open connection with the fewest pending requests (ties go to
-    /// [`RequestOptions::affinity`] when set, else rotate). Returns its id at once; its outcome comes later, exactly once, as
-    /// [`Output::Completed`]. Refuses at once when no connection is open (and re-arms
-    /// exhausted slots), when every open connection is at its in-flight cap, or after close.
+    /// [`RequestOptions::affinity`] when set, else rotate). Returns its id at once; its
+    /// outcome comes later, exactly once, as [`Output::Completed`]. Refuses at once when no
+    /// connection is open (and re-arms exhausted slots), when every open connection is at its
+    /// in-flight cap, or after close.
     pub fn request(
         &mut self,
         now: Instant,

@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join, join_all, select, Either};
@@ -832,34 +832,29 @@ pub async fn beyond_each_handle_keeps_to_its_slot<A: Adapter>() {
     let slot_2 = client.clone();
     let _slot_3 = client.clone();
     let slot_4 = client.clone();
-    let pending = || A::stats(&client).pending_per_slot;
+    // Each handle in turn, one step apart, with the pending counts once its request is out.
+    let steps: [(&A::Client, [u32; 3]); 5] = [
+        (&slot_2, [0, 0, 1]),
+        (&slot_1, [0, 1, 1]),
+        (&client, [1, 1, 1]),
+        (&slot_2, [1, 1, 2]),
+        (&slot_4, [1, 2, 2]),
+    ];
     let step = MS(150);
-    let requests = join_all([
-        Box::pin(async { slot_2.request(policies()).await }) as Pin<Box<dyn Future<Output = _>>>,
-        Box::pin(async {
-            A::sleep(step).await;
-            assert_eq!(pending(), [0, 0, 1], "slot 2's handle");
-            slot_1.request(policies()).await
-        }),
-        Box::pin(async {
-            A::sleep(step * 2).await;
-            assert_eq!(pending(), [0, 1, 1], "slot 1's handle");
-            client.request(policies()).await
-        }),
-        Box::pin(async {
-            A::sleep(step * 3).await;
-            assert_eq!(pending(), [1, 1, 1], "slot 0's handle");
-            slot_2.request(policies()).await
-        }),
-        Box::pin(async {
-            A::sleep(step * 4).await;
-            assert_eq!(pending(), [1, 1, 2], "slot 2's handle, all tied");
-            slot_4.request(policies()).await
-        }),
-    ]);
+    let t0 = Instant::now();
+    let at = |k: u32, extra: Duration| async move {
+        A::sleep((t0 + step * k + extra).saturating_duration_since(Instant::now())).await;
+    };
+    let requests = join_all(steps.iter().zip(0..).map(|(&(handle, _), k)| async move {
+        at(k, Duration::ZERO).await;
+        handle.request(policies()).await
+    }));
     let results = alongside(requests, async {
-        A::sleep(step * 5).await;
-        assert_eq!(pending(), [1, 2, 2], "slot 4's handle (4 mod 3 = 1)");
+        // Half a step after each request went out (the server holds every reply for 2 s).
+        for (&(_, expected), k) in steps.iter().zip(0..) {
+            at(k, step / 2).await;
+            assert_eq!(A::stats(&client).pending_per_slot, expected, "after request {k}");
+        }
         std::future::pending::<()>().await
     })
     .await;
