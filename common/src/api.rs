@@ -86,22 +86,31 @@ pub trait UsageFlowApi {
         }
     }
 
-    /// `get_application_policies`.
+    /// `get_application_policies` (read-only, so marked idempotent: re-sent once if its connection dies).
     async fn get_application_policies(&self) -> Result<PoliciesReply, ClientError> {
-        self.request_typed(messages::get_application_policies(), RequestOptions::default())
-            .await
+        self.request_typed(
+            messages::get_application_policies(),
+            RequestOptions::default().with_idempotent(true),
+        )
+        .await
     }
 
-    /// `get_application_config`.
+    /// `get_application_config` (read-only, so marked idempotent: re-sent once if its connection dies).
     async fn get_application_config(&self) -> Result<ApplicationConfigReply, ClientError> {
-        self.request_typed(messages::get_application_config(), RequestOptions::default())
-            .await
+        self.request_typed(
+            messages::get_application_config(),
+            RequestOptions::default().with_idempotent(true),
+        )
+        .await
     }
 
-    /// `get_blocked_endpoints`.
+    /// `get_blocked_endpoints` (read-only, so marked idempotent: re-sent once if its connection dies).
     async fn get_blocked_endpoints(&self) -> Result<BlockedEndpointsReply, ClientError> {
-        self.request_typed(messages::get_blocked_endpoints(), RequestOptions::default())
-            .await
+        self.request_typed(
+            messages::get_blocked_endpoints(),
+            RequestOptions::default().with_idempotent(true),
+        )
+        .await
     }
 
     /// `report_call_chain` (fire-and-forget).

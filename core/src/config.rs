@@ -100,6 +100,7 @@ pub struct Config {
     pub(crate) close_drain: Duration,
     pub(crate) max_connection_age: Option<Duration>,
     pub(crate) resend_idempotent: bool,
+    pub(crate) server_deduplicates_allocation_ids: bool,
     pub(crate) degraded_timeout_ratio: f64,
 }
 
@@ -128,6 +129,7 @@ impl Config {
             close_drain: Duration::ZERO,
             max_connection_age: None,
             resend_idempotent: true,
+            server_deduplicates_allocation_ids: false,
             degraded_timeout_ratio: 0.2,
         }
     }
@@ -221,6 +223,11 @@ impl Config {
     pub fn resend_idempotent(&self) -> bool {
         self.resend_idempotent
     }
+    /// Whether the server is known to deduplicate on `allocationId`, so that a request
+    /// carrying one may be re-sent (see [`ConfigBuilder::server_deduplicates_allocation_ids`]).
+    pub fn server_deduplicates_allocation_ids(&self) -> bool {
+        self.server_deduplicates_allocation_ids
+    }
     /// Share of recent requests timing out above which the pool reports itself degraded.
     pub fn degraded_timeout_ratio(&self) -> f64 {
         self.degraded_timeout_ratio
@@ -252,6 +259,7 @@ pub struct ConfigBuilder {
     close_drain: Duration,
     max_connection_age: Option<Duration>,
     resend_idempotent: bool,
+    server_deduplicates_allocation_ids: bool,
     degraded_timeout_ratio: f64,
 }
 
@@ -367,8 +375,17 @@ impl ConfigBuilder {
         close_drain: Duration;
         /// Replace connections older than this, gracefully (1 s..=1 day; default none).
         max_connection_age: Option<Duration>;
-        /// Re-send idempotent requests once on connection loss (default true).
+        /// Re-send idempotent requests once on connection loss (default true). Only requests
+        /// marked idempotent ([`RequestOptions::idempotent`](crate::RequestOptions)) count,
+        /// plus those carrying an `allocationId` when
+        /// [`server_deduplicates_allocation_ids`](Self::server_deduplicates_allocation_ids) is on.
         resend_idempotent: bool;
+        /// Turn on when the server deduplicates on `allocationId` (default off): a
+        /// `request_for_allocation` or `use_allocation` whose payload carries one may then be
+        /// written again after its connection died, since the server counts it once. Off, such
+        /// a request is never sent twice, because nothing in the protocol says the server
+        /// deduplicates and a second write could meter twice.
+        server_deduplicates_allocation_ids: bool;
         /// Timeout share that marks the pool degraded (0.0..=1.0; default 0.2).
         degraded_timeout_ratio: f64;
     }
@@ -474,6 +491,7 @@ impl ConfigBuilder {
             close_drain: self.close_drain,
             max_connection_age: self.max_connection_age,
             resend_idempotent: self.resend_idempotent,
+            server_deduplicates_allocation_ids: self.server_deduplicates_allocation_ids,
             degraded_timeout_ratio: self.degraded_timeout_ratio,
         })
     }

@@ -197,6 +197,7 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         Some(wild_duration(u)?)
     }));
     set!(b.resend_idempotent(u.arbitrary()?));
+    set!(b.server_deduplicates_allocation_ids(u.arbitrary()?));
     set!(b.degraded_timeout_ratio(wild_f64(u)?));
     let config = match b.build() {
         Ok(c) => c,
@@ -344,6 +345,7 @@ pub fn ops_config(u: &mut Unstructured<'_>) -> arbitrary::Result<(Config, u64)> 
         })
         .max_connection_age((flags & 2 != 0).then_some(Duration::from_secs(2)))
         .resend_idempotent(flags & 4 != 0)
+        .server_deduplicates_allocation_ids(flags & 0x0c == 0x0c)
         .backoff_jitter(if flags & 8 != 0 { 0.2 } else { 0.0 })
         .initial_dial_spread(if flags & 0x10 != 0 {
             Duration::from_secs(1)

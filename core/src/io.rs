@@ -479,8 +479,9 @@ pub struct RequestOptions {
     /// Overrides the configured request timeout.
     pub timeout: Option<Duration>,
     /// Marks the request safe to re-send once if its connection is lost before the reply.
-    /// Requests whose payload carries an idempotency key (`allocationId`) are idempotent
-    /// without this flag.
+    /// A request whose payload carries a client-made `allocationId` is idempotent without
+    /// this flag only when the server deduplicates on it
+    /// ([`ConfigBuilder::server_deduplicates_allocation_ids`](crate::ConfigBuilder)).
     pub idempotent: bool,
     /// The slot this request leans to (any number, taken modulo the pool size). It only
     /// breaks ties: the request still goes to an open connection with the fewest pending

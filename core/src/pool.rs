@@ -446,7 +446,10 @@ impl Pool {
         };
         let id = self.next_id();
         let mut buf = Uuid::encode_buffer();
-        let idempotent = options.idempotent || request.has_idempotency_key();
+        // A client-made allocationId makes a request safe to repeat only where the server
+        // deduplicates on it; nothing in the protocol says it does.
+        let idempotent = options.idempotent
+            || (request.has_idempotency_key() && self.config.server_deduplicates_allocation_ids);
         let frame = request.into_frame(id.0.hyphenated().encode_lower(&mut buf));
         let resend = (idempotent && self.config.resend_idempotent).then(|| frame.clone());
         let timeout = options

@@ -46,14 +46,16 @@ async fn wait_open<A: Adapter>(client: &A::Client, n: u32, limit: Duration) {
 /// With the one-shot `drop_once_on` fault, the server drops exactly the connection that
 /// receives a given request, before answering it (the request is counted).
 ///
-/// - a `use_allocation` with `allocationId` and `waitForConfirmation` (idempotent by its key)
-///   is re-sent once on the other connection and succeeds within its deadline: `resent` = 1,
-///   the server saw it twice;
+/// - a `use_allocation` with `allocationId` and `waitForConfirmation` is not re-sent by
+///   default (nothing says the server deduplicates on the id): it fails at once with
+///   `ConnectionLost`, seen once;
 /// - a request marked idempotent (`RequestOptions::with_idempotent`) does the same;
 /// - the same non-idempotent request fails at once with `ConnectionLost`; the server saw it
 ///   once and nothing was re-sent;
 /// - with a pool of one there is no other connection: even an idempotent request fails at
-///   once with `ConnectionLost`, seen once.
+///   once with `ConnectionLost`, seen once;
+/// - with `server_deduplicates_allocation_ids` on, the keyed `use_allocation` is re-sent once
+///   on the other connection and succeeds within its deadline; the server saw it twice.
 pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     let server = server();
     let counters = server.counters();
@@ -61,29 +63,24 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     let client = connect::<A>(config(&server.url()).pool_size(2)).await;
     wait_open::<A>(&client, 2, Duration::from_secs(2)).await;
 
-    // (a) Idempotent through its key (`allocationId`), via the typed helper.
+    // (a) A client-made `allocationId` alone does not make a request safe to repeat.
     faults.set_drop_once_on(Some("resend-key-1".into()));
-    let usage = UseAllocation {
-        alias: "ledger-1".into(),
-        amount: 1.0,
-        allocation_id: "resend-key-1".into(),
-        wait_for_confirmation: Some(true),
-        metadata: None,
-    };
     let t = Instant::now();
-    let reply = client
-        .use_allocation(&usage)
+    let err = client
+        .use_allocation(&keyed_usage("resend-key-1"))
         .await
-        .unwrap_or_else(|e| panic!("{}: the keyed request must survive: {e:?}", A::NAME))
-        .expect("a confirmation");
+        .unwrap_err();
     let took = t.elapsed();
-    assert_eq!(reply.event_id.len(), 36);
-    assert!(took < Duration::from_secs(2), "within its deadline: {took:?}");
+    assert!(
+        matches!(err, ClientError::ConnectionLost(_)),
+        "{}: a keyed request is not re-sent by default: {err:?}",
+        A::NAME
+    );
+    assert!(took < MS(500), "fails at once, not at its deadline: {took:?}");
     let s = A::stats(&client);
-    assert_eq!((s.resent, s.replies, s.connection_lost), (1, 1, 0), "{s:?}");
-    assert_eq!(counters.requests("use_allocation"), 2, "the server saw it twice");
+    assert_eq!((s.resent, s.connection_lost), (0, 1), "{s:?}");
+    assert_eq!(counters.requests("use_allocation"), 1, "the server saw it once");
     assert_eq!(counters.snapshot().connections_dropped, 1);
-    eprintln!("{}: keyed request re-sent and answered in {took:?}", A::NAME);
 
     // (b) Idempotent by flag.
     wait_open::<A>(&client, 2, Duration::from_secs(2)).await;
@@ -94,7 +91,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     assert!(reply.is_ok(), "{}: flagged request: {reply:?}", A::NAME);
     assert!(t.elapsed() < Duration::from_secs(2));
     let s = A::stats(&client);
-    assert_eq!((s.resent, s.replies, s.connection_lost), (2, 2, 0), "{s:?}");
+    assert_eq!((s.resent, s.replies, s.connection_lost), (1, 1, 1), "{s:?}");
     assert_eq!(counters.requests("get_application_policies"), 2);
 
     // (c) Not idempotent: fails at once, sent once.
@@ -113,7 +110,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     );
     assert!(took < MS(500), "fails at once, not at its deadline: {took:?}");
     let s = A::stats(&client);
-    assert_eq!((s.resent, s.connection_lost), (2, 1), "nothing re-sent: {s:?}");
+    assert_eq!((s.resent, s.connection_lost), (1, 2), "nothing re-sent: {s:?}");
     assert_eq!(
         counters.requests("get_application_policies"),
         3,
@@ -139,6 +136,41 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     assert_eq!(counters.requests("request_for_allocation"), 1);
     assert_eq!(counters.snapshot().connections_dropped, 4);
     A::close(&solo).await;
+
+    // (e) The server deduplicates on `allocationId` (the host says so): the keyed request
+    // is re-sent once on the other connection.
+    let dedup = connect::<A>(
+        config(&server.url())
+            .pool_size(2)
+            .server_deduplicates_allocation_ids(true),
+    )
+    .await;
+    wait_open::<A>(&dedup, 2, Duration::from_secs(2)).await;
+    faults.set_drop_once_on(Some("resend-key-2".into()));
+    let t = Instant::now();
+    let reply = dedup
+        .use_allocation(&keyed_usage("resend-key-2"))
+        .await
+        .unwrap_or_else(|e| panic!("{}: the keyed request must survive: {e:?}", A::NAME))
+        .expect("a confirmation");
+    let took = t.elapsed();
+    assert_eq!(reply.event_id.len(), 36);
+    assert!(took < Duration::from_secs(2), "within its deadline: {took:?}");
+    let s = A::stats(&dedup);
+    assert_eq!((s.resent, s.replies, s.connection_lost), (1, 1, 0), "{s:?}");
+    assert_eq!(counters.requests("use_allocation"), 3, "the server saw it twice");
+    A::close(&dedup).await;
+}
+
+/// A `use_allocation` that waits for the server's confirmation, with a client-made id.
+fn keyed_usage(allocation_id: &str) -> UseAllocation {
+    UseAllocation {
+        alias: "ledger-1".into(),
+        amount: 1.0,
+        allocation_id: allocation_id.into(),
+        wait_for_confirmation: Some(true),
+        metadata: None,
+    }
 }
 
 // ----- 2. availability for fail-open hosts -----

@@ -698,7 +698,8 @@ fn cancel_completes_once() {
 
 #[test]
 fn idempotent_request_is_resent_once_on_another_connection() {
-    let mut h = H::new(|b| b.pool_size(2));
+    // The allocationId makes it idempotent only because the server deduplicates on it.
+    let mut h = H::new(|b| b.pool_size(2).server_deduplicates_allocation_ids(true));
     h.up();
     let msg = Outgoing::new(
         "use_allocation",
@@ -745,6 +746,59 @@ fn idempotent_request_is_resent_once_on_another_connection() {
     });
     assert_eq!(count(&outs, |o| matches!(o, Output::Transmit { .. })), 0);
     assert_eq!(completed(&outs).len(), 1);
+}
+
+/// Issue 14, item 3: by default nothing says the server deduplicates on `allocationId`, so a
+/// keyed `use_allocation` whose connection dies fails instead of metering twice; a request
+/// marked idempotent is still re-sent.
+#[test]
+fn allocation_id_alone_is_not_resent_by_default() {
+    let mut h = H::new(|b| b.pool_size(2));
+    h.up();
+    let keyed = Outgoing::new(
+        "use_allocation",
+        json!({"alias":"a","amount":1.0,"allocationId":"k"}),
+    );
+    h.pool.request(h.now, keyed, RequestOptions::default()).unwrap();
+    let c = h
+        .drain()
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .unwrap();
+    let outs = h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    assert_eq!(
+        count(&outs, |o| matches!(o, Output::Transmit { .. })),
+        0,
+        "not re-sent"
+    );
+    assert!(matches!(
+        &completed(&outs)[..],
+        [(_, Outcome::Failed(RequestFailure::ConnectionLost(_)))]
+    ));
+    assert_eq!(h.pool.stats().resent, 0);
+    // Marked idempotent by the caller: re-sent.
+    let mut h = H::new(|b| b.pool_size(2));
+    h.up();
+    let (_, c, _) = h.req_with(
+        "get_application_policies",
+        RequestOptions::default().with_idempotent(true),
+    );
+    let outs = h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    assert_eq!(
+        count(&outs, |o| matches!(o, Output::Transmit { .. })),
+        1,
+        "re-sent"
+    );
+    assert_eq!(h.pool.stats().resent, 1);
 }
 
 #[test]

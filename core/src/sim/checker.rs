@@ -684,7 +684,11 @@ impl Checker {
                     .timeout
                     .unwrap_or(self.config.request_timeout())
                     .min(MAX_TIMEOUT);
-                let idempotent = options.idempotent || message.idempotency_key().is_some();
+                // Its own reading of the rule: the allocationId counts only where the server
+                // deduplicates on it.
+                let idempotent = options.idempotent
+                    || (message.idempotency_key().is_some()
+                        && self.config.server_deduplicates_allocation_ids());
                 // Registered now; its connection is set by the transmit that must follow.
                 self.pending.insert(
                     *id,

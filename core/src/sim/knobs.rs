@@ -51,6 +51,8 @@ pub struct Knobs {
     pub max_connection_age: Option<Duration>,
     /// Whether idempotent requests are re-sent once.
     pub resend_idempotent: bool,
+    /// Whether the server is taken to deduplicate on `allocationId`.
+    pub server_deduplicates_allocation_ids: bool,
 
     /// A dial fails with a network error.
     pub dial_refuse: f64,
@@ -142,6 +144,7 @@ impl Knobs {
             } else {
                 r.u64(0..=5_000)
             };
+        let resend_draw;
         Knobs {
             pool_size: r.u16(1..=8),
             request_timeout: ms(&mut r, 20, 3_000),
@@ -176,7 +179,12 @@ impl Knobs {
             } else {
                 None
             },
-            resend_idempotent: r.u8(..5) != 0,
+            // One draw for both switches keeps every later draw where it was.
+            resend_idempotent: {
+                resend_draw = r.u8(..5);
+                resend_draw != 0
+            },
+            server_deduplicates_allocation_ids: resend_draw >= 3,
             dial_refuse: fault(&mut r, 0.5),
             dial_reject: fault(&mut r, 0.3),
             dial_hang: fault(&mut r, 0.3),
@@ -227,6 +235,7 @@ impl Knobs {
             close_drain: Duration::ZERO,
             max_connection_age: None,
             resend_idempotent: true,
+            server_deduplicates_allocation_ids: false,
             dial_refuse: 0.0,
             dial_reject: 0.0,
             dial_hang: 0.0,
@@ -281,5 +290,6 @@ impl Knobs {
             .close_drain(self.close_drain)
             .max_connection_age(self.max_connection_age)
             .resend_idempotent(self.resend_idempotent)
+            .server_deduplicates_allocation_ids(self.server_deduplicates_allocation_ids)
     }
 }
