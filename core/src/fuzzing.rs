@@ -280,6 +280,8 @@ pub enum OpInput {
     Binary(usize),
     /// [`Input::Pong`].
     Pong,
+    /// [`Input::Ping`].
+    Ping,
     /// [`Input::Flushed`] with this write total.
     Flushed(u64),
     /// [`Input::WriteFailed`].
@@ -391,10 +393,18 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
             };
             let input = match u.arbitrary::<u8>()? % 9 {
                 0 => OpInput::Connected,
-                1 => OpInput::ConnectFailed(match u.arbitrary::<u8>()? % 4 {
+                1 => OpInput::ConnectFailed(match u.arbitrary::<u8>()? % 6 {
                     0 => DialError::Rejected { status: 401 },
-                    1 => DialError::Rejected { status: 500 },
+                    1 => DialError::HttpStatus {
+                        status: 503,
+                        retry_after: None,
+                    },
                     2 => DialError::Network("refused".into()),
+                    3 => DialError::Rejected { status: 403 },
+                    4 => DialError::HttpStatus {
+                        status: 429,
+                        retry_after: Some(Duration::from_millis(u64::from(u.arbitrary::<u8>()?) * 100)),
+                    },
                     _ => DialError::Timeout,
                 }),
                 2 => OpInput::Text(TextSpec::Reply {
@@ -413,7 +423,13 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
                         OpInput::Binary(usize::from(u.arbitrary::<u16>()?))
                     }
                 }
-                5 => OpInput::Pong,
+                5 => {
+                    if u.arbitrary::<bool>()? {
+                        OpInput::Pong
+                    } else {
+                        OpInput::Ping
+                    }
+                }
                 6 => OpInput::Flushed(match u.arbitrary::<u8>()? {
                     255 => u64::MAX,
                     n => u64::from(n),
@@ -620,6 +636,7 @@ impl Harness {
                     }
                     OpInput::Binary(len) => Input::Binary { conn, len },
                     OpInput::Pong => Input::Pong { conn },
+                    OpInput::Ping => Input::Ping { conn },
                     OpInput::Flushed(writes) => Input::Flushed { conn, writes },
                     OpInput::WriteFailed => Input::WriteFailed {
                         conn,

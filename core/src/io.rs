@@ -80,12 +80,24 @@ impl fmt::Display for RequestId {
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 #[non_exhaustive]
 pub enum DialError {
-    /// The server answered the upgrade with a non-101 status (401/403: the API key was
-    /// refused). Permanent for this key; the slot still backs off rather than hammering.
-    #[error("handshake rejected with HTTP status {status}")]
+    /// The server refused the API key: it answered the upgrade with 401 or 403. Permanent
+    /// for this key; the slot still backs off rather than hammering, and a pool whose every
+    /// slot was last refused this way reports [`RequestError::Rejected`].
+    #[error("the server rejected the API key (HTTP {status})")]
     Rejected {
+        /// The HTTP status (401 or 403 from the adapters).
+        status: u16,
+    },
+    /// The server answered the upgrade with another non-101 status: 429 or 5xx (the service
+    /// is unavailable for now), or anything else. The slot backs off as for any failed dial,
+    /// and no sooner than `retry_after` (bounded by the backoff cap) when the server sent one.
+    #[error("handshake answered with HTTP status {status}{}", retry_after_text(*.retry_after))]
+    HttpStatus {
         /// The HTTP status.
         status: u16,
+        /// The server's `Retry-After`, turned into a delay by the adapter at receipt (the
+        /// core has no wall clock).
+        retry_after: Option<Duration>,
     },
     /// TCP, TLS or the upgrade failed for a transient reason.
     #[error("network error: {0}")]
@@ -100,6 +112,18 @@ impl DialError {
     pub fn is_auth_rejection(&self) -> bool {
         matches!(self, DialError::Rejected { status: 401 | 403 })
     }
+
+    /// The least delay before the next dial that the server asked for (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DialError::HttpStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn retry_after_text(retry_after: Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |d| format!(" (retry after {d:?})"))
 }
 
 /// How the adapter saw a connection end.
@@ -167,6 +191,12 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnId,
     },
+    /// A ping from the server arrived (the adapter's WebSocket library answers it). Like any
+    /// frame, it shows the peer is alive and pushes the read deadline.
+    Ping {
+        /// The connection.
+        conn: ConnId,
+    },
     /// The adapter flushed writes: `writes` is how many [`Output::Transmit`] and
     /// [`Output::Ping`] of this connection have been written and flushed so far, in total.
     Flushed {
@@ -200,6 +230,7 @@ impl Input<'_> {
             | Input::Text { conn, .. }
             | Input::Binary { conn, .. }
             | Input::Pong { conn }
+            | Input::Ping { conn }
             | Input::Flushed { conn, .. }
             | Input::WriteFailed { conn, .. }
             | Input::Closed { conn, .. } => *conn,
@@ -339,6 +370,29 @@ pub enum Event {
         /// The slot.
         slot: u16,
     },
+    /// A resting slot was re-armed by demand (a request, send or connect): its attempt
+    /// budget starts afresh and it dials after `delay`, a jittered fraction of the backoff
+    /// base, so a busy pool does not re-dial every resting slot in the same instant. A slot
+    /// is re-armed this way at most once per backoff cap.
+    SlotRearmed {
+        /// The slot.
+        slot: u16,
+        /// Delay before its dial.
+        delay: Duration,
+    },
+    /// No connection is open and every slot's most recent dial was refused because of the
+    /// API key (401/403): requests fail with [`RequestError::Rejected`] and sends wait in
+    /// the outbox until a dial succeeds. Reported once each time the pool enters this state.
+    KeyRejected {
+        /// The HTTP status of the latest refusal.
+        status: u16,
+    },
+    /// The replacement of a connection that reached its maximum age failed its whole attempt
+    /// budget; the old connection stays in service until it dies.
+    RotationAbandoned {
+        /// The slot.
+        slot: u16,
+    },
     /// An incoming frame was skipped; the connection stays up.
     FrameSkipped {
         /// The connection.
@@ -417,7 +471,7 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum RequestError {
-    /// No connection is open. Exhausted slots were re-armed.
+    /// No connection is open. Resting slots were re-armed (at most once per backoff cap).
     #[error("not connected: no open connection in the pool")]
     NotConnected,
     /// Every open connection is at its in-flight cap.
@@ -429,6 +483,14 @@ pub enum RequestError {
     /// The pool is closed.
     #[error("client closed")]
     Closed,
+    /// No connection is open because the server refused the API key on every slot's most
+    /// recent dial (see [`Event::KeyRejected`]). Resting slots were re-armed (at most once
+    /// per backoff cap).
+    #[error("the server rejected the API key (HTTP {status})")]
+    Rejected {
+        /// The HTTP status of the latest refusal (401 or 403).
+        status: u16,
+    },
 }
 
 /// Why `send` refused; the message is handed back.

@@ -14,7 +14,8 @@ use crate::stats::{SendStats, Stats};
 mod deadlines;
 use deadlines::Deadlines;
 
-/// Distinct message types tracked separately in send counters; the rest share one bucket.
+/// Distinct message types tracked separately in send counters; the rest share one bucket
+/// (named [`OTHER_KIND`]), so at most this many plus one sets of counters exist.
 const MAX_TRACKED_KINDS: usize = 64;
 const OTHER_KIND: &str = "*other*";
 /// Weight of one completion in the moving timeout ratio.
@@ -40,6 +41,12 @@ struct Conn {
     unflushed_sends: VecDeque<(u64, u16)>,
     /// Write number of the last ping (0: none yet).
     last_ping: u64,
+    /// When the unflushed writes were issued, run-length encoded: (first write number
+    /// issued at that instant, the instant). The write deadline belongs to the oldest
+    /// unflushed write, so a partial flush must not restart it.
+    issued_at: VecDeque<(u64, Instant)>,
+    /// Failed replacement dials since this connection opened (its rotation's attempts).
+    rotation_attempt: u32,
 }
 
 impl Conn {
@@ -73,6 +80,11 @@ struct Slot {
     next_generation: u32,
     attempt: u32,
     phase: Phase,
+    /// When demand last re-armed this slot after it rested (at most once per backoff cap).
+    rearmed_at: Option<Instant>,
+    /// The status of this slot's most recent dial failure when it was a key rejection;
+    /// cleared by any other failure and by a successful dial.
+    rejected: Option<u16>,
     /// Connections that take no new work and close once drained (rotation, close).
     retiring: Vec<Conn>,
 }
@@ -132,7 +144,7 @@ impl Kinds {
         if let Some(i) = self.position(kind) {
             return i;
         }
-        let name = if self.names.len() + 1 >= MAX_TRACKED_KINDS {
+        let name = if self.names.len() >= MAX_TRACKED_KINDS {
             OTHER_KIND
         } else {
             kind
@@ -172,6 +184,7 @@ struct Counters {
     disconnects: u64,
     reconnects: u64,
     exhausted: u64,
+    rearms: u64,
     rotations: u64,
     pings: u64,
 }
@@ -216,6 +229,11 @@ pub struct Pool {
     ever_available: bool,
     upgrade_at: Option<Instant>,
     timeout_ratio: f64,
+    /// Slots resting after using up their attempts (so demand checks for them cheaply).
+    resting: u32,
+    /// `Some(status)` while nothing is open and every slot's most recent dial was a key
+    /// rejection (status of the latest one).
+    rejected_status: Option<u16>,
 }
 
 impl Pool {
@@ -228,6 +246,8 @@ impl Pool {
                 next_generation: 0,
                 attempt: 0,
                 phase: Phase::Idle { dial_at: None },
+                rearmed_at: None,
+                rejected: None,
                 retiring: Vec::new(),
             })
             .collect();
@@ -251,6 +271,8 @@ impl Pool {
             ever_available: false,
             upgrade_at: None,
             timeout_ratio: 0.0,
+            resting: 0,
+            rejected_status: None,
         }
     }
 
@@ -315,6 +337,12 @@ impl Pool {
         self.outbox.len()
     }
 
+    /// `Some(HTTP status)` while no connection is open because the server refused the API
+    /// key on every slot's most recent dial (see [`Event::KeyRejected`]).
+    pub fn rejection(&self) -> Option<u16> {
+        self.rejected_status
+    }
+
     /// Whether [`Pool::close`] was called.
     pub fn is_closing(&self) -> bool {
         self.closing
@@ -368,9 +396,11 @@ impl Pool {
             dials: c.dials,
             dial_failures: c.dial_failures,
             rejections: c.rejections,
+            rejected_status: self.rejected_status,
             disconnects: c.disconnects,
             reconnects: c.reconnects,
             exhausted: c.exhausted,
+            rearms: c.rearms,
             rotations: c.rotations,
             pings: c.pings,
             outbox_depth: self.outbox.len() as u64,
@@ -382,8 +412,8 @@ impl Pool {
     // ----- application commands -----
 
     /// Dials every slot that has never been dialed (spread over `initial_dial_spread`), and
-    /// re-arms slots that used up their attempts. Slots already open, dialing or backing off
-    /// are left alone.
+    /// re-arms slots that used up their attempts (at most once per backoff cap each, see
+    /// [`Event::SlotRearmed`]). Slots already open, dialing or backing off are left alone.
     pub fn connect(&mut self, now: Instant) {
         let now = self.advance(now);
         if self.closing {
@@ -400,17 +430,18 @@ impl Pool {
                         self.slots[i].phase = Phase::Idle { dial_at: Some(at) };
                     }
                 }
-                Phase::Exhausted => self.rearm(i, now),
                 _ => {}
             }
         }
+        self.rearm_resting(now);
     }
 
     /// Sends a request on the open connection with the fewest pending requests (ties go to
     /// [`RequestOptions::affinity`] when set, else rotate). Returns its id at once; its
     /// outcome comes later, exactly once, as [`Output::Completed`]. Refuses at once when no
-    /// connection is open (and re-arms exhausted slots), when every open connection is at its
-    /// in-flight cap, or after close.
+    /// connection is open ([`RequestError::Rejected`] when that is because the server refused
+    /// the API key), when every open connection is at its in-flight cap, or after close. Like
+    /// every send and connect, it re-arms resting slots (at most once per backoff cap each).
     pub fn request(
         &mut self,
         now: Instant,
@@ -433,11 +464,14 @@ impl Pool {
             self.counters.refused_closed += 1;
             return Err(RequestError::Closed);
         }
+        self.rearm_resting(now);
         let Some(slot) = self.select(true, options.affinity) else {
             if self.open_count == 0 {
                 self.counters.refused_not_connected += 1;
-                self.rearm_exhausted(now);
-                return Err(RequestError::NotConnected);
+                return Err(match self.rejected_status {
+                    Some(status) => RequestError::Rejected { status },
+                    None => RequestError::NotConnected,
+                });
             }
             self.counters.refused_backpressure += 1;
             return Err(RequestError::Backpressure {
@@ -496,6 +530,7 @@ impl Pool {
             self.kinds.stats[usize::from(index)].closed += 1;
             return Err(SendRefusal::Closed);
         }
+        self.rearm_resting(now);
         // Messages never overtake the outbox: while it has any, new ones queue behind them.
         if self.outbox.is_empty() {
             if let Some(slot) = self.select(false, None) {
@@ -503,13 +538,12 @@ impl Pool {
                 return Ok(());
             }
         }
-        if self.open_count == 0 {
-            self.rearm_exhausted(now);
-        }
         if self.outbox.len() >= self.config.outbox_capacity as usize {
             self.kinds.stats[usize::from(index)].dropped += 1;
+            // The counters' name for it (`*other*` past the tracked types), as in every
+            // other drop event.
             self.outputs.push_back(Output::Event(Event::MessageDropped {
-                kind: kind.to_owned(),
+                kind: self.kinds.names[usize::from(index)].clone(),
                 reason: DropReason::OutboxFull,
                 count: 1,
             }));
@@ -545,6 +579,7 @@ impl Pool {
             return;
         }
         self.closing = true;
+        self.resting = 0;
         let dropped = std::mem::take(&mut self.outbox);
         self.drop_queued(dropped, DropReason::Closed);
         for i in 0..self.slots.len() {
@@ -602,7 +637,7 @@ impl Pool {
                     self.skip_frame(conn, FrameError::Binary { len });
                 }
             }
-            Input::Pong { conn } => {
+            Input::Pong { conn } | Input::Ping { conn } => {
                 self.touch(now, conn);
             }
             Input::Flushed { conn, writes } => self.on_flushed(now, conn, writes),
@@ -811,20 +846,59 @@ impl Pool {
         });
     }
 
-    fn rearm(&mut self, slot: usize, now: Instant) {
-        self.slots[slot].attempt = 0;
-        self.dial(slot, now);
-    }
-
-    fn rearm_exhausted(&mut self, now: Instant) {
+    /// Demand (a request, send or connect) re-arms every resting slot that demand has not
+    /// re-armed within the backoff cap, whatever else is open: a pool in use is never down
+    /// for good, and a rejected key is not retried faster than the schedule.
+    fn rearm_resting(&mut self, now: Instant) {
+        if self.resting == 0 {
+            return;
+        }
+        let cap = self.config.backoff_cap;
         for i in 0..self.slots.len() {
-            if matches!(self.slots[i].phase, Phase::Exhausted) {
+            let s = &self.slots[i];
+            if matches!(s.phase, Phase::Exhausted) && s.rearmed_at.is_none_or(|t| now >= t + cap) {
                 self.rearm(i, now);
             }
         }
     }
 
-    fn schedule_reconnect(&mut self, slot: usize, now: Instant) {
+    fn rearm(&mut self, slot: usize, now: Instant) {
+        self.resting -= 1;
+        self.counters.rearms += 1;
+        let s = &mut self.slots[slot];
+        s.attempt = 0;
+        s.rearmed_at = Some(now);
+        // Spread over the jitter's share of the base delay (none with jitter 0, the exact
+        // schedule), so slots resting together do not dial together.
+        let window = self.config.backoff_base.mul_f64(self.config.backoff_jitter);
+        let delay = if window.is_zero() {
+            Duration::ZERO
+        } else {
+            window.mul_f64(self.rng.f64())
+        };
+        self.outputs.push_back(Output::Event(Event::SlotRearmed {
+            slot: slot as u16,
+            delay,
+        }));
+        if delay.is_zero() {
+            self.dial(slot, now);
+        } else {
+            self.slots[slot].phase = Phase::Backoff { until: now + delay };
+        }
+    }
+
+    /// The delay before retry `attempt`: the jittered schedule, and no sooner than the
+    /// server's `Retry-After` (bounded by the cap).
+    fn backoff_delay(&mut self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let nominal = nominal_delay(attempt, self.config.backoff_base, self.config.backoff_cap);
+        let delay = jittered_delay(nominal, self.config.backoff_jitter, self.rng.f64());
+        match retry_after {
+            Some(asked) => delay.max(asked.min(self.config.backoff_cap)),
+            None => delay,
+        }
+    }
+
+    fn schedule_reconnect(&mut self, slot: usize, now: Instant, retry_after: Option<Duration>) {
         if self.closing {
             self.slots[slot].phase = Phase::Closed;
             return;
@@ -832,13 +906,13 @@ impl Pool {
         let attempt = self.slots[slot].attempt;
         if attempt >= self.config.backoff_attempts {
             self.slots[slot].phase = Phase::Exhausted;
+            self.resting += 1;
             self.counters.exhausted += 1;
             self.outputs
                 .push_back(Output::Event(Event::AttemptsExhausted { slot: slot as u16 }));
             return;
         }
-        let nominal = nominal_delay(attempt, self.config.backoff_base, self.config.backoff_cap);
-        let delay = jittered_delay(nominal, self.config.backoff_jitter, self.rng.f64());
+        let delay = self.backoff_delay(attempt, retry_after);
         self.slots[slot].attempt += 1;
         self.counters.reconnects += 1;
         self.outputs.push_back(Output::Event(Event::ReconnectScheduled {
@@ -869,6 +943,8 @@ impl Pool {
             rotate_at,
             unflushed_sends: VecDeque::new(),
             last_ping: 0,
+            issued_at: VecDeque::new(),
+            rotation_attempt: 0,
         }
     }
 
@@ -883,7 +959,9 @@ impl Pool {
                     replacement: None,
                 };
                 s.attempt = 0;
+                s.rejected = None;
                 self.open_count += 1;
+                self.rejected_status = None;
                 self.outputs
                     .push_back(Output::Event(Event::Connected { conn: id }));
                 self.flush_outbox(now);
@@ -940,31 +1018,64 @@ impl Pool {
         }
     }
 
-    fn dial_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
+    /// Counts and reports a failed dial; returns the key rejection's status, if it was one,
+    /// and the server's `Retry-After`.
+    fn note_dial_failure(&mut self, conn: ConnId, error: DialError) -> (Option<u16>, Option<Duration>) {
         self.counters.dial_failures += 1;
-        if matches!(error, DialError::Rejected { .. }) {
+        let rejected = match error {
+            DialError::Rejected { status } => Some(status),
+            _ => None,
+        };
+        if rejected.is_some() {
             self.counters.rejections += 1;
         }
+        let retry_after = error.retry_after();
         self.outputs
             .push_back(Output::Event(Event::ConnectFailed { conn, error }));
-        self.schedule_reconnect(slot, now);
+        (rejected, retry_after)
     }
 
-    fn replacement_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
-        self.counters.dial_failures += 1;
-        if matches!(error, DialError::Rejected { .. }) {
-            self.counters.rejections += 1;
+    fn dial_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
+        let (rejected, retry_after) = self.note_dial_failure(conn, error);
+        self.slots[slot].rejected = rejected;
+        self.schedule_reconnect(slot, now, retry_after);
+        if let Some(status) = rejected {
+            if self.open_count == 0 && self.slots.iter().all(|s| s.rejected.is_some()) {
+                if self.rejected_status.is_none() {
+                    self.outputs
+                        .push_back(Output::Event(Event::KeyRejected { status }));
+                }
+                self.rejected_status = Some(status);
+            }
+        } else {
+            self.rejected_status = None;
         }
-        self.outputs
-            .push_back(Output::Event(Event::ConnectFailed { conn, error }));
-        let retry = jittered_delay(
-            self.config.backoff_base.max(Duration::from_secs(1)),
-            0.5,
-            self.rng.f64(),
-        );
-        if let Phase::Open { conn, replacement } = &mut self.slots[slot].phase {
-            *replacement = None;
-            conn.rotate_at = Some(now + retry);
+    }
+
+    /// A rotation's replacement dial failed: retry on the backoff schedule within the attempt
+    /// budget; past it, keep the old connection in service until it dies.
+    fn replacement_failed(&mut self, slot: usize, now: Instant, conn: ConnId, error: DialError) {
+        let (_, retry_after) = self.note_dial_failure(conn, error);
+        let Phase::Open { conn, .. } = &self.slots[slot].phase else {
+            return;
+        };
+        let attempt = conn.rotation_attempt;
+        let retry =
+            (attempt < self.config.backoff_attempts).then(|| self.backoff_delay(attempt, retry_after));
+        let Phase::Open { conn, replacement } = &mut self.slots[slot].phase else {
+            return;
+        };
+        *replacement = None;
+        match retry {
+            Some(delay) => {
+                conn.rotation_attempt += 1;
+                conn.rotate_at = Some(now + delay);
+            }
+            None => {
+                conn.rotate_at = None;
+                self.outputs
+                    .push_back(Output::Event(Event::RotationAbandoned { slot: slot as u16 }));
+            }
         }
     }
 
@@ -1023,7 +1134,17 @@ impl Pool {
             return;
         }
         conn.writes_flushed = writes;
-        conn.write_deadline = (conn.writes_flushed < conn.writes_issued).then_some(now + write_wait);
+        // The deadline belongs to the oldest write still unflushed, issued when its run began.
+        let oldest = writes + 1;
+        while conn.issued_at.get(1).is_some_and(|&(first, _)| first <= oldest) {
+            conn.issued_at.pop_front();
+        }
+        if writes == conn.writes_issued {
+            conn.issued_at.clear();
+            conn.write_deadline = None;
+        } else {
+            conn.write_deadline = conn.issued_at.front().map(|&(_, at)| at + write_wait);
+        }
         while conn.unflushed_sends.front().is_some_and(|&(n, _)| n <= writes) {
             let (_, kind) = conn.unflushed_sends.pop_front().expect("front exists");
             let s = &mut self.kinds.stats[usize::from(kind)];
@@ -1045,6 +1166,9 @@ impl Pool {
             conn.write_deadline = Some(now + write_wait);
         }
         let n = conn.writes_issued;
+        if conn.issued_at.back().is_none_or(|&(_, at)| at != now) {
+            conn.issued_at.push_back((n, now));
+        }
         let id = conn_id(slot, generation);
         self.outputs.push_back(match frame {
             Some(frame) => Output::Transmit { conn: id, frame },
@@ -1126,7 +1250,14 @@ impl Pool {
             Outcome::Failed(RequestFailure::Closed) => c.closed += 1,
         }
         match &outcome {
-            Outcome::Reply(_) | Outcome::Denied(_) => self.timeout_ratio *= 1.0 - TIMEOUT_EWMA_ALPHA,
+            Outcome::Reply(_) | Outcome::Denied(_) => {
+                self.timeout_ratio *= 1.0 - TIMEOUT_EWMA_ALPHA;
+                // Replies are what brings a pool degraded by timeouts back; look now rather
+                // than at the next timer (up to a ping period away).
+                if self.availability != Availability::Available {
+                    self.update_availability(now);
+                }
+            }
             Outcome::Failed(RequestFailure::Timeout) => {
                 self.timeout_ratio = self.timeout_ratio * (1.0 - TIMEOUT_EWMA_ALPHA) + TIMEOUT_EWMA_ALPHA;
                 self.update_availability(now);
@@ -1181,7 +1312,7 @@ impl Pool {
                 Some((generation, deadline)) => {
                     self.slots[slot].phase = Phase::Dialing { generation, deadline }
                 }
-                None => self.schedule_reconnect(slot, now),
+                None => self.schedule_reconnect(slot, now, None),
             }
         }
         let mut lost: Vec<u64> = vec![0; self.kinds.names.len()];

@@ -94,14 +94,19 @@ pub struct Stats {
     pub dials: u64,
     /// Dials that failed (network, handshake timeout, or rejection).
     pub dial_failures: u64,
-    /// Dials the server rejected (non-101 status).
+    /// Dials the server refused because of the API key (401/403).
     pub rejections: u64,
+    /// `Some(HTTP status)` while no connection is open because the server refused the API
+    /// key on every slot's most recent dial: why requests fail and sends wait.
+    pub rejected_status: Option<u16>,
     /// Open connections that were lost or closed.
     pub disconnects: u64,
     /// Reconnects scheduled.
     pub reconnects: u64,
     /// Times a slot used up its attempts.
     pub exhausted: u64,
+    /// Times a resting slot was re-armed by demand (request, send or connect).
+    pub rearms: u64,
     /// Connections replaced after reaching their maximum age.
     pub rotations: u64,
     /// Pings written.
@@ -110,7 +115,8 @@ pub struct Stats {
     pub outbox_depth: u64,
     /// Fire-and-forget counters, all types together.
     pub sends: SendStats,
-    /// Fire-and-forget counters per message type (at most 64 types; the rest count as "*other*").
+    /// Fire-and-forget counters per message type (64 named types; the rest count together as
+    /// `"*other*"`).
     pub sends_by_type: BTreeMap<String, SendStats>,
 }
 

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::AVAILABILITY_HOLD;
 use crate::config::{Config, ConfigBuilder};
 use crate::frame::Outgoing;
 use crate::io::*;
@@ -989,4 +990,540 @@ fn pool_is_send_and_sync() {
     // An embedder may keep the pool behind any lock, or share it for its getters.
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Pool>();
+}
+
+// ----- issue 14: what a hostile server and a careful reader found -----
+
+/// Events of one kind, in order.
+fn events(outs: &[Output]) -> Vec<Event> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Fails every dial of `slot` (answering each with `error`) until the slot rests; returns the
+/// instant it rested. Dials come at the backoff schedule (jitter 0).
+fn fail_until_resting(h: &mut H, slot: u16, error: DialError) {
+    for _ in 0..100 {
+        if h.pool.slot_state(slot) == Some(SlotState::Exhausted) {
+            return;
+        }
+        let dial = h.out.iter().rev().find_map(|o| match o {
+            Output::Dial { conn } if conn.slot == slot => Some(*conn),
+            _ => None,
+        });
+        if let Some(conn) = dial {
+            if h.pool.slot_state(slot) == Some(SlotState::Dialing) {
+                h.input(Input::ConnectFailed {
+                    conn,
+                    error: error.clone(),
+                });
+                continue;
+            }
+        }
+        let next = h.pool.poll_timeout().expect("a backoff deadline");
+        h.now = next;
+        h.pool.handle_timeout(next);
+        h.drain();
+        // Keep the open connections alive meanwhile.
+        for s in 0..h.pool.config().pool_size() {
+            if let Some(c) = h.pool.open_conn(s) {
+                h.input(Input::Pong { conn: c });
+                let issued = h.pool.stats().pings;
+                h.input(Input::Flushed {
+                    conn: c,
+                    writes: issued + 100,
+                });
+            }
+        }
+    }
+    panic!("slot {slot} never rested");
+}
+
+/// Item 1: a resting slot comes back on demand while another slot is open, at most once per
+/// backoff cap, with a fresh attempt budget; the pool is not degraded for good.
+#[test]
+fn resting_slot_is_rearmed_by_demand_while_another_is_open() {
+    let mut h = H::new(|b| {
+        b.pool_size(2)
+            .backoff_attempts(1)
+            .ping_period(1000 * SEC)
+            .pong_wait(2000 * SEC)
+    });
+    h.pool.connect(h.now);
+    let dials = h.dials();
+    h.input(Input::Connected { conn: dials[0] });
+    h.input(Input::ConnectFailed {
+        conn: dials[1],
+        error: DialError::Network("refused".into()),
+    });
+    fail_until_resting(&mut h, 1, DialError::Network("refused".into()));
+    assert_eq!(h.pool.availability(), Availability::Degraded);
+    // A request on the open slot re-arms the resting one at once (jitter 0: no spread).
+    let rearmed_at = h.now;
+    h.out.clear();
+    h.req("x");
+    let evs = events(&h.out);
+    assert!(
+        evs.contains(&Event::SlotRearmed {
+            slot: 1,
+            delay: Duration::ZERO
+        }),
+        "{evs:?}"
+    );
+    assert_eq!(h.pool.slot_state(1), Some(SlotState::Dialing));
+    assert_eq!(h.pool.stats().rearms, 1);
+    // Its budget starts afresh: one retry after failing, then it rests again.
+    let again = h.out.iter().find_map(|o| match o {
+        Output::Dial { conn } if conn.slot == 1 => Some(*conn),
+        _ => None,
+    });
+    h.input(Input::ConnectFailed {
+        conn: again.expect("re-armed dial"),
+        error: DialError::Rejected { status: 401 },
+    });
+    assert_eq!(h.pool.slot_state(1), Some(SlotState::Backoff), "a fresh budget");
+    fail_until_resting(&mut h, 1, DialError::Rejected { status: 401 });
+    // Within the cap since the last re-arm: demand does not re-arm it, however often.
+    let cap = h.pool.config().backoff_cap();
+    assert!(h.now < rearmed_at + cap);
+    h.req("x");
+    for _ in 0..50 {
+        h.pool.send(h.now, Outgoing::new("m", json!(null))).unwrap();
+    }
+    h.drain();
+    assert_eq!(h.pool.slot_state(1), Some(SlotState::Exhausted));
+    assert_eq!(h.pool.stats().rearms, 1);
+    let open = h.pool.open_conn(0).unwrap();
+    h.input(Input::Flushed {
+        conn: open,
+        writes: u64::MAX,
+    });
+    // Once the cap has passed, the next demand re-arms it; a dial that succeeds brings the
+    // pool back to Available (after the hold).
+    h.now = rearmed_at + cap;
+    h.pool.handle_timeout(h.now);
+    h.drain();
+    h.pool.send(h.now, Outgoing::new("m", json!(null))).unwrap();
+    let dials = h.dials();
+    assert_eq!(dials.len(), 1, "re-armed by a send");
+    assert_eq!(h.pool.stats().rearms, 2);
+    h.input(Input::Connected { conn: dials[0] });
+    assert_eq!(h.pool.open_conn(1), Some(dials[0]));
+    let t = h.now + AVAILABILITY_HOLD;
+    h.now = t;
+    h.pool.handle_timeout(t);
+    h.drain();
+    assert_eq!(h.pool.availability(), Availability::Available);
+}
+
+/// Item 1: with jitter, re-armed slots dial at spread instants within the jitter's share of
+/// the base delay, not all at once.
+#[test]
+fn rearm_dials_are_jittered() {
+    let mut h = H::new(|b| {
+        b.pool_size(8)
+            .backoff_attempts(1)
+            .backoff_jitter(0.5)
+            .backoff_base(4 * SEC)
+            .backoff_cap(8 * SEC)
+    });
+    h.pool.connect(h.now);
+    for c in h.dials() {
+        h.input(Input::ConnectFailed {
+            conn: c,
+            error: DialError::Timeout,
+        });
+    }
+    for slot in 0..8 {
+        fail_until_resting(&mut h, slot, DialError::Timeout);
+    }
+    h.out.clear();
+    assert_eq!(
+        h.pool
+            .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default()),
+        Err(RequestError::NotConnected)
+    );
+    h.drain();
+    let delays: Vec<Duration> = events(&h.out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SlotRearmed { delay, .. } => Some(delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 8);
+    assert!(delays.iter().all(|d| *d <= 2 * SEC), "{delays:?}");
+    let mut distinct = delays.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() > 4, "spread, not one instant: {delays:?}");
+    assert_eq!(
+        count(&h.out, |o| matches!(o, Output::Dial { .. })),
+        0,
+        "none at once"
+    );
+}
+
+/// Item 4: a pool down because every slot's latest dial was refused says so: requests fail
+/// with `Rejected`, one `KeyRejected` event, stats carry the status; sends still queue.
+#[test]
+fn a_rejected_key_is_reported_where_the_caller_looks() {
+    let mut h = H::new(|b| b.pool_size(2));
+    h.pool.connect(h.now);
+    let dials = h.dials();
+    h.input(Input::ConnectFailed {
+        conn: dials[0],
+        error: DialError::Rejected { status: 401 },
+    });
+    // One slot rejected, the other still dialing: not down because of the key.
+    assert_eq!(
+        h.pool
+            .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default()),
+        Err(RequestError::NotConnected)
+    );
+    assert_eq!(h.pool.stats().rejected_status, None);
+    let outs = h.input(Input::ConnectFailed {
+        conn: dials[1],
+        error: DialError::Rejected { status: 403 },
+    });
+    assert_eq!(
+        count(&outs, |o| matches!(
+            o,
+            Output::Event(Event::KeyRejected { status: 403 })
+        )),
+        1
+    );
+    let err = h
+        .pool
+        .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default());
+    assert_eq!(err, Err(RequestError::Rejected { status: 403 }));
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "the server rejected the API key (HTTP 403)"
+    );
+    assert_eq!(h.pool.rejection(), Some(403));
+    assert_eq!(h.pool.stats().rejected_status, Some(403));
+    h.pool.send(h.now, Outgoing::new("m", json!(null))).unwrap();
+    assert_eq!(h.pool.outbox_len(), 1, "sends still queue");
+    // Later refusals while down: no second event.
+    h.at(5 * SEC);
+    let retries = h.dials();
+    assert_eq!(retries.len(), 2);
+    let outs = h.input(Input::ConnectFailed {
+        conn: retries[0],
+        error: DialError::Rejected { status: 401 },
+    });
+    assert_eq!(
+        count(&outs, |o| matches!(o, Output::Event(Event::KeyRejected { .. }))),
+        0
+    );
+    assert_eq!(h.pool.rejection(), Some(401), "the latest refusal's status");
+    // A failure of another kind on one slot: no longer down because of the key.
+    h.input(Input::ConnectFailed {
+        conn: retries[1],
+        error: DialError::Network("refused".into()),
+    });
+    assert_eq!(h.pool.rejection(), None);
+    assert_eq!(
+        h.pool
+            .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default()),
+        Err(RequestError::NotConnected)
+    );
+    // A connection clears it for good, and the queued send goes out.
+    let st = h.pool.stats();
+    assert_eq!((st.rejections, st.dial_failures), (3, 4));
+}
+
+/// Item 5: 429 and 5xx are the service being unavailable, not a rejected key: they back off
+/// on the schedule, no sooner than the server's Retry-After (bounded by the cap).
+#[test]
+fn unavailable_status_backs_off_honouring_retry_after() {
+    let mut h = H::new(|b| b.pool_size(1));
+    h.pool.connect(h.now);
+    let d = h.dials()[0];
+    let outs = h.input(Input::ConnectFailed {
+        conn: d,
+        error: DialError::HttpStatus {
+            status: 503,
+            retry_after: Some(30 * SEC),
+        },
+    });
+    assert!(events(&outs).contains(&Event::ReconnectScheduled {
+        slot: 0,
+        attempt: 0,
+        delay: 30 * SEC
+    }));
+    let st = h.pool.stats();
+    assert_eq!(
+        (st.rejections, st.dial_failures, st.rejected_status),
+        (0, 1, None)
+    );
+    h.at(30 * SEC - Duration::from_millis(1));
+    assert!(h.dials().is_empty(), "not before Retry-After");
+    h.at(30 * SEC);
+    let d = h.dials()[0];
+    // A Retry-After beyond the cap waits the cap; none waits the schedule (attempt 1: 10 s).
+    let outs = h.input(Input::ConnectFailed {
+        conn: d,
+        error: DialError::HttpStatus {
+            status: 429,
+            retry_after: Some(3600 * SEC),
+        },
+    });
+    assert!(events(&outs).contains(&Event::ReconnectScheduled {
+        slot: 0,
+        attempt: 1,
+        delay: 60 * SEC
+    }));
+    h.at(90 * SEC);
+    let d = h.dials()[0];
+    let outs = h.input(Input::ConnectFailed {
+        conn: d,
+        error: DialError::HttpStatus {
+            status: 500,
+            retry_after: None,
+        },
+    });
+    assert!(events(&outs).contains(&Event::ReconnectScheduled {
+        slot: 0,
+        attempt: 2,
+        delay: 20 * SEC
+    }));
+    assert_eq!(h.pool.rejection(), None);
+    assert_eq!(
+        h.pool
+            .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default()),
+        Err(RequestError::NotConnected)
+    );
+}
+
+/// Item 6: a rotation's replacement dials follow the backoff schedule and budget; past it
+/// the old connection stays in service, and no more dials come.
+#[test]
+fn rotation_retries_on_the_schedule_then_gives_up() {
+    let mut h = H::new(|b| {
+        b.pool_size(1)
+            .max_connection_age(Some(10 * SEC))
+            .backoff_attempts(2)
+            .ping_period(1000 * SEC)
+            .pong_wait(2000 * SEC)
+    });
+    let c = h.up()[0];
+    let mut dial_times = Vec::new();
+    let mut t = Duration::ZERO;
+    while t < 900 * SEC {
+        t += SEC;
+        h.at(t);
+        for o in h.drain() {
+            if let Output::Dial { conn } = o {
+                dial_times.push(t);
+                h.input(Input::ConnectFailed {
+                    conn,
+                    error: DialError::Rejected { status: 401 },
+                });
+            }
+        }
+    }
+    // The first replacement at the (jittered, 10%) age, then 5 s and 10 s later, then no more.
+    assert_eq!(dial_times.len(), 3, "{dial_times:?}");
+    assert_eq!(dial_times[1] - dial_times[0], 5 * SEC);
+    assert_eq!(dial_times[2] - dial_times[1], 10 * SEC);
+    assert!(h
+        .out
+        .iter()
+        .any(|o| matches!(o, Output::Event(Event::RotationAbandoned { slot: 0 }))));
+    assert_eq!(
+        h.pool.open_conn(0),
+        Some(c),
+        "the old connection stays in service"
+    );
+    assert_eq!(h.pool.stats().rejections, 3);
+}
+
+/// Item 8: a server's ping is a sign of life like any frame.
+#[test]
+fn server_ping_pushes_the_read_deadline() {
+    let mut h = H::new(|b| b.pool_size(1).ping_period(30 * SEC).pong_wait(60 * SEC));
+    let c = h.up()[0];
+    h.at(30 * SEC);
+    h.drain();
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    h.at(50 * SEC);
+    h.input(Input::Ping { conn: c });
+    // No pong at all, but the server pinged at 50 s: alive until 110 s.
+    for s in [60, 61, 90, 109] {
+        h.at(s * SEC);
+        let outs = h.drain();
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Disconnect { .. })),
+            "alive at {s} s"
+        );
+        for o in &outs {
+            if let Output::Ping { .. } = o {
+                let w = h.pool.stats().pings;
+                h.input(Input::Flushed { conn: c, writes: w });
+            }
+        }
+    }
+    h.at(110 * SEC);
+    assert!(events(&h.drain()).contains(&Event::Disconnected {
+        conn: c,
+        reason: DisconnectReason::ReadTimeout
+    }));
+}
+
+/// Item 8: the write deadline belongs to the oldest unflushed write: a partial flush does
+/// not restart it.
+#[test]
+fn write_deadline_follows_the_oldest_unflushed_write() {
+    let mut h = H::new(|b| b.pool_size(1).write_wait(10 * SEC).request_timeout(100 * SEC));
+    let c = h.up()[0];
+    h.req("a");
+    h.req("b");
+    h.at(2 * SEC);
+    h.req("c");
+    // Two of three flushed at 8 s: the oldest unflushed was written at 2 s.
+    h.at(8 * SEC);
+    h.input(Input::Flushed { conn: c, writes: 2 });
+    h.at(12 * SEC - Duration::from_millis(1));
+    assert!(events(&h.drain()).is_empty());
+    h.at(12 * SEC);
+    assert!(events(&h.drain()).contains(&Event::Disconnected {
+        conn: c,
+        reason: DisconnectReason::WriteTimeout
+    }));
+    // Two written at the same instant, one flushed later: the other's deadline stands.
+    let mut h = H::new(|b| b.pool_size(1).write_wait(10 * SEC).request_timeout(100 * SEC));
+    let c = h.up()[0];
+    h.req("a");
+    h.req("b");
+    h.at(9 * SEC);
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    h.at(10 * SEC);
+    assert!(events(&h.drain()).contains(&Event::Disconnected {
+        conn: c,
+        reason: DisconnectReason::WriteTimeout
+    }));
+}
+
+/// Item 8: 64 message types get counters of their own, the rest share `*other*`, and every
+/// drop event names the counters' bucket.
+#[test]
+fn sixty_four_named_types_then_other_everywhere() {
+    let mut h = H::new(|b| b.pool_size(1).outbox_capacity(64));
+    for i in 0..64 {
+        h.pool
+            .send(h.now, Outgoing::new(format!("t{i}"), json!(null)))
+            .unwrap();
+    }
+    h.drain();
+    let outs = {
+        let r = h.pool.send(h.now, Outgoing::new("t64", json!(null)));
+        assert!(matches!(r, Err(SendError::OutboxFull(m)) if m.kind == "t64"));
+        h.drain()
+    };
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "*other*".into(),
+        reason: DropReason::OutboxFull,
+        count: 1
+    }));
+    let st = h.pool.stats();
+    assert_eq!(st.sends_by_type.len(), 65);
+    assert_eq!(st.sends_by_type["t63"].queued, 1, "the 64th type is named");
+    assert_eq!(st.sends_by_type["*other*"].dropped, 1);
+    // Expiry names the same buckets.
+    h.at(61 * SEC);
+    let expired: u64 = events(&h.drain())
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessageDropped {
+                reason: DropReason::Expired,
+                count,
+                ..
+            } => Some(*count),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(expired, 64);
+}
+
+/// Item 8: replies re-evaluate availability, so recovery from timeouts does not wait for a
+/// timer; degradation by timeouts has hysteresis in value (in at the ratio, out at half).
+#[test]
+fn timeouts_degrade_and_replies_recover_with_hysteresis() {
+    let mut h = H::new(|b| {
+        b.pool_size(1)
+            .request_timeout(SEC)
+            .degraded_timeout_ratio(0.2)
+            .ping_period(1000 * SEC)
+            .pong_wait(2000 * SEC)
+    });
+    let c = h.up()[0];
+    assert_eq!(h.pool.availability(), Availability::Available);
+    // Each timeout moves the ratio r to 0.95 r + 0.05: 0.185 after four, 0.226 after five.
+    let mut t = Duration::ZERO;
+    let mut writes = 0;
+    for n in 1..=5 {
+        h.req("x");
+        writes += 1;
+        h.input(Input::Flushed { conn: c, writes });
+        t += SEC;
+        h.at(t);
+        h.drain();
+        assert_eq!(h.pool.stats().timeouts, n);
+        let expected = if n < 5 {
+            Availability::Available
+        } else {
+            Availability::Degraded
+        };
+        assert_eq!(h.pool.availability(), expected, "after {n} timeouts");
+    }
+    // Each reply moves it to 0.95 r: below 0.2 at once, but only below 0.1 after 16.
+    for n in 1..=16 {
+        let (id, conn, _) = h.req("x");
+        writes += 1;
+        h.input(Input::Flushed { conn, writes });
+        let outs = h.reply(conn, &format!(r#"{{"type":"success","replyTo":"{id}"}}"#));
+        assert_eq!(completed(&outs).len(), 1);
+        // No timer but the far ping (pending deadlines are gone): the hold can only have
+        // started from the reply itself.
+        let hold_started = h.pool.poll_timeout() == Some(h.now + AVAILABILITY_HOLD);
+        assert_eq!(
+            hold_started,
+            n == 16,
+            "the hold starts at the 16th reply, not before (reply {n}: {:?})",
+            h.pool.poll_timeout().map(|t| t - h.now)
+        );
+        assert_eq!(h.pool.availability(), Availability::Degraded);
+    }
+    let t = h.now + AVAILABILITY_HOLD;
+    h.now = t;
+    h.pool.handle_timeout(t);
+    assert!(events(&h.drain()).contains(&Event::AvailabilityChanged {
+        availability: Availability::Available
+    }));
+}
+
+/// Item 8: a frame of exactly `max_frame_size` bytes is read; one byte more is skipped.
+#[test]
+fn max_frame_size_boundary() {
+    let mut h = H::new(|b| b.pool_size(1).max_frame_size(256));
+    let c = h.up()[0];
+    let (id, _, _) = h.req("x");
+    let head = format!(r#"{{"type":"success","replyTo":"{id}","message":""#);
+    let exact = format!("{head}{}\"}}", "m".repeat(256 - head.len() - 2));
+    assert_eq!(exact.len(), 256);
+    let over = format!("{head}{}\"}}", "m".repeat(257 - head.len() - 2));
+    let outs = h.reply(c, &over);
+    assert!(events(&outs).contains(&Event::FrameSkipped {
+        conn: c,
+        error: crate::frame::FrameError::TooLarge { len: 257, max: 256 }
+    }));
+    assert!(completed(&outs).is_empty());
+    let outs = h.reply(c, &exact);
+    assert!(matches!(&completed(&outs)[..], [(done, Outcome::Reply(_))] if *done == id));
 }

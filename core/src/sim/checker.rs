@@ -98,6 +98,11 @@ struct ConnS {
     last_ping: u64,
     /// When a replacement dial must start: (earliest, latest). Open connections only.
     rotate: Option<(Instant, Instant)>,
+    /// Replacement dials that failed since it opened.
+    rotation_attempt: u32,
+    /// When each unflushed write was issued, oldest first: the write deadline is the oldest's
+    /// plus the write wait.
+    issue_times: VecDeque<Instant>,
 }
 
 impl ConnS {
@@ -138,6 +143,12 @@ struct SlotS {
     open: Option<(u32, ConnS)>,
     replacement: Option<(u32, Instant)>,
     retiring: BTreeMap<u32, ConnS>,
+    /// When demand last re-armed it from rest.
+    rearmed_at: Option<Instant>,
+    /// The key rejection's status when its last own dial failed that way.
+    rejected: Option<u16>,
+    /// The `Retry-After` of its last failed dial, which the reconnect delay must honour.
+    retry_after: Option<Duration>,
 }
 
 impl SlotS {
@@ -284,6 +295,14 @@ pub struct Checker {
     late_abort: bool,
     /// The shadow of the connection whose `Disconnected` event is awaited.
     dead_conn: Option<ConnS>,
+    /// Whether the pool is down because of key rejections, as of the last check, with the
+    /// status of the latest refusal.
+    rejected_down: bool,
+    rejected_status: Option<u16>,
+    /// The key rejection of a slot's own dial in this step.
+    step_rejection: Option<u16>,
+    /// A `KeyRejected` event came in this step.
+    key_rejected_seen: bool,
 }
 
 impl Checker {
@@ -297,6 +316,9 @@ impl Checker {
                 open: None,
                 replacement: None,
                 retiring: BTreeMap::new(),
+                rearmed_at: None,
+                rejected: None,
+                retry_after: None,
             })
             .collect();
         let stats = Stats {
@@ -335,6 +357,10 @@ impl Checker {
             skipped: false,
             late_abort: false,
             dead_conn: None,
+            rejected_down: false,
+            rejected_status: None,
+            step_rejection: None,
+            key_rejected_seen: false,
         }
     }
 
@@ -418,6 +444,8 @@ impl Checker {
         self.text_answered = false;
         self.skipped = false;
         self.late_abort = false;
+        self.key_rejected_seen = false;
+        self.step_rejection = None;
         self.step = match call {
             Call::Connect => {
                 if !self.closing {
@@ -591,23 +619,16 @@ impl Checker {
                     6,
                     "request {id} accepted but never transmitted"
                 );
+                self.check_rearmed(&step)?;
             }
-            Step::Request {
-                not_connected: true, ..
-            }
-            | Step::Connect => self.check_rearmed(&step)?,
-            Step::Send {
-                direct,
-                open_was_zero,
-            } => {
+            Step::Request { .. } | Step::Connect => self.check_rearmed(&step)?,
+            Step::Send { direct, .. } => {
                 ensure!(
                     direct.is_none(),
                     7,
                     "send accepted for direct write but not transmitted"
                 );
-                if *open_was_zero {
-                    self.check_rearmed(&step)?;
-                }
+                self.check_rearmed(&step)?;
             }
             Step::Cancel { id } => {
                 ensure!(
@@ -648,6 +669,7 @@ impl Checker {
             self.defer_stuck_pings();
             self.check_nothing_overdue(pool)?;
         }
+        self.check_rejection(pool)?;
         self.check_availability(pool)?;
         self.check_not_late(pool)?;
         self.check_state(pool)?;
@@ -710,7 +732,17 @@ impl Checker {
                     affinity: options.affinity,
                 })
             }
-            (None, Err(RequestError::NotConnected)) if open == 0 => {
+            (None, Err(RequestError::NotConnected)) if open == 0 && !self.key_rejected_everywhere() => {
+                self.stats.refused_not_connected += 1;
+                Ok(Step::Request {
+                    id: None,
+                    not_connected: true,
+                    affinity: options.affinity,
+                })
+            }
+            (None, Err(RequestError::Rejected { status }))
+                if open == 0 && self.key_rejected_everywhere() && self.rejected_status == Some(*status) =>
+            {
                 self.stats.refused_not_connected += 1;
                 Ok(Step::Request {
                     id: None,
@@ -777,8 +809,9 @@ impl Checker {
                 "send with a full outbox returned {result:?}"
             );
             self.sends[usize::from(kind)].dropped += 1;
-            self.expected_drops
-                .insert((message.kind.clone(), DropReason::OutboxFull), 1);
+            // Named as its counters are (`*other*` past the tracked types).
+            let name = self.kind_names[usize::from(kind)].clone();
+            self.expected_drops.insert((name, DropReason::OutboxFull), 1);
         } else {
             ensure!(
                 result.is_ok(),
@@ -887,15 +920,18 @@ impl Checker {
                 c.last_heard = now;
                 Step::Binary(conn)
             }
-            Input::Pong { .. } => {
+            Input::Pong { .. } | Input::Ping { .. } => {
                 c.last_heard = now;
                 Step::Quiet
             }
             Input::Flushed { writes, .. } => {
                 let writes = (*writes).min(c.issued);
                 if writes > c.flushed {
+                    for _ in c.flushed..writes {
+                        c.issue_times.pop_front();
+                    }
                     c.flushed = writes;
-                    c.write_deadline = (c.flushed < c.issued).then_some(now + write_wait);
+                    c.write_deadline = c.issue_times.front().map(|&t| t + write_wait);
                     while c.unflushed_sends.front().is_some_and(|&(n, _)| n <= writes) {
                         let (_, kind) = c.unflushed_sends.pop_front().expect("front exists");
                         let s = &mut self.sends[usize::from(kind)];
@@ -963,23 +999,10 @@ impl Checker {
                 due - now
             ),
             Phase::Exhausted => {
-                ensure!(
-                    matches!(
-                        step,
-                        Step::Connect
-                            | Step::Request {
-                                not_connected: true,
-                                ..
-                            }
-                            | Step::Send {
-                                open_was_zero: true,
-                                ..
-                            }
-                    ),
-                    4,
-                    "exhausted slot re-dialed by {step:?}"
-                );
-                s.attempt = 0;
+                return Err(Violation {
+                    invariant: 4,
+                    message: format!("resting slot dialed ({conn}) without SlotRearmed in {step:?}"),
+                })
             }
             other => {
                 return Err(Violation {
@@ -1135,6 +1158,7 @@ impl Checker {
             .live_mut(conn.generation)
             .expect("writes go to live connections");
         c.issued += 1;
+        c.issue_times.push_back(now);
         if c.write_deadline.is_none() {
             c.write_deadline = Some(now + write_wait);
         }
@@ -1295,14 +1319,27 @@ impl Checker {
 
     fn on_connect_failed(&mut self, conn: ConnId, error: &DialError) -> Result<(), Violation> {
         let now = self.now;
-        let base = self.config.backoff_base().max(Duration::from_secs(1));
-        let s = &mut self.slots[usize::from(conn.slot)];
+        let attempts = self.config.backoff_attempts();
+        let retry_after = match error {
+            DialError::HttpStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let rejected = match error {
+            DialError::Rejected { status } => Some(*status),
+            _ => None,
+        };
         self.stats.dial_failures += 1;
-        if matches!(error, DialError::Rejected { .. }) {
+        if rejected.is_some() {
             self.stats.rejections += 1;
         }
+        let window = |attempt: u32| self.delay_window(attempt, retry_after);
+        let s = &self.slots[usize::from(conn.slot)];
         if matches!(s.phase, Phase::Dialing { generation, .. } if generation == conn.generation) {
+            let s = &mut self.slots[usize::from(conn.slot)];
             s.phase = Phase::Lost;
+            s.rejected = rejected;
+            s.retry_after = retry_after;
+            self.step_rejection = rejected;
             *self.owed.entry(conn.slot).or_default() += 1;
             return Ok(());
         }
@@ -1311,11 +1348,36 @@ impl Checker {
             10,
             "ConnectFailed for {conn}, which is not dialing"
         );
+        // A rotation's replacement: the backoff schedule and budget of any dial.
+        let rotate = s.open.as_ref().and_then(|(_, open)| {
+            (open.rotation_attempt < attempts).then(|| {
+                let (lo, hi) = window(open.rotation_attempt);
+                (now + lo, now + hi)
+            })
+        });
+        let s = &mut self.slots[usize::from(conn.slot)];
         s.replacement = None;
         if let Some((_, open)) = &mut s.open {
-            open.rotate = Some((now + base.mul_f64(0.5), now + base));
+            open.rotate = rotate;
+            if rotate.is_some() {
+                open.rotation_attempt += 1;
+            }
         }
         Ok(())
+    }
+
+    /// The range a retry's delay must fall in: the jittered schedule for `attempt`, and no
+    /// sooner than the server's `Retry-After`, itself bounded by the cap.
+    fn delay_window(&self, attempt: u32, retry_after: Option<Duration>) -> (Duration, Duration) {
+        let (base, cap, jitter) = (
+            self.config.backoff_base(),
+            self.config.backoff_cap(),
+            self.config.backoff_jitter(),
+        );
+        let nominal = nominal_delay(attempt, base, cap);
+        let lo = nominal.mul_f64(1.0 - jitter);
+        let floor = retry_after.map_or(Duration::ZERO, |r| r.min(cap));
+        (lo.max(floor), nominal.max(floor))
     }
 
     fn on_completed(&mut self, now: Instant, id: RequestId, outcome: &Outcome) -> Result<(), Violation> {
@@ -1428,6 +1490,7 @@ impl Checker {
                 if matches!(s.phase, Phase::Dialing { generation, .. } if generation == conn.generation) {
                     s.open = Some((conn.generation, conn_s));
                     s.attempt = 0;
+                    s.rejected = None;
                     s.phase = Phase::Open;
                 } else if s.replacement.is_some_and(|(g, _)| g == conn.generation) {
                     s.replacement = None;
@@ -1459,12 +1522,9 @@ impl Checker {
             }),
             Event::ReconnectScheduled { slot, attempt, delay } => {
                 self.take_owed(*slot, "ReconnectScheduled")?;
-                let (base, cap, jitter) = (
-                    self.config.backoff_base(),
-                    self.config.backoff_cap(),
-                    self.config.backoff_jitter(),
-                );
                 let attempts = self.config.backoff_attempts();
+                let retry_after = self.slots[usize::from(*slot)].retry_after.take();
+                let (lo, hi) = self.delay_window(*attempt, retry_after);
                 let s = &mut self.slots[usize::from(*slot)];
                 ensure!(
                     *attempt == s.attempt && *attempt < attempts,
@@ -1472,12 +1532,10 @@ impl Checker {
                     "slot {slot}: reconnect attempt {attempt}, expected {} (budget {attempts})",
                     s.attempt
                 );
-                let nominal = nominal_delay(*attempt, base, cap);
-                let lo = nominal.mul_f64(1.0 - jitter);
                 ensure!(
-                    lo <= *delay && *delay <= nominal,
+                    lo <= *delay && *delay <= hi,
                     4,
-                    "slot {slot}: attempt {attempt} delay {delay:?} outside [{lo:?}, {nominal:?}]"
+                    "slot {slot}: attempt {attempt} delay {delay:?} outside [{lo:?}, {hi:?}] (Retry-After {retry_after:?})"
                 );
                 s.attempt += 1;
                 s.phase = Phase::Backoff { due: now + *delay };
@@ -1495,7 +1553,76 @@ impl Checker {
                     s.attempt
                 );
                 s.phase = Phase::Exhausted;
+                s.retry_after = None;
                 self.stats.exhausted += 1;
+                Ok(())
+            }
+            Event::SlotRearmed { slot, delay } => {
+                let demand = matches!(
+                    self.step,
+                    Step::Connect | Step::Request { .. } | Step::Send { .. }
+                );
+                ensure!(
+                    demand && !self.closing,
+                    4,
+                    "slot {slot} re-armed by {:?}",
+                    self.step
+                );
+                let cap = self.config.backoff_cap();
+                let window = self.config.backoff_base().mul_f64(self.config.backoff_jitter());
+                let s = self.slots.get_mut(usize::from(*slot)).ok_or_else(|| Violation {
+                    invariant: 10,
+                    message: format!("SlotRearmed for unknown slot {slot}"),
+                })?;
+                ensure!(
+                    s.phase == Phase::Exhausted,
+                    4,
+                    "slot {slot} re-armed while {:?}",
+                    s.phase
+                );
+                ensure!(
+                    s.rearmed_at.is_none_or(|t| now >= t + cap),
+                    4,
+                    "slot {slot} re-armed {:?} after its last re-arm, within the cap {cap:?}",
+                    s.rearmed_at.map(|t| now - t)
+                );
+                ensure!(
+                    *delay <= window,
+                    4,
+                    "slot {slot} re-armed with delay {delay:?} beyond {window:?}"
+                );
+                s.attempt = 0;
+                s.rearmed_at = Some(now);
+                s.phase = Phase::Backoff { due: now + *delay };
+                self.stats.rearms += 1;
+                Ok(())
+            }
+            Event::KeyRejected { status } => {
+                ensure!(
+                    matches!(self.step, Step::ConnectFailed(c) if self.slots[usize::from(c.slot)].rejected == Some(*status)),
+                    4,
+                    "KeyRejected {status} in {:?}",
+                    self.step
+                );
+                ensure!(!self.key_rejected_seen, 4, "KeyRejected twice in one step");
+                self.key_rejected_seen = true;
+                Ok(())
+            }
+            Event::RotationAbandoned { slot } => {
+                let attempts = self.config.backoff_attempts();
+                // A replacement dial fails by input, or by its handshake deadline.
+                let abandoned = matches!(self.step, Step::ConnectFailed(c) if c.slot == *slot)
+                    | (self.step == Step::Timeout)
+                    && self.slots[usize::from(*slot)]
+                        .open
+                        .as_ref()
+                        .is_some_and(|(_, c)| c.rotate.is_none() && c.rotation_attempt >= attempts);
+                ensure!(
+                    abandoned,
+                    4,
+                    "RotationAbandoned for slot {slot} in {:?} before its budget was spent",
+                    self.step
+                );
                 Ok(())
             }
             Event::FrameSkipped { conn, .. } => {
@@ -1558,20 +1685,26 @@ impl Checker {
             unflushed_sends: VecDeque::new(),
             last_ping: 0,
             rotate,
+            rotation_attempt: 0,
+            issue_times: VecDeque::new(),
         }
     }
 
     // ----- end-of-step checks -----
 
+    /// After demand (a request, send or connect), no slot rests that demand may re-arm: one
+    /// not re-armed within the backoff cap, whatever else is open.
     fn check_rearmed(&self, step: &Step) -> Result<(), Violation> {
         if self.closing {
             return Ok(());
         }
+        let cap = self.config.backoff_cap();
         for (i, s) in self.slots.iter().enumerate() {
             ensure!(
-                s.phase != Phase::Exhausted,
+                s.phase != Phase::Exhausted || s.rearmed_at.is_some_and(|t| self.now < t + cap),
                 4,
-                "slot {i} still exhausted after {step:?}"
+                "slot {i} still resting after {step:?} (last re-armed {:?} ago)",
+                s.rearmed_at.map(|t| self.now - t)
             );
             ensure!(
                 *step != Step::Connect || s.phase != (Phase::Idle { spread_until: None }),
@@ -1851,6 +1984,41 @@ impl Checker {
         Ok(())
     }
 
+    /// The pool is down because of the key: nothing open, and every slot's most recent own
+    /// dial was refused with 401/403. Reported once per entry, visible in the getter and stats.
+    fn check_rejection(&mut self, pool: &Pool) -> Result<(), Violation> {
+        let down = self.key_rejected_everywhere();
+        ensure!(
+            !down || self.rejected_down || self.key_rejected_seen,
+            4,
+            "the pool went down on key rejections without a KeyRejected event"
+        );
+        ensure!(
+            down || !self.key_rejected_seen,
+            4,
+            "KeyRejected while some slot is open or was not rejected"
+        );
+        self.rejected_status = match (down, self.step_rejection) {
+            (false, _) => None,
+            (true, Some(status)) => Some(status),
+            (true, None) => self.rejected_status,
+        };
+        ensure!(
+            pool.rejection() == self.rejected_status,
+            4,
+            "rejection() is {:?}, the shadow says {:?}",
+            pool.rejection(),
+            self.rejected_status
+        );
+        self.rejected_down = down;
+        self.stats.rejected_status = self.rejected_status;
+        Ok(())
+    }
+
+    fn key_rejected_everywhere(&self) -> bool {
+        self.open_count() == 0 && self.slots.iter().all(|s| s.rejected.is_some())
+    }
+
     // ----- helpers -----
 
     fn open_count(&self) -> usize {
@@ -1906,7 +2074,7 @@ impl Checker {
         if let Some(&i) = self.kind_index.get(kind) {
             return i;
         }
-        let name = if self.kind_names.len() + 1 >= MAX_TRACKED_KINDS {
+        let name = if self.kind_names.len() >= MAX_TRACKED_KINDS {
             OTHER_KIND
         } else {
             kind

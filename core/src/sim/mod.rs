@@ -460,10 +460,16 @@ impl Sim {
         }
         self.pool.connect(self.now);
         self.observe(0, Call::Connect)?;
+        self.ask_again_if_resting();
 
+        // Demand re-arms a resting slot at most once per backoff cap: a slot re-armed just
+        // before the heal waits up to the cap for the application's next connect, and then
+        // up to the jitter's share of the base delay for its dial.
         let k = &self.knobs;
-        let bound =
-            k.pong_wait.max(k.write_wait).max(k.handshake_timeout) + k.backoff_cap + Duration::from_secs(1);
+        let bound = k.pong_wait.max(k.write_wait).max(k.handshake_timeout)
+            + k.backoff_cap * 2
+            + k.backoff_base
+            + Duration::from_secs(1);
         self.run_while(bound, "every slot reconnects after the faults stop", |s| {
             !s.checker.all_open()
         })?;
@@ -626,8 +632,22 @@ impl Sim {
             _ => {
                 self.connect_due = None;
                 self.pool.connect(now);
-                self.observe(0, Call::Connect)
+                self.observe(0, Call::Connect)?;
+                if !self.faults {
+                    self.ask_again_if_resting();
+                }
+                Ok(())
             }
+        }
+    }
+
+    /// Healed: while a slot still rests (demand re-armed it within the backoff cap), the
+    /// application asks for its connections again once the cap has passed.
+    fn ask_again_if_resting(&mut self) {
+        let resting =
+            (0..self.knobs.pool_size).any(|i| self.pool.slot_state(i) == Some(SlotState::Exhausted));
+        if resting && self.connect_due.is_none() {
+            self.connect_due = Some(self.now + self.knobs.backoff_cap);
         }
     }
 
@@ -812,7 +832,20 @@ impl Sim {
         let event = if self.chance(k.dial_refuse) {
             Net::DialFailed(conn, DialError::Network("connection refused".into()))
         } else if self.chance(k.dial_reject) {
-            Net::DialFailed(conn, DialError::Rejected { status: 401 })
+            // Mostly the key refused; sometimes the service unavailable, asking for a pause.
+            let error = match self.rng.u8(..4) {
+                0 => DialError::HttpStatus {
+                    status: 503,
+                    retry_after: Some(Duration::from_millis(self.rng.u64(0..=3_000))),
+                },
+                1 => DialError::HttpStatus {
+                    status: 429,
+                    retry_after: None,
+                },
+                2 => DialError::Rejected { status: 403 },
+                _ => DialError::Rejected { status: 401 },
+            };
+            Net::DialFailed(conn, error)
         } else {
             Net::Connected(conn)
         };
