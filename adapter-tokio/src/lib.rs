@@ -110,18 +110,24 @@ impl Client {
     /// Starts a client and dials every slot in parallel; returns once every first dial has
     /// settled, connected or failed (bounded by the handshake timeout, plus the configured
     /// initial dial spread). Failed slots keep retrying in the background, so the client is
-    /// returned even when no connection could be opened: check [`Client::is_connected`].
+    /// returned even when no connection could be opened (check [`Client::is_connected`]),
+    /// except when the API key was refused.
     ///
-    /// Fails only on options that cannot work ([`ClientError::InvalidOptions`]), or when not
-    /// called within a Tokio runtime.
+    /// Fails on options that cannot work ([`ClientError::InvalidOptions`]), when not called
+    /// within a Tokio runtime, and with [`ClientError::Rejected`] when the server refused the
+    /// API key on every first dial (the client is then shut down: nothing keeps retrying).
+    /// Use [`Client::start`] instead to keep retrying in the background whatever the first
+    /// dials met, for example when the key may be provisioned after start-up.
     pub async fn connect(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
         let client = Client::start(options)?;
-        client.shared().settled().await;
+        client.shared().settled_or_rejected().await?;
         Ok(client)
     }
 
     /// Starts a client and its dials without waiting for them: requests fail with
-    /// [`ClientError::NotConnected`] until a connection opens, while sends wait in the outbox.
+    /// [`ClientError::NotConnected`] until a connection opens (or [`ClientError::Rejected`]
+    /// while the server refuses the API key), while sends wait in the outbox. Slots keep
+    /// retrying in the background on the backoff schedule, whatever the first dials met.
     /// Must be called within a Tokio runtime.
     pub fn start(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
         let options = options.into();

@@ -78,7 +78,14 @@ pub(crate) fn run_request(args: RequestArgs) -> CmdResult {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = Client::connect(config).await?;
+        let client = match Client::connect(config).await {
+            Ok(client) => client,
+            // A refused key: the library says so itself ("the server rejected the API key").
+            Err(e) => {
+                eprintln!("ufsock: {e}");
+                return Ok(ExitCode::from(exit_code_of(&e)));
+            }
+        };
         let message = Outgoing::new(args.kind, args.payload.unwrap_or(Value::Null));
         let result = client
             .request_with(message, RequestOptions::timeout(timeout))
@@ -114,7 +121,14 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
         .build()?;
     rt.block_on(async move {
         let started = Instant::now();
-        let client = Client::connect(config).await?;
+        let client = match Client::connect(config).await {
+            Ok(client) => client,
+            // A refused key: the library says so itself ("the server rejected the API key").
+            Err(e) => {
+                eprintln!("ufsock: {e}");
+                return Ok(ExitCode::from(exit_code_of(&e)));
+            }
+        };
         let message = Outgoing::new(args.kind, args.payload.unwrap_or(Value::Null));
         if let Err(e) = client.send(message) {
             client.close().await;

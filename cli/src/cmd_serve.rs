@@ -81,6 +81,15 @@ pub(crate) struct ServeArgs {
     /// Fault: reject every upgrade with 401.
     #[arg(long, help_heading = "Faults")]
     reject_all: bool,
+    /// Fault: answer every upgrade with this HTTP status instead of 101 (e.g. 503 or 429).
+    #[arg(long, value_name = "STATUS", default_value_t = 0, help_heading = "Faults")]
+    handshake_status: u16,
+    /// With --handshake-status: send `Retry-After: SECS` (0 = no header).
+    #[arg(long, value_name = "SECS", default_value_t = 0, help_heading = "Faults")]
+    retry_after: u64,
+    /// Send a ping to every connection every MS milliseconds (0 = off).
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Faults")]
+    ping_every_ms: u64,
     /// Fault: accept TCP connections but never answer the upgrade.
     #[arg(long, help_heading = "Faults")]
     hang_handshake: bool,
@@ -109,6 +118,9 @@ impl ServeArgs {
             close_code: self.close_code,
             drop_after_messages: self.drop_after,
             reject_handshakes: self.reject_all,
+            handshake_status: self.handshake_status,
+            retry_after_secs: self.retry_after,
+            ping_every_ms: self.ping_every_ms,
             hang_handshakes: self.hang_handshake,
             drop_once_on: self.drop_once_on.clone(),
         }

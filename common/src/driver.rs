@@ -442,6 +442,17 @@ pub fn log_event(event: &Event) {
         Event::ReconnectScheduled { slot, attempt, delay } => {
             info!(slot, attempt, ?delay, "usageflow-socket: reconnect scheduled")
         }
+        Event::SlotRearmed { slot, delay } => {
+            info!(slot, ?delay, "usageflow-socket: resting slot re-armed by demand")
+        }
+        Event::KeyRejected { status } => error!(
+            status,
+            "usageflow-socket: no connection is open because the server rejected the API key on every slot; check the key (it is not logged)"
+        ),
+        Event::RotationAbandoned { slot } => warn!(
+            slot,
+            "usageflow-socket: replacing an aged connection failed every attempt; it stays in service until it dies"
+        ),
         Event::AttemptsExhausted { slot } => warn!(
             slot,
             "usageflow-socket: reconnect attempts exhausted; the slot rests until the next request, send or connect"

@@ -52,6 +52,14 @@ pub enum ClientError {
     /// message is handed back; the drop is counted in the stats.
     #[error("UsageFlow unavailable: outbox full, message of type {:?} dropped", .0.kind)]
     OutboxFull(Outgoing),
+    /// No connection is open because the server refused the API key (HTTP 401 or 403) on
+    /// every slot's most recent dial: fix the key. Still *unavailable* for a fail-open host
+    /// (the service could not be asked); [`ClientError::is_rejected`] tells it apart.
+    #[error("UsageFlow unavailable: the server rejected the API key (HTTP {status})")]
+    Rejected {
+        /// The HTTP status of the latest refusal.
+        status: u16,
+    },
     /// The request was cancelled before its reply.
     #[error("UsageFlow unavailable: request cancelled")]
     Cancelled,
@@ -79,6 +87,7 @@ impl ClientError {
             ClientError::Denied(_) => ErrorClass::Denied,
             ClientError::InvalidReply { .. } | ClientError::InvalidOptions(_) => ErrorClass::Invalid,
             ClientError::NotConnected
+            | ClientError::Rejected { .. }
             | ClientError::Timeout
             | ClientError::ConnectionLost(_)
             | ClientError::Closed
@@ -92,6 +101,12 @@ impl ClientError {
     /// call through).
     pub fn is_unavailable(&self) -> bool {
         self.class() == ErrorClass::Unavailable
+    }
+
+    /// Whether the server refused the API key: nothing is open because every slot's most
+    /// recent dial was answered 401 or 403 (a configuration error, not an outage).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, ClientError::Rejected { .. })
     }
 
     /// Whether the server answered with a denial.
@@ -128,6 +143,7 @@ impl From<RequestError> for ClientError {
             RequestError::NotConnected => ClientError::NotConnected,
             RequestError::Backpressure { max_in_flight } => ClientError::Backpressure { max_in_flight },
             RequestError::Closed => ClientError::Closed,
+            RequestError::Rejected { status } => ClientError::Rejected { status },
             // `RequestError` is non-exhaustive: a future refusal is still a refusal to send.
             #[allow(unreachable_patterns)]
             _ => ClientError::NotConnected,
@@ -208,6 +224,13 @@ mod tests {
             ClientError::from(RequestError::Backpressure { max_in_flight: 7 }),
             ClientError::Backpressure { max_in_flight: 7 }
         );
+        let rejected = ClientError::from(RequestError::Rejected { status: 401 });
+        assert_eq!(rejected, ClientError::Rejected { status: 401 });
+        assert!(rejected.is_unavailable() && rejected.is_rejected() && !rejected.is_denied());
+        assert!(rejected
+            .to_string()
+            .contains("the server rejected the API key (HTTP 401)"));
+        assert!(!ClientError::NotConnected.is_rejected());
         assert_eq!(ClientError::from(RequestFailure::Timeout), ClientError::Timeout);
         assert_eq!(ClientError::from(RequestFailure::Closed), ClientError::Closed);
         let m = Outgoing::new("report_call_chain", Value::Null);

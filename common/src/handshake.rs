@@ -2,11 +2,12 @@
 //! tungstenite errors to the core's [`DialError`] and [`CloseReason`].
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::{ClientConfig, RootCertStore};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
-use tungstenite::http::header::{HeaderValue, USER_AGENT};
+use tungstenite::http::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use tungstenite::protocol::WebSocketConfig;
 use usageflow_socket_core::{CloseReason, Config, DialError};
 
@@ -162,15 +163,41 @@ pub fn websocket_config(config: &Config) -> WebSocketConfig {
         .max_message_size(Some(limit))
 }
 
-/// Maps a failed dial: a non-101 answer is [`DialError::Rejected`] (permanent for the key),
-/// anything else is [`DialError::Network`]. Texts never include request headers.
+/// Maps a failed dial: a 401 or 403 answer is [`DialError::Rejected`] (the key was refused);
+/// any other non-101 answer is [`DialError::HttpStatus`] (429 and 5xx: unavailable for now),
+/// carrying the server's `Retry-After` read against the system clock now; anything else is
+/// [`DialError::Network`]. Texts never include request headers.
 pub fn dial_error(error: tungstenite::Error) -> DialError {
     match error {
-        tungstenite::Error::Http(response) => DialError::Rejected {
-            status: response.status().as_u16(),
-        },
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            match status {
+                401 | 403 => DialError::Rejected { status },
+                _ => DialError::HttpStatus {
+                    status,
+                    retry_after: response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry_after(v, SystemTime::now())),
+                },
+            }
+        }
         other => DialError::Network(other.to_string()),
     }
+}
+
+/// Reads a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP date taken
+/// against `now` (a date in the past is no delay). `None` when it is neither. The pool bounds
+/// the delay by its backoff cap.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long digit strings saturate rather than fail: the cap bounds them anyway.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Maps a TCP connect failure.
@@ -263,6 +290,29 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_values() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(retry_after("0", now), Some(Duration::ZERO));
+        assert_eq!(retry_after(" 42 ", now), Some(Duration::from_secs(42)));
+        assert_eq!(
+            retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past is no delay"
+        );
+        assert_eq!(retry_after("-5", now), None);
+        assert_eq!(retry_after("", now), None);
+        assert_eq!(retry_after("tomorrow", now), None);
+    }
+
+    #[test]
     fn error_mapping() {
         let response = tungstenite::http::Response::builder()
             .status(401)
@@ -276,6 +326,37 @@ mod tests {
             dial_error(tungstenite::Error::AttackAttempt),
             DialError::Network(_)
         ));
+        let status = |code: u16, retry: Option<&str>| {
+            let mut b = tungstenite::http::Response::builder().status(code);
+            if let Some(r) = retry {
+                b = b.header(RETRY_AFTER, r);
+            }
+            dial_error(tungstenite::Error::Http(Box::new(b.body(None).unwrap())))
+        };
+        assert_eq!(status(403, None), DialError::Rejected { status: 403 });
+        assert!(status(403, None).is_auth_rejection());
+        assert_eq!(
+            status(503, Some("120")),
+            DialError::HttpStatus {
+                status: 503,
+                retry_after: Some(Duration::from_secs(120))
+            }
+        );
+        assert_eq!(
+            status(429, None),
+            DialError::HttpStatus {
+                status: 429,
+                retry_after: None
+            }
+        );
+        assert!(!status(429, None).is_auth_rejection());
+        assert_eq!(
+            status(404, Some("soon")),
+            DialError::HttpStatus {
+                status: 404,
+                retry_after: None
+            }
+        );
         assert_eq!(
             close_reason(tungstenite::Error::ConnectionClosed),
             CloseReason::Eof

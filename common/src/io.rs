@@ -154,7 +154,8 @@ pub const MAX_FRAMES_PER_BATCH: usize = 64;
 
 /// Reads frames and reports them. Every frame the socket has already delivered (up to
 /// [`MAX_FRAMES_PER_BATCH`]) is decoded and handed over in one batch, so a burst of replies
-/// costs one lock, not one each. Pings are answered by tungstenite itself. The first close
+/// costs one lock, not one each. Pings are answered by tungstenite itself and reported as
+/// signs of life. The first close
 /// frame, read error or end of stream is reported once as `Input::Closed`, preceded by the
 /// writer's final `Input::Flushed` count; after a close frame the loop keeps reading so
 /// tungstenite can finish the close handshake.
@@ -237,7 +238,9 @@ fn read_item<W>(conn: ConnId, item: Result<Message, tungstenite::Error>, max_fra
             len: data.len(),
         })),
         Ok(Message::Pong(_)) => Read::Report(Report::Io(Input::Pong { conn })),
-        Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => Read::Skip,
+        // tungstenite answers it; the core counts it as a sign of life, like any frame.
+        Ok(Message::Ping(_)) => Read::Report(Report::Io(Input::Ping { conn })),
+        Ok(Message::Frame(_)) => Read::Skip,
         Ok(Message::Close(frame)) => Read::End {
             reason: close_frame_reason(frame),
             last: false,

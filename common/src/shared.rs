@@ -175,6 +175,21 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
         self.signals.wait_for(|s| s.settled || s.stopped).await;
     }
 
+    /// Waits until every first dial settled, as [`Shared::settled`]; when every one of them
+    /// was refused because of the API key (401/403), closes the pool (the caller gets no
+    /// handle, so nothing may keep running) and fails with [`ClientError::Rejected`].
+    pub async fn settled_or_rejected(&self) -> Result<(), ClientError> {
+        self.settled().await;
+        let rejection = self.lock().pool().rejection();
+        match rejection {
+            Some(status) => {
+                self.close().await;
+                Err(ClientError::Rejected { status })
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Starts a request whose outcome goes to `waiter` and comes back through `outcome`
     /// (the two ends of a oneshot channel), and waits for it. Dropping the future cancels
     /// the request; a closed channel (the driver stopped) is [`ClientError::Closed`].

@@ -421,16 +421,13 @@ impl Pool {
         }
         let spread = self.config.initial_dial_spread;
         for i in 0..self.slots.len() {
-            match self.slots[i].phase {
-                Phase::Idle { dial_at: None } => {
-                    if spread.is_zero() || i == 0 {
-                        self.dial(i, now);
-                    } else {
-                        let at = now + spread.mul_f64(self.rng.f64());
-                        self.slots[i].phase = Phase::Idle { dial_at: Some(at) };
-                    }
+            if let Phase::Idle { dial_at: None } = self.slots[i].phase {
+                if spread.is_zero() || i == 0 {
+                    self.dial(i, now);
+                } else {
+                    let at = now + spread.mul_f64(self.rng.f64());
+                    self.slots[i].phase = Phase::Idle { dial_at: Some(at) };
                 }
-                _ => {}
             }
         }
         self.rearm_resting(now);

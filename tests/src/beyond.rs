@@ -33,14 +33,6 @@ async fn alongside<T>(main: impl Future<Output = T>, background: impl Future<Out
     }
 }
 
-/// Waits until the client has `n` open connections.
-async fn wait_open<A: Adapter>(client: &A::Client, n: u32, limit: Duration) {
-    must_wait::<A>(limit, &format!("{n} open connections"), || {
-        A::stats(client).open_connections == n
-    })
-    .await;
-}
-
 // ----- 1. resend tied to an idempotency key -----
 
 /// With the one-shot `drop_once_on` fault, the server drops exactly the connection that
@@ -176,13 +168,13 @@ fn keyed_usage(allocation_id: &str) -> UseAllocation {
 // ----- 2. availability for fail-open hosts -----
 
 /// The availability getter and the stream of `AvailabilityChanged` events, through:
-/// startup against a server that rejects every handshake (`Unavailable`), start-up recovery
+/// startup against a server that answers every handshake 503 (`Unavailable`), start-up recovery
 /// (`Degraded` at the first connection, `Available` as soon as all are open), a steady phase
 /// under noise frames (zero changes), one slot down (`Degraded` at once), a total outage
 /// (`Unavailable` at once) and recovery again (`Degraded`, then `Available` after the hold).
 /// The stream matches the getter at every step and has exactly the expected changes.
 pub async fn beyond_availability_state<A: Adapter>() {
-    let server = server_with(|o| o.faults.reject_handshakes = true);
+    let server = server_with(|o| o.faults.handshake_status = 503);
     let faults = server.faults();
     let client = connect::<A>(config(&server.url()).pool_size(2)).await;
     assert!(!A::is_connected(&client));
@@ -356,14 +348,14 @@ fn spread(times: &[Duration]) -> Duration {
     max - min
 }
 
-/// A pool of 6 against a server that rejects every handshake, with backoff 300 ms and
+/// A pool of 6 against a server that answers every handshake 503, with backoff 300 ms and
 /// `jitter`: the server-side times of the 6 first dials and of the 6 first retries, and the
 /// delays of the second retries (attempt 1) from the event stream, per slot.
 async fn reconnect_pattern<A: Adapter>(
     jitter: f64,
     seed: u64,
 ) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
-    let server = server_with(|o| o.faults.reject_handshakes = true);
+    let server = server_with(|o| o.faults.handshake_status = 503);
     let builder = config(&server.url())
         .pool_size(6)
         .backoff_base(MS(300))
@@ -466,7 +458,7 @@ pub async fn beyond_staggered_connections<A: Adapter>() {
     );
 
     // Initial dial spread: the first dials of a pool starting against a server that is down.
-    let server = server_with(|o| o.faults.reject_handshakes = true);
+    let server = server_with(|o| o.faults.handshake_status = 503);
     let builder = config(&server.url())
         .pool_size(6)
         .backoff_base(Duration::from_secs(5))
@@ -509,12 +501,12 @@ pub async fn beyond_staggered_connections<A: Adapter>() {
 
 /// `connect` returns as soon as every first dial settled, not at the driver's next deadline:
 /// with the default timings (ping 30 s, handshake 10 s, backoff 5 s) against a healthy server,
-/// and against one that rejects every handshake, a pool of 4 is back from `connect` within
+/// and against one that answers every handshake 503 (unavailable; a refused key makes `connect` fail instead), a pool of 4 is back from `connect` within
 /// 1 s. (Found by the initial-dial-spread test: `connect` used to wait for the next timer of
 /// the driver task, here the handshake deadline of the last dial, 10 s.)
 pub async fn beyond_connect_returns_when_dials_settle<A: Adapter>() {
     for reject in [false, true] {
-        let server = server_with(|o| o.faults.reject_handshakes = reject);
+        let server = server_with(|o| o.faults.handshake_status = if reject { 503 } else { 0 });
         let builder = Config::builder(server.url(), KEY).pool_size(4);
         let t = Instant::now();
         let client = A::connect(options(builder)).await.unwrap();

@@ -173,19 +173,41 @@ pub async fn handshake_headers_and_typed_api<A: Adapter>() {
     close_bounded::<A>(&client).await;
 }
 
-/// A 401 is permanent and clearly reported: counted as a rejection, an event
-/// `ConnectFailed { Rejected { 401 } }`, requests fail `NotConnected` (unavailable, not
-/// denied), the key appears in no error or event text, and the slots back off rather than
-/// hammer the server.
+/// A 401 is permanent and clearly reported where the caller looks (issue 14, item 4):
+/// `connect` fails with `Rejected { 401 }` and leaves nothing running; a client `start`ed
+/// against the same server counts rejections, emits `ConnectFailed { Rejected { 401 } }` and
+/// one `KeyRejected`, its requests fail with `Rejected` (unavailable for a fail-open host,
+/// and told apart by `is_rejected`), its sends queue with the reason in the stats, the key
+/// appears in no error or event text, and the slots back off rather than hammer the server.
 pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
     let server = server();
     let bad_key = "wrong-Key-must-not-leak-7731";
-    let client = A::connect(options(config_key(&server.url(), bad_key)))
+
+    // `connect`: every first dial refused, so the caller gets the reason, not a dead client.
+    let t = Instant::now();
+    let err = A::connect(options(config_key(&server.url(), bad_key)))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err, ClientError::Rejected { status: 401 });
+    assert!(err.is_unavailable() && err.is_rejected() && !err.is_denied());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(
+        err.to_string()
+            .contains("the server rejected the API key (HTTP 401)"),
+        "{err}"
+    );
+    let after_connect = server.counters().handshakes_rejected();
+    assert_eq!(after_connect, 2, "one dial per slot");
+    A::sleep(MS(600)).await;
+    assert_eq!(
+        server.counters().handshakes_rejected(),
+        after_connect,
+        "nothing keeps dialing after connect failed"
+    );
+
+    // `start`: retries in the background and says why nothing opens.
+    let client = A::start(options(config_key(&server.url(), bad_key))).unwrap();
     let mut sub = A::subscribe(&client);
-    assert!(!A::is_connected(&client));
-    assert_eq!(A::availability(&client), Availability::Unavailable);
     let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
         matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
     })
@@ -199,21 +221,32 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
     for text in [format!("{event:?}"), error.to_string()] {
         assert!(!text.contains(bad_key), "the key leaked: {text}");
     }
+    wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
+        matches!(e, ClientEvent::Pool(Event::KeyRejected { status: 401 }))
+    })
+    .await
+    .expect("a KeyRejected event once both slots were refused");
+    assert!(!A::is_connected(&client));
+    assert_eq!(A::availability(&client), Availability::Unavailable);
     let s = A::stats(&client);
-    assert!(s.rejections >= 1 && s.dial_failures >= s.rejections, "{s:?}");
-    assert_eq!(s.open_connections, 0);
+    assert!(s.rejections >= 2 && s.dial_failures >= s.rejections, "{s:?}");
+    assert_eq!((s.open_connections, s.rejected_status), (0, Some(401)), "{s:?}");
 
     let t = Instant::now();
     let err = client.request(policies()).await.unwrap_err();
     assert!(t.elapsed() < MS(200), "refused at once");
-    assert_eq!(err, ClientError::NotConnected);
-    assert!(err.is_unavailable() && !err.is_denied());
+    assert_eq!(err, ClientError::Rejected { status: 401 });
+    assert!(err.is_unavailable() && err.is_rejected() && !err.is_denied());
+    client
+        .send(Outgoing::new("report_call_chain", json!({})))
+        .expect("a send still queues");
+    let s = A::stats(&client);
+    assert_eq!((s.sends.queued, s.rejected_status), (1, Some(401)), "{s:?}");
     for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
         assert!(!text.contains(bad_key), "the key leaked: {text}");
     }
     let snap = server.counters().snapshot();
     assert_eq!(snap.connections_accepted, 0);
-    assert!(snap.handshakes_rejected >= 2, "both slots tried: {snap:?}");
     assert!(snap.last_key_present);
 
     // Backing off: over 1.5 s, 2 slots with delays 100, 200, 400, 800 ms dial at most ~5
@@ -228,6 +261,127 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
     let s = A::stats(&client);
     assert_eq!(s.refused_not_connected, 1);
     assert!(s.reconnects >= 2, "{s:?}");
+    close_bounded::<A>(&client).await;
+}
+
+/// A 503 (or 429) answer is the service being unavailable, not a refused key (issue 14,
+/// item 5): no rejection is counted, `connect` returns a client that retries, no sooner than
+/// the server's `Retry-After`, and requests fail `NotConnected`.
+pub async fn unavailable_status_is_not_a_rejection<A: Adapter>() {
+    let server = server_with(|o| {
+        o.faults.handshake_status = 503;
+        o.faults.retry_after_secs = 1;
+    });
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(1)
+            .backoff_base(MS(50))
+            .backoff_cap(Duration::from_secs(5))
+            .backoff_jitter(0.0),
+    )
+    .await;
+    let mut sub = A::subscribe(&client);
+    let err = client.request(policies()).await.unwrap_err();
+    assert_eq!(err, ClientError::NotConnected);
+    assert!(!err.is_rejected());
+    let scheduled = wait_event::<A>(&mut sub, Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Pool(Event::ReconnectScheduled { .. }))
+    })
+    .await;
+    // The first failure's decision may predate the subscription; the next one is seen.
+    let Some(ClientEvent::Pool(Event::ReconnectScheduled { delay, .. })) = scheduled else {
+        panic!("{}: no ReconnectScheduled: {scheduled:?}", A::NAME)
+    };
+    assert_eq!(
+        delay,
+        Duration::from_secs(1),
+        "Retry-After over the 50 ms schedule"
+    );
+    let s = A::stats(&client);
+    assert_eq!((s.rejections, s.rejected_status), (0, None), "{s:?}");
+    assert!(s.dial_failures >= 1, "{s:?}");
+    // Over 1.5 s at most two more dials (one a second), not the schedule's dozen.
+    let before = server.counters().handshakes_rejected();
+    A::sleep(MS(1500)).await;
+    let during = server.counters().handshakes_rejected() - before;
+    assert!(
+        during <= 2,
+        "{}: {during} dials in 1.5 s despite Retry-After: 1",
+        A::NAME
+    );
+    // The service comes back: the slot opens at its next dial.
+    server.faults().set_handshake_status(0);
+    wait_open::<A>(&client, 1, Duration::from_secs(3)).await;
+    close_bounded::<A>(&client).await;
+}
+
+/// Server pings are signs of life (issue 14, item 8): a server that never answers the
+/// client's pings but pings on its own keeps its connections.
+pub async fn server_pings_keep_a_connection_alive<A: Adapter>() {
+    let server = server_with(|o| {
+        o.faults.no_pongs = true;
+        o.faults.ping_every_ms = 50;
+    });
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(1)
+            .ping_period(MS(100))
+            .pong_wait(MS(300)),
+    )
+    .await;
+    wait_open::<A>(&client, 1, Duration::from_secs(2)).await;
+    A::sleep(MS(1200)).await;
+    let s = A::stats(&client);
+    assert_eq!(
+        s.disconnects,
+        0,
+        "{}: alive on the server's pings alone: {s:?}",
+        A::NAME
+    );
+    assert!(server.counters().pings_sent() >= 10);
+    // Without them, the silent server is dead within the pong wait.
+    server.faults().set_ping_every_ms(0);
+    A::sleep(MS(700)).await;
+    let s = A::stats(&client);
+    assert!(s.disconnects >= 1, "{}: {s:?}", A::NAME);
+    close_bounded::<A>(&client).await;
+}
+
+/// A resting slot comes back on demand while another slot is open (issue 14, item 1): the
+/// pool is not degraded for good.
+pub async fn resting_slot_returns_while_another_is_open<A: Adapter>() {
+    let server = server();
+    let faults = server.faults();
+    let client = connect::<A>(
+        config(&server.url())
+            .pool_size(2)
+            .backoff_attempts(1)
+            .backoff_base(MS(20))
+            .backoff_cap(MS(200))
+            .backoff_jitter(0.0),
+    )
+    .await;
+    wait_open::<A>(&client, 2, Duration::from_secs(2)).await;
+    // Slot down and kept down: it uses its one retry and rests.
+    faults.set_handshake_status(503);
+    faults.set_drop_once_on(Some("/rest-me".into()));
+    client
+        .send(Outgoing::new("report_call_chain", json!({"url": "/rest-me"})))
+        .unwrap();
+    let t = Instant::now();
+    while A::stats(&client).exhausted == 0 {
+        assert!(t.elapsed() < Duration::from_secs(3), "{}: never rested", A::NAME);
+        A::sleep(MS(10)).await;
+    }
+    assert_eq!(A::stats(&client).open_connections, 1);
+    assert_eq!(A::availability(&client), Availability::Degraded);
+    // The service is back; requests on the open slot re-arm the resting one.
+    faults.set_handshake_status(0);
+    A::sleep(MS(250)).await;
+    client.request(policies()).await.expect("served by the open slot");
+    wait_open::<A>(&client, 2, Duration::from_secs(2)).await;
+    let s = A::stats(&client);
+    assert!(s.rearms >= 1, "{s:?}");
     close_bounded::<A>(&client).await;
 }
 
@@ -924,10 +1078,11 @@ pub async fn exhausted_slots_rearm_on_use<A: Adapter>() {
         A::stats(&client).exhausted >= 2
     })
     .await;
-    let _ = wait_event::<A>(&mut sub, MS(10), |e| {
+    wait_event::<A>(&mut sub, MS(500), |e| {
         matches!(e, ClientEvent::Pool(Event::AttemptsExhausted { .. }))
     })
-    .await;
+    .await
+    .expect("an AttemptsExhausted event");
     server.restart().unwrap();
     let dials = A::stats(&client).dials;
     A::sleep(MS(500)).await;

@@ -58,6 +58,8 @@ pub trait Adapter: 'static {
     fn block_on<F: Future>(f: F) -> F::Output;
     /// `Client::connect`.
     async fn connect(options: ClientOptions) -> Result<Self::Client, ClientError>;
+    /// `Client::start`.
+    fn start(options: ClientOptions) -> Result<Self::Client, ClientError>;
     /// Sleeps on this adapter's timer.
     async fn sleep(d: Duration);
     /// `Client::stats`.
@@ -139,6 +141,14 @@ pub async fn must_wait<A: Adapter>(limit: Duration, what: &str, pred: impl FnMut
         "{}: timed out after {limit:?} waiting for: {what}",
         A::NAME
     );
+}
+
+/// Waits until the client has `n` open connections.
+pub async fn wait_open<A: Adapter>(client: &A::Client, n: u32, limit: Duration) {
+    must_wait::<A>(limit, &format!("{n} open connections"), || {
+        A::stats(client).open_connections == n
+    })
+    .await;
 }
 
 /// The next event for which `pred` holds, within `limit`.
@@ -359,6 +369,9 @@ macro_rules! conformance {
         $crate::conformance!(@tests $adapter;
             handshake_headers_and_typed_api,
             rejected_key_is_permanent_and_clear,
+            unavailable_status_is_not_a_rejection,
+            server_pings_keep_a_connection_alive,
+            resting_slot_returns_while_another_is_open,
             correlation_in_every_reply_style,
             out_of_order_replies,
             denials_are_distinct_from_unavailability,

@@ -25,6 +25,10 @@ impl Adapter for SmolAdapter {
         Client::connect(options).await
     }
 
+    fn start(options: ClientOptions) -> Result<Client, ClientError> {
+        Client::start(options)
+    }
+
     async fn sleep(d: Duration) {
         smol::Timer::after(d).await;
     }

@@ -29,6 +29,10 @@ impl Adapter for TokioAdapter {
         Client::connect(options).await
     }
 
+    fn start(options: ClientOptions) -> Result<Client, ClientError> {
+        Client::start(options)
+    }
+
     async fn sleep(d: Duration) {
         tokio::time::sleep(d).await;
     }

@@ -104,8 +104,19 @@ pub(crate) async fn handle_tcp(
 }
 
 fn rejection(text: &str) -> ErrorResponse {
+    status_answer(StatusCode::UNAUTHORIZED, text, 0)
+}
+
+/// An upgrade answered with `status` (and `Retry-After: retry_after_secs` when non-zero).
+fn status_answer(status: StatusCode, text: &str, retry_after_secs: u64) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(text.to_owned()));
-    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    *r.status_mut() = status;
+    if retry_after_secs > 0 {
+        r.headers_mut().insert(
+            async_tungstenite::tungstenite::http::header::RETRY_AFTER,
+            retry_after_secs.into(),
+        );
+    }
     r
 }
 
@@ -131,14 +142,21 @@ where
                 _ => None,
             }
         };
-        match refusal {
-            Some(text) => {
+        let status = StatusCode::from_u16(shared.faults.handshake_status()).ok();
+        match (refusal, status) {
+            (Some(text), _) => {
                 // Never log the key itself.
                 tracing::debug!(%peer, reason = text, "upgrade rejected with 401");
                 Counters::add(&counters.handshakes_rejected);
                 Err(rejection(text))
             }
-            None => Ok(resp),
+            (None, Some(status)) => {
+                tracing::debug!(%peer, %status, "upgrade answered with a status (fault)");
+                Counters::add(&counters.handshakes_rejected);
+                let retry_after = shared.faults.retry_after_secs();
+                Err(status_answer(status, "handshake_status fault", retry_after))
+            }
+            (None, None) => Ok(resp),
         }
     };
     let accepted = tokio::time::timeout(
@@ -176,6 +194,7 @@ where
         delayed_order: 0,
         dirty: false,
         closing_until: None,
+        next_ping: None,
     };
     conn.run().await;
     tracing::debug!(%peer, "connection ended");
@@ -239,6 +258,8 @@ struct Conn<S> {
     dirty: bool,
     /// A close frame was sent or received: no more writes; give up at this instant.
     closing_until: Option<Instant>,
+    /// When the `ping_every_ms` fault sends its next ping.
+    next_ping: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -263,10 +284,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 return self.freeze().await;
             }
             let stop_reading = faults.stop_reading();
-            let wake = [self.delayed.peek().map(|d| d.due), freeze_at, self.closing_until]
-                .into_iter()
-                .flatten()
-                .min();
+            self.next_ping = match faults.ping_every_ms() {
+                0 => None,
+                ms => Some(self.next_ping.unwrap_or(now + Duration::from_millis(ms))),
+            };
+            let wake = [
+                self.delayed.peek().map(|d| d.due),
+                freeze_at,
+                self.closing_until,
+                self.next_ping,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Some(w) = wake {
                 if timer.deadline() != w {
                     timer.as_mut().reset(w);
@@ -288,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if next == Next::End {
                 return;
             }
-            if self.send_due().await.is_err() {
+            if self.send_due().await.is_err() || self.ping_due().await.is_err() {
                 return;
             }
             if self.dirty {
@@ -457,6 +487,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     /// Sends the delayed replies that are due.
+    /// Feeds the `ping_every_ms` fault's ping when it is due.
+    async fn ping_due(&mut self) -> Result<(), WsError> {
+        let now = Instant::now();
+        if self.closing_until.is_some() || self.next_ping.is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        self.next_ping = Some(now + Duration::from_millis(self.shared.faults.ping_every_ms().max(1)));
+        self.ws.feed(Message::Ping(Default::default())).await?;
+        Counters::add(&self.shared.counters.pings_sent);
+        self.dirty = true;
+        Ok(())
+    }
+
     async fn send_due(&mut self) -> Result<(), WsError> {
         let now = Instant::now();
         while self.delayed.peek().is_some_and(|d| d.due <= now) {

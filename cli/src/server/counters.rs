@@ -73,6 +73,7 @@ pub struct Counters {
     pub(crate) tcp_accepted: AtomicU64,
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
+    pub(crate) pings_sent: AtomicU64,
     pub(crate) handshakes_failed: AtomicU64,
     pub(crate) handshakes_hung: AtomicU64,
     pub(crate) open_connections: AtomicU64,
@@ -108,7 +109,8 @@ pub struct CountersSnapshot {
     pub tcp_accepted: u64,
     /// WebSocket upgrades accepted.
     pub connections_accepted: u64,
-    /// Upgrades rejected with 401 (missing or wrong key, or `reject_handshakes`).
+    /// Upgrades refused: 401 (missing or wrong key, or `reject_handshakes`), or the
+    /// `handshake_status` fault's status.
     pub handshakes_rejected: u64,
     /// Handshakes that failed otherwise (TLS error, bad request, timeout, peer gone).
     pub handshakes_failed: u64,
@@ -212,9 +214,15 @@ impl Counters {
         self.connections_accepted.load(Relaxed)
     }
 
-    /// Upgrades rejected with 401 so far.
+    /// Upgrades refused so far: 401 (missing or wrong key, `reject_handshakes`) or the
+    /// `handshake_status` fault's status.
     pub fn handshakes_rejected(&self) -> u64 {
         self.handshakes_rejected.load(Relaxed)
+    }
+
+    /// Pings the server sent so far (the `ping_every_ms` fault).
+    pub fn pings_sent(&self) -> u64 {
+        self.pings_sent.load(Relaxed)
     }
 
     /// WebSocket connections open now.

@@ -32,6 +32,9 @@ pub struct Faults {
     close_code: AtomicU16,
     drop_after_messages: AtomicU64,
     reject_handshakes: AtomicBool,
+    handshake_status: AtomicU16,
+    retry_after_secs: AtomicU64,
+    ping_every_ms: AtomicU64,
     hang_handshakes: AtomicBool,
     /// Fast check for `drop_once_on`, so the hot path takes no lock while it is off.
     drop_once_armed: AtomicBool,
@@ -77,6 +80,9 @@ impl Faults {
             close_code: AtomicU16::new(0),
             drop_after_messages: AtomicU64::new(0),
             reject_handshakes: AtomicBool::new(false),
+            handshake_status: AtomicU16::new(0),
+            retry_after_secs: AtomicU64::new(0),
+            ping_every_ms: AtomicU64::new(0),
             hang_handshakes: AtomicBool::new(false),
             drop_once_armed: AtomicBool::new(false),
             drop_once_on: Mutex::new(None),
@@ -104,6 +110,9 @@ impl Faults {
         self.close_code.store(c.close_code, Relaxed);
         self.drop_after_messages.store(c.drop_after_messages, Relaxed);
         self.reject_handshakes.store(c.reject_handshakes, Relaxed);
+        self.handshake_status.store(c.handshake_status, Relaxed);
+        self.retry_after_secs.store(c.retry_after_secs, Relaxed);
+        self.ping_every_ms.store(c.ping_every_ms, Relaxed);
         self.hang_handshakes.store(c.hang_handshakes, Relaxed);
         self.set_drop_once_on(c.drop_once_on.clone());
         self.changed.notify_waiters();
@@ -133,6 +142,9 @@ impl Faults {
             close_code: self.close_code(),
             drop_after_messages: self.drop_after_messages(),
             reject_handshakes: self.reject_handshakes(),
+            handshake_status: self.handshake_status(),
+            retry_after_secs: self.retry_after_secs(),
+            ping_every_ms: self.ping_every_ms(),
             hang_handshakes: self.hang_handshakes(),
             drop_once_on: self.drop_once_on(),
         }
@@ -215,6 +227,12 @@ impl Faults {
         drop_after_messages / set_drop_after_messages: u64;
         /// Every upgrade is rejected with 401.
         reject_handshakes / set_reject_handshakes: bool;
+        /// Every upgrade is answered with this status (0 = off).
+        handshake_status / set_handshake_status: u16;
+        /// `Retry-After` seconds sent with `handshake_status` (0 = no header).
+        retry_after_secs / set_retry_after_secs: u64;
+        /// Every connection gets a server ping this often, in ms (0 = off).
+        ping_every_ms / set_ping_every_ms: u64;
         /// Upgrades are never answered.
         hang_handshakes / set_hang_handshakes: bool;
     }

@@ -165,6 +165,16 @@ pub struct FaultConfig {
     pub drop_after_messages: u64,
     /// Reject every WebSocket upgrade with 401.
     pub reject_handshakes: bool,
+    /// Answer every WebSocket upgrade with this HTTP status instead of 101 (0 = off), for
+    /// example 503 or 429: the service unavailable rather than the key refused.
+    /// [`reject_handshakes`](Self::reject_handshakes) (401) takes precedence.
+    pub handshake_status: u16,
+    /// With [`handshake_status`](Self::handshake_status): send `Retry-After` with this many
+    /// seconds (0 = no header).
+    pub retry_after_secs: u64,
+    /// Send a ping to every connection this often, in milliseconds (0 = off): a server that
+    /// pings, as some gateways do.
+    pub ping_every_ms: u64,
     /// Accept TCP connections but never answer the upgrade request.
     pub hang_handshakes: bool,
     /// One-shot: drop the TCP connection abruptly (no close frame, no reply) that receives the
