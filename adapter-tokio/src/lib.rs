@@ -234,3 +234,25 @@ impl UsageFlowApi for Client {
         Client::send(self, message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_debug_hides_key_and_url_credentials() {
+        // Nothing listens on port 1: the dial fails, the client is there all the same.
+        let url = "ws://alice:hunter2@127.0.0.1:1/ws?key=qk-777&token=tk-888";
+        let config = Config::builder(url, "secret-123").pool_size(1).build().unwrap();
+        let client = Client::start(config).unwrap();
+        let debug = format!("{client:?}");
+        for secret in ["secret-123", "hunter2", "qk-777", "tk-888"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(
+            debug.contains("ws://***@127.0.0.1:1/ws?key=***&token=***"),
+            "{debug}"
+        );
+        client.close().await;
+    }
+}

@@ -16,13 +16,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 use ufsock::server::{ServerOptions, ServerThread};
+use usageflow_socket_core::redact_url;
 use usageflow_socket_tokio::{Config, Outgoing, Stats, UsageFlowApi};
 
 use crate::bench_adapter::{self, Adapter};
 use crate::bench_minimal;
 use crate::bench_raw::{self, RawRun};
 use crate::procstat;
-use crate::shared::{error_kind, CmdResult, EXIT_OK, EXIT_OTHER};
+use crate::shared::{error_kind, CmdResult, SecretArg, UrlArg, EXIT_OK, EXIT_OTHER};
 
 /// Extra help of `ufsock bench`.
 pub(crate) const AFTER_HELP: &str = "\
@@ -58,15 +59,16 @@ Measurement:
 
 Exit codes: 0 no errors, 1 errors happened (or the bench could not run), 2 usage error.";
 
-/// Options of `ufsock bench`.
+/// Options of `ufsock bench`. `Debug` shows neither the key nor the URL's credentials.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// URL of a running server (`ufsock serve`); without it, a server is embedded.
-    #[arg(long, env = "USAGEFLOW_URL")]
-    url: Option<String>,
+    // The environment's value stays out of `--help`: it may hold credentials.
+    #[arg(long, env = "USAGEFLOW_URL", hide_env_values = true)]
+    url: Option<UrlArg>,
     /// API key for --url (never printed); the embedded server uses its own.
     #[arg(long, env = "USAGEFLOW_API_KEY", hide_env_values = true)]
-    key: Option<String>,
+    key: Option<SecretArg>,
     /// Connections in the pool (and raw connections).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=64))]
     pool: u16,
@@ -437,6 +439,7 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 #[derive(Debug, Serialize)]
 struct BenchReport {
     server: &'static str,
+    /// The target's URL with its credentials redacted.
     url: String,
     /// Rounds run (`--rounds`); `runs` holds every run of every round, in order.
     rounds: u32,
@@ -448,6 +451,7 @@ struct BenchReport {
 
 /// Where the runs go.
 struct Target {
+    /// The URL as given, credentials included: print it through [`redact_url`].
     url: String,
     key: String,
     /// The embedded server, when there is no --url.
@@ -484,10 +488,11 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
     let (client, workload) = args.mode.split();
     let target = match &args.url {
         Some(url) => Target {
-            url: url.clone(),
+            url: url.as_str().to_owned(),
             key: args
                 .key
-                .clone()
+                .as_ref()
+                .map(|key| key.expose().to_owned())
                 .ok_or("--url needs --key (or USAGEFLOW_API_KEY)")?,
             server: None,
         },
@@ -526,7 +531,7 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
                 args.pool,
                 args.concurrency,
                 runtime_name(mode, args.runtime),
-                target.url,
+                redact_url(&target.url),
                 if target.server.is_some() {
                     " (embedded server)"
                 } else {
@@ -583,7 +588,7 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
         } else {
             "external"
         },
-        url: target.url.clone(),
+        url: redact_url(&target.url),
         rounds: args.rounds,
         runs,
         summary,
@@ -1106,6 +1111,16 @@ async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::tests::{assert_hidden, parse, SECRET_URL};
+
+    #[test]
+    fn bench_args_debug_hides_key_and_url_credentials() {
+        let args: BenchArgs = parse(&["--url", SECRET_URL, "--key", "secret-123", "--pool", "2"]);
+        assert_hidden("BenchArgs' Debug", &format!("{args:?}"));
+        assert_hidden("BenchArgs' pretty Debug", &format!("{args:#?}"));
+        assert!(format!("{args:?}").contains("127.0.0.1:9/ws"));
+        assert_eq!(args.pool, 2);
+    }
 
     #[test]
     fn medians_and_spreads() {

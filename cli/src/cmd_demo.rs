@@ -15,6 +15,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use ufsock::server::{Server, ServerOptions};
+use usageflow_socket_core::redact_url;
 use usageflow_socket_tokio::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
 use usageflow_socket_tokio::{
     Availability, Client, ClientError, ClientEvent, Config, Event, Stats, Subscription, UsageFlowApi,
@@ -256,7 +257,7 @@ async fn demo(args: DemoArgs) -> CmdResult {
         ..ServerOptions::default()
     })
     .await?;
-    clock.say("server", format!("listening on {}", server.url()));
+    clock.say("server", format!("listening on {}", redact_url(&server.url())));
     let config = Config::builder(server.url(), KEY)
         .pool_size(pool)
         .request_timeout(Duration::from_secs(1))
@@ -390,7 +391,10 @@ async fn demo(args: DemoArgs) -> CmdResult {
     clock.heading("recovery: the server restarts on the same port");
     let restarted_at = Instant::now();
     server.restart().await?;
-    clock.say("server", format!("listening again on {}", server.url()));
+    clock.say(
+        "server",
+        format!("listening again on {}", redact_url(&server.url())),
+    );
     let recovered = wait_until(Duration::from_secs(8), || {
         let s = client.stats();
         s.open_connections == u32::from(pool) && s.outbox_depth == 0

@@ -43,7 +43,7 @@ pub(crate) struct SendArgs {
 
 /// A one-connection pool that does not linger on reconnects (the command ends soon anyway).
 fn config(conn: &ConnArgs, request_timeout: Duration) -> Result<Config, Box<dyn std::error::Error>> {
-    Ok(Config::builder(&conn.url, &conn.key)
+    Ok(Config::builder(conn.url.as_str(), conn.key.expose())
         .pool_size(1)
         .handshake_timeout(conn.connect_timeout())
         .request_timeout(request_timeout)
@@ -166,4 +166,36 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
             Ok(ExitCode::from(EXIT_OTHER))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::tests::{assert_hidden, parse, SECRET_URL};
+
+    #[test]
+    fn request_args_debug_hides_key_and_url_credentials() {
+        let args: RequestArgs = parse(&[
+            "--url",
+            SECRET_URL,
+            "--key",
+            "secret-123",
+            "get_application_policies",
+        ]);
+        assert_hidden("RequestArgs' Debug", &format!("{args:?}"));
+        assert_hidden("RequestArgs' pretty Debug", &format!("{args:#?}"));
+        assert!(format!("{args:?}").contains("get_application_policies"));
+        // The client still gets the URL and the key as they were given.
+        let config = config(&args.conn, Duration::from_secs(1)).unwrap();
+        assert_eq!(config.url(), SECRET_URL);
+        assert_eq!(config.api_key().expose(), "secret-123");
+    }
+
+    #[test]
+    fn send_args_debug_hides_key_and_url_credentials() {
+        let args: SendArgs = parse(&["--url", SECRET_URL, "--key", "secret-123", "use_allocation", "{}"]);
+        assert_hidden("SendArgs' Debug", &format!("{args:?}"));
+        assert_hidden("SendArgs' pretty Debug", &format!("{args:#?}"));
+        assert!(format!("{args:?}").contains("use_allocation"));
+    }
 }

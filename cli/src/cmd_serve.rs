@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use ufsock::server::{FaultConfig, ReplyStyle, Server, ServerOptions, TlsOptions};
 
-/// Options of `ufsock serve`.
+use crate::shared::SecretArg;
+
+/// Options of `ufsock serve`. `Debug` never shows the key.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on.
@@ -15,7 +17,7 @@ pub(crate) struct ServeArgs {
     addr: SocketAddr,
     /// The accepted API key (`x-usage-key`). Without it any non-empty key is accepted.
     #[arg(long, env = "USAGEFLOW_API_KEY", hide_env_values = true)]
-    key: Option<String>,
+    key: Option<SecretArg>,
     /// How replies are correlated: reply-to (replyTo = request id, fresh id), both
     /// (replyTo = id = request id) or id-only (id = request id, no replyTo).
     #[arg(long, default_value = "reply-to")]
@@ -136,7 +138,7 @@ impl ServeArgs {
         };
         Ok(ServerOptions {
             addr: self.addr,
-            key: self.key.clone(),
+            key: self.key.as_ref().map(|key| key.expose().to_owned()),
             reply_style: self.reply_style,
             faults: self.faults(),
             tls,
@@ -174,4 +176,20 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("ufsock: {:#?}", counters.snapshot());
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::tests::{assert_hidden, parse};
+
+    #[test]
+    fn serve_args_debug_hides_key() {
+        let args: ServeArgs = parse(&["--key", "secret-123", "--addr", "127.0.0.1:0"]);
+        assert_hidden("ServeArgs' Debug", &format!("{args:?}"));
+        assert_hidden("ServeArgs' pretty Debug", &format!("{args:#?}"));
+        assert!(format!("{args:?}").contains("127.0.0.1:0"));
+        // The server still gets the key.
+        assert_eq!(args.options().unwrap().key.as_deref(), Some("secret-123"));
+    }
 }

@@ -73,3 +73,49 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::tests::{assert_hidden, SECRET_URL};
+
+    #[test]
+    fn help_never_shows_environment_values() {
+        // Every argument read from the environment is a key or a URL, which may hold
+        // credentials: `--help` names the variable, never its value.
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut checked = 0;
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| a.get_env().is_some()) {
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "{} --{}",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 7, "serve: key; request, send, bench: url and key");
+    }
+
+    #[test]
+    fn cli_debug_hides_keys_and_url_credentials() {
+        let key = ["--key", "secret-123"];
+        let url = ["--url", SECRET_URL];
+        for argv in [
+            vec!["serve"],
+            vec!["request", "get_application_policies"],
+            vec!["send", "use_allocation"],
+            vec!["bench"],
+        ] {
+            let mut argv = [&["ufsock"][..], &argv].concat();
+            argv.extend(key);
+            if argv[1] != "serve" {
+                argv.extend(url);
+            }
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            assert_hidden("Cli's Debug", &format!("{cli:?}"));
+        }
+    }
+}

@@ -1,10 +1,14 @@
 //! What several subcommands share: the connection options, the exit codes, JSON payload
 //! parsing, error kinds, and the runtime builder.
 
+use std::convert::Infallible;
+use std::fmt;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use usageflow_socket_core::redact_url;
 use usageflow_socket_tokio::ClientError;
 
 /// Exit code: success.
@@ -32,15 +36,75 @@ Exit codes:
 /// [`EXIT_OTHER`].
 pub(crate) type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
-/// Where to connect and with which key.
+/// A secret given on the command line or in the environment, such as an API key. Its `Debug`
+/// shows `***`, so the argument structs holding one can derive `Debug`;
+/// [`SecretArg::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SecretArg(String);
+
+impl SecretArg {
+    /// The secret itself. Never print it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SecretArg {
+    type Err = Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A URL given on the command line or in the environment. Its `Debug` shows it with its
+/// credentials (userinfo, query values) redacted; [`UrlArg::as_str`] reads it whole.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct UrlArg(String);
+
+impl UrlArg {
+    /// The URL itself, credentials included: to dial, not to print.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UrlArg {
+    type Err = Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for UrlArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
+/// Where to connect and with which key. `Debug` shows neither the key nor the URL's
+/// credentials.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ConnArgs {
     /// WebSocket URL of the UsageFlow server.
-    #[arg(long, env = "USAGEFLOW_URL", default_value = "ws://127.0.0.1:9000/ws")]
-    pub(crate) url: String,
+    // The environment's value stays out of `--help`: it may hold credentials.
+    #[arg(
+        long,
+        env = "USAGEFLOW_URL",
+        hide_env_values = true,
+        default_value = "ws://127.0.0.1:9000/ws"
+    )]
+    pub(crate) url: UrlArg,
     /// The API key, sent as `x-usage-key` (never printed).
     #[arg(long, env = "USAGEFLOW_API_KEY", hide_env_values = true)]
-    pub(crate) key: String,
+    pub(crate) key: SecretArg,
     /// Handshake timeout, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub(crate) connect_timeout_ms: u64,
@@ -95,4 +159,61 @@ pub(crate) fn runtime(threads: usize, name: &str) -> std::io::Result<tokio::runt
         builder.worker_threads(threads);
     }
     builder.build()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use clap::{Args, FromArgMatches};
+
+    use super::*;
+
+    /// A URL with a password in its userinfo and keys in its query.
+    pub(crate) const SECRET_URL: &str = "ws://alice:hunter2@127.0.0.1:9/ws?key=qk-777&token=tk-888";
+    /// What must never show: the key and the URL's credentials.
+    pub(crate) const SECRETS: [&str; 4] = ["secret-123", "hunter2", "qk-777", "tk-888"];
+
+    /// Parses `argv` (without the program name) into `T`, as clap does for a subcommand.
+    pub(crate) fn parse<T: Args + FromArgMatches>(argv: &[&str]) -> T {
+        let command = T::augment_args(clap::Command::new("t"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("t").chain(argv.iter().copied()))
+            .unwrap();
+        T::from_arg_matches(&matches).unwrap()
+    }
+
+    /// Asserts that none of [`SECRETS`] shows in `text`.
+    pub(crate) fn assert_hidden(what: &str, text: &str) {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{what} shows {secret:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn secret_arg_debug_hides_the_secret() {
+        let secret: SecretArg = "secret-123".parse().unwrap();
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(format!("{:?}", Some(&secret)), "Some(***)");
+        assert_eq!(secret.expose(), "secret-123");
+    }
+
+    #[test]
+    fn url_arg_debug_hides_credentials() {
+        let url: UrlArg = SECRET_URL.parse().unwrap();
+        assert_hidden("UrlArg's Debug", &format!("{url:?}"));
+        assert_eq!(
+            format!("{url:?}"),
+            r#""ws://***@127.0.0.1:9/ws?key=***&token=***""#
+        );
+        assert_eq!(url.as_str(), SECRET_URL);
+        let plain: UrlArg = "ws://127.0.0.1:9000/ws".parse().unwrap();
+        assert_eq!(format!("{plain:?}"), r#""ws://127.0.0.1:9000/ws""#);
+    }
+
+    #[test]
+    fn conn_args_debug_hides_key_and_url_credentials() {
+        let args: ConnArgs = parse(&["--url", SECRET_URL, "--key", "secret-123"]);
+        assert_hidden("ConnArgs' Debug", &format!("{args:?}"));
+        assert_hidden("ConnArgs' pretty Debug", &format!("{args:#?}"));
+        assert!(format!("{args:?}").contains("127.0.0.1:9/ws"));
+    }
 }

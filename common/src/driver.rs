@@ -336,7 +336,7 @@ impl<R: Runtime> Driver<R> {
         while let Some(output) = self.pool.poll_output() {
             match output {
                 Output::Dial { conn } => {
-                    debug!(%conn, url = self.pool.config().url(), "usageflow-socket: dialing");
+                    debug!(%conn, url = ?self.pool.config().url_redacted(), "usageflow-socket: dialing");
                     let task = self.rt.dial(conn);
                     if let Some(old) = self.dialing.insert(conn, task) {
                         self.rt.abort(old);

@@ -86,7 +86,7 @@ pub fn upgrade_request(config: &Config, user_agent: &str) -> Result<Request, Dia
     let mut request = config
         .url()
         .into_client_request()
-        .map_err(|e| DialError::Network(format!("invalid URL {:?}: {e}", config.url())))?;
+        .map_err(|e| DialError::Network(format!("invalid URL {:?}: {e}", config.url_redacted())))?;
     // `ApiKey` guarantees visible ASCII, so this cannot fail; the message names no key.
     let mut key = HeaderValue::from_str(config.api_key().expose())
         .map_err(|_| DialError::Network("the API key is not a valid header value".into()))?;
@@ -255,6 +255,24 @@ mod tests {
                 port: 9000,
                 tls: false
             }
+        );
+    }
+
+    #[test]
+    fn invalid_url_error_hides_url_credentials() {
+        // Valid for the config (ws://, a host, visible ASCII), not for the HTTP layer (a `"`).
+        let url = "ws://alice:hunter2@h:9/ws?key=qk-777&token=tk-888&bad=\"";
+        let err = upgrade_request(&config(url), "ua").unwrap_err();
+        let DialError::Network(message) = &err else {
+            panic!("{err:?}")
+        };
+        for secret in ["secret-key-42", "hunter2", "qk-777", "tk-888"] {
+            assert!(!message.contains(secret), "{message}");
+            assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        }
+        assert!(
+            message.contains("ws://***@h:9/ws?key=***&token=***&bad=***"),
+            "{message}"
         );
     }
 

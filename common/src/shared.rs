@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use usageflow_socket_core::{
-    frame, Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions, SendError, Stats,
+    frame, redact_url, Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions,
+    SendError, Stats,
 };
 
 use crate::io::{CancelOnDrop, Report, ReportSink};
@@ -62,7 +63,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     pub fn new(options: &ClientOptions, runtime: R, signals: S) -> Self {
         let config = options.config();
         tracing::debug!(
-            url = config.url(),
+            url = ?config.url_redacted(),
             pool_size = config.pool_size(),
             "usageflow-socket: starting client"
         );
@@ -333,17 +334,19 @@ pub struct ClientHandle<R: Runtime, S: Signals> {
 /// What every handle of one client shares.
 struct HandleInner<R: Runtime, S: Signals> {
     shared: Arc<Shared<R, S>>,
+    /// The client's URL with its credentials redacted, for `Debug`.
     url: String,
     /// The next handle's slot.
     affinities: AtomicU32,
 }
 
 impl<R: Runtime, S: Signals> ClientHandle<R, S> {
-    /// The first handle on `shared`, for a client of `url`.
+    /// The first handle on `shared`, for a client of `url` (its `Debug` shows `url` with its
+    /// credentials redacted).
     pub fn new(shared: Arc<Shared<R, S>>, url: &str) -> Self {
         let inner = HandleInner {
             shared,
-            url: url.to_owned(),
+            url: redact_url(url),
             affinities: AtomicU32::new(0),
         };
         Self::on(Arc::new(inner))

@@ -47,6 +47,92 @@ impl fmt::Display for ApiKey {
     }
 }
 
+/// `url` with its credentials replaced by `***`, for logs, `Debug` output and error messages.
+///
+/// The userinfo becomes `***` (`ws://user:pass@host/ws` → `ws://***@host/ws`), the value of
+/// each query parameter becomes `***` (`?key=abc&a=1` → `?key=***&a=***`; a parameter without
+/// `=` may be a token itself and becomes `***`), and a fragment becomes `***`. The scheme, the
+/// host, the port and the path are kept, and a URL without userinfo, query or fragment comes
+/// back unchanged. Text without `scheme://` is read as starting with the host.
+///
+/// A URL that does not say where its userinfo ends (an `@` after the host part when the host
+/// part has none, as an unencoded `/`, `?` or `#` in a password makes) keeps only its scheme:
+/// `ws://user:pa#ss@host/ws` → `ws://***`. The result may hide more than needed, never less.
+/// Any input is accepted: this never panics.
+pub fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "***";
+    let (scheme, rest) = match url.find("://") {
+        Some(i) if is_scheme(&url[..i]) => url.split_at(i + 3),
+        _ => ("", url),
+    };
+    // The authority ends at the first `/`, `?` or `#`; its userinfo at its last `@`.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(at) => (true, &authority[at + 1..]),
+        None => (false, authority),
+    };
+    let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    let (path, query) = before_fragment.split_at(before_fragment.find('?').unwrap_or(before_fragment.len()));
+    if !userinfo {
+        // An `@` before the path (behind a `?` or `#` right after the host) or in the path
+        // may end a userinfo that holds an unencoded `?`, `#` or `/`.
+        let before_path = rest.find('/').map_or(rest, |slash| &rest[..slash]);
+        if before_path.contains('@') || path.contains('@') {
+            return format!("{scheme}{HIDDEN}");
+        }
+    }
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    if userinfo {
+        out.push_str(HIDDEN);
+        out.push('@');
+    }
+    out.push_str(host);
+    out.push_str(path);
+    if let Some(query) = query.strip_prefix('?') {
+        out.push('?');
+        for (i, param) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match param.split_once('=') {
+                Some((name, _)) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(HIDDEN);
+                }
+                None if param.is_empty() => {}
+                None => out.push_str(HIDDEN),
+            }
+        }
+    }
+    if let Some(fragment) = fragment.strip_prefix('#') {
+        out.push('#');
+        if !fragment.is_empty() {
+            out.push_str(HIDDEN);
+        }
+    }
+    out
+}
+
+/// Whether `s` is a URL scheme: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// A URL whose `Debug` hides its credentials (see [`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RedactedUrl(String);
+
+impl fmt::Debug for RedactedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
 /// A configuration value that cannot work. Never a panic: every field is checked by
 /// [`ConfigBuilder::build`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -58,7 +144,8 @@ pub enum ConfigError {
     /// The API key has characters that cannot travel in an HTTP header, or is over 4096 bytes.
     #[error("the API key must be visible ASCII (no spaces or control characters), at most 4096 bytes")]
     InvalidApiKey,
-    /// The URL is not a `ws://` or `wss://` URL with a host.
+    /// The URL is not a `ws://` or `wss://` URL with a host. It holds the URL with its
+    /// credentials redacted ([`redact_url`]).
     #[error("the URL must start with ws:// or wss:// and name a host, got {0:?}")]
     InvalidUrl(String),
     /// A numeric setting is out of its range.
@@ -76,10 +163,11 @@ pub enum ConfigError {
     Inconsistent(&'static str),
 }
 
-/// A validated pool configuration. Build one with [`Config::builder`].
+/// A validated pool configuration. Build one with [`Config::builder`]. Its `Debug` shows
+/// neither the API key nor the URL's credentials.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub(crate) url: String,
+    pub(crate) url: RedactedUrl,
     pub(crate) api_key: ApiKey,
     pub(crate) pool_size: u16,
     pub(crate) request_timeout: Duration,
@@ -108,8 +196,9 @@ impl Config {
     /// Starts a builder with PROTOCOL.md's defaults for `url` and `api_key`.
     pub fn builder(url: impl Into<String>, api_key: impl Into<String>) -> ConfigBuilder {
         ConfigBuilder {
-            url: url.into(),
-            api_key: api_key.into(),
+            url: RedactedUrl(url.into()),
+            // Held redacted from the start; checked by `build`.
+            api_key: ApiKey(api_key.into()),
             pool_size: 10,
             request_timeout: Duration::from_secs(2),
             ping_period: Duration::from_secs(30),
@@ -136,7 +225,12 @@ impl Config {
 
     /// The WebSocket URL every connection dials.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.url.0
+    }
+    /// [`Config::url`] with its credentials (userinfo, query values) replaced by `***`, for
+    /// logs and error messages (see [`redact_url`]). `Debug` of `Config` shows this one.
+    pub fn url_redacted(&self) -> String {
+        redact_url(&self.url.0)
     }
     /// The API key sent as `x-usage-key`.
     pub fn api_key(&self) -> &ApiKey {
@@ -234,12 +328,14 @@ impl Config {
     }
 }
 
-/// Builder for [`Config`]; [`ConfigBuilder::build`] checks every value.
+/// Builder for [`Config`]; [`ConfigBuilder::build`] checks every value. Its `Debug` shows
+/// neither the API key nor the URL's credentials.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ConfigBuilder {
-    url: String,
-    api_key: String,
+    url: RedactedUrl,
+    /// Not checked yet: [`ConfigBuilder::build`] does that.
+    api_key: ApiKey,
     pool_size: u16,
     request_timeout: Duration,
     ping_period: Duration,
@@ -328,10 +424,10 @@ fn check_url(url: &str) -> Result<(), ConfigError> {
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))
-        .ok_or_else(|| ConfigError::InvalidUrl(url.to_owned()))?;
+        .ok_or_else(|| ConfigError::InvalidUrl(redact_url(url)))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || url.len() > 2048 || !url.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::InvalidUrl(url.to_owned()));
+        return Err(ConfigError::InvalidUrl(redact_url(url)));
     }
     Ok(())
 }
@@ -394,8 +490,8 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         let ms = Duration::from_millis(1);
         let ten_ms = Duration::from_millis(10);
-        check_url(&self.url)?;
-        let api_key = ApiKey::new(self.api_key)?;
+        check_url(&self.url.0)?;
+        let api_key = ApiKey::new(self.api_key.0)?;
         check_int("pool_size", self.pool_size.into(), 1, 64, "1..=64")?;
         check_duration("request_timeout", self.request_timeout, ms, HOUR, "1ms..=1h")?;
         check_duration("ping_period", self.ping_period, ten_ms, HOUR, "10ms..=1h")?;
@@ -500,6 +596,203 @@ impl ConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL carrying a password in its userinfo and keys in its query.
+    const SECRET_URL: &str = "ws://alice:hunter2@h.example:9000/ws?key=qk-777&token=tk-888";
+    const SECRETS: [&str; 4] = ["secret-123", "hunter2", "qk-777", "tk-888"];
+
+    fn assert_hidden(what: &str, text: &str) {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{what} shows {secret:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn config_builder_debug_hides_key_and_url_credentials() {
+        let builder = Config::builder(SECRET_URL, "secret-123").pool_size(3);
+        let debug = format!("{builder:?}");
+        assert_hidden("ConfigBuilder's Debug", &debug);
+        assert_hidden("ConfigBuilder's pretty Debug", &format!("{builder:#?}"));
+        assert!(debug.contains("h.example:9000/ws"), "{debug}");
+        assert!(debug.contains("pool_size: 3"), "{debug}");
+        // The builder still hands the key through unchanged.
+        assert_eq!(builder.build().unwrap().api_key().expose(), "secret-123");
+    }
+
+    #[test]
+    fn config_debug_hides_key_and_url_credentials() {
+        let config = Config::builder(SECRET_URL, "secret-123").build().unwrap();
+        let debug = format!("{config:?}");
+        assert_hidden("Config's Debug", &debug);
+        assert_hidden("Config's pretty Debug", &format!("{config:#?}"));
+        assert!(
+            debug.contains("ws://***@h.example:9000/ws?key=***&token=***"),
+            "{debug}"
+        );
+        assert_hidden("Config::url_redacted", &config.url_redacted());
+        // The URL itself is still the one dialed.
+        assert_eq!(config.url(), SECRET_URL);
+        // A URL without credentials shows as it is.
+        let plain = Config::builder(LOCAL_URL, "secret-123").build().unwrap();
+        assert!(format!("{plain:?}").contains(LOCAL_URL));
+    }
+
+    #[test]
+    fn invalid_url_error_hides_url_credentials() {
+        let err = Config::builder("http://alice:hunter2@h/ws?key=qk-777&token=tk-888", "k")
+            .build()
+            .unwrap_err();
+        assert_hidden("InvalidUrl's Display", &err.to_string());
+        assert_hidden("InvalidUrl's Debug", &format!("{err:?}"));
+        assert_eq!(
+            err,
+            ConfigError::InvalidUrl("http://***@h/ws?key=***&token=***".into())
+        );
+        let err = Config::builder("ws://alice:hunter2@h/a b?key=qk-777", "k")
+            .build()
+            .unwrap_err();
+        assert_hidden("InvalidUrl's Display", &err.to_string());
+    }
+
+    #[test]
+    fn redact_url_userinfo_with_and_without_password() {
+        assert_eq!(redact_url("ws://user:pass@host/ws"), "ws://***@host/ws");
+        assert_eq!(redact_url("wss://user@host:443/ws"), "wss://***@host:443/ws");
+        assert_eq!(redact_url("ws://:pass@host"), "ws://***@host");
+        // An unencoded `@` in the password: the last `@` ends the userinfo.
+        assert_eq!(redact_url("ws://u:p@ss@host/ws"), "ws://***@host/ws");
+    }
+
+    #[test]
+    fn redact_url_query_values() {
+        assert_eq!(
+            redact_url("ws://host/ws?key=abc&a=1&token=xyz"),
+            "ws://host/ws?key=***&a=***&token=***"
+        );
+        assert_eq!(
+            redact_url("ws://u:p@host:9000/ws?key=abc"),
+            "ws://***@host:9000/ws?key=***"
+        );
+        // A parameter without `=` may be a token itself; empty ones stay empty.
+        assert_eq!(redact_url("ws://host/ws?abc&&k="), "ws://host/ws?***&&k=***");
+        assert_eq!(redact_url("ws://host/ws?"), "ws://host/ws?");
+        // A query straight after the host.
+        assert_eq!(redact_url("ws://host?key=abc"), "ws://host?key=***");
+        // An email in a query value is a value, not userinfo.
+        assert_eq!(
+            redact_url("ws://host/ws?email=a@b.example&key=abc"),
+            "ws://host/ws?email=***&key=***"
+        );
+    }
+
+    #[test]
+    fn redact_url_fragment() {
+        assert_eq!(redact_url("ws://host/ws#access_token=abc"), "ws://host/ws#***");
+        assert_eq!(
+            redact_url("ws://u:p@host/ws?key=abc#frag"),
+            "ws://***@host/ws?key=***#***"
+        );
+        // The query ends at the fragment.
+        assert_eq!(redact_url("ws://host/ws?a=1#b=2&c=3"), "ws://host/ws?a=***#***");
+        assert_eq!(redact_url("ws://host/ws#"), "ws://host/ws#");
+    }
+
+    #[test]
+    fn redact_url_ipv6_host() {
+        assert_eq!(redact_url("ws://[::1]:9000/ws"), "ws://[::1]:9000/ws");
+        assert_eq!(
+            redact_url("ws://user:pw@[::1]:9000/ws?key=abc"),
+            "ws://***@[::1]:9000/ws?key=***"
+        );
+        assert_eq!(
+            redact_url("wss://u@[fe80::1%25eth0]/"),
+            "wss://***@[fe80::1%25eth0]/"
+        );
+    }
+
+    #[test]
+    fn redact_url_leaves_urls_without_credentials_unchanged() {
+        for url in [
+            LOCAL_URL,
+            PRODUCTION_URL,
+            "ws://127.0.0.1:9000/ws",
+            "ws://[::1]:1234/ws",
+            "ws://h",
+            "wss://host.example/a/b/c",
+            "",
+            "not a url",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
+    }
+
+    #[test]
+    fn redact_url_ambiguous_urls_hide_everything_after_the_scheme() {
+        // Unencoded `#`, `?` or `/` in a password: where the userinfo ends cannot be told,
+        // so nothing after the scheme is shown.
+        assert_eq!(redact_url("ws://user:pa#ss@host/ws"), "ws://***");
+        assert_eq!(redact_url("ws://user:pa?ss@host/ws"), "ws://***");
+        assert_eq!(redact_url("ws://user:12/34@host/ws"), "ws://***");
+        assert_eq!(redact_url("ws://host?email=a@b.example&key=abc"), "ws://***");
+        // No scheme: the text starts with the authority.
+        assert_eq!(redact_url("user:pass@host/ws?k=v"), "***@host/ws?k=***");
+    }
+
+    #[test]
+    fn redact_url_never_panics_and_never_shows_credentials() {
+        let pieces = [
+            "ws://",
+            "wss://",
+            "://",
+            ":",
+            "@",
+            "/",
+            "?",
+            "#",
+            "&",
+            "=",
+            "[",
+            "]",
+            "%",
+            "é",
+            "\u{0}",
+            "user",
+            "host",
+            "ws",
+            " ",
+            "\u{1F600}",
+            "::",
+            "9000",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..12);
+            let tail: String = (0..len).map(|_| pieces[rng.usize(0..pieces.len())]).collect();
+            let _ = redact_url(&tail);
+            for url in [
+                format!("ws://user:hunter2@{tail}"),
+                format!("wss://hunter2@{tail}"),
+                format!("ws://host/ws?key=hunter2{tail}"),
+                format!("ws://host?a=1&key=hunter2{tail}"),
+            ] {
+                let redacted = redact_url(&url);
+                assert!(!redacted.contains("hunter2"), "{url:?} -> {redacted:?}");
+            }
+        }
+        for url in [
+            "\u{0}@\u{0}",
+            "@",
+            "@@",
+            "ws://@",
+            "ws://@/",
+            "?@",
+            "#@",
+            "ws://[",
+            "ws://]@[",
+        ] {
+            let _ = redact_url(url);
+        }
+    }
 
     #[test]
     fn defaults_match_protocol() {

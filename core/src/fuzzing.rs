@@ -129,7 +129,8 @@ fn wild_f64(u: &mut Unstructured<'_>) -> arbitrary::Result<f64> {
 }
 
 /// Builds a configuration from arbitrary values (valid and wild), which must give `Ok` or a
-/// typed error, never a panic; a valid one must run a connect / request / send / close cycle
+/// typed error, never a panic (nor may [`crate::redact_url`] or the builder's `Debug`); a
+/// valid one must run a connect / request / send / close cycle
 /// to a closed, drained pool.
 pub fn config(data: &[u8]) {
     let mut u = Unstructured::new(data);
@@ -157,6 +158,8 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     } else {
         u.arbitrary()?
     };
+    // Redaction takes any text without panicking.
+    let _ = crate::config::redact_url(&url);
     let mut b = Config::builder(url, key);
     // Each field: a clear bit keeps the default, a set bit draws a wild value.
     let mask: u32 = u.arbitrary()?;
@@ -199,6 +202,7 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     set!(b.resend_idempotent(u.arbitrary()?));
     set!(b.server_deduplicates_allocation_ids(u.arbitrary()?));
     set!(b.degraded_timeout_ratio(wild_f64(u)?));
+    let _ = format!("{b:?}");
     let config = match b.build() {
         Ok(c) => c,
         Err(e) => {

@@ -73,7 +73,7 @@ mod pool;
 pub mod sim;
 pub mod stats;
 
-pub use config::{ApiKey, Config, ConfigBuilder, ConfigError};
+pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
 pub use frame::{EncodedRequest, FrameError, Incoming, Outgoing, Payload};
 pub use io::*;
 pub use pool::{Pool, AVAILABILITY_HOLD};
