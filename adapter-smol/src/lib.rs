@@ -70,7 +70,7 @@ use std::sync::Arc;
 use futures_channel::oneshot;
 use futures_rustls::TlsConnector;
 use usageflow_socket_common::handshake::{user_agent, DialContext};
-use usageflow_socket_common::ClientHandle;
+use usageflow_socket_common::{events, ClientHandle};
 
 use crate::runtime::{drive, Shared, SmolRuntime, SmolSignals};
 
@@ -89,8 +89,11 @@ pub fn default_user_agent() -> String {
 }
 
 /// A stream of [`ClientEvent`]s from [`Client::subscribe`] (an `async-broadcast` receiver,
-/// also a `futures` `Stream`). A subscriber more than [`EVENT_CAPACITY`] events behind gets
-/// [`async_broadcast::RecvError::Overflowed`] and loses the oldest events.
+/// also a `futures` `Stream`). A subscriber that falls more than [`EVENT_CAPACITY`] events
+/// behind, or behind by more unsolicited frames than
+/// [`ClientOptionsBuilder::max_unsolicited_bytes`] allows (4 MiB by default), loses the
+/// oldest events; its next receive returns [`async_broadcast::RecvError::Overflowed`] with
+/// how many.
 pub type Subscription = async_broadcast::Receiver<ClientEvent>;
 
 /// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
@@ -136,12 +139,13 @@ impl Client {
     pub fn start(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
         let options = options.into();
         let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
-        let (signals, wake_rx) = SmolSignals::new();
+        let (events, subscriber) = events::channel(&options);
+        let (signals, wake_rx) = SmolSignals::new(subscriber);
         let shared = Arc::new_cyclic(|weak| {
             let runtime = SmolRuntime {
                 dial: Arc::new(dial),
                 shared: weak.clone(),
-                events: signals.events.clone(),
+                events,
             };
             Shared::new(&options, runtime, signals)
         });
@@ -211,7 +215,7 @@ impl Client {
     /// scheduled, attempts exhausted, frame skipped, message dropped, availability changed),
     /// unsolicited frames, and [`ClientEvent::Stopped`] when the client closed.
     pub fn subscribe(&self) -> Subscription {
-        self.shared().signals().events.new_receiver()
+        self.shared().signals().events.subscribe()
     }
 
     /// Closes the client: refuses new work, ends every pending request (after the configured

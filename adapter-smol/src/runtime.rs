@@ -3,7 +3,6 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
-use async_broadcast::InactiveReceiver;
 use async_tungstenite::smol::{client_async_tls_with_connector_and_config, ConnectStream};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use event_listener::Event;
@@ -14,10 +13,9 @@ use smol::future;
 use smol::net::TcpStream;
 use smol::{Task, Timer};
 use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext};
-use usageflow_socket_common::shared::EVENT_CAPACITY;
 use usageflow_socket_common::{
-    run_connection, run_writer, ClientEvent, DirectReports, DriverState, FlushedWrites, Runtime, Signals,
-    StopOnExit, Turn, WriteCommand, WriteQueue,
+    run_connection, run_writer, ClientEvent, DirectReports, DriverState, EventPublisher, EventSubscriber,
+    FlushedWrites, Runtime, Signals, StopOnExit, Turn, WriteCommand, WriteQueue,
 };
 use usageflow_socket_core::{ConnId, DialError, Outcome};
 
@@ -41,7 +39,7 @@ pub(crate) struct SmolWriter {
 pub(crate) struct SmolRuntime {
     pub(crate) dial: Arc<DialContext<TlsConnector>>,
     pub(crate) shared: Weak<Shared>,
-    pub(crate) events: async_broadcast::Sender<ClientEvent>,
+    pub(crate) events: EventPublisher,
 }
 
 struct Queue(Receiver<WriteCommand>);
@@ -120,34 +118,29 @@ impl Runtime for SmolRuntime {
     }
 
     fn publish(&mut self, event: ClientEvent) {
-        // No subscriber is fine; a full queue drops its oldest event.
-        let _ = self.events.try_broadcast(event);
+        self.events.publish(event);
     }
 }
 
-/// The driver task's wake-up, the driver state for `connect` and `close`, the event sender.
+/// The driver task's wake-up, the driver state for `connect` and `close`, the event
+/// subscriptions.
 pub(crate) struct SmolSignals {
     wake: Sender<()>,
     state: Mutex<DriverState>,
     changed: Event,
-    pub(crate) events: async_broadcast::Sender<ClientEvent>,
-    /// Keeps the event channel open while nobody subscribes.
-    _events: InactiveReceiver<ClientEvent>,
+    pub(crate) events: EventSubscriber,
 }
 
 impl SmolSignals {
-    /// The signals, and the receiving end of the driver task's wake-ups.
-    pub(crate) fn new() -> (Self, Receiver<()>) {
+    /// The signals over the event channel's `events`, and the receiving end of the driver
+    /// task's wake-ups.
+    pub(crate) fn new(events: EventSubscriber) -> (Self, Receiver<()>) {
         let (wake, wake_rx) = channel::bounded(1);
-        let (mut events, events_rx) = async_broadcast::broadcast(EVENT_CAPACITY);
-        // A subscriber that falls behind loses the oldest events, as with Tokio's broadcast.
-        events.set_overflow(true);
         let signals = Self {
             wake,
             state: Mutex::new(DriverState::default()),
             changed: Event::new(),
             events,
-            _events: events_rx.deactivate(),
         };
         (signals, wake_rx)
     }

@@ -64,10 +64,11 @@ mod runtime;
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 use usageflow_socket_common::handshake::{user_agent, DialContext};
-use usageflow_socket_common::ClientHandle;
+use usageflow_socket_common::{events, ClientHandle};
 
 use crate::runtime::{drive, Shared, TokioRuntime, TokioSignals};
 
@@ -85,9 +86,43 @@ pub fn default_user_agent() -> String {
     user_agent(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
 }
 
-/// A stream of [`ClientEvent`]s from [`Client::subscribe`]. A subscriber more than
-/// [`EVENT_CAPACITY`] events behind gets [`broadcast::error::RecvError::Lagged`].
-pub type Subscription = broadcast::Receiver<ClientEvent>;
+/// A stream of [`ClientEvent`]s from [`Client::subscribe`], received like a Tokio
+/// `broadcast::Receiver`. A subscriber that falls more than [`EVENT_CAPACITY`] events behind,
+/// or behind by more unsolicited frames than [`ClientOptionsBuilder::max_unsolicited_bytes`]
+/// allows (4 MiB by default), loses the oldest events; its next receive returns
+/// [`RecvError::Lagged`] with how many, then the oldest event still held.
+#[derive(Debug)]
+pub struct Subscription {
+    events: async_broadcast::Receiver<ClientEvent>,
+}
+
+impl Subscription {
+    /// The next event: [`RecvError::Lagged`] when events were lost since the last receive,
+    /// [`RecvError::Closed`] once the client is gone and every event was received.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<ClientEvent, RecvError> {
+        self.events.recv_direct().await.map_err(|e| match e {
+            async_broadcast::RecvError::Overflowed(n) => RecvError::Lagged(n),
+            async_broadcast::RecvError::Closed => RecvError::Closed,
+        })
+    }
+
+    /// The next event if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Result<ClientEvent, TryRecvError> {
+        self.events.try_recv().map_err(|e| match e {
+            async_broadcast::TryRecvError::Overflowed(n) => TryRecvError::Lagged(n),
+            async_broadcast::TryRecvError::Empty => TryRecvError::Empty,
+            async_broadcast::TryRecvError::Closed => TryRecvError::Closed,
+        })
+    }
+
+    /// A new subscription to the same client, receiving the events published from now on.
+    pub fn resubscribe(&self) -> Subscription {
+        Subscription {
+            events: self.events.new_receiver(),
+        }
+    }
+}
 
 /// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
 /// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
@@ -135,13 +170,14 @@ impl Client {
             ClientError::InvalidOptions("the client must be started within a Tokio runtime".into())
         })?;
         let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
-        let signals = TokioSignals::new();
+        let (events, subscriber) = events::channel(&options);
+        let signals = TokioSignals::new(subscriber);
         let shared = Arc::new_cyclic(|weak| {
             let runtime = TokioRuntime {
                 handle: handle.clone(),
                 dial: Arc::new(dial),
                 shared: weak.clone(),
-                events: signals.events.clone(),
+                events,
             };
             Shared::new(&options, runtime, signals)
         });
@@ -210,7 +246,9 @@ impl Client {
     /// scheduled, attempts exhausted, frame skipped, message dropped, availability changed),
     /// unsolicited frames, and [`ClientEvent::Stopped`] when the client closed.
     pub fn subscribe(&self) -> Subscription {
-        self.shared().signals().events.subscribe()
+        Subscription {
+            events: self.shared().signals().events.subscribe(),
+        }
     }
 
     /// Closes the client: refuses new work, ends every pending request (after the configured

@@ -6,14 +6,13 @@ use std::time::Instant;
 use async_tungstenite::tokio::{client_async_tls_with_connector_and_config, ConnectStream};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsConnector;
 use usageflow_socket_common::handshake::{connect_error, dial_error, DialContext};
-use usageflow_socket_common::shared::EVENT_CAPACITY;
 use usageflow_socket_common::{
-    run_connection, run_writer, ClientEvent, DirectReports, DriverState, FlushedWrites, Runtime, Signals,
-    StopOnExit, Turn, WriteCommand, WriteQueue,
+    run_connection, run_writer, ClientEvent, DirectReports, DriverState, EventPublisher, EventSubscriber,
+    FlushedWrites, Runtime, Signals, StopOnExit, Turn, WriteCommand, WriteQueue,
 };
 use usageflow_socket_core::{ConnId, DialError, Outcome};
 
@@ -38,7 +37,7 @@ pub(crate) struct TokioRuntime {
     pub(crate) handle: tokio::runtime::Handle,
     pub(crate) dial: Arc<DialContext<TlsConnector>>,
     pub(crate) shared: Weak<Shared>,
-    pub(crate) events: broadcast::Sender<ClientEvent>,
+    pub(crate) events: EventPublisher,
 }
 
 struct Queue(mpsc::UnboundedReceiver<WriteCommand>);
@@ -122,25 +121,26 @@ impl Runtime for TokioRuntime {
     }
 
     fn publish(&mut self, event: ClientEvent) {
-        // No subscriber is fine.
-        let _ = self.events.send(event);
+        self.events.publish(event);
     }
 }
 
-/// The driver task's wake-up, the driver state for `connect` and `close`, the event sender.
+/// The driver task's wake-up, the driver state for `connect` and `close`, the event
+/// subscriptions.
 pub(crate) struct TokioSignals {
     wake: Notify,
     state: watch::Sender<DriverState>,
-    pub(crate) events: broadcast::Sender<ClientEvent>,
+    pub(crate) events: EventSubscriber,
 }
 
 impl TokioSignals {
-    /// The signals (the driver task's wake-up is a `Notify` inside them).
-    pub(crate) fn new() -> Self {
+    /// The signals over the event channel's `events` (the driver task's wake-up is a `Notify`
+    /// inside them).
+    pub(crate) fn new(events: EventSubscriber) -> Self {
         Self {
             wake: Notify::new(),
             state: watch::Sender::new(DriverState::default()),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events,
         }
     }
 }

@@ -99,6 +99,13 @@ pub(crate) struct ServeArgs {
     /// first message containing TEXT, e.g. a request's allocationId; the message is counted.
     #[arg(long, value_name = "TEXT", help_heading = "Faults")]
     drop_once_on: Option<String>,
+    /// Fault (one-shot): the first connection sends N unsolicited frames (type "push", an id
+    /// that answers no request) as soon as it opens.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Faults")]
+    push: u64,
+    /// Payload length of each frame of --push, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, help_heading = "Faults")]
+    push_size: u64,
 }
 
 impl ServeArgs {
@@ -125,6 +132,8 @@ impl ServeArgs {
             ping_every_ms: self.ping_every_ms,
             hang_handshakes: self.hang_handshake,
             drop_once_on: self.drop_once_on.clone(),
+            push_frames: self.push,
+            push_size: self.push_size,
         }
     }
 

@@ -390,6 +390,48 @@ async fn drop_duplicate_garbage_binary_and_stray_faults() {
 }
 
 #[tokio::test]
+async fn push_frames_fault_pushes_a_burst_once() {
+    timeout(LIMIT, async {
+        // Armed at start: the first connection pushes as soon as it opens.
+        let server = start(ServerOptions {
+            faults: FaultConfig {
+                push_frames: 2,
+                push_size: 12,
+                ..FaultConfig::default()
+            },
+            ..options()
+        })
+        .await;
+        let mut ws = connect(&server, Some(KEY)).await.unwrap();
+        for n in 0..2 {
+            let v = next_json(&mut ws).await;
+            assert_eq!(
+                v,
+                json!({"type": "push", "payload": "x".repeat(10), "id": format!("push-{n}")})
+            );
+        }
+        let faults = server.faults();
+        assert_eq!(faults.push_frames(), 0, "one-shot");
+        assert!(next_frame(&mut ws, SHORT).await.is_none());
+
+        // Armed at run time: an open connection pushes at once, without a message.
+        faults.set_push_size(1000);
+        faults.set_push_frames(3);
+        for n in 0..3 {
+            let v = next_json(&mut ws).await;
+            assert_eq!(
+                (v["id"].as_str(), v["payload"].as_str().map(str::len)),
+                (Some(&*format!("push-{n}")), Some(998))
+            );
+        }
+        assert!(next_frame(&mut ws, SHORT).await.is_none());
+        assert_eq!(server.counters().snapshot().pushes_sent, 5);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn delayed_replies_do_not_block_reading() {
     timeout(LIMIT, async {
         let server = start(ServerOptions {

@@ -16,11 +16,13 @@ use std::time::Instant;
 
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
-    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, Incoming, Input,
-    Outcome, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, SendRefusal, Stats,
+    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, FrameError,
+    Incoming, Input, Outcome, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, SendRefusal,
+    Stats,
 };
 
 use crate::io::{Report, WriteCommand};
+use crate::log_limit::{SkipLimiter, SkipLog, SkipSummary, SKIP_WARN_WINDOW};
 use crate::ClientError;
 
 /// What subscribers of a client receive.
@@ -92,6 +94,8 @@ pub struct Driver<R: Runtime> {
     /// Whether the driver task's last turn saw every first dial settled (and published it).
     settled_seen: bool,
     stopped: bool,
+    /// The rate limit of skipped-frame warnings.
+    skips: SkipLimiter,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -111,6 +115,7 @@ impl<R: Runtime> Driver<R> {
             armed: None,
             settled_seen: false,
             stopped: false,
+            skips: SkipLimiter::new(SKIP_WARN_WINDOW),
         }
     }
 
@@ -237,12 +242,16 @@ impl<R: Runtime> Driver<R> {
         self.drain(now);
     }
 
-    /// Handles the passing of [`Driver::poll_timeout`] (spurious calls do nothing).
+    /// Handles the passing of [`Driver::poll_timeout`] (spurious calls do nothing), and logs
+    /// the summary of the frames skipped since the last warning once its window has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
         }
         self.drain(now);
+        if let Some(summary) = self.skips.poll(now) {
+            log_skip_summary(&summary);
+        }
     }
 
     /// The pool's next deadline; `None` once stopped.
@@ -360,11 +369,29 @@ impl<R: Runtime> Driver<R> {
                     self.rt.publish(ClientEvent::Unsolicited { conn, frame });
                 }
                 Output::Event(event) => {
-                    log_event(&event);
+                    match &event {
+                        Event::FrameSkipped { conn, error } => self.log_skipped(now, *conn, error),
+                        _ => log_event(&event),
+                    }
                     self.rt.publish(ClientEvent::Pool(event));
                 }
                 other => debug!(?other, "usageflow-socket: ignoring an unknown output"),
             }
+        }
+    }
+
+    /// Logs a skipped frame under the rate limit: the first of a flood at WARN, the rest at
+    /// debug level and in one WARN summary per [`SKIP_WARN_WINDOW`].
+    fn log_skipped(&mut self, now: Instant, conn: ConnId, error: &FrameError) {
+        match self.skips.skipped(now, conn, error) {
+            SkipLog::Warn => warn!(
+                %conn,
+                %error,
+                "usageflow-socket: skipped a frame (more within {}s are summarized)",
+                SKIP_WARN_WINDOW.as_secs()
+            ),
+            SkipLog::Quiet => debug!(%conn, %error, "usageflow-socket: skipped a frame"),
+            SkipLog::Summary(summary) => log_skip_summary(&summary),
         }
     }
 
@@ -421,7 +448,28 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
+/// Logs the summary of the frames skipped since the last warning.
+fn log_skip_summary(summary: &SkipSummary) {
+    let SkipSummary {
+        count,
+        over,
+        conn,
+        error,
+    } = summary;
+    warn!(
+        count,
+        %conn,
+        %error,
+        "usageflow-socket: {count} frames skipped in the last {}s, last error: {error}",
+        over.as_secs()
+    );
+}
+
 /// Logs a pool event at a level that fits it. Never logs the API key (events do not hold it).
+///
+/// [`Event::FrameSkipped`] is logged at WARN each time here; the [`Driver`] does not call this
+/// for it but rate-limits its own warnings (the first of a flood, then one summary with the
+/// count every 10 s).
 pub fn log_event(event: &Event) {
     match event {
         Event::Connected { conn } => info!(%conn, "usageflow-socket: connected"),
@@ -620,6 +668,46 @@ mod tests {
         assert!(d.check_stopped());
         assert_eq!(d.poll_timeout(), None);
         assert_eq!(d.runtime().events.last(), Some(&ClientEvent::Stopped));
+    }
+
+    #[test]
+    fn skipped_frames_warn_under_the_rate_limit_and_are_all_published() {
+        let t0 = Instant::now();
+        let mut d = driver(t0);
+        d.connect(t0);
+        let conn = d.runtime().dials[0];
+        d.handle_report(t0, Report::Connected { conn, writer: 70 });
+        let garbage = |d: &mut Driver<Fake>, at: Instant| {
+            d.handle_report(
+                at,
+                Report::Frame {
+                    conn,
+                    frame: frame::decode("not JSON {", 1 << 20),
+                },
+            );
+            d.handle_report(at, Report::Io(Input::Binary { conn, len: 4 }));
+        };
+        for i in 0..50 {
+            garbage(&mut d, t0 + Duration::from_millis(i * 10));
+        }
+        let skipped = |d: &Driver<Fake>| {
+            let events = &d.runtime().events;
+            events
+                .iter()
+                .filter(|e| matches!(e, ClientEvent::Pool(Event::FrameSkipped { .. })))
+                .count()
+        };
+        // Every skipped frame is still an event; only the first was a WARN, the rest wait
+        // for the summary.
+        assert_eq!(skipped(&d), 100);
+        assert_eq!(d.stats().skipped_frames, 100);
+        let summary = d.skips.clone().poll(t0 + SKIP_WARN_WINDOW).unwrap();
+        assert_eq!(summary.count, 99);
+        assert!(matches!(summary.error, FrameError::Binary { len: 4 }));
+        // The driver's timeout turn after the window logs that summary and opens a new window,
+        // which passes without a skipped frame.
+        d.handle_timeout(t0 + SKIP_WARN_WINDOW);
+        assert_eq!(d.skips.poll(t0 + SKIP_WARN_WINDOW * 2), None, "summarized once");
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //!
 //! - [`ClientError`]: the error of a request or send, split into *unavailable* and *denied*
 //!   for fail-open hosts ([`ClientError::is_unavailable`], [`ClientError::is_denied`]).
-//! - [`ClientOptions`]: the core [`Config`](usageflow_socket_core::Config) plus TLS roots and
-//!   the seed.
+//! - [`ClientOptions`]: the core [`Config`](usageflow_socket_core::Config) plus TLS roots, the
+//!   seed and the event stream's byte budget.
 //! - [`handshake`]: the upgrade request (`x-usage-key`, `User-Agent`), the rustls
 //!   configuration on the `ring` provider, the WebSocket limits, the mapping of tungstenite
 //!   errors.
@@ -19,6 +19,8 @@
 //! - [`Shared`]: the driver behind its lock plus the adapter's [`Signals`], with every client
 //!   operation written once ([`Shared::request`], [`Shared::send`], [`Shared::close`], the
 //!   getters) and the driver task's [`Shared::turn`]; [`ClientHandle`] closes on drop.
+//! - [`events`]: the event stream of both adapters, bounded in events and in the bytes of the
+//!   unsolicited frames it holds ([`EventPublisher`], [`EventSubscriber`]).
 //! - [`UsageFlowApi`]: typed helpers for every message type, over two required methods.
 //!
 //! Nothing here depends on an async runtime.
@@ -27,14 +29,17 @@
 pub mod api;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod handshake;
 pub mod io;
+mod log_limit;
 pub mod options;
 pub mod shared;
 
 pub use api::UsageFlowApi;
 pub use driver::{log_event, ClientEvent, Driver, Runtime};
 pub use error::{ClientError, ErrorClass};
+pub use events::{EventPublisher, EventSubscriber};
 pub use io::{
     run_connection, run_reader, run_writer, CancelOnDrop, FlushedWrites, Report, ReportSink, WriteCommand,
     WriteQueue,

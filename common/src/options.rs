@@ -1,18 +1,22 @@
-//! [`ClientOptions`]: the core [`Config`] plus what only an adapter needs (TLS roots, seed).
+//! [`ClientOptions`]: the core [`Config`] plus what only an adapter needs (TLS roots, seed,
+//! the event stream's byte budget).
 
 use rustls_pki_types::CertificateDer;
 use usageflow_socket_core::Config;
 
+use crate::events::DEFAULT_MAX_UNSOLICITED_BYTES;
+
 /// Everything a client needs: the pool's [`Config`] and the adapter-level options.
 ///
 /// Build one with [`ClientOptions::builder`], or convert a [`Config`] with `From` to take the
-/// defaults (webpki roots, random seed).
+/// defaults (webpki roots, random seed, 4 MiB of unsolicited frames held for subscribers).
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     config: Config,
     root_certificates: Vec<CertificateDer<'static>>,
     webpki_roots: bool,
     seed: Option<u64>,
+    max_unsolicited_bytes: usize,
 }
 
 impl ClientOptions {
@@ -43,6 +47,13 @@ impl ClientOptions {
         self.seed
     }
 
+    /// Most bytes of unsolicited frames the event stream holds for subscribers that have not
+    /// received them yet (default [`DEFAULT_MAX_UNSOLICITED_BYTES`], 4 MiB); see
+    /// [`ClientOptionsBuilder::max_unsolicited_bytes`].
+    pub fn max_unsolicited_bytes(&self) -> usize {
+        self.max_unsolicited_bytes
+    }
+
     /// The seed to build the pool with: the override, or a fresh random one (from the
     /// process's OS-seeded generator), logged at debug level so a run can be replayed.
     pub fn resolve_seed(&self) -> u64 {
@@ -67,6 +78,7 @@ impl From<Config> for ClientOptions {
             root_certificates: Vec::new(),
             webpki_roots: true,
             seed: None,
+            max_unsolicited_bytes: DEFAULT_MAX_UNSOLICITED_BYTES,
         }
     }
 }
@@ -94,6 +106,20 @@ impl ClientOptionsBuilder {
     /// Fixes the pool's seed (request ids, backoff jitter), to replay a run.
     pub fn seed(mut self, seed: u64) -> Self {
         self.options.seed = Some(seed);
+        self
+    }
+
+    /// Bounds the bytes of unsolicited frames ([`crate::ClientEvent::Unsolicited`], counted as
+    /// their payload's JSON text plus type and ids) that the event stream holds for
+    /// subscribers that have not received them yet. Default 4 MiB.
+    ///
+    /// Before a frame would take the held bytes over `bytes`, the oldest events are dropped,
+    /// and a subscriber that missed any is told how many on its next receive (as when it falls
+    /// more than [`crate::shared::EVENT_CAPACITY`] events behind). So a subscriber that stops
+    /// reading makes the client hold at most `bytes` plus one frame (at most the configured
+    /// `max_frame_size`), however large the frames; `0` keeps only the newest frame.
+    pub fn max_unsolicited_bytes(mut self, bytes: usize) -> Self {
+        self.options.max_unsolicited_bytes = bytes;
         self
     }
 

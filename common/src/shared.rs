@@ -19,8 +19,9 @@ use usageflow_socket_core::{
 use crate::io::{CancelOnDrop, Report, ReportSink};
 use crate::{ClientError, ClientOptions, Driver, Runtime};
 
-/// Capacity of each subscriber's event queue; a subscriber that falls further behind loses
-/// the oldest events (and is told how many).
+/// Most events the event stream holds for a subscriber; a subscriber that falls further
+/// behind loses the oldest events (and is told how many). The unsolicited frames among them
+/// are also bounded in bytes ([`ClientOptions::max_unsolicited_bytes`]).
 pub const EVENT_CAPACITY: usize = 1024;
 
 /// What the driver task tells the waiters of `connect` and `close`.

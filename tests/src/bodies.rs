@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join, join_all};
 use serde_json::Value;
 use ufsock::server::{FaultConfig, ReplyStyle, ServerThread, TlsOptions};
+use usageflow_socket_common::events::frame_bytes;
 use usageflow_socket_core::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
 
 use crate::*;
@@ -572,6 +573,76 @@ pub async fn noise_frames_are_counted_and_harmless<A: Adapter>() {
     })
     .await;
     assert!(unsolicited.is_some(), "orphans are handed to subscribers");
+    close_bounded::<A>(&client).await;
+}
+
+/// A subscriber that reads nothing while the server pushes many large unsolicited frames
+/// makes the client hold at most `max_unsolicited_bytes` of them (plus one frame), far below
+/// the event stream's count bound: the oldest are dropped, the subscriber is told how many it
+/// lost, and it still receives the newest.
+pub async fn stalled_subscriber_holds_bounded_bytes<A: Adapter>() {
+    const FRAMES: u64 = 200;
+    const PAYLOAD: u64 = 16 * 1024;
+    const BUDGET: usize = 256 * 1024;
+    let server = server();
+    let config = config(&server.url())
+        .pool_size(1)
+        .build()
+        .expect("a valid test config");
+    let options = ClientOptions::builder(config)
+        .max_unsolicited_bytes(BUDGET)
+        .build();
+    let client = A::connect(options).await.expect("connect");
+    let mut sub = A::subscribe(&client);
+    let faults = server.faults();
+    faults.set_push_size(PAYLOAD);
+    faults.set_push_frames(FRAMES);
+    // The pool counts a frame as an orphan in the same step that publishes it: once all are
+    // counted, the stream holds what it will hold for this subscriber.
+    must_wait::<A>(Duration::from_secs(10), "every pushed frame handed over", || {
+        A::stats(&client).orphan_replies == FRAMES
+    })
+    .await;
+    assert_eq!(server.counters().snapshot().pushes_sent, FRAMES);
+
+    let newest = format!("push-{}", FRAMES - 1);
+    let (mut frames, mut bytes, mut largest, mut lost) = (0u64, 0usize, 0usize, 0u64);
+    loop {
+        let event = timeout::<A, _>(Duration::from_secs(2), A::recv_event(&mut sub)).await;
+        match event.flatten() {
+            Some(Ok(ClientEvent::Unsolicited { frame, .. })) => {
+                frames += 1;
+                bytes += frame_bytes(&frame);
+                largest = largest.max(frame_bytes(&frame));
+                if frame.id.as_deref() == Some(newest.as_str()) {
+                    break;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(n)) => lost += n,
+            None => panic!(
+                "{}: no newest frame after {frames} frames and {lost} lost events",
+                A::NAME
+            ),
+        }
+    }
+    eprintln!(
+        "{}: held {frames} frames ({bytes} bytes) of {FRAMES}, {lost} events lost",
+        A::NAME
+    );
+    assert!(bytes <= BUDGET + largest, "{}: held {bytes} bytes", A::NAME);
+    assert!(
+        frames <= BUDGET as u64 / PAYLOAD + 1,
+        "{}: held {frames} frames",
+        A::NAME
+    );
+    assert!(frames >= 2, "{}: the newest frames are kept: {frames}", A::NAME);
+    assert!(
+        frames + lost >= FRAMES,
+        "{}: every frame is received or counted as lost: {frames} + {lost}",
+        A::NAME
+    );
+    assert!(A::is_connected(&client));
     close_bounded::<A>(&client).await;
 }
 

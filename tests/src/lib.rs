@@ -72,8 +72,18 @@ pub trait Adapter: 'static {
     async fn close(client: &Self::Client);
     /// `Client::subscribe`.
     fn subscribe(client: &Self::Client) -> Self::Subscription;
+    /// The next event (`Ok`), or how many events the subscriber lost since its last receive
+    /// (`Err`, the adapter's lag report); `None` when the subscription ended.
+    async fn recv_event(sub: &mut Self::Subscription) -> Option<Result<ClientEvent, u64>>;
     /// The next event, or `None` when the subscription ended. Lagging skips lost events.
-    async fn next_event(sub: &mut Self::Subscription) -> Option<ClientEvent>;
+    async fn next_event(sub: &mut Self::Subscription) -> Option<ClientEvent> {
+        loop {
+            match Self::recv_event(sub).await? {
+                Ok(event) => return Some(event),
+                Err(_lost) => continue,
+            }
+        }
+    }
     /// The `User-Agent` the adapter sends.
     fn user_agent() -> String;
 }
@@ -377,6 +387,7 @@ macro_rules! conformance {
             denials_are_distinct_from_unavailability,
             timeout_at_the_deadline,
             noise_frames_are_counted_and_harmless,
+            stalled_subscriber_holds_bounded_bytes,
             in_flight_fail_at_once_on_server_close,
             in_flight_fail_at_once_on_kill,
             reconnects_after_restart,

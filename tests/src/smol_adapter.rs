@@ -53,13 +53,11 @@ impl Adapter for SmolAdapter {
         client.subscribe()
     }
 
-    async fn next_event(sub: &mut Subscription) -> Option<ClientEvent> {
-        loop {
-            match sub.recv().await {
-                Ok(event) => return Some(event),
-                Err(RecvError::Overflowed(_)) => continue,
-                Err(RecvError::Closed) => return None,
-            }
+    async fn recv_event(sub: &mut Subscription) -> Option<Result<ClientEvent, u64>> {
+        match sub.recv().await {
+            Ok(event) => Some(Ok(event)),
+            Err(RecvError::Overflowed(n)) => Some(Err(n)),
+            Err(RecvError::Closed) => None,
         }
     }
 

@@ -57,13 +57,11 @@ impl Adapter for TokioAdapter {
         client.subscribe()
     }
 
-    async fn next_event(sub: &mut Subscription) -> Option<ClientEvent> {
-        loop {
-            match sub.recv().await {
-                Ok(event) => return Some(event),
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return None,
-            }
+    async fn recv_event(sub: &mut Subscription) -> Option<Result<ClientEvent, u64>> {
+        match sub.recv().await {
+            Ok(event) => Some(Ok(event)),
+            Err(RecvError::Lagged(n)) => Some(Err(n)),
+            Err(RecvError::Closed) => None,
         }
     }
 

@@ -283,6 +283,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if self.closing_until.is_none() && (self.should_freeze() || freeze_at.is_some_and(|t| now >= t)) {
                 return self.freeze().await;
             }
+            if let Some((count, size)) = faults.take_push() {
+                if self.push(count, size).await.is_err() {
+                    return;
+                }
+            }
             let stop_reading = faults.stop_reading();
             self.next_ping = match faults.ping_every_ms() {
                 0 => None,
@@ -484,6 +489,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             denial,
         });
         Ok(())
+    }
+
+    /// Sends `count` unsolicited frames whose payloads are JSON strings `size` long (the
+    /// `push_frames` fault).
+    async fn push(&mut self, count: u64, size: u64) -> Result<(), WsError> {
+        if self.closing_until.is_some() {
+            return Ok(());
+        }
+        let fill = usize::try_from(size.saturating_sub(2)).unwrap_or(0);
+        let payload = format!("\"{}\"", "x".repeat(fill));
+        for n in 0..count {
+            let frame = build_frame(
+                "push",
+                Some(&payload),
+                None,
+                &format!("push-{n}"),
+                ReplyStyle::IdOnly,
+            );
+            self.ws.feed(Message::text(frame)).await?;
+            Counters::add(&self.shared.counters.pushes_sent);
+        }
+        self.ws.flush().await
     }
 
     /// Sends the delayed replies that are due.

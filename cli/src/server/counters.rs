@@ -89,6 +89,7 @@ pub struct Counters {
     pub(crate) garbage_sent: AtomicU64,
     pub(crate) binary_sent: AtomicU64,
     pub(crate) stray_sent: AtomicU64,
+    pub(crate) pushes_sent: AtomicU64,
     pub(crate) pings_received: AtomicU64,
     pub(crate) pongs_received: AtomicU64,
     pub(crate) pongs_suppressed: AtomicU64,
@@ -143,6 +144,8 @@ pub struct CountersSnapshot {
     pub binary_sent: u64,
     /// Stray replies (to unknown ids) sent.
     pub stray_sent: u64,
+    /// Unsolicited frames pushed by `push_frames`.
+    pub pushes_sent: u64,
     /// Pings received.
     pub pings_received: u64,
     /// Pongs received.
@@ -267,6 +270,7 @@ impl Counters {
             garbage_sent: l(&self.garbage_sent),
             binary_sent: l(&self.binary_sent),
             stray_sent: l(&self.stray_sent),
+            pushes_sent: l(&self.pushes_sent),
             pings_received: l(&self.pings_received),
             pongs_received: l(&self.pongs_received),
             pongs_suppressed: l(&self.pongs_suppressed),

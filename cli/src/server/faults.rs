@@ -39,6 +39,8 @@ pub struct Faults {
     /// Fast check for `drop_once_on`, so the hot path takes no lock while it is off.
     drop_once_armed: AtomicBool,
     drop_once_on: Mutex<Option<String>>,
+    push_frames: AtomicU64,
+    push_size: AtomicU64,
     pub(crate) changed: Notify,
 }
 
@@ -86,6 +88,8 @@ impl Faults {
             hang_handshakes: AtomicBool::new(false),
             drop_once_armed: AtomicBool::new(false),
             drop_once_on: Mutex::new(None),
+            push_frames: AtomicU64::new(0),
+            push_size: AtomicU64::new(0),
             changed: Notify::new(),
         };
         f.set(config);
@@ -115,6 +119,8 @@ impl Faults {
         self.ping_every_ms.store(c.ping_every_ms, Relaxed);
         self.hang_handshakes.store(c.hang_handshakes, Relaxed);
         self.set_drop_once_on(c.drop_once_on.clone());
+        self.push_size.store(c.push_size, Relaxed);
+        self.push_frames.store(c.push_frames, Relaxed);
         self.changed.notify_waiters();
     }
 
@@ -147,6 +153,8 @@ impl Faults {
             ping_every_ms: self.ping_every_ms(),
             hang_handshakes: self.hang_handshakes(),
             drop_once_on: self.drop_once_on(),
+            push_frames: self.push_frames(),
+            push_size: self.push_size(),
         }
     }
 
@@ -181,6 +189,18 @@ impl Faults {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Takes the armed `push_frames` burst (disarming it): how many frames to push, and the
+    /// length of each one's payload; `None` when not armed.
+    pub(crate) fn take_push(&self) -> Option<(u64, u64)> {
+        if self.push_frames.load(Relaxed) == 0 {
+            return None;
+        }
+        match self.push_frames.swap(0, Relaxed) {
+            0 => None,
+            n => Some((n, self.push_size.load(Relaxed))),
         }
     }
 
@@ -235,6 +255,11 @@ impl Faults {
         ping_every_ms / set_ping_every_ms: u64;
         /// Upgrades are never answered.
         hang_handshakes / set_hang_handshakes: bool;
+        /// Unsolicited frames the next connection to wake pushes, once (0 = off). Set
+        /// [`push_size`](Self::push_size) first: setting this wakes every connection.
+        push_frames / set_push_frames: u64;
+        /// The payload length of each pushed frame.
+        push_size / set_push_size: u64;
     }
 }
 

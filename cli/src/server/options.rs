@@ -182,6 +182,17 @@ pub struct FaultConfig {
     /// (as a request or a fire-and-forget message). Lets a test kill exactly the connection that
     /// carries one given request; `None` (or an empty text) is off.
     pub drop_once_on: Option<String>,
+    /// One-shot: one connection sends this many unsolicited frames in a row, then the switch
+    /// returns to 0: the first to open when it is set at start, any open one (the first to
+    /// wake) when it is set at run time with
+    /// [`Faults::set_push_frames`](super::Faults::set_push_frames). Each is
+    /// `{"type":"push","payload":"xx…","id":"push-<n>"}`: its `id` answers no request, so a
+    /// client hands it to its subscribers as an unsolicited frame. Lets a test flood a client's
+    /// event stream.
+    pub push_frames: u64,
+    /// The length of each pushed frame's payload, a JSON string of this many characters
+    /// (quotes included, at least 2).
+    pub push_size: u64,
 }
 
 /// Everything fixed when a [`Server`](super::Server) starts. Its `Debug` never shows the key.
