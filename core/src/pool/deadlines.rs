@@ -145,4 +145,47 @@ mod tests {
         }
         assert_eq!(t.d.first(), Some((t0, id(0))));
     }
+
+    /// Many requests completing in random order, some with shorter per-request timeouts: the
+    /// earliest deadline is always the live minimum (checked against an ordered model), and
+    /// memory stays within twice the pending requests plus the slack, through many
+    /// compactions.
+    #[test]
+    fn random_removals_keep_the_minimum_and_stay_bounded() {
+        let t0 = Instant::now();
+        let mut rng = fastrand::Rng::with_seed(14);
+        let mut t = Tracked::default();
+        let mut model: BTreeSet<(Instant, RequestId)> = BTreeSet::new();
+        let mut next = 0u128;
+        let mut clock = 0u64;
+        for step in 0..200_000u32 {
+            if model.is_empty() || rng.u8(..100) < 52 {
+                clock += rng.u64(0..3);
+                let timeout = if rng.u8(..10) == 0 { rng.u64(0..500) } else { 1000 };
+                let at = t0 + Duration::from_millis(clock + timeout);
+                next += 1;
+                t.insert(at, next);
+                model.insert((at, id(next)));
+            } else {
+                let k = rng.usize(..model.len());
+                let &(at, victim) = model.iter().nth(k).expect("in range");
+                model.remove(&(at, victim));
+                t.complete(at, victim.0.as_u128());
+            }
+            assert_eq!(t.d.first(), model.first().copied(), "step {step}");
+            assert!(
+                t.d.held() <= 2 * model.len() + COMPACT_SLACK + 1,
+                "step {step}: {} held for {} pending",
+                t.d.held(),
+                model.len()
+            );
+            if step % 50_000 == 0 {
+                // Drain now and then, so the queue passes through empty.
+                while let Some((at, victim)) = model.pop_first() {
+                    t.complete(at, victim.0.as_u128());
+                }
+                assert_eq!(t.d.held(), 0);
+            }
+        }
+    }
 }
