@@ -847,6 +847,11 @@ impl Pool {
     /// re-armed within the backoff cap, whatever else is open: a pool in use is never down
     /// for good, and a rejected key is not retried faster than the schedule.
     fn rearm_resting(&mut self, now: Instant) {
+        debug_assert_eq!(
+            self.resting as usize,
+            self.slots.iter().filter(|s| matches!(s.phase, Phase::Exhausted)).count(),
+            "the resting count follows the slots"
+        );
         if self.resting == 0 {
             return;
         }
