@@ -1,7 +1,9 @@
 //! Wire types and the JSON codec of PROTOCOL.md: one text frame, one JSON object.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -209,31 +211,41 @@ impl fmt::Display for Payload {
 }
 
 /// A frame from the server. Unknown fields are ignored; only `type` is required.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Decoding is liberal (PROTOCOL.md: a field of an unexpected type never makes a frame
+/// unreadable): only a string `id` or `replyTo` is kept, `message` and `error` of any JSON
+/// type are read as described on each field, and when a key appears more than once its last
+/// occurrence wins (as with [`serde_json::Value`]). `Deserialize` follows the same rules as
+/// [`decode`]; like [`Payload`], it reads JSON text (`serde_json::from_str`, `from_slice`,
+/// `from_reader`), not an already parsed `Value`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Incoming {
     /// `"success"`, `"error"`, or a message-specific type.
     #[serde(rename = "type")]
     pub kind: String,
     /// The payload (`null` when absent), parsed only when read.
-    #[serde(default)]
     pub payload: Payload,
-    /// The frame's own id; some servers echo the request id here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The frame's own id when it is a string; some servers echo the request id here.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The id of the request this frame answers.
-    #[serde(default, rename = "replyTo", skip_serializing_if = "Option::is_none")]
+    /// The id of the request this frame answers, when `replyTo` is a string.
+    #[serde(rename = "replyTo", skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
-    /// Optional human text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Optional human text: a string `message` as is, a `message` of another JSON type as its
+    /// compact JSON text, `None` when absent or `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Optional error text; non-empty means the server said no.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The denial text: `Some` exactly when the frame's `error` says no, that is when it is a
+    /// non-empty string (its text), `true` (`"true"`), a non-zero number (its JSON text; a
+    /// number beyond `f64` counts as non-zero), or a non-empty object or array (its compact
+    /// JSON text). `None` when `error` is absent, `null`, `false`, `""`, `0`, `{}` or `[]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl Incoming {
-    /// The id this frame answers by PROTOCOL.md's rule: `replyTo` when present and non-empty,
-    /// otherwise `id`.
+    /// The id this frame answers by PROTOCOL.md's rule: `replyTo` when it is a non-empty
+    /// string, otherwise `id` when it is one.
     pub fn correlation_id(&self) -> Option<&str> {
         match self.reply_to.as_deref() {
             Some(r) if !r.is_empty() => Some(r),
@@ -241,8 +253,8 @@ impl Incoming {
         }
     }
 
-    /// Whether this reply is an application-level denial: a non-empty `error`, or a `type`
-    /// of `"error"` in any case.
+    /// Whether this reply is an application-level denial: an `error` that says no (see the
+    /// field; an empty one set by hand does not), or a `type` of `"error"` in any case.
     pub fn is_denial(&self) -> bool {
         self.error.as_deref().is_some_and(|e| !e.is_empty()) || self.kind.eq_ignore_ascii_case("error")
     }
@@ -260,6 +272,253 @@ impl Incoming {
     pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         self.payload.parse()
     }
+}
+
+impl<'de> Deserialize<'de> for Incoming {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Owned raw values, so any JSON source works (`from_reader` cannot lend its input).
+        deserializer.deserialize_map(IncomingVisitor::<Box<RawValue>, Box<RawValue>>(PhantomData))
+    }
+}
+
+/// A field's value as raw JSON text, borrowed from the input or owned.
+trait RawJson<'de>: Deserialize<'de> {
+    /// The value's JSON text, exactly as it arrived (no surrounding whitespace).
+    fn json(&self) -> &str;
+}
+
+impl<'de> RawJson<'de> for &'de RawValue {
+    fn json(&self) -> &str {
+        self.get()
+    }
+}
+
+impl<'de> RawJson<'de> for Box<RawValue> {
+    fn json(&self) -> &str {
+        self.get()
+    }
+}
+
+/// How a string field (`type`, `id`, `replyTo`) is read: its text when it is a string, `None`
+/// for any other value. A raw value reads every value; [`Lenient`] is faster but fails on a
+/// few.
+trait StrField<'de>: Deserialize<'de> {
+    /// The string, if the value is one.
+    fn into_string(self) -> Option<String>;
+}
+
+impl<'de, R: RawJson<'de>> StrField<'de> for R {
+    fn into_string(self) -> Option<String> {
+        string_of(self.json())
+    }
+}
+
+/// The fast reading of a string field (what [`decode`] tries first): a string is parsed as
+/// for a `String`, any other value is skipped. Two values that a raw value accepts make it
+/// fail with a syntax error: a number beyond `f64`, and a string with a lone surrogate escape
+/// (such as `"\ud800"`); [`decode`] then reads the frame again with raw values.
+struct Lenient(Option<String>);
+
+impl<'de> StrField<'de> for Lenient {
+    fn into_string(self) -> Option<String> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Lenient {
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LenientVisitor;
+        impl<'de> Visitor<'de> for LenientVisitor {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Lenient, E> {
+                Ok(Lenient(Some(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Lenient, E> {
+                Ok(Lenient(Some(v)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Lenient, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Lenient(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Lenient, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Lenient(None))
+            }
+        }
+        deserializer.deserialize_any(LenientVisitor)
+    }
+}
+
+/// The keys of an [`Incoming`]; anything else is ignored.
+enum Key {
+    Type,
+    Payload,
+    Id,
+    ReplyTo,
+    Message,
+    Error,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "type" => Key::Type,
+                    "payload" => Key::Payload,
+                    "id" => Key::Id,
+                    "replyTo" => Key::ReplyTo,
+                    "message" => Key::Message,
+                    "error" => Key::Error,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Reads a frame's object: the string fields with `S`, `message` and `error` as raw JSON
+/// (`R`), the payload as a raw value and anything else ignored, so no value of any type fails
+/// the frame. A later occurrence of a key replaces an earlier one; `message` and `error` are
+/// interpreted once, at the end. Without a string `type`, a data error: the only one an
+/// object can cause.
+struct IncomingVisitor<S, R>(PhantomData<(S, R)>);
+
+impl<'de, S: StrField<'de>, R: RawJson<'de>> Visitor<'de> for IncomingVisitor<S, R> {
+    type Value = Incoming;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kind: Option<S> = None;
+        let mut payload: Option<Payload> = None;
+        let mut id: Option<S> = None;
+        let mut reply_to: Option<S> = None;
+        let mut message: Option<R> = None;
+        let mut error: Option<R> = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Type => kind = Some(map.next_value()?),
+                Key::Payload => payload = Some(map.next_value()?),
+                Key::Id => id = Some(map.next_value()?),
+                Key::ReplyTo => reply_to = Some(map.next_value()?),
+                Key::Message => message = Some(map.next_value()?),
+                Key::Error => error = Some(map.next_value()?),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let Some(kind) = kind.and_then(S::into_string) else {
+            return Err(de::Error::custom("frame has no string \"type\" field"));
+        };
+        Ok(Incoming {
+            kind,
+            payload: payload.unwrap_or_default(),
+            id: id.and_then(S::into_string),
+            reply_to: reply_to.and_then(S::into_string),
+            message: message.and_then(|v| message_of(v.json())),
+            error: error.and_then(|v| denial_of(v.json())),
+        })
+    }
+}
+
+/// The text of a JSON string value (`json` is one JSON value); `None` for a value of another
+/// type, and for a string that is not Unicode (a lone surrogate escape such as `"\ud800"`,
+/// which the raw value accepts and a `String` cannot hold).
+fn string_of(json: &str) -> Option<String> {
+    let inner = json.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str(json).ok()
+    } else {
+        Some(inner.to_owned())
+    }
+}
+
+/// `message`: a string's text; `None` for `null`; any other value (or a string that is not
+/// Unicode) as its compact JSON text.
+fn message_of(json: &str) -> Option<String> {
+    match json {
+        "null" => None,
+        _ => string_of(json).or_else(|| Some(compact(json))),
+    }
+}
+
+/// `error`: `Some(text)` exactly when it is a denial (see [`Incoming::error`]).
+fn denial_of(json: &str) -> Option<String> {
+    match json.as_bytes().first()? {
+        b'"' if json == r#""""# => None,
+        // A string that is not Unicode is still a non-empty error: keep its JSON text.
+        b'"' => string_of(json).or_else(|| Some(json.to_owned())),
+        b'n' | b'f' => None,
+        b't' => Some("true".to_owned()),
+        b'{' | b'[' => {
+            // Empty when the first thing after the bracket is the closing one.
+            let inner = json[1..].trim_start_matches([' ', '\t', '\n', '\r']);
+            (!inner.starts_with(['}', ']'])).then(|| compact(json))
+        }
+        // A number: non-zero when a digit of its mantissa is (so `1e400` counts, `-0.0e5`
+        // does not).
+        _ => json
+            .bytes()
+            .take_while(|b| !matches!(b, b'e' | b'E'))
+            .any(|b| matches!(b, b'1'..=b'9'))
+            .then(|| json.to_owned()),
+    }
+}
+
+/// `json` (one valid JSON value) without the whitespace between its tokens.
+fn compact(json: &str) -> String {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if !json.bytes().any(is_space) {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c.is_ascii() && is_space(c as u8) {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Why an incoming frame was skipped. The connection stays up; the pool counts it.
@@ -280,12 +539,9 @@ pub enum FrameError {
     /// Valid JSON but not an object.
     #[error("frame is not a JSON object")]
     NotAnObject,
-    /// An object without a string `type`.
+    /// An object without a string `type` (its last `type`, when there are several).
     #[error("frame has no string \"type\" field")]
     MissingType,
-    /// A field has the wrong JSON type (for example a numeric `replyTo`).
-    #[error("frame has a malformed field: {0}")]
-    BadField(String),
     /// A binary frame; the protocol is text-only.
     #[error("binary frame of {len} bytes (the protocol is text-only)")]
     Binary {
@@ -295,6 +551,7 @@ pub enum FrameError {
 }
 
 /// Decodes one text frame, checking its size first so a huge frame costs nothing to refuse.
+/// Any JSON object with a string `type` decodes; see [`Incoming`] for how its fields are read.
 pub fn decode(text: &str, max_frame_size: usize) -> Result<Incoming, FrameError> {
     if text.len() > max_frame_size {
         return Err(FrameError::TooLarge {
@@ -302,10 +559,22 @@ pub fn decode(text: &str, max_frame_size: usize) -> Result<Incoming, FrameError>
             max: max_frame_size,
         });
     }
-    match serde_json::from_str::<Incoming>(text) {
+    match read::<Lenient>(text) {
         Ok(frame) => Ok(frame),
+        // Perhaps a string field the fast reading cannot hold (see `Lenient`): raw values read
+        // any valid JSON. (An invalid frame is read twice, up to its error.)
+        Err(e) if e.is_syntax() => read::<&RawValue>(text).map_err(|e| classify(text, e)),
         Err(e) => Err(classify(text, e)),
     }
+}
+
+/// Reads a frame as `serde_json::from_str` would, its string fields with `S`, `message` and
+/// `error` as raw values borrowed from `text`.
+fn read<'a, S: StrField<'a>>(text: &'a str) -> Result<Incoming, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let frame = (&mut deserializer).deserialize_map(IncomingVisitor::<S, &'a RawValue>(PhantomData))?;
+    deserializer.end()?;
+    Ok(frame)
 }
 
 /// Turns a serde error into the precise reason; the slow path only runs for bad frames.
@@ -313,13 +582,16 @@ fn classify(text: &str, err: serde_json::Error) -> FrameError {
     use serde_json::error::Category;
     match err.classify() {
         Category::Syntax | Category::Eof | Category::Io => FrameError::InvalidJson(err.to_string()),
-        Category::Data => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => match map.get("type") {
-                Some(Value::String(_)) => FrameError::BadField(err.to_string()),
-                _ => FrameError::MissingType,
-            },
-            Ok(_) => FrameError::NotAnObject,
+        // Every value of an object is read as raw JSON, so a data error means that the frame
+        // is not an object (reading stopped at its first byte) or has no string `type`. Either
+        // way the rest of the text is still to be checked; `IgnoredAny` does it without
+        // building anything.
+        Category::Data => match serde_json::from_str::<IgnoredAny>(text) {
             Err(e) => FrameError::InvalidJson(e.to_string()),
+            Ok(_) if text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') => {
+                FrameError::MissingType
+            }
+            Ok(_) => FrameError::NotAnObject,
         },
     }
 }
@@ -441,14 +713,279 @@ mod tests {
         assert_eq!(decode("42", 1024), Err(FrameError::NotAnObject));
         assert_eq!(decode(r#"{"payload":1}"#, 1024), Err(FrameError::MissingType));
         assert_eq!(decode(r#"{"type":7}"#, 1024), Err(FrameError::MissingType));
+        // An array is not an object, even one whose first element could be a type.
+        assert_eq!(decode(r#"["success"]"#, 1024), Err(FrameError::NotAnObject));
+        assert_eq!(decode(r#""success""#, 1024), Err(FrameError::NotAnObject));
+        assert!(matches!(decode("[1,2", 1024), Err(FrameError::InvalidJson(_))));
+        assert!(matches!(decode("", 1024), Err(FrameError::InvalidJson(_))));
         assert!(matches!(
-            decode(r#"{"type":"x","replyTo":5}"#, 1024),
-            Err(FrameError::BadField(_))
+            decode(r#"{"type":"x"} trailing"#, 1024),
+            Err(FrameError::InvalidJson(_))
         ));
+        assert!(matches!(
+            decode(r#"{"payload":1} trailing"#, 1024),
+            Err(FrameError::InvalidJson(_))
+        ));
+        assert_eq!(decode(r#"{"type":null}"#, 1024), Err(FrameError::MissingType));
+        assert_eq!(
+            decode(r#"{"type":{"a":"b"}}"#, 1024),
+            Err(FrameError::MissingType)
+        );
+        // A field of an unexpected type no longer makes the frame unreadable.
+        let f = decode(r#"{"type":"x","replyTo":5}"#, 1024).unwrap();
+        assert_eq!((f.reply_to.as_deref(), f.correlation_id()), (None, None));
         assert_eq!(
             decode(&"x".repeat(2000), 1024),
             Err(FrameError::TooLarge { len: 2000, max: 1024 })
         );
+    }
+
+    const ID: &str = "0b5f4a3c-8e2d-4f1a-9c3b-2d1e0f9a8b7c";
+
+    /// Decodes `{"type":<kind>,"replyTo":ID,<rest>}`, which must be readable.
+    fn reply(kind: &str, rest: &str) -> Incoming {
+        let text = format!(r#"{{"type":"{kind}","replyTo":"{ID}"{rest}}}"#);
+        decode(&text, 1 << 20).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn the_frames_of_the_bug_report_decode_and_correlate() {
+        let f = decode(
+            &format!(r#"{{"type":"error","replyTo":"{ID}","error":{{"code":429}}}}"#),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(f.correlation_id(), Some(ID));
+        assert!(f.is_denial());
+        assert_eq!(f.error.as_deref(), Some(r#"{"code":429}"#));
+        assert_eq!(f.denial_text(), r#"{"code":429}"#);
+        let f = decode(
+            &format!(r#"{{"type":"success","replyTo":"{ID}","id":42}}"#),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(f.correlation_id(), Some(ID));
+        assert_eq!(f.id, None);
+        assert!(!f.is_denial());
+    }
+
+    #[test]
+    fn error_that_denies_and_its_text() {
+        // (the error's JSON, the denial text), with `type` "success" so only `error` decides.
+        let cases = [
+            (r#""limit reached""#, "limit reached"),
+            (r#""quota \"q\" \u00e9""#, "quota \"q\" \u{e9}"),
+            ("true", "true"),
+            ("429", "429"),
+            ("-1", "-1"),
+            ("0.5", "0.5"),
+            ("1e400", "1e400"),
+            ("-2E-3", "-2E-3"),
+            (r#"{"code":429}"#, r#"{"code":429}"#),
+            // Compact text: whitespace between tokens goes, inside strings it stays.
+            (
+                "{ \"code\" : 429 ,\n \"why\": \"a b\" }",
+                r#"{"code":429,"why":"a b"}"#,
+            ),
+            (r#"[ "x" , 1 ]"#, r#"["x",1]"#),
+            ("[null]", "[null]"),
+            ("[{}]", "[{}]"),
+            // A string that is not Unicode still says no; its text is its JSON.
+            (r#""\ud800""#, r#""\ud800""#),
+        ];
+        for (error, text) in cases {
+            let f = reply("success", &format!(r#","error":{error}"#));
+            assert!(f.is_denial(), "{error}");
+            assert_eq!(f.error.as_deref(), Some(text), "{error}");
+            assert_eq!(f.denial_text(), text, "{error}");
+            assert_eq!(f.correlation_id(), Some(ID), "{error}");
+        }
+    }
+
+    #[test]
+    fn error_that_does_not_deny() {
+        for error in [
+            "null",
+            "false",
+            r#""""#,
+            "0",
+            "-0",
+            "0.0",
+            "0e10",
+            "-0.000E-5",
+            "{}",
+            "{ \n }",
+            "[]",
+            "[ ]",
+        ] {
+            let f = reply("success", &format!(r#","error":{error}"#));
+            assert!(!f.is_denial(), "{error}");
+            assert_eq!(f.error, None, "{error}");
+            assert_eq!(f.denial_text(), "success", "{error}");
+            assert_eq!(f.correlation_id(), Some(ID), "{error}");
+        }
+        // Absent.
+        assert!(!reply("success", "").is_denial());
+        // A `type` of "error" is a denial whatever `error` says; its text falls back to
+        // `message`, then to the type.
+        let f = reply("Error", r#","error":false,"message":"no""#);
+        assert!(f.is_denial());
+        assert_eq!(f.denial_text(), "no");
+        assert_eq!(reply("error", r#","error":0"#).denial_text(), "error");
+    }
+
+    #[test]
+    fn ids_of_other_types_do_not_correlate_but_do_not_break_the_frame() {
+        for other in [
+            "42",
+            "-1.5e3",
+            "1e400",
+            "true",
+            "false",
+            "null",
+            r#"{"id":"x"}"#,
+            r#"["x"]"#,
+            "{}",
+            "[]",
+            r#""\ud800""#,
+        ] {
+            // A replyTo of another type: correlation falls back to a string id.
+            let text = format!(r#"{{"type":"success","replyTo":{other},"id":"{ID}"}}"#);
+            let f = decode(&text, 1024).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(f.reply_to, None, "{text}");
+            assert_eq!(f.correlation_id(), Some(ID), "{text}");
+            // An id of another type, with a string replyTo.
+            let text = format!(r#"{{"type":"success","replyTo":"{ID}","id":{other}}}"#);
+            let f = decode(&text, 1024).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(f.id, None, "{text}");
+            assert_eq!(f.correlation_id(), Some(ID), "{text}");
+            // Neither is a string: the frame decodes and answers nothing.
+            let text = format!(r#"{{"type":"success","replyTo":{other},"id":{other}}}"#);
+            let f = decode(&text, 1024).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((&f.id, &f.reply_to), (&None, &None), "{text}");
+            assert_eq!(f.correlation_id(), None, "{text}");
+        }
+        // Escaped strings are unescaped; an empty replyTo falls back to id.
+        let f = decode(r#"{"type":"success","replyTo":"a\u002Db","id":"c"}"#, 1024).unwrap();
+        assert_eq!(f.correlation_id(), Some("a-b"));
+        let f = decode(r#"{"type":"success","replyTo":"","id":7}"#, 1024).unwrap();
+        assert_eq!(f.correlation_id(), None);
+    }
+
+    #[test]
+    fn message_of_any_type() {
+        let cases = [
+            (r#""no""#, Some("no")),
+            (r#""""#, Some("")),
+            ("null", None),
+            ("42", Some("42")),
+            ("1e400", Some("1e400")),
+            ("false", Some("false")),
+            (
+                r#"{ "en" : "no", "fr": "non" }"#,
+                Some(r#"{"en":"no","fr":"non"}"#),
+            ),
+            (r#"["a", "b"]"#, Some(r#"["a","b"]"#)),
+            (r#""\ud800""#, Some(r#""\ud800""#)),
+        ];
+        for (message, text) in cases {
+            let f = reply("error", &format!(r#","message":{message}"#));
+            assert_eq!(f.message.as_deref(), text, "{message}");
+            assert_eq!(f.denial_text(), text.unwrap_or("error"), "{message}");
+            assert_eq!(f.correlation_id(), Some(ID), "{message}");
+        }
+        assert_eq!(reply("error", "").message, None);
+    }
+
+    #[test]
+    fn a_duplicated_key_keeps_its_last_occurrence() {
+        let d = |text: &str| decode(text, 1024).unwrap_or_else(|e| panic!("{text}: {e}"));
+        // type: the last one must be a string.
+        assert_eq!(d(r#"{"type":7,"type":"success"}"#).kind, "success");
+        assert_eq!(d(r#"{"type":"a","type":"b"}"#).kind, "b");
+        assert_eq!(
+            decode(r#"{"type":"success","type":7}"#, 1024),
+            Err(FrameError::MissingType)
+        );
+        assert_eq!(
+            decode(r#"{"type":"success","type":null}"#, 1024),
+            Err(FrameError::MissingType)
+        );
+        // payload
+        let f = d(r#"{"type":"s","payload":{"a":1},"payload":[2]}"#);
+        assert_eq!(f.payload.json(), "[2]");
+        assert!(d(r#"{"type":"s","payload":{"a":1},"payload":null}"#)
+            .payload
+            .is_null());
+        // id
+        assert_eq!(d(r#"{"type":"s","id":"a","id":"b"}"#).correlation_id(), Some("b"));
+        assert_eq!(d(r#"{"type":"s","id":"a","id":5}"#).correlation_id(), None);
+        assert_eq!(d(r#"{"type":"s","id":5,"id":"b"}"#).correlation_id(), Some("b"));
+        // replyTo: a later one of another type overrides an earlier string.
+        assert_eq!(
+            d(r#"{"type":"s","replyTo":"a","replyTo":"b"}"#).correlation_id(),
+            Some("b")
+        );
+        let f = d(r#"{"type":"s","replyTo":"a","replyTo":5,"id":"i"}"#);
+        assert_eq!((f.reply_to.as_deref(), f.correlation_id()), (None, Some("i")));
+        let f = d(r#"{"type":"s","replyTo":"a","replyTo":null}"#);
+        assert_eq!((f.reply_to.as_deref(), f.correlation_id()), (None, None));
+        assert_eq!(
+            d(r#"{"type":"s","replyTo":{},"replyTo":"b"}"#).correlation_id(),
+            Some("b")
+        );
+        // message
+        assert_eq!(
+            d(r#"{"type":"s","message":"a","message":"b"}"#)
+                .message
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(d(r#"{"type":"s","message":"a","message":null}"#).message, None);
+        // error: a later non-denial clears an earlier denial, and the other way round.
+        let f = d(r#"{"type":"s","error":"no","error":false}"#);
+        assert!(!f.is_denial() && f.error.is_none());
+        let f = d(r#"{"type":"s","error":"","error":{"code":1}}"#);
+        assert_eq!(f.error.as_deref(), Some(r#"{"code":1}"#));
+        let f = d(r#"{"type":"s","error":"first","error":"second"}"#);
+        assert_eq!(f.denial_text(), "second");
+    }
+
+    #[test]
+    fn ignored_fields_may_hold_anything() {
+        let f = decode(
+            &format!(
+                r#"{{"extra":{{"type":7,"replyTo":{{"id":[1,{{"error":true}}]}}}},"type":"success","meta":[[{{}}],[[1e400]],"\ud800",null],"replyTo":"{ID}","id":{{"nested":{{"id":"x"}}}}, "tail" : {{ }} }}"#
+            ),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(f.kind, "success");
+        assert_eq!(f.correlation_id(), Some(ID));
+        assert_eq!(f.id, None);
+        assert!(!f.is_denial());
+        // Keys are compared unescaped.
+        let f = decode(r#"{"\u0074ype":"success","reply\u0054o":"r"}"#, 1024).unwrap();
+        assert_eq!((f.kind.as_str(), f.correlation_id()), ("success", Some("r")));
+    }
+
+    #[test]
+    fn deserialize_is_as_liberal_as_decode() {
+        let text = format!(
+            r#"{{"type":7,"type":"error","replyTo":"{ID}","id":42,"message":{{"a":1}},"error":{{"code":429}},"payload":[1]}}"#
+        );
+        let f = decode(&text, 1 << 20).unwrap();
+        assert_eq!(serde_json::from_str::<Incoming>(&text).unwrap(), f);
+        assert_eq!(serde_json::from_slice::<Incoming>(text.as_bytes()).unwrap(), f);
+        assert_eq!(
+            serde_json::from_reader::<_, Incoming>(text.as_bytes()).unwrap(),
+            f
+        );
+        assert!(serde_json::from_str::<Incoming>(r#"{"type":5}"#).is_err());
+        assert!(serde_json::from_str::<Incoming>("[1]").is_err());
+        // What decodes serializes with string fields, and decodes back the same.
+        let again = serde_json::to_string(&f).unwrap();
+        assert_eq!(decode(&again, 1 << 20).unwrap(), f);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub fn frame_decode(data: &[u8]) {
     };
     let text = String::from_utf8_lossy(rest);
     let result = frame::decode(&text, max);
+    if text.len() <= max {
+        check_liberal_decoding(&text, &result);
+    }
     match &result {
         Err(FrameError::TooLarge { len, max: m }) => {
             assert_eq!(*len, text.len());
@@ -243,6 +246,57 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     Ok(())
 }
 
+/// Decoding is liberal (PROTOCOL.md): whatever `serde_json` reads as a [`Value`] decodes as
+/// that value says. An object whose last `type` is a string is a frame whose string fields
+/// are the object's (last occurrence wins, as in the `Value`), a field of another type being
+/// `None`; its `error` denies as the object's does. Any other value is not an object. (Text
+/// a `Value` cannot hold, such as a number beyond `f64` or a lone surrogate, is not checked.)
+fn check_liberal_decoding(text: &str, result: &Result<frame::Incoming, FrameError>) {
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    let Value::Object(m) = value else {
+        assert_eq!(
+            *result,
+            Err(FrameError::NotAnObject),
+            "a JSON {value} is not an object"
+        );
+        return;
+    };
+    let Some(Value::String(kind)) = m.get("type") else {
+        assert_eq!(*result, Err(FrameError::MissingType), "no string type in {text}");
+        return;
+    };
+    let f = match result {
+        Ok(f) => f,
+        Err(e) => panic!("an object with a string type is skipped ({e}): {text}"),
+    };
+    let string = |key: &str| m.get(key).and_then(Value::as_str);
+    assert_eq!(&f.kind, kind);
+    assert_eq!(f.id.as_deref(), string("id"));
+    assert_eq!(f.reply_to.as_deref(), string("replyTo"));
+    match m.get("message") {
+        None | Some(Value::Null) => assert_eq!(f.message, None),
+        Some(Value::String(s)) => assert_eq!(f.message.as_deref(), Some(s.as_str())),
+        Some(_) => assert!(f.message.is_some(), "a message of another type is dropped"),
+    }
+    let denies = match m.get("error") {
+        None | Some(Value::Null | Value::Bool(false)) => Some(false),
+        Some(Value::Bool(true)) => Some(true),
+        Some(Value::String(s)) => Some(!s.is_empty()),
+        Some(Value::Array(a)) => Some(!a.is_empty()),
+        Some(Value::Object(o)) => Some(!o.is_empty()),
+        // A number that reads as 0.0 may be one too small for `f64`, which denies.
+        Some(Value::Number(n)) => (n.as_f64() != Some(0.0)).then_some(true),
+    };
+    if let Some(denies) = denies {
+        assert_eq!(f.error.is_some(), denies, "error of {text}");
+    }
+    if let Some(Value::String(s)) = m.get("error").filter(|_| denies == Some(true)) {
+        assert_eq!(f.error.as_deref(), Some(s.as_str()));
+    }
+}
+
 // ----- pool_ops -----
 
 /// Which connection an input names.
@@ -261,7 +315,8 @@ pub enum TextSpec {
     Reply {
         /// Which request.
         back: u8,
-        /// Success, denial, uppercase id, `id` instead of `replyTo`, unknown id, bad field...
+        /// Success, denial, uppercase id, `id` instead of `replyTo`, unknown id, numeric
+        /// `replyTo` beside a string `id`...
         shape: u8,
     },
     /// Arbitrary text.
