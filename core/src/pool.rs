@@ -849,7 +849,10 @@ impl Pool {
     fn rearm_resting(&mut self, now: Instant) {
         debug_assert_eq!(
             self.resting as usize,
-            self.slots.iter().filter(|s| matches!(s.phase, Phase::Exhausted)).count(),
+            self.slots
+                .iter()
+                .filter(|s| matches!(s.phase, Phase::Exhausted))
+                .count(),
             "the resting count follows the slots"
         );
         if self.resting == 0 {

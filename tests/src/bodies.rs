@@ -386,11 +386,18 @@ pub async fn resting_slot_returns_while_another_is_open<A: Adapter>() {
     close_bounded::<A>(&client).await;
 }
 
-/// Replies are correlated in each reply style: `replyTo` + fresh `id`, both equal, `id` only.
+/// Replies are correlated in each reply style: `replyTo` + fresh `id`, both equal, `id` only,
+/// and a careless server's numeric `id` (issue 14, item 2: a field of another type never
+/// makes the reply unreadable).
 pub async fn correlation_in_every_reply_style<A: Adapter>() {
     let server = server();
     let client = connect::<A>(config(&server.url())).await;
-    for style in [ReplyStyle::ReplyTo, ReplyStyle::Both, ReplyStyle::IdOnly] {
+    for style in [
+        ReplyStyle::ReplyTo,
+        ReplyStyle::Both,
+        ReplyStyle::IdOnly,
+        ReplyStyle::Hostile,
+    ] {
         server.faults().set_reply_style(style);
         let ids: Vec<String> = (0..20).map(|i| format!("{style:?}-{i}")).collect();
         let replies = join_all(ids.iter().map(|id| client.request(allocation(id)))).await;
@@ -403,15 +410,38 @@ pub async fn correlation_in_every_reply_style<A: Adapter>() {
                 }
                 ReplyStyle::Both => assert!(reply.reply_to.is_some() && reply.id == reply.reply_to),
                 ReplyStyle::IdOnly => assert!(reply.reply_to.is_none() && reply.id.is_some()),
+                _ => assert!(
+                    reply.reply_to.is_some() && reply.id.is_none(),
+                    "a numeric id is no id"
+                ),
             }
         }
         let p = client.get_application_policies().await.unwrap();
         assert_eq!(p.total, 2);
     }
+    // A denial whose `error` is an object is a denial, at once, not a timeout.
+    let t = Instant::now();
+    let denied = client
+        .request(Outgoing::new(
+            "request_for_allocation",
+            json!({"alias": "deny", "amount": 1.0}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(denied.is_denied(), "{}: {denied:?}", A::NAME);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let text = denied.denial_text().unwrap_or_default().to_owned();
+    assert!(text.contains("\"code\":429") && text.contains("alias"), "{text}");
     let s = A::stats(&client);
     assert_eq!(
-        (s.replies, s.orphan_replies, s.skipped_frames, s.disconnects),
-        (63, 0, 0, 0)
+        (
+            s.replies,
+            s.denials,
+            s.orphan_replies,
+            s.skipped_frames,
+            s.disconnects
+        ),
+        (84, 1, 0, 0, 0)
     );
     close_bounded::<A>(&client).await;
 }

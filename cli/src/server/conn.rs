@@ -606,7 +606,13 @@ fn build_frame(
     }
     if let Some(e) = error {
         out.extend_from_slice(b",\"error\":");
-        push_json_str(&mut out, e);
+        if style == ReplyStyle::Hostile {
+            out.extend_from_slice(b"{\"code\":429,\"text\":");
+            push_json_str(&mut out, e);
+            out.push(b'}');
+        } else {
+            push_json_str(&mut out, e);
+        }
     }
     match style {
         ReplyStyle::ReplyTo => {
@@ -624,6 +630,11 @@ fn build_frame(
         ReplyStyle::IdOnly => {
             out.extend_from_slice(b",\"id\":");
             push_json_str(&mut out, request_id);
+        }
+        ReplyStyle::Hostile => {
+            out.extend_from_slice(b",\"replyTo\":");
+            push_json_str(&mut out, request_id);
+            out.extend_from_slice(b",\"id\":42");
         }
     }
     out.push(b'}');

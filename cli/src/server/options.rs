@@ -16,6 +16,10 @@ pub enum ReplyStyle {
     Both,
     /// No `replyTo`; `id` = the request id.
     IdOnly,
+    /// A careless server: `replyTo` = the request id, `id` = a number, and a denial's `error`
+    /// is an object (`{"code":429,"text":...}`), not a string. Clients must still correlate
+    /// and recognise the denial.
+    Hostile,
 }
 
 impl ReplyStyle {
@@ -24,6 +28,7 @@ impl ReplyStyle {
             ReplyStyle::ReplyTo => 0,
             ReplyStyle::Both => 1,
             ReplyStyle::IdOnly => 2,
+            ReplyStyle::Hostile => 3,
         }
     }
 
@@ -31,6 +36,7 @@ impl ReplyStyle {
         match v {
             1 => ReplyStyle::Both,
             2 => ReplyStyle::IdOnly,
+            3 => ReplyStyle::Hostile,
             _ => ReplyStyle::ReplyTo,
         }
     }
