@@ -670,6 +670,13 @@ fn stale_generation_is_ignored() {
     });
     h.input(Input::Text { conn: c, text: "{}" });
     assert_eq!(h.pool.stats().stale_inputs, before + 2);
+    // Every other input about the dead generation counts too (a mutant left these uncounted).
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    h.input(Input::Pong { conn: c });
+    h.input(Input::Ping { conn: c });
+    h.input(Input::Binary { conn: c, len: 3 });
+    assert_eq!(h.pool.stats().stale_inputs, before + 6);
+    let before = before + 4;
     assert_eq!(h.pool.slot_state(0), Some(SlotState::Open));
     // A generation never dialed is stale too.
     h.input(Input::Connected {
