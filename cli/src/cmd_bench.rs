@@ -15,8 +15,8 @@ use futures_util::future::{select, Either};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
-use ufsock::server::{ServerOptions, ServerThread};
 use usageflow_socket_core::redact_url;
+use usageflow_socket_server::{ServerOptions, ServerThread};
 use usageflow_socket_tokio::{Config, Outgoing, Stats, UsageFlowApi};
 
 use crate::bench_adapter::{self, Adapter};
