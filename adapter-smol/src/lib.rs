@@ -6,9 +6,9 @@
 //! use usageflow_socket_smol::messages::RequestForAllocation;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # // A local UsageFlow-compatible server (`ufsock::server`, on a thread of its own) stands in
-//! # // for the service.
-//! # let server = ufsock::server::ServerThread::spawn(ufsock::server::ServerOptions {
+//! # // A local UsageFlow-compatible server (`usageflow_socket_server`, on a thread of its
+//! # // own) stands in for the service.
+//! # let server = usageflow_socket_server::ServerThread::spawn(usageflow_socket_server::ServerOptions {
 //! #     key: Some("my-api-key".into()),
 //! #     ..Default::default()
 //! # })?;

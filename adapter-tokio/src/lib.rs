@@ -7,8 +7,8 @@
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # // A local UsageFlow-compatible server (`ufsock::server`) stands in for the service.
-//! # let server = ufsock::server::Server::start(ufsock::server::ServerOptions {
+//! # // A local UsageFlow-compatible server (`usageflow_socket_server`) stands in for the service.
+//! # let server = usageflow_socket_server::Server::start(usageflow_socket_server::ServerOptions {
 //! #     key: Some("my-api-key".into()),
 //! #     ..Default::default()
 //! # })

@@ -14,8 +14,9 @@ use clap::Args;
 use futures_util::future::join_all;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use ufsock::server::{Server, ServerOptions};
+use tokio::task::JoinHandle;
 use usageflow_socket_core::redact_url;
+use usageflow_socket_server::{Server, ServerHandle, ServerOptions};
 use usageflow_socket_tokio::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
 use usageflow_socket_tokio::{
     Availability, Client, ClientError, ClientEvent, Config, Event, Stats, Subscription, UsageFlowApi,
@@ -246,187 +247,254 @@ async fn allocate_and_use(client: &Client, tally: &mut Tally, clock: Clock, n: u
     );
 }
 
+/// The demo, phase after phase (each prints its own heading).
 async fn demo(args: DemoArgs) -> CmdResult {
     let clock = Clock(Instant::now());
-    let pool = args.pool;
     println!("ufsock demo: a pooled UsageFlow client against a local server, through an outage.");
-    clock.heading("start");
-    let server = Server::start(ServerOptions {
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)),
-        key: Some(KEY.into()),
-        ..ServerOptions::default()
-    })
-    .await?;
-    clock.say("server", format!("listening on {}", redact_url(&server.url())));
-    let config = Config::builder(server.url(), KEY)
-        .pool_size(pool)
-        .request_timeout(Duration::from_secs(1))
-        .ping_period(Duration::from_secs(1))
-        .pong_wait(Duration::from_secs(3))
-        .write_wait(Duration::from_secs(2))
-        .handshake_timeout(Duration::from_secs(2))
-        .backoff_base(Duration::from_millis(200))
-        .backoff_cap(Duration::from_secs(2))
-        .backoff_attempts(20)
-        .build()?;
-    clock.say(
-        "client",
-        format!("pool of {pool}, ping 1 s, pong wait 3 s, backoff 200 ms x 2^n up to 2 s"),
-    );
-    let client = Client::start(config)?;
-    let summary = Arc::new(Mutex::new(EventSummary::default()));
-    let log = tokio::spawn(event_log(client.subscribe(), clock, Arc::clone(&summary)));
-    let all_open = |c: &Client| c.stats().open_connections == u32::from(pool);
-    if !wait_until(Duration::from_secs(5), || all_open(&client)).await {
-        return Err("the pool did not open within 5 s".into());
-    }
-    clock.say("client", format!("all {pool} connections open"));
+    let mut demo = Demo::start(&args, clock).await?;
+    demo.workload().await;
+    demo.outage(Duration::from_millis(args.outage_ms)).await;
+    demo.recovery().await?;
+    let ok = demo.close().await;
+    Ok(ExitCode::from(if ok { EXIT_OK } else { EXIT_OTHER }))
+}
 
-    let mut tally = Tally::default();
-    clock.heading("workload");
-    let config = client.get_application_config().await;
-    tally.request(&config);
-    if let Ok(c) = &config {
-        clock.say(
-            "workload",
-            format!(
-                "application config: {} monitoring paths, {} whitelisted endpoints",
-                c.monitoring_paths.len(),
-                c.whitelist_endpoints.len()
-            ),
-        );
-    }
-    let policies = client.get_application_policies().await;
-    tally.request(&policies);
-    if let Ok(p) = &policies {
-        clock.say("workload", format!("application policies: {} in total", p.total));
-    }
-    let blocked = client.get_blocked_endpoints().await;
-    tally.request(&blocked);
-    if let Ok(b) = &blocked {
-        clock.say("workload", format!("blocked endpoints: {} in total", b.total));
-    }
-    allocate_and_use(&client, &mut tally, clock, 20).await;
-    for i in 0..20 {
-        tally.send(&client.report_call_chain(&call_chain(i)));
-    }
-    clock.say("workload", "20 call chains reported (fire-and-forget)");
-    for _ in 0..2 {
-        let r = client.request_for_allocation(&allocation("deny")).await;
-        tally.request(&r);
-        match r {
-            Err(e) if e.is_denied() => clock.say(
-                "workload",
-                format!("alias \"deny\": denied ({})", e.denial_text().unwrap_or_default()),
-            ),
-            other => clock.say("workload", format!("alias \"deny\": unexpected {other:?}")),
-        }
-    }
-    // Everything sent so far has arrived before the outage starts.
-    let counters = server.counters();
-    wait_until(Duration::from_secs(3), || {
-        counters.fire_and_forget_total() >= client.stats().sends.sent
-    })
-    .await;
-    clock.say(
-        "server",
-        format!(
-            "counted {} requests and {} fire-and-forget messages so far",
-            counters.requests_total(),
-            counters.fire_and_forget_total()
-        ),
-    );
+/// What the phases share: the local server, the pooled client and its event log, and what the
+/// demo's own calls ended with.
+struct Demo {
+    clock: Clock,
+    pool: u16,
+    server: ServerHandle,
+    client: Client,
+    /// The task printing the client's events.
+    log: JoinHandle<()>,
+    /// What the event log saw.
+    events: Arc<Mutex<EventSummary>>,
+    tally: Tally,
+}
 
-    clock.heading("outage: the server is killed");
-    // Slow replies down so a few requests are in flight when the server dies.
-    server.faults().set_reply_delay_ms(2_000);
-    let in_flight: Vec<_> = (0..3)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get_application_policies().await })
+impl Demo {
+    /// Starts the local server and a pool against it, and waits until every connection is
+    /// open.
+    async fn start(args: &DemoArgs, clock: Clock) -> Result<Demo, Box<dyn std::error::Error>> {
+        let pool = args.pool;
+        clock.heading("start");
+        let server = Server::start(ServerOptions {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)),
+            key: Some(KEY.into()),
+            ..ServerOptions::default()
         })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    server.kill().await;
-    server.faults().set_reply_delay_ms(0);
-    clock.say("server", "killed (sockets dropped, no close frames)");
-    for task in in_flight {
-        if let Ok(r) = task.await {
-            tally.request(&r);
-            if let Err(e) = r {
-                clock.say("request", format!("in flight: {e}"));
-            }
-        }
-    }
-    wait_until(Duration::from_secs(4), || !client.is_connected()).await;
-    let outage_end = Instant::now() + Duration::from_millis(args.outage_ms);
-    let mut i = 100;
-    while Instant::now() < outage_end {
-        let t0 = Instant::now();
-        let r = client.request_for_allocation(&allocation("ledger-0")).await;
-        let took = t0.elapsed();
-        tally.request(&r);
-        let sent = client.report_call_chain(&call_chain(i));
-        tally.send(&sent);
-        i += 1;
-        let outcome = match &r {
-            Ok(_) => "answered".to_owned(),
-            Err(e) => format!(
-                "failed fast ({}) in {:.2} ms",
-                error_kind(e),
-                took.as_secs_f64() * 1e3
-            ),
-        };
-        clock.say(
-            "request",
-            format!(
-                "{outcome}; call chain {} (outbox depth {})",
-                if sent.is_ok() { "queued" } else { "refused" },
-                client.stats().outbox_depth
-            ),
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
-    clock.heading("recovery: the server restarts on the same port");
-    let restarted_at = Instant::now();
-    server.restart().await?;
-    clock.say(
-        "server",
-        format!("listening again on {}", redact_url(&server.url())),
-    );
-    let recovered = wait_until(Duration::from_secs(8), || {
-        let s = client.stats();
-        s.open_connections == u32::from(pool) && s.outbox_depth == 0
-    })
-    .await;
-    if recovered {
+        .await?;
+        clock.say("server", format!("listening on {}", redact_url(&server.url())));
+        let config = Config::builder(server.url(), KEY)
+            .pool_size(pool)
+            .request_timeout(Duration::from_secs(1))
+            .ping_period(Duration::from_secs(1))
+            .pong_wait(Duration::from_secs(3))
+            .write_wait(Duration::from_secs(2))
+            .handshake_timeout(Duration::from_secs(2))
+            .backoff_base(Duration::from_millis(200))
+            .backoff_cap(Duration::from_secs(2))
+            .backoff_attempts(20)
+            .build()?;
         clock.say(
             "client",
+            format!("pool of {pool}, ping 1 s, pong wait 3 s, backoff 200 ms x 2^n up to 2 s"),
+        );
+        let client = Client::start(config)?;
+        let events = Arc::new(Mutex::new(EventSummary::default()));
+        let log = tokio::spawn(event_log(client.subscribe(), clock, Arc::clone(&events)));
+        let all_open = |c: &Client| c.stats().open_connections == u32::from(pool);
+        if !wait_until(Duration::from_secs(5), || all_open(&client)).await {
+            return Err("the pool did not open within 5 s".into());
+        }
+        clock.say("client", format!("all {pool} connections open"));
+        Ok(Demo {
+            clock,
+            pool,
+            server,
+            client,
+            log,
+            events,
+            tally: Tally::default(),
+        })
+    }
+
+    /// Every message type: typed requests, allocations and their uses, call chains, denials;
+    /// then waits until the server counted every fire-and-forget message.
+    async fn workload(&mut self) {
+        let (clock, client, tally) = (self.clock, &self.client, &mut self.tally);
+        clock.heading("workload");
+        let config = client.get_application_config().await;
+        tally.request(&config);
+        if let Ok(c) = &config {
+            clock.say(
+                "workload",
+                format!(
+                    "application config: {} monitoring paths, {} whitelisted endpoints",
+                    c.monitoring_paths.len(),
+                    c.whitelist_endpoints.len()
+                ),
+            );
+        }
+        let policies = client.get_application_policies().await;
+        tally.request(&policies);
+        if let Ok(p) = &policies {
+            clock.say("workload", format!("application policies: {} in total", p.total));
+        }
+        let blocked = client.get_blocked_endpoints().await;
+        tally.request(&blocked);
+        if let Ok(b) = &blocked {
+            clock.say("workload", format!("blocked endpoints: {} in total", b.total));
+        }
+        allocate_and_use(client, tally, clock, 20).await;
+        for i in 0..20 {
+            tally.send(&client.report_call_chain(&call_chain(i)));
+        }
+        clock.say("workload", "20 call chains reported (fire-and-forget)");
+        for _ in 0..2 {
+            let r = client.request_for_allocation(&allocation("deny")).await;
+            tally.request(&r);
+            match r {
+                Err(e) if e.is_denied() => clock.say(
+                    "workload",
+                    format!("alias \"deny\": denied ({})", e.denial_text().unwrap_or_default()),
+                ),
+                other => clock.say("workload", format!("alias \"deny\": unexpected {other:?}")),
+            }
+        }
+        // Everything sent so far has arrived before the outage starts.
+        self.wait_for_arrivals().await;
+        let counters = self.server.counters();
+        clock.say(
+            "server",
             format!(
-                "all {pool} connections back after {:.2} s; outbox flushed",
-                restarted_at.elapsed().as_secs_f64()
+                "counted {} requests and {} fire-and-forget messages so far",
+                counters.requests_total(),
+                counters.fire_and_forget_total()
             ),
         );
-    } else {
-        clock.say("client", "the pool did not fully recover within 8 s");
     }
-    allocate_and_use(&client, &mut tally, clock, 10).await;
 
-    clock.heading("closing");
-    wait_until(Duration::from_secs(3), || {
-        counters.fire_and_forget_total() >= client.stats().sends.sent
-    })
-    .await;
-    client.close().await;
-    let stats = client.stats();
-    let _ = tokio::time::timeout(Duration::from_secs(2), log).await;
-    server.shutdown().await;
-    let counted = counters.fire_and_forget_total();
-    let counted_by_type = counters.snapshot().fire_and_forget;
-    let summary = std::mem::take(&mut *summary.lock().unwrap_or_else(|e| e.into_inner()));
-    let ok = print_summary(&tally, &stats, &summary, (counted, &counted_by_type), clock);
-    Ok(ExitCode::from(if ok { EXIT_OK } else { EXIT_OTHER }))
+    /// Kills the server with requests in flight, then for `duration` shows requests failing
+    /// fast and call chains queueing.
+    async fn outage(&mut self, duration: Duration) {
+        let (clock, client, server) = (self.clock, &self.client, &self.server);
+        let tally = &mut self.tally;
+        clock.heading("outage: the server is killed");
+        // Slow replies down so a few requests are in flight when the server dies.
+        server.faults().set_reply_delay_ms(2_000);
+        let in_flight: Vec<_> = (0..3)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.get_application_policies().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.kill().await;
+        server.faults().set_reply_delay_ms(0);
+        clock.say("server", "killed (sockets dropped, no close frames)");
+        for task in in_flight {
+            if let Ok(r) = task.await {
+                tally.request(&r);
+                if let Err(e) = r {
+                    clock.say("request", format!("in flight: {e}"));
+                }
+            }
+        }
+        wait_until(Duration::from_secs(4), || !client.is_connected()).await;
+        let outage_end = Instant::now() + duration;
+        let mut i = 100;
+        while Instant::now() < outage_end {
+            let t0 = Instant::now();
+            let r = client.request_for_allocation(&allocation("ledger-0")).await;
+            let took = t0.elapsed();
+            tally.request(&r);
+            let sent = client.report_call_chain(&call_chain(i));
+            tally.send(&sent);
+            i += 1;
+            let outcome = match &r {
+                Ok(_) => "answered".to_owned(),
+                Err(e) => format!(
+                    "failed fast ({}) in {:.2} ms",
+                    error_kind(e),
+                    took.as_secs_f64() * 1e3
+                ),
+            };
+            clock.say(
+                "request",
+                format!(
+                    "{outcome}; call chain {} (outbox depth {})",
+                    if sent.is_ok() { "queued" } else { "refused" },
+                    client.stats().outbox_depth
+                ),
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Restarts the server on the same port, waits until the pool is whole and its outbox
+    /// flushed, and runs a smaller workload.
+    async fn recovery(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        let (clock, client, server, pool) = (self.clock, &self.client, &self.server, self.pool);
+        clock.heading("recovery: the server restarts on the same port");
+        let restarted_at = Instant::now();
+        server.restart().await?;
+        clock.say(
+            "server",
+            format!("listening again on {}", redact_url(&server.url())),
+        );
+        let recovered = wait_until(Duration::from_secs(8), || {
+            let s = client.stats();
+            s.open_connections == u32::from(pool) && s.outbox_depth == 0
+        })
+        .await;
+        if recovered {
+            clock.say(
+                "client",
+                format!(
+                    "all {pool} connections back after {:.2} s; outbox flushed",
+                    restarted_at.elapsed().as_secs_f64()
+                ),
+            );
+        } else {
+            clock.say("client", "the pool did not fully recover within 8 s");
+        }
+        allocate_and_use(client, &mut self.tally, clock, 10).await;
+        Ok(())
+    }
+
+    /// Waits for the last messages to arrive, closes the client and the server, and prints
+    /// the summary; whether the accounting holds.
+    async fn close(self) -> bool {
+        self.clock.heading("closing");
+        self.wait_for_arrivals().await;
+        self.client.close().await;
+        let stats = self.client.stats();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.log).await;
+        self.server.shutdown().await;
+        let counters = self.server.counters();
+        let counted = counters.fire_and_forget_total();
+        let counted_by_type = counters.snapshot().fire_and_forget;
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()));
+        print_summary(
+            &self.tally,
+            &stats,
+            &events,
+            (counted, &counted_by_type),
+            self.clock,
+        )
+    }
+
+    /// Waits (at most 3 s) until the server counted every fire-and-forget message the client
+    /// flushed.
+    async fn wait_for_arrivals(&self) {
+        let counters = self.server.counters();
+        wait_until(Duration::from_secs(3), || {
+            counters.fire_and_forget_total() >= self.client.stats().sends.sent
+        })
+        .await;
+    }
 }
 
 fn kinds(map: &BTreeMap<&'static str, u64>) -> String {

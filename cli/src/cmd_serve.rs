@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ufsock::server::{FaultConfig, ReplyStyle, Server, ServerOptions, TlsOptions};
+use usageflow_socket_server::{FaultConfig, ReplyStyle, Server, ServerOptions, TlsOptions};
 
 use crate::shared::SecretArg;
 

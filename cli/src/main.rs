@@ -7,10 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench_adapter;
-mod bench_minimal;
-mod bench_raw;
-mod cmd_bench;
+mod bench;
 mod cmd_demo;
 mod cmd_request;
 mod cmd_serve;
@@ -38,8 +35,8 @@ enum Command {
     #[command(after_help = shared::EXIT_CODES_HELP)]
     Send(cmd_request::SendArgs),
     /// Measure throughput, latency, CPU and memory of the pooled client (and of a bare client).
-    #[command(after_help = cmd_bench::AFTER_HELP)]
-    Bench(cmd_bench::BenchArgs),
+    #[command(after_help = bench::AFTER_HELP)]
+    Bench(bench::BenchArgs),
     /// Start a local server, drive a pool through a workload, an outage and a recovery.
     Demo(cmd_demo::DemoArgs),
 }
@@ -62,7 +59,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd_serve::run(args).map(|()| ExitCode::SUCCESS),
         Command::Request(args) => cmd_request::run_request(args),
         Command::Send(args) => cmd_request::run_send(args),
-        Command::Bench(args) => cmd_bench::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Demo(args) => cmd_demo::run(args),
     };
     match result {

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use ufsock::server::{ServerOptions, ServerThread};
+use usageflow_socket_server::{ServerOptions, ServerThread};
 
 const KEY: &str = "cli-test-key";
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{join, join_all, select, Either};
 use serde_json::json;
-use ufsock::server::ServerThread;
 use usageflow_socket_core::messages::UseAllocation;
+use usageflow_socket_server::ServerThread;
 
 use crate::*;
 

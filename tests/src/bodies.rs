@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{join, join_all};
 use serde_json::Value;
-use ufsock::server::{FaultConfig, ReplyStyle, ServerThread, TlsOptions};
 use usageflow_socket_common::events::frame_bytes;
 use usageflow_socket_core::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
+use usageflow_socket_server::{FaultConfig, ReplyStyle, ServerThread, TlsOptions};
 
 use crate::*;
 
@@ -798,7 +798,7 @@ pub async fn no_pong_server_read_timeout<A: Adapter>() {
     dead_peer_read_timeout::<A>(|f, on| f.set_no_pongs(on)).await;
 }
 
-async fn dead_peer_read_timeout<A: Adapter>(fault: impl Fn(&ufsock::server::Faults, bool)) {
+async fn dead_peer_read_timeout<A: Adapter>(fault: impl Fn(&usageflow_socket_server::Faults, bool)) {
     let server = server();
     let pong_wait = MS(600);
     let client = connect::<A>(config(&server.url()).pool_size(1).pong_wait(pong_wait)).await;

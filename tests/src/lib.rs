@@ -1,5 +1,5 @@
 //! Conformance and fault tests of the usageflow-socket adapters, over loopback against the
-//! local server (`ufsock::server`).
+//! local server (`usageflow_socket_server`).
 //!
 //! # Design
 //!
@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{select, Either};
 use serde_json::json;
-use ufsock::server::{ServerOptions, ServerThread};
 pub use usageflow_socket_common::{ClientError, ClientEvent, ClientOptions, UsageFlowApi};
 pub use usageflow_socket_core::{
     Availability, Config, ConfigBuilder, DialError, DisconnectReason, Event, Incoming, Outgoing,
     RequestOptions, Stats,
 };
+use usageflow_socket_server::{ServerOptions, ServerThread};
 
 pub use smol_adapter::SmolAdapter;
 pub use tokio_adapter::TokioAdapter;

@@ -731,7 +731,7 @@ pub(crate) fn build_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{Payloads, ReplyData};
+    use crate::{Payloads, ReplyData};
     use serde_json::{json, Value};
 
     fn req(kind: &str, payload: Value) -> Incoming {

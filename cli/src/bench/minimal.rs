@@ -21,8 +21,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use usageflow_socket_core::frame;
 
-use crate::bench_raw::{raw_id, RawRun, RawSocket};
-use crate::cmd_bench::latency;
+use crate::bench::raw::{raw_id, RawRun, RawSocket};
+use crate::bench::report::latency;
+use crate::bench::workload::request_message;
 
 /// Most frames a writer feeds before one flush.
 const MAX_WRITES_PER_FLUSH: usize = 256;
@@ -98,7 +99,7 @@ pub(crate) async fn run(sockets: Vec<RawSocket>, concurrency: u64, run: Arc<RawR
 
 /// One caller: requests one after another, each waiting for its reply.
 async fn requests(connections: Arc<[Arc<Connection>]>, next: Arc<AtomicU64>, run: Arc<RawRun>) {
-    let message = crate::cmd_bench::request_message();
+    let message = request_message();
     loop {
         let ticket = run.issued.fetch_add(1, Relaxed);
         if ticket >= run.total {

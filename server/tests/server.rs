@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use ufsock::server::{
+use usageflow_socket_server::{
     FaultConfig, ReplyStyle, Server, ServerHandle, ServerOptions, ServerThread, TlsOptions,
 };
 

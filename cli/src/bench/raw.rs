@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use usageflow_socket_core::frame;
 
-use crate::cmd_bench::{latency, Chunks, Errors, Workload};
+use crate::bench::report::{latency, Errors};
+use crate::bench::workload::{request_message, send_message, Chunks, Workload};
 
 /// One raw connection.
 pub(crate) type RawSocket = WebSocketStream<TokioAdapter<TcpStream>>;
@@ -92,7 +93,7 @@ async fn requests(socket: RawSocket, window: usize, run: Arc<RawRun>) {
     let (mut sink, mut stream) = socket.split();
     let permits = Semaphore::new(window);
     let started: Mutex<VecDeque<Instant>> = Mutex::new(VecDeque::with_capacity(window));
-    let message = crate::cmd_bench::request_message();
+    let message = request_message();
     let writer = async {
         loop {
             // Wait for one slot in the window, then take every other free one without waiting,
@@ -173,7 +174,7 @@ async fn requests(socket: RawSocket, window: usize, run: Arc<RawRun>) {
 /// as a barrier: its reply means the server has read (and counted) every frame before it.
 async fn sends(socket: RawSocket, window: usize, run: Arc<RawRun>) {
     let (mut sink, mut stream) = socket.split();
-    let message = crate::cmd_bench::send_message();
+    let message = send_message();
     let result = async {
         let mut fed = 0;
         // Drawn in chunks, as the pooled send mode does.
@@ -187,10 +188,7 @@ async fn sends(socket: RawSocket, window: usize, run: Arc<RawRun>) {
                 run.completed.fetch_add(window as u64, Relaxed);
             }
         }
-        let barrier = frame::encode(
-            &crate::cmd_bench::request_message(),
-            Some(&raw_id(u64::MAX >> 16)),
-        );
+        let barrier = frame::encode(&request_message(), Some(&raw_id(u64::MAX >> 16)));
         sink.send(Message::Text(barrier.into())).await?;
         run.completed.fetch_add((fed % window) as u64, Relaxed);
         Ok::<(), async_tungstenite::tungstenite::Error>(())

@@ -1,8 +1,73 @@
-//! A local UsageFlow-compatible WebSocket server, for development, tests and benchmarks.
+//! A UsageFlow-compatible WebSocket server with fault injection, to run in your own
+//! integration tests (and behind `ufsock serve`).
+//!
+//! Start one on an ephemeral port, point the client under test at [`ServerHandle::url`], then
+//! read what the server saw from its [`Counters`], switch [`Faults`] on and off while the
+//! client runs, and [`kill`](ServerHandle::kill) and [`restart`](ServerHandle::restart) it on
+//! the same port to test reconnection. Nothing is global: each test starts its own server.
 //!
 //! It speaks PROTOCOL.md: it checks the `x-usage-key` header of the upgrade (401 when it is
 //! missing, empty, or not the configured key), answers every message type, counts
 //! fire-and-forget messages, and injects faults that can be switched at run time.
+//!
+//! # In an integration test
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! use async_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+//! use futures_util::SinkExt;
+//! use usageflow_socket_server::{Server, ServerOptions};
+//!
+//! // Port 0 (the default address, 127.0.0.1:0): the system picks a free port.
+//! let server = Server::start(ServerOptions { key: Some("test-key".into()), ..Default::default() }).await?;
+//! let url = server.url(); // ws://127.0.0.1:PORT/ws — give it to the client under test.
+//!
+//! // The client under test would be a `usageflow_socket_tokio::Client`; a bare WebSocket
+//! // keeps this example self-contained.
+//! let mut request = url.as_str().into_client_request()?;
+//! request.headers_mut().insert("x-usage-key", "test-key".parse()?);
+//! let tcp = tokio::net::TcpStream::connect(server.addr()).await?;
+//! let (mut ws, _) = async_tungstenite::tokio::client_async(request, tcp).await?;
+//! ws.send(Message::text(r#"{"type":"report_call_chain","payload":{}}"#)).await?;
+//!
+//! // Counters: what the server saw, read any time (they survive restarts).
+//! let counters = server.counters();
+//! assert!(counters.wait_until(Duration::from_secs(5), |s| s.fire_and_forget.len() == 1).await);
+//! assert_eq!(counters.fire_and_forget("report_call_chain"), 1);
+//!
+//! // An outage: kill drops every connection without a close frame and frees the port...
+//! server.kill().await;
+//! assert!(!server.is_running());
+//! // ...restart listens again on the same port, so the client can reconnect to the same URL.
+//! server.restart().await?;
+//! assert_eq!(server.url(), url);
+//!
+//! // Faults switch at run time, one field at a time or all at once.
+//! server.faults().set_drop_every(10);
+//! server.faults().set_reply_delay_ms(50);
+//! server.shutdown().await; // close frames with code 1001
+//! # Ok(()) }
+//! ```
+//!
+//! Without Tokio in the test (a smol client, a plain `#[test]`), [`ServerThread::spawn`] runs
+//! the same server on a thread and runtime of its own, with blocking methods:
+//!
+//! ```
+//! use usageflow_socket_server::{FaultConfig, ServerOptions, ServerThread};
+//!
+//! let server = ServerThread::spawn(ServerOptions {
+//!     faults: FaultConfig { reply_delay_ms: 20, ..Default::default() },
+//!     ..Default::default()
+//! })?;
+//! let _url = server.url();
+//! server.kill();
+//! server.restart()?;
+//! assert!(server.is_running());
+//! # Ok::<(), usageflow_socket_server::ServerError>(())
+//! ```
 //!
 //! # Replies
 //!
@@ -27,27 +92,40 @@
 //!
 //! # Faults
 //!
-//! See [`FaultConfig`] for the list; [`Faults`] switches them at run time. Beyond those,
-//! [`ServerHandle::kill`] drops the listener and every connection without close frames,
-//! [`ServerHandle::restart`] listens again on the same port, and [`ServerHandle::shutdown`]
-//! closes every connection with code 1001.
+//! Every field of [`FaultConfig`] is a fault: set the initial ones in
+//! [`ServerOptions::faults`], switch them at run time with [`Faults`] (one setter per field, or
+//! [`Faults::set`] / [`Faults::clear`] for all). Counts and periods of 0 mean off.
+//!
+//! | field | what the server does |
+//! | --- | --- |
+//! | [`reply_delay_ms`](FaultConfig::reply_delay_ms), [`reply_jitter_ms`](FaultConfig::reply_jitter_ms) | delays each reply (plus a random jitter); reading goes on meanwhile |
+//! | [`drop_every`](FaultConfig::drop_every) | drops every k-th reply (the request times out) |
+//! | [`duplicate_replies`](FaultConfig::duplicate_replies) | sends every reply twice |
+//! | [`garbage_every`](FaultConfig::garbage_every), [`binary_every`](FaultConfig::binary_every), [`stray_every`](FaultConfig::stray_every) | after every n-th reply, also sends a non-JSON text frame, a binary frame, or a reply to an unknown id |
+//! | [`no_pongs`](FaultConfig::no_pongs) | never answers pings (a dead peer, as the client's liveness check sees it) |
+//! | [`freeze`](FaultConfig::freeze), [`freeze_after_messages`](FaultConfig::freeze_after_messages), [`freeze_after_ms`](FaultConfig::freeze_after_ms) | a connection stops reading and writing but keeps its socket open |
+//! | [`stop_reading`](FaultConfig::stop_reading) | stops reading every connection while set (the client's writes stall) |
+//! | [`close_after_messages`](FaultConfig::close_after_messages), [`close_code`](FaultConfig::close_code) | sends a close frame (with that code) after n text frames |
+//! | [`drop_after_messages`](FaultConfig::drop_after_messages) | drops the TCP connection abruptly after n text frames |
+//! | [`drop_once_on`](FaultConfig::drop_once_on) | one-shot: drops the connection that receives a frame containing this text |
+//! | [`reject_handshakes`](FaultConfig::reject_handshakes) | answers every upgrade with 401 (the key refused) |
+//! | [`handshake_status`](FaultConfig::handshake_status), [`retry_after_secs`](FaultConfig::retry_after_secs) | answers every upgrade with this status (503, 429, ...), optionally with `Retry-After` |
+//! | [`hang_handshakes`](FaultConfig::hang_handshakes) | accepts TCP connections but never answers the upgrade |
+//! | [`ping_every_ms`](FaultConfig::ping_every_ms) | pings every connection this often |
+//! | [`push_frames`](FaultConfig::push_frames), [`push_size`](FaultConfig::push_size) | one-shot: one connection pushes this many unsolicited frames of this size |
+//!
+//! The [`ReplyStyle`] (how a reply names its request) is switched with
+//! [`Faults::set_reply_style`]. Beyond the fields, [`ServerHandle::kill`] drops the listener
+//! and every connection without close frames, [`ServerHandle::restart`] listens again on the
+//! same port (counters and faults kept), and [`ServerHandle::shutdown`] closes every
+//! connection with code 1001.
 //!
 //! # Running it
 //!
 //! [`Server::start`] runs on the calling Tokio runtime; [`ServerThread::spawn`] runs it on a
 //! runtime of its own, for callers without Tokio (smol-based tests) — both share one
-//! implementation.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), ufsock::server::ServerError> {
-//! use ufsock::server::{Server, ServerOptions};
-//! let server = Server::start(ServerOptions { key: Some("k".into()), ..Default::default() }).await?;
-//! println!("listening on {}", server.url());
-//! server.faults().set_drop_every(10);
-//! server.shutdown().await;
-//! # Ok(()) }
-//! ```
+//! implementation. `wss://` is served with [`ServerOptions::tls`]
+//! ([`TlsOptions::self_signed`] makes a certificate for `localhost`).
 
 mod conn;
 mod counters;

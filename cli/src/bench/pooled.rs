@@ -1,0 +1,291 @@
+//! The pooled client's runs, on either runtime: `concurrency` tasks sharing one client, for
+//! requests (each timed) or fire-and-forget sends (the clock stops when they arrived). The
+//! workload is written once, over [`UsageFlowApi`] and the [`Adapter`] shim, which gives each
+//! runtime's client and the few runtime calls it needs (spawn and join tasks, sleep, yield).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use usageflow_socket_core::{Config, Stats};
+use usageflow_socket_tokio::{ClientError, UsageFlowApi};
+
+use crate::bench::measure::{within, Measured, RunCtx, Usage};
+use crate::bench::report::{latency, Errors};
+use crate::bench::workload::{request_message, send_message, Chunks, Workload};
+use crate::shared::error_kind;
+
+/// An adapter as the bench sees it: its client (requests and sends through [`UsageFlowApi`],
+/// beside connect, counters and close) and its runtime.
+pub(crate) trait Adapter: Send + Sync + 'static {
+    /// The runtime's name in reports.
+    const NAME: &'static str;
+    /// The pooled client.
+    type Client: UsageFlowApi + Clone + Send + Sync + 'static;
+
+    /// Starts a client and waits until every first dial settled.
+    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send;
+    /// The client's counters.
+    fn stats(client: &Self::Client) -> Stats;
+    /// Closes the client and waits until it stopped.
+    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send;
+    /// Spawns every task at once, then waits until all ended.
+    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
+    where
+        F: Future<Output = ()> + Send + 'static;
+    /// Sleeps for `duration`.
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
+    /// Lets the other ready tasks run.
+    fn yield_now() -> impl Future<Output = ()> + Send;
+}
+
+/// `usageflow-socket-tokio` on the bench's multi-threaded Tokio runtime.
+pub(crate) struct Tokio;
+
+impl Adapter for Tokio {
+    const NAME: &'static str = "tokio";
+    type Client = usageflow_socket_tokio::Client;
+
+    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send {
+        usageflow_socket_tokio::Client::connect(config)
+    }
+
+    fn stats(client: &Self::Client) -> Stats {
+        client.stats()
+    }
+
+    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send {
+        client.close()
+    }
+
+    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut set = tokio::task::JoinSet::new();
+        for task in tasks {
+            set.spawn(task);
+        }
+        async move { while set.join_next().await.is_some() {} }
+    }
+
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn yield_now() -> impl Future<Output = ()> + Send {
+        tokio::task::yield_now()
+    }
+}
+
+/// `usageflow-socket-smol` on smol's global executor (its threads: see [`smol_threads`]).
+pub(crate) struct Smol;
+
+impl Adapter for Smol {
+    const NAME: &'static str = "smol";
+    type Client = usageflow_socket_smol::Client;
+
+    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send {
+        usageflow_socket_smol::Client::connect(config)
+    }
+
+    fn stats(client: &Self::Client) -> Stats {
+        client.stats()
+    }
+
+    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send {
+        client.close()
+    }
+
+    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let tasks: Vec<smol::Task<()>> = tasks.into_iter().map(smol::spawn).collect();
+        async move {
+            for task in tasks {
+                task.await;
+            }
+        }
+    }
+
+    async fn sleep(duration: Duration) {
+        smol::Timer::after(duration).await;
+    }
+
+    fn yield_now() -> impl Future<Output = ()> + Send {
+        smol::future::yield_now()
+    }
+}
+
+/// Sizes smol's global executor like the Tokio runtime of `--threads`: that many threads, or
+/// with 0 one per core (unless `SMOL_THREADS` says otherwise). smol reads that variable once,
+/// when the executor first starts, so this must run before anything is spawned on it, while
+/// the process has a single thread.
+pub(crate) fn smol_threads(threads: usize) {
+    if std::env::var_os("SMOL_THREADS").is_some() && threads == 0 {
+        return;
+    }
+    let n = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    std::env::set_var("SMOL_THREADS", n.to_string());
+}
+
+/// The pooled client's run, on adapter `A`.
+pub(crate) async fn measure_pooled<A: Adapter>(
+    ctx: &RunCtx<'_>,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    let config = Config::builder(&ctx.target.url, &ctx.target.key)
+        .pool_size(ctx.pool)
+        .request_timeout(ctx.request_timeout)
+        .build()?;
+    let client = A::connect(config).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while A::stats(&client).open_connections < u32::from(ctx.pool) {
+        if Instant::now() >= deadline {
+            A::close(&client).await;
+            return Err(format!(
+                "only {} of {} connections opened",
+                A::stats(&client).open_connections,
+                ctx.pool
+            )
+            .into());
+        }
+        A::sleep(Duration::from_millis(5)).await;
+    }
+    let progress = ctx.progress();
+    let before = Usage::now();
+    let t0 = Instant::now();
+    if !within(A::sleep(ctx.limit), pooled::<A>(&client, ctx)).await {
+        ctx.errors.add("run_time_limit", 1);
+    }
+    let elapsed = t0.elapsed();
+    let after = Usage::now();
+    progress.finish();
+    let stats = A::stats(&client);
+    A::close(&client).await;
+    Ok(Measured {
+        before,
+        after,
+        elapsed,
+        stats: Some(stats),
+    })
+}
+
+/// Most fire-and-forget messages a send task lets wait (queued or unflushed) before pausing,
+/// so a bench never overruns the outbox.
+const SEND_BACKLOG: u64 = 8192;
+
+/// Shared state of the pooled workload's tasks.
+struct Tickets {
+    total: u64,
+    issued: AtomicU64,
+    /// Sends the client accepted.
+    accepted: AtomicU64,
+    done: Arc<AtomicU64>,
+    errors: Arc<Errors>,
+}
+
+impl Tickets {
+    /// Draws the next operation; false once `total` were drawn.
+    fn draw(&self) -> bool {
+        self.issued.fetch_add(1, Relaxed) < self.total
+    }
+}
+
+/// The pooled workload: `concurrency` tasks on one client until `requests` operations.
+async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
+    let tickets = Arc::new(Tickets {
+        total: ctx.requests,
+        issued: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        done: Arc::clone(&ctx.done),
+        errors: Arc::clone(&ctx.errors),
+    });
+    let tasks = (0..ctx.concurrency).map(|_| (client.clone(), Arc::clone(&tickets)));
+    match ctx.workload {
+        Workload::Request => A::join_all(tasks.map(|(c, t)| request_task(c, t))).await,
+        Workload::Send => A::join_all(tasks.map(|(c, t)| send_task::<A>(c, t))).await,
+    }
+    if ctx.workload == Workload::Send {
+        // The clock stops when the messages arrived: counted by the embedded server, or else
+        // flushed by the client.
+        let accepted = tickets.accepted.load(Relaxed);
+        loop {
+            let arrived = match (&ctx.target.server, ctx.server_base) {
+                (Some(server), Some(base)) => {
+                    server.counters().fire_and_forget_total().saturating_sub(base) >= accepted
+                }
+                _ => {
+                    let s = A::stats(client).sends;
+                    s.queued + s.unflushed == 0
+                }
+            };
+            if arrived {
+                break;
+            }
+            A::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// One task of the request mode: requests one after another, timing each.
+async fn request_task<C: UsageFlowApi>(client: C, tickets: Arc<Tickets>) {
+    while tickets.draw() {
+        let t0 = Instant::now();
+        match client.request(request_message()).await {
+            Ok(_) => latency::record(t0.elapsed()),
+            Err(e) => tickets.errors.add(error_kind(&e), 1),
+        }
+        tickets.done.fetch_add(1, Relaxed);
+    }
+}
+
+/// The pooled send mode times one `send()` call in this many.
+const SEND_LATENCY_SAMPLE: u64 = 16;
+
+/// One task of the send mode: sends that never wait, timing one `send()` call in
+/// [`SEND_LATENCY_SAMPLE`]. Its counts reach the shared counters once every 64 sends, when it
+/// pauses anyway.
+async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
+    let mut chunks = Chunks::new(&tickets.issued, tickets.total);
+    let mut n: u64 = 0;
+    let mut accepted: u64 = 0;
+    while chunks.draw() {
+        let message = send_message();
+        // Timing every call would add two clock reads and a histogram update to a ~1 µs
+        // call (raw's sends are not timed at all): time one in `SEND_LATENCY_SAMPLE`.
+        let t0 = (n % SEND_LATENCY_SAMPLE == 0).then(Instant::now);
+        let result = client.send(message);
+        match result {
+            Ok(()) => {
+                if let Some(t0) = t0 {
+                    latency::record(t0.elapsed());
+                }
+                accepted += 1;
+            }
+            Err(e) => tickets.errors.add(error_kind(&e), 1),
+        }
+        n += 1;
+        // Every 64 sends let the writers run, and keep the client's backlog bounded so the
+        // run measures throughput, not the outbox.
+        if n % 64 == 0 {
+            tickets.accepted.fetch_add(accepted, Relaxed);
+            tickets.done.fetch_add(64, Relaxed);
+            accepted = 0;
+            loop {
+                let s = A::stats(&client).sends;
+                if s.queued + s.unflushed < SEND_BACKLOG {
+                    break;
+                }
+                A::sleep(Duration::from_millis(1)).await;
+            }
+            A::yield_now().await;
+        }
+    }
+    tickets.accepted.fetch_add(accepted, Relaxed);
+    tickets.done.fetch_add(n % 64, Relaxed);
+}
