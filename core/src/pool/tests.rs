@@ -1534,3 +1534,27 @@ fn max_frame_size_boundary() {
     let outs = h.reply(c, &exact);
     assert!(matches!(&completed(&outs)[..], [(done, Outcome::Reply(_))] if *done == id));
 }
+
+/// A degraded ratio of 0 means any recent timeout degrades the pool, and none does not (the
+/// comparison is strict: a surviving mutant made a timeout-free pool degraded).
+#[test]
+fn zero_timeout_ratio_degrades_on_the_first_timeout_only() {
+    let mut h = H::new(|b| {
+        b.pool_size(1)
+            .request_timeout(SEC)
+            .degraded_timeout_ratio(0.0)
+            .ping_period(1000 * SEC)
+            .pong_wait(2000 * SEC)
+    });
+    let c = h.up()[0];
+    assert_eq!(h.pool.availability(), Availability::Available);
+    let (id, _, _) = h.req("x");
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    h.reply(c, &format!(r#"{{"type":"success","replyTo":"{id}"}}"#));
+    assert_eq!(h.pool.availability(), Availability::Available, "no timeout yet");
+    h.req("x");
+    h.input(Input::Flushed { conn: c, writes: 2 });
+    h.at(2 * SEC);
+    h.drain();
+    assert_eq!(h.pool.availability(), Availability::Degraded);
+}
