@@ -1,27 +1,19 @@
-//! The two dialects `ufsock bench --runtime` can drive: each adapter's client plus the few
-//! runtime calls the pooled workload needs (spawn and join tasks, sleep, yield). The workload
-//! itself (`cmd_bench`) is written once, over [`UsageFlowApi`] and this shim.
+//! The two runtimes `ufsock bench --runtime` can drive: which [`Runtime`] the one client runs
+//! on, plus the few runtime calls the pooled workload needs (spawn and join tasks, sleep,
+//! yield). The workload itself (`cmd_bench`) is written once, over `Client<A::Runtime>`.
 
 use std::future::Future;
 use std::time::Duration;
 
-use usageflow_socket_core::{Config, Stats};
-use usageflow_socket_tokio::{ClientError, UsageFlowApi};
+use usageflow_socket_client::Runtime;
 
-/// An adapter as the bench sees it: its client (requests and sends through [`UsageFlowApi`],
-/// beside connect, counters and close) and its runtime.
+/// A runtime as the bench sees it.
 pub(crate) trait Adapter: Send + Sync + 'static {
     /// The runtime's name in reports.
     const NAME: &'static str;
-    /// The pooled client.
-    type Client: UsageFlowApi + Clone + Send + Sync + 'static;
+    /// The client's runtime.
+    type Runtime: Runtime;
 
-    /// Starts a client and waits until every first dial settled.
-    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send;
-    /// The client's counters.
-    fn stats(client: &Self::Client) -> Stats;
-    /// Closes the client and waits until it stopped.
-    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send;
     /// Spawns every task at once, then waits until all ended.
     fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
     where
@@ -37,19 +29,7 @@ pub(crate) struct Tokio;
 
 impl Adapter for Tokio {
     const NAME: &'static str = "tokio";
-    type Client = usageflow_socket_tokio::Client;
-
-    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send {
-        usageflow_socket_tokio::Client::connect(config)
-    }
-
-    fn stats(client: &Self::Client) -> Stats {
-        client.stats()
-    }
-
-    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send {
-        client.close()
-    }
+    type Runtime = usageflow_socket_tokio::Tokio;
 
     fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
     where
@@ -76,19 +56,7 @@ pub(crate) struct Smol;
 
 impl Adapter for Smol {
     const NAME: &'static str = "smol";
-    type Client = usageflow_socket_smol::Client;
-
-    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send {
-        usageflow_socket_smol::Client::connect(config)
-    }
-
-    fn stats(client: &Self::Client) -> Stats {
-        client.stats()
-    }
-
-    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send {
-        client.close()
-    }
+    type Runtime = usageflow_socket_smol::Smol;
 
     fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
     where

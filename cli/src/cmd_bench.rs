@@ -16,8 +16,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 use ufsock::server::{ServerOptions, ServerThread};
+use usageflow_socket_client::{Client, Config, Outgoing, Stats, UsageFlowApi};
 use usageflow_socket_core::redact_url;
-use usageflow_socket_tokio::{Config, Outgoing, Stats, UsageFlowApi};
 
 use crate::bench_adapter::{self, Adapter};
 use crate::bench_minimal;
@@ -924,14 +924,14 @@ async fn measure_pooled<A: Adapter>(ctx: &RunCtx<'_>) -> Result<Measured, Box<dy
         .pool_size(args.pool)
         .request_timeout(Duration::from_millis(args.timeout_ms))
         .build()?;
-    let client = A::connect(config).await?;
+    let client = Client::<A::Runtime>::connect(config).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while A::stats(&client).open_connections < u32::from(args.pool) {
+    while client.stats().open_connections < u32::from(args.pool) {
         if Instant::now() >= deadline {
-            A::close(&client).await;
+            client.close().await;
             return Err(format!(
                 "only {} of {} connections opened",
-                A::stats(&client).open_connections,
+                client.stats().open_connections,
                 args.pool
             )
             .into());
@@ -947,8 +947,8 @@ async fn measure_pooled<A: Adapter>(ctx: &RunCtx<'_>) -> Result<Measured, Box<dy
     let elapsed = t0.elapsed();
     let after = Usage::now();
     progress.finish();
-    let stats = A::stats(&client);
-    A::close(&client).await;
+    let stats = client.stats();
+    client.close().await;
     Ok(Measured {
         before,
         after,
@@ -1015,7 +1015,7 @@ impl<'a> Chunks<'a> {
 }
 
 /// The pooled workload: `concurrency` tasks on one client until `requests` operations.
-async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
+async fn pooled<A: Adapter>(client: &Client<A::Runtime>, ctx: &RunCtx<'_>) {
     let tickets = Arc::new(Tickets {
         total: ctx.args.requests,
         issued: AtomicU64::new(0),
@@ -1038,7 +1038,7 @@ async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
                     server.counters().fire_and_forget_total().saturating_sub(base) >= accepted
                 }
                 _ => {
-                    let s = A::stats(client).sends;
+                    let s = client.stats().sends;
                     s.queued + s.unflushed == 0
                 }
             };
@@ -1068,7 +1068,7 @@ const SEND_LATENCY_SAMPLE: u64 = 16;
 /// One task of the send mode: sends that never wait, timing one `send()` call in
 /// [`SEND_LATENCY_SAMPLE`]. Its counts reach the shared counters once every 64 sends, when it
 /// pauses anyway.
-async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
+async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>) {
     let mut chunks = Chunks::new(&tickets.issued, tickets.total);
     let mut n: u64 = 0;
     let mut accepted: u64 = 0;
@@ -1095,7 +1095,7 @@ async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
             tickets.done.fetch_add(64, Relaxed);
             accepted = 0;
             loop {
-                let s = A::stats(&client).sends;
+                let s = client.stats().sends;
                 if s.queued + s.unflushed < SEND_BACKLOG {
                     break;
                 }
