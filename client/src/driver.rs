@@ -1,4 +1,4 @@
-//! The runtime-independent driver: the [`Pool`] plus everything an adapter keeps beside it
+//! The runtime-independent driver: the [`Pool`] plus everything the client keeps beside it
 //! (request waiters, the dial/reader task and writer of every connection, event subscribers),
 //! and the one place where every [`Output`] is carried out.
 //!
@@ -75,7 +75,7 @@ struct Link<R: Effects> {
     writer: R::Writer,
 }
 
-/// The pool and the adapter state beside it. See the [module docs](self).
+/// The pool and the client state beside it. See the [module docs](self).
 pub(crate) struct Driver<R: Effects> {
     pool: Pool,
     rt: R,

@@ -15,7 +15,11 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::ClientError;
 
-/// An async executor as the client sees it. See the [module docs](self).
+/// An async executor as the client sees it: run tasks, sleep until an instant, open a TCP
+/// connection. Everything above TCP (TLS with `futures-rustls`, the WebSocket upgrade with
+/// `async-tungstenite`, channels, wake-ups, cancellation) is written once in this crate over
+/// `futures` traits, so implementing this trait is all it takes to run the client on another
+/// executor.
 ///
 /// A client holds its runtime for its whole life and calls it from its own tasks (and, for
 /// [`Runtime::spawn`], from the task that creates the client): an implementation is usually
