@@ -1,27 +1,54 @@
 //! The two runtimes `ufsock bench --runtime` can drive: which [`Runtime`] the one client runs
-//! on, plus the few runtime calls the pooled workload needs (spawn and join tasks, sleep,
-//! yield). The workload itself (`cmd_bench`) is written once, over `Client<A::Runtime>`.
+//! on, and how a task yields there; spawning, joining and sleeping are written once over the
+//! [`Runtime`]. The workload itself (`cmd_bench`) is written once, over `Client<A::Runtime>`.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use usageflow_socket_client::Runtime;
 
-/// A runtime as the bench sees it.
+/// A runtime as the bench sees it: which [`Runtime`] the client runs on, and how a task
+/// yields on it. Spawning, joining and sleeping go through the [`Runtime`] itself.
 pub(crate) trait Adapter: Send + Sync + 'static {
     /// The runtime's name in reports.
     const NAME: &'static str;
     /// The client's runtime.
     type Runtime: Runtime;
 
-    /// Spawns every task at once, then waits until all ended.
+    /// Lets the other ready tasks run, the executor's own way (it shapes the send workload).
+    fn yield_now() -> impl Future<Output = ()> + Send;
+
+    /// Spawns every task at once on the current runtime, then waits until all ended.
     fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
     where
-        F: Future<Output = ()> + Send + 'static;
-    /// Sleeps for `duration`.
-    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
-    /// Lets the other ready tasks run.
-    fn yield_now() -> impl Future<Output = ()> + Send;
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let runtime = Self::Runtime::current().expect("the bench runs within its runtime");
+        let ends: Vec<_> = tasks
+            .into_iter()
+            .map(|task| {
+                let (end, ended) = smol::channel::bounded::<()>(1);
+                runtime.spawn(async move {
+                    task.await;
+                    drop(end);
+                });
+                ended
+            })
+            .collect();
+        // A task's channel closes when it ends (`recv` fails then).
+        async move {
+            for ended in ends {
+                let _ = ended.recv().await;
+            }
+        }
+    }
+
+    /// Sleeps for `duration` on the current runtime's timer.
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
+        let runtime = Self::Runtime::current().expect("the bench runs within its runtime");
+        let deadline = Instant::now() + duration;
+        async move { runtime.sleep_until(deadline).await }
+    }
 }
 
 /// `usageflow-socket-tokio` on the bench's multi-threaded Tokio runtime.
@@ -30,21 +57,6 @@ pub(crate) struct Tokio;
 impl Adapter for Tokio {
     const NAME: &'static str = "tokio";
     type Runtime = usageflow_socket_tokio::Tokio;
-
-    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let mut set = tokio::task::JoinSet::new();
-        for task in tasks {
-            set.spawn(task);
-        }
-        async move { while set.join_next().await.is_some() {} }
-    }
-
-    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep(duration)
-    }
 
     fn yield_now() -> impl Future<Output = ()> + Send {
         tokio::task::yield_now()
@@ -57,22 +69,6 @@ pub(crate) struct Smol;
 impl Adapter for Smol {
     const NAME: &'static str = "smol";
     type Runtime = usageflow_socket_smol::Smol;
-
-    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let tasks: Vec<smol::Task<()>> = tasks.into_iter().map(smol::spawn).collect();
-        async move {
-            for task in tasks {
-                task.await;
-            }
-        }
-    }
-
-    async fn sleep(duration: Duration) {
-        smol::Timer::after(duration).await;
-    }
 
     fn yield_now() -> impl Future<Output = ()> + Send {
         smol::future::yield_now()

@@ -43,8 +43,8 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The API key the test servers accept.
 pub const KEY: &str = "test-key-Secr3t-0123456789";
 
-/// What the suite needs beside the client: which [`Runtime`] it runs on, and how to run and
-/// sleep on that runtime. Everything else is the one [`Client`], the same on every runtime.
+/// What the suite needs beside the client: which [`Runtime`] it runs on, and how to run a
+/// future on it (it sleeps through the [`Runtime`] itself). Everything else is the one [`Client`], the same on every runtime.
 pub trait Adapter: 'static {
     /// For messages.
     const NAME: &'static str;
@@ -53,8 +53,13 @@ pub trait Adapter: 'static {
 
     /// Runs a future to completion on this runtime.
     fn block_on<F: Future>(f: F) -> F::Output;
-    /// Sleeps on this runtime's timer.
-    fn sleep(d: Duration) -> impl Future<Output = ()>;
+
+    /// Sleeps on this runtime's timer (the client's own [`Runtime::sleep_until`]).
+    fn sleep(d: Duration) -> impl Future<Output = ()> {
+        let runtime = Self::Runtime::current().expect("a test body runs within its runtime");
+        let deadline = Instant::now() + d;
+        async move { runtime.sleep_until(deadline).await }
+    }
 }
 
 /// The client on `A`'s runtime.

@@ -1,7 +1,6 @@
 //! The smol runtime under test.
 
 use std::future::Future;
-use std::time::Duration;
 
 use crate::Adapter;
 
@@ -15,9 +14,5 @@ impl Adapter for SmolAdapter {
 
     fn block_on<F: Future>(f: F) -> F::Output {
         smol::block_on(f)
-    }
-
-    async fn sleep(d: Duration) {
-        smol::Timer::after(d).await;
     }
 }

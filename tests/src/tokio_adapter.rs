@@ -1,7 +1,6 @@
 //! The Tokio runtime under test.
 
 use std::future::Future;
-use std::time::Duration;
 
 use crate::Adapter;
 
@@ -19,9 +18,5 @@ impl Adapter for TokioAdapter {
             .build()
             .expect("a Tokio runtime")
             .block_on(f)
-    }
-
-    fn sleep(d: Duration) -> impl Future<Output = ()> {
-        tokio::time::sleep(d)
     }
 }
