@@ -40,202 +40,56 @@
 //!
 //! # How it works
 //!
-//! The decisions (correlation, selection, deadlines, backoff, liveness, outbox) are made by
-//! the sans-IO core, `usageflow-socket-core`; the shared glue (driver state, client
-//! operations, reader and writer loops, errors, TLS) lives in `usageflow-socket-common`. This
-//! crate only supplies smol's channels, tasks and timer, and is the same program as
-//! `usageflow-socket-tokio` in another dialect:
-//!
-//! - one **driver task** owns the waking: it feeds the reports of the connection tasks to the
-//!   core, sleeps until the core's next deadline, and handles it;
-//! - each connection has a **task** (dial, then read) and a **writer task**; every task runs
-//!   on smol's global executor (`smol::spawn`), so a client works under `smol::block_on`, any
-//!   other executor, or none;
-//! - the public [`Client`] is a cheap `Clone` handle. An application command (request, send,
-//!   cancel, close) locks the driver state (a `std::sync::Mutex`, never held across an
-//!   `.await`), runs the core and carries out its outputs at once, and wakes the driver task
-//!   only when the next deadline moved earlier.
-//!
-//! Every deadline (handshake, write, read, request, backoff) is the core's; this crate has no
-//! timeout of its own beyond the one timer of the driver task. Tracing events report
-//! connects, disconnects with their reason, scheduled reconnects, exhausted attempts, skipped
-//! frames and dropped messages; the API key never appears in a log or an error.
+//! This crate is [`Smol`], the `usageflow-socket-client` [`Runtime`] for smol, and
+//! [`Client`], the runtime-independent client on it. Every task runs on smol's global
+//! executor (`smol::spawn`), so a client works under `smol::block_on`, any other executor, or
+//! none; the timer and TCP sockets are `async-io`'s. Everything else — the pool, TLS, the
+//! WebSocket upgrade, the reader, writer and driver tasks — is `usageflow-socket-client`'s,
+//! re-exported here.
 #![forbid(unsafe_code)]
 
-mod runtime;
+use std::future::Future;
+use std::io;
+use std::time::Instant;
 
-use std::fmt;
-use std::sync::Arc;
+use smol::net::TcpStream;
 
-use futures_channel::oneshot;
-use futures_rustls::TlsConnector;
-use usageflow_socket_common::handshake::{user_agent, DialContext};
-use usageflow_socket_common::{events, ClientHandle};
+pub use usageflow_socket_client::*;
 
-use crate::runtime::{drive, Shared, SmolRuntime, SmolSignals};
+/// The client on smol: `usageflow_socket_client::Client<Smol>`.
+pub type Client = usageflow_socket_client::Client<Smol>;
 
-pub use usageflow_socket_common::shared::EVENT_CAPACITY;
-pub use usageflow_socket_common::{
-    ClientError, ClientEvent, ClientOptions, ClientOptionsBuilder, ErrorClass, UsageFlowApi,
-};
-pub use usageflow_socket_core::{
-    messages, Availability, Config, ConfigBuilder, ConfigError, ConnId, DisconnectReason, Event, Incoming,
-    Outgoing, RequestOptions, SendStats, Stats,
-};
+/// smol's global executor as a [`Runtime`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol;
 
-/// The `User-Agent` of the upgrade request: `usageflow-socket-smol/<version>`.
-pub fn default_user_agent() -> String {
-    user_agent(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
-}
+impl Runtime for Smol {
+    type Tcp = TcpStream;
 
-/// A stream of [`ClientEvent`]s from [`Client::subscribe`] (an `async-broadcast` receiver,
-/// also a `futures` `Stream`). A subscriber that falls more than [`EVENT_CAPACITY`] events
-/// behind, or behind by more unsolicited frames than
-/// [`ClientOptionsBuilder::max_unsolicited_bytes`] allows (4 MiB by default), loses the
-/// oldest events; its next receive returns [`async_broadcast::RecvError::Overflowed`] with
-/// how many.
-pub type Subscription = async_broadcast::Receiver<ClientEvent>;
+    const USER_AGENT: &'static str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
-/// A UsageFlow client: a cheap `Clone` handle on one pool of connections. When the last
-/// handle is dropped, the pool closes (as by [`Client::close`], without waiting).
-///
-/// A clone is a new handle on the same pool that leans to the next slot: give each task its
-/// own clone, and each task's requests keep to one connection while the pool is balanced
-/// (see [`RequestOptions::affinity`]).
-#[derive(Clone)]
-pub struct Client {
-    handle: ClientHandle<SmolRuntime, SmolSignals>,
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.handle.fmt(f)
-    }
-}
-
-impl Client {
-    /// Starts a client and dials every slot in parallel; returns once every first dial has
-    /// settled, connected or failed (bounded by the handshake timeout, plus the configured
-    /// initial dial spread). Failed slots keep retrying in the background, so the client is
-    /// returned even when no connection could be opened (check [`Client::is_connected`]),
-    /// except when the API key was refused.
-    ///
-    /// Fails on options that cannot work ([`ClientError::InvalidOptions`]), and with
-    /// [`ClientError::Rejected`] when the server refused the API key on every first dial (the
-    /// client is then shut down: nothing keeps retrying). Use [`Client::start`] instead to
-    /// keep retrying in the background whatever the first dials met, for example when the
-    /// key may be provisioned after start-up.
-    pub async fn connect(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
-        let client = Client::start(options)?;
-        client.shared().settled_or_rejected().await?;
-        Ok(client)
+    fn current() -> Result<Self, ClientError> {
+        Ok(Smol)
     }
 
-    /// Starts a client and its dials without waiting for them: requests fail with
-    /// [`ClientError::NotConnected`] until a connection opens (or [`ClientError::Rejected`]
-    /// while the server refuses the API key), while sends wait in the outbox. Slots keep
-    /// retrying in the background on the backoff schedule, whatever the first dials met.
-    /// Its tasks run on smol's global executor.
-    pub fn start(options: impl Into<ClientOptions>) -> Result<Client, ClientError> {
-        let options = options.into();
-        let dial = DialContext::new(&options, default_user_agent(), TlsConnector::from)?;
-        let (events, subscriber) = events::channel(&options);
-        let (signals, wake_rx) = SmolSignals::new(subscriber);
-        let shared = Arc::new_cyclic(|weak| {
-            let runtime = SmolRuntime {
-                dial: Arc::new(dial),
-                shared: weak.clone(),
-                events,
-            };
-            Shared::new(&options, runtime, signals)
-        });
-        smol::spawn(drive(Arc::clone(&shared), wake_rx)).detach();
-        shared.connect();
-        Ok(Client {
-            handle: ClientHandle::new(shared, options.config().url()),
-        })
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        smol::spawn(task).detach();
     }
 
-    fn shared(&self) -> &Arc<Shared> {
-        self.handle.shared()
+    #[allow(clippy::manual_async_fn, reason = "an async fn would borrow self")]
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            smol::Timer::at(deadline).await;
+        }
     }
 
-    /// Sends `message` as a request with the configured timeout and waits for its reply.
-    ///
-    /// Fails at once with [`ClientError::NotConnected`], [`ClientError::Backpressure`] or
-    /// [`ClientError::Closed`]; later with [`ClientError::Timeout`],
-    /// [`ClientError::ConnectionLost`] or [`ClientError::Closed`]; a server's "no" is
-    /// [`ClientError::Denied`]. Dropping the future cancels the request.
-    pub async fn request(&self, message: Outgoing) -> Result<Incoming, ClientError> {
-        self.request_with(message, RequestOptions::default()).await
+    async fn connect(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
     }
 
-    /// [`Client::request`] with per-request options (timeout, idempotence, a preferred slot;
-    /// without one, the request leans to this handle's slot).
-    pub async fn request_with(
-        &self,
-        message: Outgoing,
-        options: RequestOptions,
-    ) -> Result<Incoming, ClientError> {
-        // One allocation and no event listener per request (an async-channel costs several).
-        let (waiter, outcome) = oneshot::channel();
-        self.handle.request(message, options, waiter, outcome).await
-    }
-
-    /// Sends `message` fire-and-forget. It goes out at once on an open connection, or waits
-    /// in the bounded outbox; [`ClientError::OutboxFull`] hands it back when that is full,
-    /// [`ClientError::Closed`] when the client is closed. Every drop is counted in
-    /// [`Client::stats`].
-    pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
-        self.shared().send(message)
-    }
-
-    /// Whether at least one connection is open.
-    pub fn is_connected(&self) -> bool {
-        self.shared().is_connected()
-    }
-
-    /// Whether the client was closed (by [`Client::close`] or by dropping every handle); it
-    /// may still be finishing its pending requests and close handshakes.
-    pub fn is_closed(&self) -> bool {
-        self.shared().is_closed()
-    }
-
-    /// A snapshot of the pool's counters.
-    pub fn stats(&self) -> Stats {
-        self.shared().stats()
-    }
-
-    /// The pool's availability, for fail-open decisions.
-    pub fn availability(&self) -> Availability {
-        self.shared().availability()
-    }
-
-    /// Subscribes to the client's events: pool events (connected, disconnected, reconnect
-    /// scheduled, attempts exhausted, frame skipped, message dropped, availability changed),
-    /// unsolicited frames, and [`ClientEvent::Stopped`] when the client closed.
-    pub fn subscribe(&self) -> Subscription {
-        self.shared().signals().events.subscribe()
-    }
-
-    /// Closes the client: refuses new work, ends every pending request (after the configured
-    /// close drain), sends a normal close frame on every connection, and waits until the
-    /// driver stopped. Idempotent; bounded by the core's deadlines and the write wait.
-    pub async fn close(&self) {
-        self.shared().close().await;
-    }
-}
-
-impl UsageFlowApi for Client {
-    async fn request_with(
-        &self,
-        message: Outgoing,
-        options: RequestOptions,
-    ) -> Result<Incoming, ClientError> {
-        Client::request_with(self, message, options).await
-    }
-
-    fn send(&self, message: Outgoing) -> Result<(), ClientError> {
-        Client::send(self, message)
-    }
+    // `writer_yields` stays 1: a yield on smol's executor may wake another executor thread (a
+    // futex call), so more than one costs more than it gathers (about 200k req/s with 1
+    // against 134-176k with 8 at concurrency 256).
 }

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::future::join_all;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use usageflow_socket_core::redact_url;
 use usageflow_socket_server::{Server, ServerHandle, ServerOptions};
 use usageflow_socket_tokio::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
 use usageflow_socket_tokio::{
-    Availability, Client, ClientError, ClientEvent, Config, Event, Stats, Subscription, UsageFlowApi,
+    Availability, Client, ClientError, ClientEvent, Config, Event, RecvError, Stats, Subscription,
+    UsageFlowApi,
 };
 
 use crate::shared::{error_kind, CmdResult, EXIT_OK, EXIT_OTHER};

@@ -131,7 +131,6 @@ pub(crate) fn error_kind(e: &ClientError) -> &'static str {
         ClientError::Closed => "closed",
         ClientError::Backpressure { .. } => "backpressure",
         ClientError::OutboxFull(_) => "outbox_full",
-        ClientError::Cancelled => "cancelled",
         ClientError::Denied(_) => "denied",
         ClientError::InvalidReply { .. } => "invalid_reply",
         ClientError::InvalidOptions(_) => "invalid_options",

@@ -69,7 +69,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
         A::NAME
     );
     assert!(took < MS(500), "fails at once, not at its deadline: {took:?}");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.resent, s.connection_lost), (0, 1), "{s:?}");
     assert_eq!(counters.requests("use_allocation"), 1, "the server saw it once");
     assert_eq!(counters.snapshot().connections_dropped, 1);
@@ -82,7 +82,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     let reply = client.request_with(policies(), idempotent).await;
     assert!(reply.is_ok(), "{}: flagged request: {reply:?}", A::NAME);
     assert!(t.elapsed() < Duration::from_secs(2));
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.resent, s.replies, s.connection_lost), (1, 1, 1), "{s:?}");
     assert_eq!(counters.requests("get_application_policies"), 2);
 
@@ -101,7 +101,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
         A::NAME
     );
     assert!(took < MS(500), "fails at once, not at its deadline: {took:?}");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.resent, s.connection_lost), (1, 2), "nothing re-sent: {s:?}");
     assert_eq!(
         counters.requests("get_application_policies"),
@@ -109,7 +109,7 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
         "the server saw the non-idempotent request once"
     );
     assert!(s.requests_conserved() && s.pending == 0, "{s:?}");
-    A::close(&client).await;
+    client.close().await;
 
     // (d) Idempotent, but no other connection to carry it: fails at once.
     let solo = connect::<A>(config(&server.url()).pool_size(1)).await;
@@ -123,11 +123,11 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
         A::NAME
     );
     assert!(t.elapsed() < MS(500));
-    let s = A::stats(&solo);
+    let s = solo.stats();
     assert_eq!((s.resent, s.connection_lost), (0, 1), "{s:?}");
     assert_eq!(counters.requests("request_for_allocation"), 1);
     assert_eq!(counters.snapshot().connections_dropped, 4);
-    A::close(&solo).await;
+    solo.close().await;
 
     // (e) The server deduplicates on `allocationId` (the host says so): the keyed request
     // is re-sent once on the other connection.
@@ -148,10 +148,10 @@ pub async fn beyond_resend_idempotent_once<A: Adapter>() {
     let took = t.elapsed();
     assert_eq!(reply.event_id.len(), 36);
     assert!(took < Duration::from_secs(2), "within its deadline: {took:?}");
-    let s = A::stats(&dedup);
+    let s = dedup.stats();
     assert_eq!((s.resent, s.replies, s.connection_lost), (1, 1, 0), "{s:?}");
     assert_eq!(counters.requests("use_allocation"), 3, "the server saw it twice");
-    A::close(&dedup).await;
+    dedup.close().await;
 }
 
 /// A `use_allocation` that waits for the server's confirmation, with a client-made id.
@@ -177,17 +177,17 @@ pub async fn beyond_availability_state<A: Adapter>() {
     let server = server_with(|o| o.faults.handshake_status = 503);
     let faults = server.faults();
     let client = connect::<A>(config(&server.url()).pool_size(2)).await;
-    assert!(!A::is_connected(&client));
+    assert!(!client.is_connected());
     assert_eq!(
-        A::availability(&client),
+        client.availability(),
         Availability::Unavailable,
         "before any connection"
     );
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     let log_cell: RefCell<Vec<Availability>> = RefCell::new(Vec::new());
     let log = &log_cell;
     let collector = async {
-        while let Some(event) = A::next_event(&mut sub).await {
+        while let Some(event) = next_event(&mut sub).await {
             if let ClientEvent::Pool(Event::AvailabilityChanged { availability }) = event {
                 log.borrow_mut().push(availability);
             }
@@ -197,7 +197,7 @@ pub async fn beyond_availability_state<A: Adapter>() {
         let c = &client;
         // The stream has caught up with the getter, which shows `want`.
         let settled =
-            |want: Availability| move || A::availability(c) == want && log.borrow().last() == Some(&want);
+            |want: Availability| move || c.availability() == want && log.borrow().last() == Some(&want);
 
         // Start-up (never Available yet): Degraded at the first connection, Available as soon
         // as every slot is open: a clean start is not a flap, so it waits for no hold.
@@ -228,11 +228,11 @@ pub async fn beyond_availability_state<A: Adapter>() {
             let r = c.request_with(allocation(&format!("steady-{n}")), RequestOptions::default());
             r.await.unwrap();
             c.send(report(n, 16)).unwrap();
-            assert_eq!(A::availability(c), Availability::Available, "steady phase");
+            assert_eq!(c.availability(), Availability::Available, "steady phase");
             n += 1;
         }
         faults.clear();
-        let s = A::stats(c);
+        let s = c.stats();
         assert!(
             s.skipped_frames > 0 && s.orphan_replies > 0,
             "noise arrived: {s:?}"
@@ -259,7 +259,7 @@ pub async fn beyond_availability_state<A: Adapter>() {
         )
         .await;
         assert!(t.elapsed() < MS(500), "worse at once: {:?}", t.elapsed());
-        assert_eq!(A::stats(c).open_connections, 1);
+        assert_eq!(c.stats().open_connections, 1);
 
         // Total outage: Unavailable at once.
         server.kill();
@@ -269,7 +269,7 @@ pub async fn beyond_availability_state<A: Adapter>() {
             settled(Availability::Unavailable),
         )
         .await;
-        assert!(!A::is_connected(c));
+        assert!(!c.is_connected());
 
         // Recovery: Degraded at the first connection, Available after the hold.
         faults.clear();
@@ -301,17 +301,17 @@ pub async fn beyond_availability_state<A: Adapter>() {
         "{}: the stream of changes",
         A::NAME
     );
-    A::close(&client).await;
+    client.close().await;
 }
 
 /// Half-way through the hold after every slot opened at `full`, the pool still says Degraded.
-async fn crossing_the_hold<A: Adapter>(client: &A::Client, full: Instant) {
+async fn crossing_the_hold<A: Adapter>(client: &ClientOf<A>, full: Instant) {
     let half = HOLD / 2;
     if let Some(rest) = half.checked_sub(full.elapsed()) {
         A::sleep(rest).await;
     }
     assert_eq!(
-        A::availability(client),
+        client.availability(),
         Availability::Degraded,
         "{}: still Degraded {:?} after the pool became whole",
         A::NAME,
@@ -366,13 +366,13 @@ async fn reconnect_pattern<A: Adapter>(
         .build();
     let t0 = Instant::now();
     let events = async {
-        let client = A::connect(options).await.unwrap();
+        let client = ClientOf::<A>::connect(options).await.unwrap();
         // Subscribed before any retry failed (the first comes after >= 240 ms).
-        let mut sub = A::subscribe(&client);
+        let mut sub = client.subscribe();
         let mut delays: BTreeMap<u16, Duration> = BTreeMap::new();
         timeout::<A, _>(Duration::from_secs(3), async {
             while delays.len() < 6 {
-                match A::next_event(&mut sub).await {
+                match next_event(&mut sub).await {
                     Some(ClientEvent::Pool(Event::ReconnectScheduled {
                         slot,
                         attempt: 1,
@@ -400,7 +400,7 @@ async fn reconnect_pattern<A: Adapter>(
         A::NAME
     );
     assert_eq!(delays.len(), 6, "{}: attempt-1 delays {delays:?}", A::NAME);
-    A::close(&client).await;
+    client.close().await;
     (
         times[..6].to_vec(),
         times[6..].to_vec(),
@@ -470,7 +470,7 @@ pub async fn beyond_staggered_connections<A: Adapter>() {
     let t0 = Instant::now();
     let (connected_after, dials) = join(
         async {
-            let client = A::connect(options).await.unwrap();
+            let client = ClientOf::<A>::connect(options).await.unwrap();
             (t0.elapsed(), client)
         },
         rejection_times::<A>(&server, 6, t0, Duration::from_secs(3)),
@@ -495,8 +495,8 @@ pub async fn beyond_staggered_connections<A: Adapter>() {
         A::NAME,
         dials[5]
     );
-    assert_eq!(A::stats(&client).dials, 6, "no retry yet (backoff 5 s)");
-    A::close(&client).await;
+    assert_eq!(client.stats().dials, 6, "no retry yet (backoff 5 s)");
+    client.close().await;
 }
 
 /// `connect` returns as soon as every first dial settled, not at the driver's next deadline:
@@ -509,18 +509,18 @@ pub async fn beyond_connect_returns_when_dials_settle<A: Adapter>() {
         let server = server_with(|o| o.faults.handshake_status = if reject { 503 } else { 0 });
         let builder = Config::builder(server.url(), KEY).pool_size(4);
         let t = Instant::now();
-        let client = A::connect(options(builder)).await.unwrap();
+        let client = ClientOf::<A>::connect(options(builder)).await.unwrap();
         let took = t.elapsed();
         eprintln!("{}: connect (reject {reject}) returned after {took:?}", A::NAME);
-        assert_eq!(A::is_connected(&client), !reject);
-        let s = A::stats(&client);
+        assert_eq!(client.is_connected(), !reject);
+        let s = client.stats();
         assert_eq!(s.dials, 4, "{s:?}");
         assert!(
             took < Duration::from_secs(1),
             "{}: connect took {took:?} (reject {reject})",
             A::NAME
         );
-        A::close(&client).await;
+        client.close().await;
     }
 }
 
@@ -556,7 +556,7 @@ pub async fn beyond_rotation_under_load<A: Adapter>() {
                     eprintln!("{}: request failed during rotation: {e:?}", A::NAME);
                 }
                 outcomes.borrow_mut().record(&r);
-                min_open.set(min_open.get().min(A::stats(client).open_connections));
+                min_open.set(min_open.get().min(client.stats().open_connections));
                 n += 1;
                 A::sleep(MS(1)).await;
             }
@@ -572,7 +572,7 @@ pub async fn beyond_rotation_under_load<A: Adapter>() {
                     .iter()
                     .filter(|c| **c == Some(1000))
                     .count();
-                A::stats(&client).rotations >= 3 && closed_1000 >= 3
+                client.stats().rotations >= 3 && closed_1000 >= 3
             },
         )
         .await;
@@ -580,7 +580,7 @@ pub async fn beyond_rotation_under_load<A: Adapter>() {
     };
     join(join_all((0..4).map(worker)), script).await;
     let o = outcomes.into_inner();
-    let s = A::stats(&client);
+    let s = client.stats();
     let snap = counters.snapshot();
     eprintln!(
         "{}: rotations {} over {} requests; min open {}; server accepted {} connections, close codes {:?}",
@@ -621,7 +621,7 @@ pub async fn beyond_rotation_under_load<A: Adapter>() {
         o.ok,
         "every request seen once"
     );
-    A::close(&client).await;
+    client.close().await;
 }
 
 // ----- 4. loss accounting -----
@@ -695,14 +695,14 @@ pub async fn beyond_loss_accounting_outage<A: Adapter>() {
             A::sleep(MS(1)).await;
         }
     };
-    let sent = || A::stats(&client).sends.sent;
+    let sent = || client.stats().sends.sent;
     let script = async {
         must_wait::<A>(Duration::from_secs(3), "traffic flowing", || sent() >= 150).await;
 
         // The exact cut.
         paused.set(true);
         must_wait::<A>(Duration::from_secs(3), "nothing in flight", || {
-            let s = A::stats(&client).sends;
+            let s = client.stats().sends;
             s.queued == 0 && s.unflushed == 0 && counters.fire_and_forget_total() == s.sent
         })
         .await;
@@ -713,12 +713,12 @@ pub async fn beyond_loss_accounting_outage<A: Adapter>() {
 
         // The outage: the outbox fills and expires.
         must_wait::<A>(Duration::from_secs(3), "drops and expiries", || {
-            let s = A::stats(&client).sends;
+            let s = client.stats().sends;
             s.dropped > 0 && s.expired > 0
         })
         .await;
         server.restart().unwrap();
-        must_wait::<A>(Duration::from_secs(3), "reconnected", || A::is_connected(&client)).await;
+        must_wait::<A>(Duration::from_secs(3), "reconnected", || client.is_connected()).await;
         eprintln!("{}: outage lasted {:?}", A::NAME, outage.elapsed());
         let after = sent();
         must_wait::<A>(Duration::from_secs(3), "traffic after the outage", || {
@@ -730,7 +730,7 @@ pub async fn beyond_loss_accounting_outage<A: Adapter>() {
     join(sender, script).await;
 
     must_wait::<A>(Duration::from_secs(3), "every message settled", || {
-        let s = A::stats(&client);
+        let s = client.stats();
         s.sends.queued == 0
             && s.sends.unflushed == 0
             && LOSS_KINDS
@@ -738,7 +738,7 @@ pub async fn beyond_loss_accounting_outage<A: Adapter>() {
                 .all(|k| counters.fire_and_forget(k) == s.sends_by_type.get(*k).map_or(0, |t| t.sent))
     })
     .await;
-    A::close(&client).await;
+    client.close().await;
     let after_close = client.send(loss_message(0).1);
     assert!(matches!(after_close, Err(ClientError::Closed)), "{after_close:?}");
     {
@@ -747,7 +747,7 @@ pub async fn beyond_loss_accounting_outage<A: Adapter>() {
         issued[0].closed += 1;
     }
 
-    let s = A::stats(&client);
+    let s = client.stats();
     let issued = issued.into_inner();
     println!(
         "loss accounting ({}), outbox 40 / TTL 250 ms, pool 2, kill + restart:",
@@ -857,7 +857,7 @@ pub async fn beyond_each_handle_keeps_to_its_slot<A: Adapter>() {
     let _slot_3 = client.clone();
     let slot_4 = client.clone();
     // Each handle in turn, one step apart, with the pending counts once its request is out.
-    let steps: [(&A::Client, [u32; 3]); 5] = [
+    let steps: [(&ClientOf<A>, [u32; 3]); 5] = [
         (&slot_2, [0, 0, 1]),
         (&slot_1, [0, 1, 1]),
         (&client, [1, 1, 1]),
@@ -877,7 +877,7 @@ pub async fn beyond_each_handle_keeps_to_its_slot<A: Adapter>() {
         // Half a step after each request went out (the server holds every reply for 2 s).
         for (&(_, expected), k) in steps.iter().zip(0..) {
             at(k, step / 2).await;
-            assert_eq!(A::stats(&client).pending_per_slot, expected, "after request {k}");
+            assert_eq!(client.stats().pending_per_slot, expected, "after request {k}");
         }
         std::future::pending::<()>().await
     })
@@ -885,6 +885,6 @@ pub async fn beyond_each_handle_keeps_to_its_slot<A: Adapter>() {
     for r in results {
         r.expect("every request answered");
     }
-    assert_eq!(A::stats(&client).pending, 0);
-    A::close(&client).await;
+    assert_eq!(client.stats().pending, 0);
+    client.close().await;
 }

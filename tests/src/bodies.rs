@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{join, join_all};
 use serde_json::Value;
-use usageflow_socket_common::events::frame_bytes;
 use usageflow_socket_core::messages::{ReportCallChain, RequestForAllocation, UseAllocation};
 use usageflow_socket_server::{FaultConfig, ReplyStyle, ServerThread, TlsOptions};
 
@@ -17,7 +16,7 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 /// Issues requests until one succeeds (each bounded by `each`), within `limit`. For the
 /// moments right after a fault is cleared, when a freshly dialed connection may still have
 /// caught the fault.
-async fn request_ok_eventually<A: Adapter>(client: &A::Client, limit: Duration) -> Incoming {
+async fn request_ok_eventually<A: Adapter>(client: &ClientOf<A>, limit: Duration) -> Incoming {
     let deadline = Instant::now() + limit;
     loop {
         match client
@@ -39,17 +38,17 @@ async fn request_ok_eventually<A: Adapter>(client: &A::Client, limit: Duration) 
 }
 
 /// Closes the client, asserting it returns within 3 s.
-async fn close_bounded<A: Adapter>(client: &A::Client) {
+async fn close_bounded<A: Adapter>(client: &ClientOf<A>) {
     let t = Instant::now();
     assert!(
-        timeout::<A, _>(Duration::from_secs(3), A::close(client))
+        timeout::<A, _>(Duration::from_secs(3), client.close())
             .await
             .is_some(),
         "{}: close() did not return within 3 s",
         A::NAME
     );
-    assert!(!A::is_connected(client));
-    let s = A::stats(client);
+    assert!(!client.is_connected());
+    let s = client.stats();
     assert_eq!(s.pending, 0, "{s:?}");
     assert!(s.requests_conserved(), "{s:?}");
     assert!(s.sends.conserved(), "{s:?}");
@@ -74,8 +73,8 @@ fn server_ff(server: &ServerThread) -> u64 {
 pub async fn handshake_headers_and_typed_api<A: Adapter>() {
     let server = server();
     let client = connect::<A>(config(&server.url()).pool_size(3)).await;
-    assert!(A::is_connected(&client));
-    assert_eq!(A::stats(&client).open_connections, 3);
+    assert!(client.is_connected());
+    assert_eq!(client.stats().open_connections, 3);
     // The client hears the 101 before the server's task counts the connection.
     must_wait::<A>(Duration::from_secs(2), "3 connections counted", || {
         server.counters().snapshot().connections_accepted == 3
@@ -86,7 +85,7 @@ pub async fn handshake_headers_and_typed_api<A: Adapter>() {
     assert_eq!(snap.handshakes_rejected, 0);
     assert!(snap.last_key_present, "x-usage-key sent");
     let ua = snap.last_user_agent.expect("a User-Agent header");
-    assert_eq!(ua, A::user_agent());
+    assert_eq!(ua, <A::Runtime as Runtime>::USER_AGENT);
     let expected = format!("usageflow-socket-{}/{}", A::NAME, env!("CARGO_PKG_VERSION"));
     assert!(ua.starts_with(&expected), "User-Agent {ua:?} names {expected:?}");
 
@@ -164,10 +163,10 @@ pub async fn handshake_headers_and_typed_api<A: Adapter>() {
     assert_eq!(counters.requests("get_application_policies"), 2);
     assert_eq!(counters.requests("request_for_allocation"), 2);
     must_wait::<A>(Duration::from_secs(2), "sends flushed", || {
-        A::stats(&client).sends.sent == 3
+        client.stats().sends.sent == 3
     })
     .await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.requests, s.replies, s.denials), (7, 7, 0), "{s:?}");
     assert_eq!(s.sends_by_type["report_call_chain"].sent, 1);
     assert!(s.sends.conserved() && s.requests_conserved());
@@ -186,7 +185,7 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
 
     // `connect`: every first dial refused, so the caller gets the reason, not a dead client.
     let t = Instant::now();
-    let err = A::connect(options(config_key(&server.url(), bad_key)))
+    let err = ClientOf::<A>::connect(options(config_key(&server.url(), bad_key)))
         .await
         .unwrap_err();
     assert_eq!(err, ClientError::Rejected { status: 401 });
@@ -207,8 +206,8 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
     );
 
     // `start`: retries in the background and says why nothing opens.
-    let client = A::start(options(config_key(&server.url(), bad_key))).unwrap();
-    let mut sub = A::subscribe(&client);
+    let client = ClientOf::<A>::start(options(config_key(&server.url(), bad_key))).unwrap();
+    let mut sub = client.subscribe();
     let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
         matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
     })
@@ -227,9 +226,9 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
     })
     .await
     .expect("a KeyRejected event once both slots were refused");
-    assert!(!A::is_connected(&client));
-    assert_eq!(A::availability(&client), Availability::Unavailable);
-    let s = A::stats(&client);
+    assert!(!client.is_connected());
+    assert_eq!(client.availability(), Availability::Unavailable);
+    let s = client.stats();
     assert!(s.rejections >= 2 && s.dial_failures >= s.rejections, "{s:?}");
     assert_eq!((s.open_connections, s.rejected_status), (0, Some(401)), "{s:?}");
 
@@ -241,7 +240,7 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
     client
         .send(Outgoing::new("report_call_chain", json!({})))
         .expect("a send still queues");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.sends.queued, s.rejected_status), (1, Some(401)), "{s:?}");
     for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
         assert!(!text.contains(bad_key), "the key leaked: {text}");
@@ -259,7 +258,7 @@ pub async fn rejected_key_is_permanent_and_clear<A: Adapter>() {
         during <= 12,
         "{during} rejections in 1.5 s: the client hammers the server"
     );
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(s.refused_not_connected, 1);
     assert!(s.reconnects >= 2, "{s:?}");
     close_bounded::<A>(&client).await;
@@ -281,7 +280,7 @@ pub async fn unavailable_status_is_not_a_rejection<A: Adapter>() {
             .backoff_jitter(0.0),
     )
     .await;
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     let err = client.request(policies()).await.unwrap_err();
     assert_eq!(err, ClientError::NotConnected);
     assert!(!err.is_rejected());
@@ -298,7 +297,7 @@ pub async fn unavailable_status_is_not_a_rejection<A: Adapter>() {
         Duration::from_secs(1),
         "Retry-After over the 50 ms schedule"
     );
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.rejections, s.rejected_status), (0, None), "{s:?}");
     assert!(s.dial_failures >= 1, "{s:?}");
     // Over 1.5 s at most two more dials (one a second), not the schedule's dozen.
@@ -332,7 +331,7 @@ pub async fn server_pings_keep_a_connection_alive<A: Adapter>() {
     .await;
     wait_open::<A>(&client, 1, Duration::from_secs(2)).await;
     A::sleep(MS(1200)).await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         s.disconnects,
         0,
@@ -343,7 +342,7 @@ pub async fn server_pings_keep_a_connection_alive<A: Adapter>() {
     // Without them, the silent server is dead within the pong wait.
     server.faults().set_ping_every_ms(0);
     A::sleep(MS(700)).await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert!(s.disconnects >= 1, "{}: {s:?}", A::NAME);
     close_bounded::<A>(&client).await;
 }
@@ -370,18 +369,18 @@ pub async fn resting_slot_returns_while_another_is_open<A: Adapter>() {
         .send(Outgoing::new("report_call_chain", json!({"url": "/rest-me"})))
         .unwrap();
     let t = Instant::now();
-    while A::stats(&client).exhausted == 0 {
+    while client.stats().exhausted == 0 {
         assert!(t.elapsed() < Duration::from_secs(3), "{}: never rested", A::NAME);
         A::sleep(MS(10)).await;
     }
-    assert_eq!(A::stats(&client).open_connections, 1);
-    assert_eq!(A::availability(&client), Availability::Degraded);
+    assert_eq!(client.stats().open_connections, 1);
+    assert_eq!(client.availability(), Availability::Degraded);
     // The service is back; requests on the open slot re-arm the resting one.
     faults.set_handshake_status(0);
     A::sleep(MS(250)).await;
     client.request(policies()).await.expect("served by the open slot");
     wait_open::<A>(&client, 2, Duration::from_secs(2)).await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert!(s.rearms >= 1, "{s:?}");
     close_bounded::<A>(&client).await;
 }
@@ -432,7 +431,7 @@ pub async fn correlation_in_every_reply_style<A: Adapter>() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let text = denied.denial_text().unwrap_or_default().to_owned();
     assert!(text.contains("\"code\":429") && text.contains("alias"), "{text}");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (
             s.replies,
@@ -469,7 +468,7 @@ pub async fn out_of_order_replies<A: Adapter>() {
         order.windows(2).any(|w| w[0] > w[1]),
         "replies came back out of order"
     );
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.requests, s.replies, s.pending, s.orphan_replies),
         (300, 300, 0, 0),
@@ -514,14 +513,14 @@ pub async fn denials_are_distinct_from_unavailability<A: Adapter>() {
         .await
         .unwrap_err();
     assert!(e.is_unavailable() && !e.is_denied(), "{e:?}");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.denials, s.replies, s.timeouts, s.disconnects),
         (3, 0, 1, 0),
         "{s:?}"
     );
     assert_eq!(server.counters().snapshot().denials_sent, 3);
-    assert!(A::is_connected(&client));
+    assert!(client.is_connected());
     close_bounded::<A>(&client).await;
 }
 
@@ -549,16 +548,16 @@ pub async fn timeout_at_the_deadline<A: Adapter>() {
         elapsed >= MS(400) && elapsed < MS(900),
         "default timeout after {elapsed:?}"
     );
-    assert_eq!(A::stats(&client).timeouts, 2);
+    assert_eq!(client.stats().timeouts, 2);
     must_wait::<A>(
         Duration::from_secs(3),
         "2 late replies counted as orphans",
-        || A::stats(&client).orphan_replies == 2,
+        || client.stats().orphan_replies == 2,
     )
     .await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.disconnects, s.replies, s.pending), (0, 0, 0), "{s:?}");
-    assert!(A::is_connected(&client));
+    assert!(client.is_connected());
     close_bounded::<A>(&client).await;
 }
 
@@ -575,7 +574,7 @@ pub async fn noise_frames_are_counted_and_harmless<A: Adapter>() {
         }
     });
     let client = connect::<A>(config(&server.url())).await;
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     for batch in 0..6 {
         let ids: Vec<String> = (0..10).map(|i| format!("noise-{batch}-{i}")).collect();
         let replies = join_all(ids.iter().map(|id| client.request(allocation(id)))).await;
@@ -585,19 +584,19 @@ pub async fn noise_frames_are_counted_and_harmless<A: Adapter>() {
     }
     let counters = server.counters();
     must_wait::<A>(Duration::from_secs(3), "every noise frame counted", || {
-        let (s, c) = (A::stats(&client), counters.snapshot());
+        let (s, c) = (client.stats(), counters.snapshot());
         s.orphan_replies == c.duplicates_sent + c.stray_sent
             && s.skipped_frames == c.garbage_sent + c.binary_sent
     })
     .await;
-    let (s, c) = (A::stats(&client), counters.snapshot());
+    let (s, c) = (client.stats(), counters.snapshot());
     assert_eq!(c.duplicates_sent, 60);
     assert!(
         c.garbage_sent >= 20 && c.binary_sent >= 15 && c.stray_sent >= 12,
         "{c:?}"
     );
     assert_eq!((s.replies, s.disconnects, s.dials), (60, 0, 2), "{s:?}");
-    assert!(A::is_connected(&client));
+    assert!(client.is_connected());
     let unsolicited = wait_event::<A>(&mut sub, Duration::from_secs(1), |e| {
         matches!(e, ClientEvent::Unsolicited { .. })
     })
@@ -622,15 +621,15 @@ pub async fn stalled_subscriber_holds_bounded_bytes<A: Adapter>() {
     let options = ClientOptions::builder(config)
         .max_unsolicited_bytes(BUDGET)
         .build();
-    let client = A::connect(options).await.expect("connect");
-    let mut sub = A::subscribe(&client);
+    let client = ClientOf::<A>::connect(options).await.expect("connect");
+    let mut sub = client.subscribe();
     let faults = server.faults();
     faults.set_push_size(PAYLOAD);
     faults.set_push_frames(FRAMES);
     // The pool counts a frame as an orphan in the same step that publishes it: once all are
     // counted, the stream holds what it will hold for this subscriber.
     must_wait::<A>(Duration::from_secs(10), "every pushed frame handed over", || {
-        A::stats(&client).orphan_replies == FRAMES
+        client.stats().orphan_replies == FRAMES
     })
     .await;
     assert_eq!(server.counters().snapshot().pushes_sent, FRAMES);
@@ -638,7 +637,7 @@ pub async fn stalled_subscriber_holds_bounded_bytes<A: Adapter>() {
     let newest = format!("push-{}", FRAMES - 1);
     let (mut frames, mut bytes, mut largest, mut lost) = (0u64, 0usize, 0usize, 0u64);
     loop {
-        let event = timeout::<A, _>(Duration::from_secs(2), A::recv_event(&mut sub)).await;
+        let event = timeout::<A, _>(Duration::from_secs(2), recv_event(&mut sub)).await;
         match event.flatten() {
             Some(Ok(ClientEvent::Unsolicited { frame, .. })) => {
                 frames += 1;
@@ -672,7 +671,7 @@ pub async fn stalled_subscriber_holds_bounded_bytes<A: Adapter>() {
         "{}: every frame is received or counted as lost: {frames} + {lost}",
         A::NAME
     );
-    assert!(A::is_connected(&client));
+    assert!(client.is_connected());
     close_bounded::<A>(&client).await;
 }
 
@@ -705,7 +704,7 @@ pub async fn in_flight_fail_at_once_on_server_close<A: Adapter>() {
     );
     server.faults().clear();
     request_ok_eventually::<A>(&client, Duration::from_secs(5)).await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.connection_lost, s.timeouts, s.pending), (10, 0, 0), "{s:?}");
     assert!(s.reconnects >= 1 && s.disconnects >= 1, "{s:?}");
     close_bounded::<A>(&client).await;
@@ -744,7 +743,7 @@ pub async fn in_flight_fail_at_once_on_kill<A: Adapter>() {
             "failed {after:?} after the kill (the kill itself blocks up to 2 s)"
         );
     }
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.connection_lost, s.pending, s.open_connections),
         (20, 0, 0),
@@ -757,13 +756,10 @@ pub async fn in_flight_fail_at_once_on_kill<A: Adapter>() {
 pub async fn reconnects_after_restart<A: Adapter>() {
     let server = server();
     let client = connect::<A>(config(&server.url())).await;
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     client.request(policies()).await.unwrap();
     server.kill();
-    must_wait::<A>(Duration::from_secs(2), "disconnected", || {
-        !A::is_connected(&client)
-    })
-    .await;
+    must_wait::<A>(Duration::from_secs(2), "disconnected", || !client.is_connected()).await;
     let event = wait_event::<A>(&mut sub, Duration::from_secs(1), |e| {
         matches!(e, ClientEvent::Pool(Event::Disconnected { .. }))
     })
@@ -777,11 +773,11 @@ pub async fn reconnects_after_restart<A: Adapter>() {
     assert!(t.elapsed() < MS(200));
     server.restart().unwrap();
     must_wait::<A>(Duration::from_secs(4), "both slots reconnected", || {
-        A::stats(&client).open_connections == 2
+        client.stats().open_connections == 2
     })
     .await;
     client.request(policies()).await.unwrap();
-    let s = A::stats(&client);
+    let s = client.stats();
     assert!(s.reconnects >= 2 && s.disconnects == 2, "{s:?}");
     assert_eq!(server.counters().connections_accepted(), 4);
     close_bounded::<A>(&client).await;
@@ -803,7 +799,7 @@ async fn dead_peer_read_timeout<A: Adapter>(fault: impl Fn(&usageflow_socket_ser
     let pong_wait = MS(600);
     let client = connect::<A>(config(&server.url()).pool_size(1).pong_wait(pong_wait)).await;
     client.request(policies()).await.unwrap();
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     let t = Instant::now();
     fault(&server.faults(), true);
     let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
@@ -824,7 +820,7 @@ async fn dead_peer_read_timeout<A: Adapter>(fault: impl Fn(&usageflow_socket_ser
         "detected after {elapsed:?} (pong wait {pong_wait:?})"
     );
     request_ok_eventually::<A>(&client, Duration::from_secs(5)).await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert!(s.reconnects >= 1 && s.pending == 0, "{s:?}");
     close_bounded::<A>(&client).await;
 }
@@ -848,7 +844,7 @@ pub async fn writes_keep_working_across_many_ping_periods<A: Adapter>() {
         counters.fire_and_forget_total() == n
     })
     .await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.disconnects, s.dials, s.replies, s.sends.sent),
         (0, 2, n, n),
@@ -873,10 +869,7 @@ pub async fn outbox_flushed_after_reconnect<A: Adapter>() {
     })
     .await;
     server.kill();
-    must_wait::<A>(Duration::from_secs(2), "disconnected", || {
-        !A::is_connected(&client)
-    })
-    .await;
+    must_wait::<A>(Duration::from_secs(2), "disconnected", || !client.is_connected()).await;
     let mut full = 0;
     for i in 5..55 {
         match client.send(report(i, 16)) {
@@ -889,7 +882,7 @@ pub async fn outbox_flushed_after_reconnect<A: Adapter>() {
         }
     }
     assert_eq!(full, 10);
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.outbox_depth, s.sends.queued, s.sends.dropped),
         (40, 40, 10),
@@ -897,11 +890,11 @@ pub async fn outbox_flushed_after_reconnect<A: Adapter>() {
     );
     server.restart().unwrap();
     must_wait::<A>(Duration::from_secs(5), "the outbox flushed", || {
-        let s = A::stats(&client);
+        let s = client.stats();
         s.sends.queued == 0 && s.sends.unflushed == 0 && server_ff(&server) == s.sends.sent
     })
     .await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(s.sends.sent, 45);
     assert_eq!(
         server_ff(&server),
@@ -934,18 +927,18 @@ pub async fn close_refuses_work_and_closes_cleanly<A: Adapter>() {
         })
         .await;
         let t = Instant::now();
-        A::close(&client).await;
+        client.close().await;
         t.elapsed()
     };
     let (pending, took) = join(client.request(policies()), closer).await;
     assert_eq!(pending.unwrap_err(), ClientError::Closed);
     assert!(took < Duration::from_secs(2), "close took {took:?}");
     // Idempotent, and refuses new work.
-    assert!(timeout::<A, _>(MS(500), A::close(&client)).await.is_some());
+    assert!(timeout::<A, _>(MS(500), client.close()).await.is_some());
     assert_eq!(client.request(policies()).await.unwrap_err(), ClientError::Closed);
     assert_eq!(client.send(report(0, 1)).unwrap_err(), ClientError::Closed);
-    assert!(!A::is_connected(&client));
-    assert_eq!(A::availability(&client), Availability::Unavailable);
+    assert!(!client.is_connected());
+    assert_eq!(client.availability(), Availability::Unavailable);
     must_wait::<A>(Duration::from_secs(2), "3 close frames", || {
         counters.close_codes().len() == 3
     })
@@ -963,7 +956,7 @@ pub async fn close_refuses_work_and_closes_cleanly<A: Adapter>() {
         accepted,
         "a closed client dialed"
     );
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.closed, s.refused_closed, s.sends.closed, s.pending),
         (1, 1, 1, 0),
@@ -979,28 +972,25 @@ pub async fn is_connected_transitions<A: Adapter>() {
     let server = server();
     server.kill();
     let client = connect::<A>(config(&server.url())).await;
-    assert!(!A::is_connected(&client));
-    assert_eq!(A::availability(&client), Availability::Unavailable);
+    assert!(!client.is_connected());
+    assert_eq!(client.availability(), Availability::Unavailable);
     server.restart().unwrap();
-    must_wait::<A>(Duration::from_secs(3), "connected", || A::is_connected(&client)).await;
+    must_wait::<A>(Duration::from_secs(3), "connected", || client.is_connected()).await;
     // Usable at once; `Available` (every slot open) only after the core's 5 s hysteresis.
-    assert_ne!(A::availability(&client), Availability::Unavailable);
+    assert_ne!(client.availability(), Availability::Unavailable);
     must_wait::<A>(Duration::from_secs(3), "both slots open", || {
-        A::stats(&client).open_connections == 2
+        client.stats().open_connections == 2
     })
     .await;
     server.kill();
-    must_wait::<A>(Duration::from_secs(2), "disconnected", || {
-        !A::is_connected(&client)
-    })
-    .await;
+    must_wait::<A>(Duration::from_secs(2), "disconnected", || !client.is_connected()).await;
     server.restart().unwrap();
     must_wait::<A>(Duration::from_secs(3), "connected again", || {
-        A::is_connected(&client)
+        client.is_connected()
     })
     .await;
-    A::close(&client).await;
-    assert!(!A::is_connected(&client));
+    client.close().await;
+    assert!(!client.is_connected());
 }
 
 /// `wss://` against a self-signed certificate: works when the client trusts it as a root,
@@ -1015,17 +1005,17 @@ pub async fn tls_self_signed<A: Adapter>() {
         .add_root_certificate(cert.clone())
         .webpki_roots(false)
         .build();
-    let client = A::connect(trusted).await.unwrap();
-    assert!(A::is_connected(&client));
+    let client = ClientOf::<A>::connect(trusted).await.unwrap();
+    assert!(client.is_connected());
     let p = client.get_application_policies().await.unwrap();
     assert_eq!(p.total, 2);
     assert!(server.counters().snapshot().last_key_present);
     close_bounded::<A>(&client).await;
 
     let untrusted = ClientOptions::builder(config(&url).build().unwrap()).build();
-    let client = A::connect(untrusted).await.unwrap();
-    let mut sub = A::subscribe(&client);
-    assert!(!A::is_connected(&client));
+    let client = ClientOf::<A>::connect(untrusted).await.unwrap();
+    let mut sub = client.subscribe();
+    assert!(!client.is_connected());
     let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
         matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
     })
@@ -1039,7 +1029,7 @@ pub async fn tls_self_signed<A: Adapter>() {
         client.request(policies()).await.unwrap_err(),
         ClientError::NotConnected
     );
-    let s = A::stats(&client);
+    let s = client.stats();
     assert!(s.dial_failures >= 2 && s.rejections == 0, "{s:?}");
     assert!(server.counters().snapshot().handshakes_failed >= 1);
     close_bounded::<A>(&client).await;
@@ -1059,12 +1049,12 @@ pub async fn dropped_request_future_cancels<A: Adapter>() {
         1,
         "the request went out before the drop"
     );
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.requests, s.pending, s.cancelled), (1, 0, 1), "{s:?}");
     assert!(s.pending_per_slot.iter().all(|p| *p == 0), "{s:?}");
     assert!(s.requests_conserved());
     must_wait::<A>(Duration::from_secs(2), "the late reply is an orphan", || {
-        A::stats(&client).orphan_replies == 1
+        client.stats().orphan_replies == 1
     })
     .await;
     close_bounded::<A>(&client).await;
@@ -1127,7 +1117,7 @@ pub async fn backpressure_refuses_at_once<A: Adapter>() {
     assert_eq!(e, ClientError::Backpressure { max_in_flight: 2 });
     assert!(e.is_unavailable() && took < MS(100), "{took:?}");
     assert_eq!(server.counters().requests_total(), 2);
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.requests, s.replies, s.refused_backpressure),
         (2, 2, 1),
@@ -1142,14 +1132,14 @@ pub async fn outbox_ttl_expires<A: Adapter>() {
     let server = server();
     server.kill();
     let client = connect::<A>(config(&server.url()).outbox_ttl(MS(200))).await;
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     client.send(report(0, 8)).unwrap();
     let event = wait_event::<A>(&mut sub, Duration::from_secs(2), |e| {
         matches!(e, ClientEvent::Pool(Event::MessageDropped { .. }))
     })
     .await;
     assert!(event.is_some(), "a MessageDropped event");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.sends.expired, s.sends.queued, s.outbox_depth),
         (1, 0, 0),
@@ -1157,7 +1147,7 @@ pub async fn outbox_ttl_expires<A: Adapter>() {
         s.sends
     );
     server.restart().unwrap();
-    must_wait::<A>(Duration::from_secs(3), "connected", || A::is_connected(&client)).await;
+    must_wait::<A>(Duration::from_secs(3), "connected", || client.is_connected()).await;
     client.send(report(1, 8)).unwrap();
     must_wait::<A>(Duration::from_secs(2), "the fresh send delivered", || {
         server_ff(&server) == 1
@@ -1174,9 +1164,9 @@ pub async fn exhausted_slots_rearm_on_use<A: Adapter>() {
     let server = server();
     server.kill();
     let client = connect::<A>(config(&server.url()).backoff_attempts(2)).await;
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     must_wait::<A>(Duration::from_secs(3), "both slots exhausted", || {
-        A::stats(&client).exhausted >= 2
+        client.stats().exhausted >= 2
     })
     .await;
     wait_event::<A>(&mut sub, MS(500), |e| {
@@ -1185,16 +1175,16 @@ pub async fn exhausted_slots_rearm_on_use<A: Adapter>() {
     .await
     .expect("an AttemptsExhausted event");
     server.restart().unwrap();
-    let dials = A::stats(&client).dials;
+    let dials = client.stats().dials;
     A::sleep(MS(500)).await;
-    assert_eq!(A::stats(&client).dials, dials, "a resting slot dialed by itself");
-    assert!(!A::is_connected(&client));
+    assert_eq!(client.stats().dials, dials, "a resting slot dialed by itself");
+    assert!(!client.is_connected());
     assert_eq!(
         client.request(policies()).await.unwrap_err(),
         ClientError::NotConnected
     );
     must_wait::<A>(Duration::from_secs(3), "re-armed and connected", || {
-        A::is_connected(&client)
+        client.is_connected()
     })
     .await;
     client.request(policies()).await.unwrap();
@@ -1235,7 +1225,12 @@ impl Load {
 
 /// Issues requests back to back (a mix: non-idempotent policies, idempotent allocations,
 /// denials), each with `timeout`, pausing `pace` after each.
-pub async fn request_worker<A: Adapter>(client: &A::Client, load: &Load, timeout: Duration, pace: Duration) {
+pub async fn request_worker<A: Adapter>(
+    client: &ClientOf<A>,
+    load: &Load,
+    timeout: Duration,
+    pace: Duration,
+) {
     while !load.stop.get() {
         let n = load.next();
         load.issued.set(load.issued.get() + 1);
@@ -1272,7 +1267,7 @@ pub async fn request_worker<A: Adapter>(client: &A::Client, load: &Load, timeout
 }
 
 /// Sends a `report_call_chain` of `size` bytes every `pace` while `sends_on`.
-pub async fn send_worker<A: Adapter>(client: &A::Client, load: &Load, size: usize, pace: Duration) {
+pub async fn send_worker<A: Adapter>(client: &ClientOf<A>, load: &Load, size: usize, pace: Duration) {
     while !load.stop.get() {
         if load.sends_on.get() {
             let n = load.next();
@@ -1292,7 +1287,7 @@ pub async fn send_worker<A: Adapter>(client: &A::Client, load: &Load, size: usiz
 /// Runs `workers` request workers and one send worker alongside `script`; stops them when
 /// the script returns and waits for every worker to finish.
 async fn with_load<A: Adapter, T>(
-    client: &A::Client,
+    client: &ClientOf<A>,
     load: &Load,
     workers: usize,
     timeout: Duration,
@@ -1312,18 +1307,18 @@ async fn with_load<A: Adapter, T>(
 /// Stops the sends and waits until every message is flushed and counted by the server, so a
 /// fault injected next cannot catch a message in flight (which would make the server's count
 /// inexact: a message flushed to a socket that is then killed is `sent` but never arrives).
-async fn quiesce_sends<A: Adapter>(client: &A::Client, load: &Load, server: &ServerThread) {
+async fn quiesce_sends<A: Adapter>(client: &ClientOf<A>, load: &Load, server: &ServerThread) {
     load.sends_on.set(false);
     must_wait::<A>(Duration::from_secs(3), "sends quiesced", || {
-        let s = A::stats(client);
+        let s = client.stats();
         s.sends.queued == 0 && s.sends.unflushed == 0 && server_ff(server) == s.sends.sent
     })
     .await;
 }
 
 /// The end-of-test checks: outcomes vs stats, nothing pending, send conservation.
-fn check_load<A: Adapter>(name: &str, client: &A::Client, load: &Load) -> Stats {
-    let s = A::stats(client);
+fn check_load<A: Adapter>(name: &str, client: &ClientOf<A>, load: &Load) -> Stats {
+    let s = client.stats();
     let o = load.outcomes();
     eprintln!("{}::{name}: outcomes {o:?}", A::NAME);
     eprintln!("{}::{name}: sends {:?}", A::NAME, s.sends);
@@ -1335,13 +1330,13 @@ fn check_load<A: Adapter>(name: &str, client: &A::Client, load: &Load) -> Stats 
 }
 
 /// Waits until the outbox and the writers are empty and the server counted what it will.
-async fn settle_sends<A: Adapter>(client: &A::Client, server: &ServerThread, expect_exact: bool) {
+async fn settle_sends<A: Adapter>(client: &ClientOf<A>, server: &ServerThread, expect_exact: bool) {
     let ok = wait_until::<A>(Duration::from_secs(5), || {
-        let s = A::stats(client);
+        let s = client.stats();
         s.sends.queued == 0 && s.sends.unflushed == 0 && (!expect_exact || server_ff(server) == s.sends.sent)
     })
     .await;
-    let s = A::stats(client);
+    let s = client.stats();
     assert!(
         ok,
         "{}: sends did not settle: server {} vs {:?}",
@@ -1382,18 +1377,18 @@ pub async fn fault_kill_restart_under_load<A: Adapter>() {
         quiesce_sends::<A>(&client, &load, &server).await;
         server.kill();
         must_wait::<A>(Duration::from_secs(2), "all lost", || {
-            A::stats(&client).open_connections == 0
+            client.stats().open_connections == 0
         })
         .await;
         load.sends_on.set(true); // into the outbox
         A::sleep(MS(300)).await;
         server.restart().unwrap();
         must_wait::<A>(Duration::from_secs(4), "reconnected", || {
-            A::stats(&client).open_connections == 4
+            client.stats().open_connections == 4
         })
         .await;
         settle_sends::<A>(&client, &server, true).await;
-        let s = A::stats(&client);
+        let s = client.stats();
         assert_eq!(
             server_ff(&server),
             s.sends.sent,
@@ -1407,11 +1402,11 @@ pub async fn fault_kill_restart_under_load<A: Adapter>() {
         server.kill();
         let server_at_kill = server_ff(&server);
         must_wait::<A>(Duration::from_secs(2), "all lost", || {
-            A::stats(&client).open_connections == 0
+            client.stats().open_connections == 0
         })
         .await;
         // No connection is open, so nothing more becomes `sent` until the restart.
-        let sent_at_detection = A::stats(&client).sends.sent;
+        let sent_at_detection = client.stats().sends.sent;
         eprintln!(
             "{}: outage 2: server counted {server_before}..{server_at_kill}, client sent {sent_at_detection}",
             A::NAME
@@ -1419,7 +1414,7 @@ pub async fn fault_kill_restart_under_load<A: Adapter>() {
         A::sleep(MS(300)).await;
         server.restart().unwrap();
         must_wait::<A>(Duration::from_secs(4), "reconnected", || {
-            A::stats(&client).open_connections == 4
+            client.stats().open_connections == 4
         })
         .await;
         A::sleep(MS(500)).await;
@@ -1459,7 +1454,7 @@ pub async fn fault_frozen_server_under_load<A: Adapter>() {
     let pong_wait = MS(600);
     let client = connect::<A>(config(&server.url()).pong_wait(pong_wait)).await;
     let load = Load::new();
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     let detected = with_load::<A, _>(&client, &load, 4, Duration::from_secs(3), async {
         A::sleep(MS(500)).await;
         quiesce_sends::<A>(&client, &load, &server).await;
@@ -1482,7 +1477,7 @@ pub async fn fault_frozen_server_under_load<A: Adapter>() {
         server.faults().set_freeze(false);
         load.sends_on.set(true);
         must_wait::<A>(Duration::from_secs(4), "reconnected", || {
-            A::stats(&client).open_connections == 2
+            client.stats().open_connections == 2
         })
         .await;
         let ok_before = load.outcomes().ok;
@@ -1519,8 +1514,8 @@ pub async fn fault_handshake_hang<A: Adapter>() {
         took >= handshake - MS(50) && took <= handshake + MS(700),
         "connect returned after {took:?}"
     );
-    assert!(!A::is_connected(&client));
-    let mut sub = A::subscribe(&client);
+    assert!(!client.is_connected());
+    let mut sub = client.subscribe();
     let e = wait_event::<A>(&mut sub, Duration::from_secs(2), |e| {
         matches!(e, ClientEvent::Pool(Event::ConnectFailed { .. }))
     })
@@ -1542,7 +1537,7 @@ pub async fn fault_handshake_hang<A: Adapter>() {
     );
     assert!(t.elapsed() < MS(200));
     client.send(report(1, 8)).unwrap();
-    let s = A::stats(&client);
+    let s = client.stats();
     assert!(
         s.dial_failures >= 3 && s.rejections == 0 && s.sends.queued == 1,
         "{s:?}"
@@ -1550,7 +1545,7 @@ pub async fn fault_handshake_hang<A: Adapter>() {
     assert!(server.counters().snapshot().handshakes_hung >= 3);
     server.faults().set_hang_handshakes(false);
     must_wait::<A>(Duration::from_secs(4), "connected", || {
-        A::stats(&client).open_connections == 2
+        client.stats().open_connections == 2
     })
     .await;
     client.request(policies()).await.unwrap();
@@ -1618,10 +1613,10 @@ pub async fn fault_slow_server_deadlines<A: Adapter>() {
         }
     }
     must_wait::<A>(Duration::from_secs(3), "20 late replies are orphans", || {
-        A::stats(&client).orphan_replies == 20
+        client.stats().orphan_replies == 20
     })
     .await;
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!(
         (s.timeouts, s.replies, s.disconnects, s.pending),
         (20, 4, 0, 0),
@@ -1646,7 +1641,7 @@ pub async fn fault_write_stall<A: Adapter>() {
     )
     .await;
     client.request(policies()).await.unwrap();
-    let mut sub = A::subscribe(&client);
+    let mut sub = client.subscribe();
     server.faults().set_stop_reading(true);
     let t = Instant::now();
     // 40 × 256 KiB = 10 MiB: more than the loopback socket buffers hold.
@@ -1675,7 +1670,7 @@ pub async fn fault_write_stall<A: Adapter>() {
     );
     server.faults().set_stop_reading(false);
     request_ok_eventually::<A>(&client, Duration::from_secs(5)).await;
-    let s = A::stats(&client);
+    let s = client.stats();
     eprintln!(
         "{}: write stall: {:?}, server {}",
         A::NAME,
@@ -1710,7 +1705,7 @@ pub async fn fault_close_against_frozen_server<A: Adapter>() {
         })
         .await;
         let t = Instant::now();
-        A::close(&client).await;
+        client.close().await;
         t.elapsed()
     };
     let (results, took) = join(join_all((0..4).map(|_| client.request(policies()))), closer).await;
@@ -1718,7 +1713,7 @@ pub async fn fault_close_against_frozen_server<A: Adapter>() {
         assert_eq!(r.unwrap_err(), ClientError::Closed);
     }
     assert!(took <= write_wait + MS(700), "close took {took:?}");
-    let s = A::stats(&client);
+    let s = client.stats();
     assert_eq!((s.pending, s.closed, s.open_connections), (0, 4, 0), "{s:?}");
     assert!(s.requests_conserved());
 }
@@ -1801,7 +1796,7 @@ pub async fn soak<A: Adapter>() {
         server.faults().clear();
         // Frozen connections stay frozen until detected; let the pool recover.
         must_wait::<A>(Duration::from_secs(5), "recovered", || {
-            A::stats(&client).open_connections == 4
+            client.stats().open_connections == 4
         })
         .await;
     })

@@ -3,10 +3,9 @@
 //!
 //! # Design
 //!
-//! - [`Adapter`] abstracts what differs between the adapters: the runtime (`block_on`,
-//!   `sleep`), `connect`, the inherent client methods (`stats`, `is_connected`, `close`, ...)
-//!   and the event subscription. Requests and sends go through the shared
-//!   [`UsageFlowApi`] trait, which both clients implement.
+//! - [`Adapter`] names what differs between the runtimes: the [`Runtime`] the one
+//!   [`Client`] runs on ([`ClientOf`]), `block_on` and `sleep`. Everything else is the
+//!   client's own API, the same on every runtime.
 //! - Every test body in [`bodies`] is an `async fn name<A: Adapter>()`. The
 //!   [`conformance!`] macro instantiates all of them for one adapter as plain `#[test]`s, each
 //!   run under [`run`] with a global time limit ([`TEST_TIMEOUT`]).
@@ -28,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{select, Either};
 use serde_json::json;
-pub use usageflow_socket_common::{ClientError, ClientEvent, ClientOptions, UsageFlowApi};
-pub use usageflow_socket_core::{
-    Availability, Config, ConfigBuilder, DialError, DisconnectReason, Event, Incoming, Outgoing,
-    RequestOptions, Stats,
+pub use usageflow_socket_client::{
+    Availability, Client, ClientError, ClientEvent, ClientOptions, Config, ConfigBuilder, DialError,
+    DisconnectReason, Event, Incoming, Outgoing, RecvError, RequestOptions, Runtime, Stats, Subscription,
+    UsageFlowApi,
 };
 use usageflow_socket_server::{ServerOptions, ServerThread};
 
@@ -44,48 +43,58 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The API key the test servers accept.
 pub const KEY: &str = "test-key-Secr3t-0123456789";
 
-/// What the suite needs from an adapter. Everything else goes through [`UsageFlowApi`].
-#[allow(async_fn_in_trait, reason = "test-only trait; bodies use concrete adapters")]
+/// What the suite needs beside the client: which [`Runtime`] it runs on, and how to run a
+/// future on it (it sleeps through the [`Runtime`] itself). Everything else is the one [`Client`], the same on every runtime.
 pub trait Adapter: 'static {
     /// For messages.
     const NAME: &'static str;
-    /// The adapter's client handle.
-    type Client: Clone + std::fmt::Debug + UsageFlowApi + 'static;
-    /// An event subscription.
-    type Subscription;
+    /// The client's runtime.
+    type Runtime: Runtime;
 
-    /// Runs a future to completion on this adapter's runtime.
+    /// Runs a future to completion on this runtime.
     fn block_on<F: Future>(f: F) -> F::Output;
-    /// `Client::connect`.
-    async fn connect(options: ClientOptions) -> Result<Self::Client, ClientError>;
-    /// `Client::start`.
-    fn start(options: ClientOptions) -> Result<Self::Client, ClientError>;
-    /// Sleeps on this adapter's timer.
-    async fn sleep(d: Duration);
-    /// `Client::stats`.
-    fn stats(client: &Self::Client) -> Stats;
-    /// `Client::is_connected`.
-    fn is_connected(client: &Self::Client) -> bool;
-    /// `Client::availability`.
-    fn availability(client: &Self::Client) -> Availability;
-    /// `Client::close`.
-    async fn close(client: &Self::Client);
-    /// `Client::subscribe`.
-    fn subscribe(client: &Self::Client) -> Self::Subscription;
-    /// The next event (`Ok`), or how many events the subscriber lost since its last receive
-    /// (`Err`, the adapter's lag report); `None` when the subscription ended.
-    async fn recv_event(sub: &mut Self::Subscription) -> Option<Result<ClientEvent, u64>>;
-    /// The next event, or `None` when the subscription ended. Lagging skips lost events.
-    async fn next_event(sub: &mut Self::Subscription) -> Option<ClientEvent> {
-        loop {
-            match Self::recv_event(sub).await? {
-                Ok(event) => return Some(event),
-                Err(_lost) => continue,
-            }
+
+    /// Sleeps on this runtime's timer (the client's own [`Runtime::sleep_until`]).
+    fn sleep(d: Duration) -> impl Future<Output = ()> {
+        let runtime = Self::Runtime::current().expect("a test body runs within its runtime");
+        let deadline = Instant::now() + d;
+        async move { runtime.sleep_until(deadline).await }
+    }
+}
+
+/// The client on `A`'s runtime.
+pub type ClientOf<A> = Client<<A as Adapter>::Runtime>;
+
+/// The next event (`Ok`), or how many events the subscriber lost since its last receive
+/// (`Err`); `None` when the subscription ended.
+pub async fn recv_event(sub: &mut Subscription) -> Option<Result<ClientEvent, u64>> {
+    match sub.recv().await {
+        Ok(event) => Some(Ok(event)),
+        Err(RecvError::Lagged(n)) => Some(Err(n)),
+        Err(RecvError::Closed) => None,
+    }
+}
+
+/// The next event, or `None` when the subscription ended. Lagging skips lost events.
+pub async fn next_event(sub: &mut Subscription) -> Option<ClientEvent> {
+    loop {
+        match recv_event(sub).await? {
+            Ok(event) => return Some(event),
+            Err(_lost) => continue,
         }
     }
-    /// The `User-Agent` the adapter sends.
-    fn user_agent() -> String;
+}
+
+/// The bytes an unsolicited frame is counted for in the event stream's budget (the client's
+/// own accounting): its payload's JSON text plus its type, ids, message and error.
+pub fn frame_bytes(frame: &Incoming) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    frame.kind.len()
+        + frame.payload.json().len()
+        + text(&frame.id)
+        + text(&frame.reply_to)
+        + text(&frame.message)
+        + text(&frame.error)
 }
 
 /// Runs one test body under [`TEST_TIMEOUT`], on the adapter's runtime.
@@ -154,21 +163,21 @@ pub async fn must_wait<A: Adapter>(limit: Duration, what: &str, pred: impl FnMut
 }
 
 /// Waits until the client has `n` open connections.
-pub async fn wait_open<A: Adapter>(client: &A::Client, n: u32, limit: Duration) {
+pub async fn wait_open<A: Adapter>(client: &ClientOf<A>, n: u32, limit: Duration) {
     must_wait::<A>(limit, &format!("{n} open connections"), || {
-        A::stats(client).open_connections == n
+        client.stats().open_connections == n
     })
     .await;
 }
 
 /// The next event for which `pred` holds, within `limit`.
 pub async fn wait_event<A: Adapter>(
-    sub: &mut A::Subscription,
+    sub: &mut Subscription,
     limit: Duration,
     mut pred: impl FnMut(&ClientEvent) -> bool,
 ) -> Option<ClientEvent> {
     timeout::<A, _>(limit, async {
-        while let Some(event) = A::next_event(sub).await {
+        while let Some(event) = next_event(sub).await {
             if pred(&event) {
                 return Some(event);
             }
@@ -225,8 +234,8 @@ pub fn options(builder: ConfigBuilder) -> ClientOptions {
 }
 
 /// Connects with `builder`'s config, panicking on an options error.
-pub async fn connect<A: Adapter>(builder: ConfigBuilder) -> A::Client {
-    A::connect(options(builder)).await.expect("connect")
+pub async fn connect<A: Adapter>(builder: ConfigBuilder) -> ClientOf<A> {
+    ClientOf::<A>::connect(options(builder)).await.expect("connect")
 }
 
 /// A non-idempotent request (no `allocationId`) that the server answers with success.
@@ -275,7 +284,6 @@ impl Outcomes {
             Err(ClientError::NotConnected) => self.not_connected += 1,
             Err(ClientError::Backpressure { .. }) => self.backpressure += 1,
             Err(ClientError::Closed) => self.closed += 1,
-            Err(ClientError::Cancelled) => self.cancelled += 1,
             Err(_) => self.other += 1,
         }
     }

@@ -1,43 +1,63 @@
 //! The pooled client's runs, on either runtime: `concurrency` tasks sharing one client, for
 //! requests (each timed) or fire-and-forget sends (the clock stops when they arrived). The
-//! workload is written once, over [`UsageFlowApi`] and the [`Adapter`] shim, which gives each
-//! runtime's client and the few runtime calls it needs (spawn and join tasks, sleep, yield).
+//! workload is written once, over the one `Client<A::Runtime>`; the [`Adapter`] shim only
+//! names the runtime and how a task yields there (spawning, joining and sleeping go through
+//! the [`Runtime`] itself).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use usageflow_socket_core::{Config, Stats};
-use usageflow_socket_tokio::{ClientError, UsageFlowApi};
+use usageflow_socket_client::{Client, Config, Runtime, UsageFlowApi};
 
 use crate::bench::measure::{within, Measured, RunCtx, Usage};
 use crate::bench::report::{latency, Errors};
 use crate::bench::workload::{request_message, send_message, Chunks, Workload};
 use crate::shared::error_kind;
 
-/// An adapter as the bench sees it: its client (requests and sends through [`UsageFlowApi`],
-/// beside connect, counters and close) and its runtime.
+/// A runtime as the bench sees it: which [`Runtime`] the client runs on, and how a task
+/// yields on it. Spawning, joining and sleeping go through the [`Runtime`] itself.
 pub(crate) trait Adapter: Send + Sync + 'static {
     /// The runtime's name in reports.
     const NAME: &'static str;
-    /// The pooled client.
-    type Client: UsageFlowApi + Clone + Send + Sync + 'static;
+    /// The client's runtime.
+    type Runtime: Runtime;
 
-    /// Starts a client and waits until every first dial settled.
-    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send;
-    /// The client's counters.
-    fn stats(client: &Self::Client) -> Stats;
-    /// Closes the client and waits until it stopped.
-    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send;
-    /// Spawns every task at once, then waits until all ended.
+    /// Lets the other ready tasks run, the executor's own way (it shapes the send workload).
+    fn yield_now() -> impl Future<Output = ()> + Send;
+
+    /// Spawns every task at once on the current runtime, then waits until all ended.
     fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
     where
-        F: Future<Output = ()> + Send + 'static;
-    /// Sleeps for `duration`.
-    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
-    /// Lets the other ready tasks run.
-    fn yield_now() -> impl Future<Output = ()> + Send;
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let runtime = Self::Runtime::current().expect("the bench runs within its runtime");
+        let ends: Vec<_> = tasks
+            .into_iter()
+            .map(|task| {
+                let (end, ended) = smol::channel::bounded::<()>(1);
+                runtime.spawn(async move {
+                    task.await;
+                    drop(end);
+                });
+                ended
+            })
+            .collect();
+        // A task's channel closes when it ends (`recv` fails then).
+        async move {
+            for ended in ends {
+                let _ = ended.recv().await;
+            }
+        }
+    }
+
+    /// Sleeps for `duration` on the current runtime's timer.
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
+        let runtime = Self::Runtime::current().expect("the bench runs within its runtime");
+        let deadline = Instant::now() + duration;
+        async move { runtime.sleep_until(deadline).await }
+    }
 }
 
 /// `usageflow-socket-tokio` on the bench's multi-threaded Tokio runtime.
@@ -45,34 +65,7 @@ pub(crate) struct Tokio;
 
 impl Adapter for Tokio {
     const NAME: &'static str = "tokio";
-    type Client = usageflow_socket_tokio::Client;
-
-    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send {
-        usageflow_socket_tokio::Client::connect(config)
-    }
-
-    fn stats(client: &Self::Client) -> Stats {
-        client.stats()
-    }
-
-    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send {
-        client.close()
-    }
-
-    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let mut set = tokio::task::JoinSet::new();
-        for task in tasks {
-            set.spawn(task);
-        }
-        async move { while set.join_next().await.is_some() {} }
-    }
-
-    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep(duration)
-    }
+    type Runtime = usageflow_socket_tokio::Tokio;
 
     fn yield_now() -> impl Future<Output = ()> + Send {
         tokio::task::yield_now()
@@ -84,35 +77,7 @@ pub(crate) struct Smol;
 
 impl Adapter for Smol {
     const NAME: &'static str = "smol";
-    type Client = usageflow_socket_smol::Client;
-
-    fn connect(config: Config) -> impl Future<Output = Result<Self::Client, ClientError>> + Send {
-        usageflow_socket_smol::Client::connect(config)
-    }
-
-    fn stats(client: &Self::Client) -> Stats {
-        client.stats()
-    }
-
-    fn close(client: &Self::Client) -> impl Future<Output = ()> + Send {
-        client.close()
-    }
-
-    fn join_all<F>(tasks: impl IntoIterator<Item = F>) -> impl Future<Output = ()> + Send
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let tasks: Vec<smol::Task<()>> = tasks.into_iter().map(smol::spawn).collect();
-        async move {
-            for task in tasks {
-                task.await;
-            }
-        }
-    }
-
-    async fn sleep(duration: Duration) {
-        smol::Timer::after(duration).await;
-    }
+    type Runtime = usageflow_socket_smol::Smol;
 
     fn yield_now() -> impl Future<Output = ()> + Send {
         smol::future::yield_now()
@@ -142,14 +107,14 @@ pub(crate) async fn measure_pooled<A: Adapter>(
         .pool_size(ctx.pool)
         .request_timeout(ctx.request_timeout)
         .build()?;
-    let client = A::connect(config).await?;
+    let client = Client::<A::Runtime>::connect(config).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while A::stats(&client).open_connections < u32::from(ctx.pool) {
+    while client.stats().open_connections < u32::from(ctx.pool) {
         if Instant::now() >= deadline {
-            A::close(&client).await;
+            client.close().await;
             return Err(format!(
                 "only {} of {} connections opened",
-                A::stats(&client).open_connections,
+                client.stats().open_connections,
                 ctx.pool
             )
             .into());
@@ -165,8 +130,8 @@ pub(crate) async fn measure_pooled<A: Adapter>(
     let elapsed = t0.elapsed();
     let after = Usage::now();
     progress.finish();
-    let stats = A::stats(&client);
-    A::close(&client).await;
+    let stats = client.stats();
+    client.close().await;
     Ok(Measured {
         before,
         after,
@@ -197,7 +162,7 @@ impl Tickets {
 }
 
 /// The pooled workload: `concurrency` tasks on one client until `requests` operations.
-async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
+async fn pooled<A: Adapter>(client: &Client<A::Runtime>, ctx: &RunCtx<'_>) {
     let tickets = Arc::new(Tickets {
         total: ctx.requests,
         issued: AtomicU64::new(0),
@@ -220,7 +185,7 @@ async fn pooled<A: Adapter>(client: &A::Client, ctx: &RunCtx<'_>) {
                     server.counters().fire_and_forget_total().saturating_sub(base) >= accepted
                 }
                 _ => {
-                    let s = A::stats(client).sends;
+                    let s = client.stats().sends;
                     s.queued + s.unflushed == 0
                 }
             };
@@ -250,7 +215,7 @@ const SEND_LATENCY_SAMPLE: u64 = 16;
 /// One task of the send mode: sends that never wait, timing one `send()` call in
 /// [`SEND_LATENCY_SAMPLE`]. Its counts reach the shared counters once every 64 sends, when it
 /// pauses anyway.
-async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
+async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>) {
     let mut chunks = Chunks::new(&tickets.issued, tickets.total);
     let mut n: u64 = 0;
     let mut accepted: u64 = 0;
@@ -277,7 +242,7 @@ async fn send_task<A: Adapter>(client: A::Client, tickets: Arc<Tickets>) {
             tickets.done.fetch_add(64, Relaxed);
             accepted = 0;
             loop {
-                let s = A::stats(&client).sends;
+                let s = client.stats().sends;
                 if s.queued + s.unflushed < SEND_BACKLOG {
                     break;
                 }

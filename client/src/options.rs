@@ -1,4 +1,4 @@
-//! [`ClientOptions`]: the core [`Config`] plus what only an adapter needs (TLS roots, seed,
+//! [`ClientOptions`]: the core [`Config`] plus what only the client needs (TLS roots, seed,
 //! the event stream's byte budget).
 
 use rustls_pki_types::CertificateDer;
@@ -6,7 +6,7 @@ use usageflow_socket_core::Config;
 
 use crate::events::DEFAULT_MAX_UNSOLICITED_BYTES;
 
-/// Everything a client needs: the pool's [`Config`] and the adapter-level options.
+/// Everything a client needs: the pool's [`Config`] and the client-level options.
 ///
 /// Build one with [`ClientOptions::builder`], or convert a [`Config`] with `From` to take the
 /// defaults (webpki roots, random seed, 4 MiB of unsolicited frames held for subscribers).

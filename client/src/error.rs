@@ -60,9 +60,6 @@ pub enum ClientError {
         /// The HTTP status of the latest refusal.
         status: u16,
     },
-    /// The request was cancelled before its reply.
-    #[error("UsageFlow unavailable: request cancelled")]
-    Cancelled,
     /// The server answered with an error (`error` set, or `type` `"error"`). The whole reply
     /// is kept; [`ClientError::denial_text`] gives its text.
     #[error("denied by UsageFlow: {}", .0.denial_text())]
@@ -92,8 +89,7 @@ impl ClientError {
             | ClientError::ConnectionLost(_)
             | ClientError::Closed
             | ClientError::Backpressure { .. }
-            | ClientError::OutboxFull(_)
-            | ClientError::Cancelled => ErrorClass::Unavailable,
+            | ClientError::OutboxFull(_) => ErrorClass::Unavailable,
         }
     }
 
@@ -156,7 +152,9 @@ impl From<RequestFailure> for ClientError {
         match f {
             RequestFailure::Timeout => ClientError::Timeout,
             RequestFailure::ConnectionLost(reason) => ClientError::ConnectionLost(reason),
-            RequestFailure::Cancelled => ClientError::Cancelled,
+            // Only a dropped request future cancels, and the driver drops its waiter first:
+            // no caller ever sees this outcome. Were one to, the request was given up on.
+            RequestFailure::Cancelled => ClientError::Closed,
             RequestFailure::Closed => ClientError::Closed,
             #[allow(unreachable_patterns)]
             _ => ClientError::Timeout,
@@ -245,10 +243,6 @@ mod tests {
         assert_eq!(
             ClientError::from_outcome(Outcome::Denied(no.clone())),
             Err(ClientError::Denied(Box::new(no)))
-        );
-        assert_eq!(
-            ClientError::from_outcome(Outcome::Failed(RequestFailure::Cancelled)),
-            Err(ClientError::Cancelled)
         );
     }
 }

@@ -1,7 +1,7 @@
-//! The per-connection loops, written once over `futures` traits so both adapters run the same
-//! code: [`run_connection`] (dial, then read) and [`run_writer`]. An adapter provides the
-//! channels ([`ReportSink`], [`WriteQueue`]) and the dial future; these loops hold no timers:
-//! every deadline belongs to the core.
+//! The per-connection loops, written once over `futures` traits: [`run_connection`] (dial,
+//! then read) and [`run_writer`]. The client provides the channels ([`ReportSink`],
+//! [`WriteQueue`]) and the dial future; these loops hold no timers: every deadline belongs to
+//! the core.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,11 +20,11 @@ use crate::handshake::{close_frame_reason, close_reason};
 
 /// Most writes fed before a flush, even while more are queued, so a busy connection still
 /// reports progress (and clears the core's write deadline) regularly.
-pub const MAX_WRITES_PER_FLUSH: u64 = 256;
+pub(crate) const MAX_WRITES_PER_FLUSH: u64 = 256;
 
 /// A command for a connection's writer task.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteCommand {
+pub(crate) enum WriteCommand {
     /// Write this text frame (an encoded JSON message).
     Text {
         /// The frame.
@@ -44,7 +44,7 @@ pub enum WriteCommand {
 /// success carries the connection's writer handle and a text frame comes already decoded,
 /// plus the end of a graceful close.
 #[derive(Debug)]
-pub enum Report<W> {
+pub(crate) enum Report<W> {
     /// The dial finished; `writer` is the handle of the spawned writer task.
     Connected {
         /// The connection.
@@ -71,7 +71,7 @@ pub enum Report<W> {
 
 /// The sending side of the driver's report channel. It should be bounded: a reader that
 /// outpaces the driver then waits, and TCP pushes back on the server.
-pub trait ReportSink<W>: Send {
+pub(crate) trait ReportSink<W>: Send {
     /// Delivers a report; `false` when the driver is gone (the task should end).
     fn report(&mut self, report: Report<W>) -> impl Future<Output = bool> + Send;
 
@@ -93,7 +93,7 @@ pub trait ReportSink<W>: Send {
 }
 
 /// The receiving side of a writer's command channel.
-pub trait WriteQueue: Send {
+pub(crate) trait WriteQueue: Send {
     /// The next command; `None` when the connection handle was dropped.
     fn recv(&mut self) -> impl Future<Output = Option<WriteCommand>> + Send;
     /// The next command if one is queued now.
@@ -104,7 +104,7 @@ pub trait WriteQueue: Send {
 /// hands the sink to `spawn_writer`, reports [`Report::Connected`] with the writer handle, and
 /// then reads until the stream ends (see [`run_reader`]). The report of `Connected` precedes
 /// every report of the reader, because both go through the same channel from this task.
-pub async fn run_connection<D, Si, St, W, Sp, R>(
+pub(crate) async fn run_connection<D, Si, St, W, Sp, R>(
     conn: ConnId,
     dial: D,
     max_frame_size: usize,
@@ -137,7 +137,7 @@ pub async fn run_connection<D, Si, St, W, Sp, R>(
 /// connection ends, the reader reports the writer's last count before the end itself, so
 /// writes that did reach the socket are never counted as lost because two tasks raced.
 #[derive(Debug, Clone, Default)]
-pub struct FlushedWrites(Arc<AtomicU64>);
+pub(crate) struct FlushedWrites(Arc<AtomicU64>);
 
 impl FlushedWrites {
     fn set(&self, writes: u64) {
@@ -150,7 +150,7 @@ impl FlushedWrites {
 }
 
 /// Most frames a reader hands the driver in one report batch (one lock).
-pub const MAX_FRAMES_PER_BATCH: usize = 64;
+pub(crate) const MAX_FRAMES_PER_BATCH: usize = 64;
 
 /// Reads frames and reports them. Every frame the socket has already delivered (up to
 /// [`MAX_FRAMES_PER_BATCH`]) is decoded and handed over in one batch, so a burst of replies
@@ -159,7 +159,7 @@ pub const MAX_FRAMES_PER_BATCH: usize = 64;
 /// frame, read error or end of stream is reported once as `Input::Closed`, preceded by the
 /// writer's final `Input::Flushed` count; after a close frame the loop keeps reading so
 /// tungstenite can finish the close handshake.
-pub async fn run_reader<St, W, R>(
+pub(crate) async fn run_reader<St, W, R>(
     conn: ConnId,
     mut stream: St,
     max_frame_size: usize,
@@ -309,8 +309,9 @@ impl Future for YieldOnce {
 /// write) the writer yields to the executor, up to `max_yields` times while the queue stays
 /// empty, before flushing, so frames queued by other tasks in the meantime share the
 /// syscall; a lone write (light load) is flushed at once, keeping latency minimal. The
-/// budget is the adapter's, because it depends on what a yield costs on its executor.
-pub async fn run_writer<Si, Q, W, R>(
+/// budget is the runtime's ([`Runtime::writer_yields`](crate::Runtime::writer_yields)),
+/// because it depends on what a yield costs on its executor.
+pub(crate) async fn run_writer<Si, Q, W, R>(
     conn: ConnId,
     mut sink: Si,
     mut queue: Q,
@@ -393,20 +394,20 @@ pub async fn run_writer<Si, Q, W, R>(
 /// dropped" guard. The closure typically locks the driver, calls [`crate::Driver::cancel`]
 /// and wakes the driver task.
 #[must_use = "the guard cancels on drop; keep it alive while the request waits"]
-pub struct CancelOnDrop<F: FnOnce()> {
+pub(crate) struct CancelOnDrop<F: FnOnce()> {
     on_drop: Option<F>,
 }
 
 impl<F: FnOnce()> CancelOnDrop<F> {
     /// A guard that runs `on_drop` unless [`CancelOnDrop::disarm`] is called first.
-    pub fn new(on_drop: F) -> Self {
+    pub(crate) fn new(on_drop: F) -> Self {
         Self {
             on_drop: Some(on_drop),
         }
     }
 
     /// The request completed: do nothing on drop.
-    pub fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.on_drop = None;
     }
 }

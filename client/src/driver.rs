@@ -1,15 +1,16 @@
-//! The runtime-independent driver: the [`Pool`] plus everything an adapter keeps beside it
+//! The runtime-independent driver: the [`Pool`] plus everything the client keeps beside it
 //! (request waiters, the dial/reader task and writer of every connection, event subscribers),
 //! and the one place where every [`Output`] is carried out.
 //!
-//! An adapter supplies a [`Runtime`] (its oneshot sender, task handles, writer channel,
-//! broadcast sender and a way to spawn a dial) and keeps the driver in a `Mutex`. Every
+//! The driver reaches the outside world through [`Effects`] (the live implementation spawns
+//! dials on the client's [`Runtime`](crate::Runtime); the tests record what is asked) and
+//! lives in a `Mutex` in [`Shared`](crate::shared::Shared). Every
 //! method of [`Driver`] that changes state drains the pool's outputs before it returns, as
 //! the core's contract requires, so the lock holder has always done all the work, except
 //! handing outcomes to their waiters: those wait in [`Driver::swap_completed`] until the
-//! lock is released, so waking a caller never lengthens the lock. The
-//! adapter's driver task only feeds [`Report`]s, sleeps until [`Driver::poll_timeout`] and
-//! calls [`Driver::handle_timeout`].
+//! lock is released, so waking a caller never lengthens the lock. Connection tasks
+//! hand their [`Report`]s straight to the driver under its lock; the driver task only sleeps
+//! until [`Driver::poll_timeout`] and calls [`Driver::handle_timeout`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -43,9 +44,11 @@ pub enum ClientEvent {
     Stopped,
 }
 
-/// The runtime's dialect: the handful of operations the driver needs from an async runtime.
-/// Every method is called with the driver's lock held, so none may block or await.
-pub trait Runtime {
+/// What the driver does to the outside world: hand outcomes over, spawn and abort connection
+/// tasks, queue writes, publish events. Every method is called with the driver's lock held,
+/// so none may block or await. (Outcomes are handed to their waiters after the lock is
+/// released: see [`Driver::swap_completed`].)
+pub(crate) trait Effects {
     /// The sending half of a request's oneshot channel.
     type Waiter;
     /// Handle of a connection's task (dial, then read). Aborting it drops the socket.
@@ -53,9 +56,6 @@ pub trait Runtime {
     /// Handle of a connection's writer task (its command channel and abort handle).
     type Writer;
 
-    /// Hands `outcome` to a waiting request (ignore a waiter that is gone). Called without
-    /// the driver's lock (see [`Driver::swap_completed`]), so it may wake another thread.
-    fn complete(waiter: Self::Waiter, outcome: Outcome);
     /// Spawns the task of `conn`: dial, report [`Report::Connected`] (with a spawned writer)
     /// or `Input::ConnectFailed`, then read (see [`crate::io::run_connection`]).
     fn dial(&mut self, conn: ConnId) -> Self::Task;
@@ -70,13 +70,13 @@ pub trait Runtime {
     fn publish(&mut self, event: ClientEvent);
 }
 
-struct Link<R: Runtime> {
+struct Link<R: Effects> {
     task: R::Task,
     writer: R::Writer,
 }
 
-/// The pool and the adapter state beside it. See the [module docs](self).
-pub struct Driver<R: Runtime> {
+/// The pool and the client state beside it. See the [module docs](self).
+pub(crate) struct Driver<R: Effects> {
     pool: Pool,
     rt: R,
     waiters: HashMap<RequestId, R::Waiter, RequestIdBuildHasher>,
@@ -98,9 +98,9 @@ pub struct Driver<R: Runtime> {
     skips: SkipLimiter,
 }
 
-impl<R: Runtime> Driver<R> {
+impl<R: Effects> Driver<R> {
     /// A driver over `pool` (not yet connected: call [`Driver::connect`]).
-    pub fn new(pool: Pool, rt: R) -> Self {
+    pub(crate) fn new(pool: Pool, rt: R) -> Self {
         let config = pool.config();
         let first_dials = (0..config.pool_size()).collect();
         Self {
@@ -120,39 +120,40 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// The pool, for its getters.
-    pub fn pool(&self) -> &Pool {
+    pub(crate) fn pool(&self) -> &Pool {
         &self.pool
     }
 
     /// The runtime.
-    pub fn runtime(&self) -> &R {
+    #[cfg(test)]
+    pub(crate) fn runtime(&self) -> &R {
         &self.rt
     }
 
     /// Whether a connection is open.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.pool.is_connected()
     }
 
     /// The pool's counters.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         self.pool.stats()
     }
 
     /// The pool's availability.
-    pub fn availability(&self) -> Availability {
+    pub(crate) fn availability(&self) -> Availability {
         self.pool.availability()
     }
 
     /// Arms every slot.
-    pub fn connect(&mut self, now: Instant) {
+    pub(crate) fn connect(&mut self, now: Instant) {
         self.pool.connect(now);
         self.drain(now);
     }
 
     /// Starts a request; `waiter` receives its outcome exactly once (unless the request is
     /// cancelled through [`Driver::cancel`], which drops the waiter).
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         now: Instant,
         request: impl Into<EncodedRequest>,
@@ -171,7 +172,12 @@ impl<R: Runtime> Driver<R> {
     /// Sends a fire-and-forget message of type `kind` already encoded ([`frame::encode`]).
     ///
     /// [`frame::encode`]: usageflow_socket_core::frame::encode
-    pub fn send_encoded(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
+    pub(crate) fn send_encoded(
+        &mut self,
+        now: Instant,
+        kind: &str,
+        frame: String,
+    ) -> Result<(), SendRefusal> {
         let result = self.pool.send_encoded(now, kind, frame);
         self.drain(now);
         result
@@ -179,7 +185,7 @@ impl<R: Runtime> Driver<R> {
 
     /// Cancels a request whose caller went away; its waiter is dropped. Returns whether it
     /// was still pending.
-    pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
+    pub(crate) fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
         self.waiters.remove(&id);
         let pending = self.pool.cancel(now, id);
         self.drain(now);
@@ -188,7 +194,7 @@ impl<R: Runtime> Driver<R> {
 
     /// Closes the pool (idempotent). The driver stops once every request ended and every
     /// connection finished closing; see [`Driver::is_stopped`].
-    pub fn close(&mut self, now: Instant) {
+    pub(crate) fn close(&mut self, now: Instant) {
         self.pool.close(now);
         self.drain(now);
     }
@@ -196,7 +202,7 @@ impl<R: Runtime> Driver<R> {
     /// Feeds one report of a connection's task or writer. Reports about a connection the
     /// pool already let go (after its `Disconnect`) are dropped here, so the pool hears
     /// nothing more about it.
-    pub fn handle_report(&mut self, now: Instant, report: Report<R::Writer>) {
+    pub(crate) fn handle_report(&mut self, now: Instant, report: Report<R::Writer>) {
         match report {
             Report::Connected { conn, writer } => match self.dialing.remove(&conn) {
                 Some(task) => {
@@ -244,7 +250,7 @@ impl<R: Runtime> Driver<R> {
 
     /// Handles the passing of [`Driver::poll_timeout`] (spurious calls do nothing), and logs
     /// the summary of the frames skipped since the last warning once its window has passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
         }
@@ -255,7 +261,7 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// The pool's next deadline; `None` once stopped.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
         }
@@ -263,7 +269,7 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Records and returns the deadline the driver task is about to sleep until.
-    pub fn arm(&mut self) -> Option<Instant> {
+    pub(crate) fn arm(&mut self) -> Option<Instant> {
         self.settled_seen = self.first_dials_settled();
         self.armed = self.poll_timeout();
         self.armed
@@ -272,7 +278,7 @@ impl<R: Runtime> Driver<R> {
     /// Whether the driver task must be woken after an application command: the next deadline
     /// moved before the one it sleeps until, the last first dial settled (so `connect` is
     /// told at once), or the pool is closing and the task must notice when it is done.
-    pub fn needs_wake(&self) -> bool {
+    pub(crate) fn needs_wake(&self) -> bool {
         if self.stopped {
             return false;
         }
@@ -292,14 +298,14 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Whether every slot's first dial has settled (connected or failed).
-    pub fn first_dials_settled(&self) -> bool {
+    pub(crate) fn first_dials_settled(&self) -> bool {
         self.first_dials.is_empty() || self.stopped
     }
 
     /// Stops the driver if the pool is closed and nothing is left to do: every request
     /// ended and every connection finished closing. Returns whether it is stopped; the
     /// driver task ends then.
-    pub fn check_stopped(&mut self) -> bool {
+    pub(crate) fn check_stopped(&mut self) -> bool {
         if self.stopped {
             return true;
         }
@@ -322,18 +328,18 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Whether the driver stopped (the client is closed and everything finished).
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.stopped
     }
 
     /// Moves the outcomes completed since the last call into `into` (which must be empty),
     /// handing the driver `into`'s allocation for the next ones. The lock holder hands them
-    /// over with [`Runtime::complete`] after releasing the lock: that may wake the caller's
+    /// over after releasing the lock: that may wake the caller's
     /// task on another thread, which should not happen while every other task waits for the
     /// lock. A reader that passes the same buffer batch after batch completes its replies
     /// without allocating, and without the buffer growing (and moving every outcome) each
     /// time, as a fresh one would.
-    pub fn swap_completed(&mut self, into: &mut Vec<(R::Waiter, Outcome)>) {
+    pub(crate) fn swap_completed(&mut self, into: &mut Vec<(R::Waiter, Outcome)>) {
         debug_assert!(into.is_empty());
         if !self.completed.is_empty() {
             std::mem::swap(&mut self.completed, into);
@@ -470,7 +476,7 @@ fn log_skip_summary(summary: &SkipSummary) {
 /// [`Event::FrameSkipped`] is logged at WARN each time here; the [`Driver`] does not call this
 /// for it but rate-limits its own warnings (the first of a flood, then one summary with the
 /// count every 10 s).
-pub fn log_event(event: &Event) {
+pub(crate) fn log_event(event: &Event) {
     match event {
         Event::Connected { conn } => info!(%conn, "usageflow-socket: connected"),
         Event::ConnectFailed { conn, error } => match error {
@@ -534,11 +540,10 @@ mod tests {
         next_task: u32,
     }
 
-    impl Runtime for Fake {
+    impl Effects for Fake {
         type Waiter = u32;
         type Task = u32;
         type Writer = u32;
-        fn complete(_: u32, _: Outcome) {}
         fn dial(&mut self, conn: ConnId) -> u32 {
             self.dials.push(conn);
             self.next_task += 1;

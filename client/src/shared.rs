@@ -1,23 +1,26 @@
-//! [`Shared`]: the state every client handle, request guard and driver task of an adapter
-//! shares — the [`Driver`] behind a lock, plus the adapter's [`Signals`] — and the client
-//! operations written once over it. An adapter's `Client` methods are one-line calls into
-//! this module; connection tasks hand their reports straight to the driver through
-//! [`DirectReports`] (no hop through another task); the driver task only calls
-//! [`Shared::turn`] and sleeps until the next deadline or a wake-up.
+//! [`Shared`]: the state every client handle, request guard and driver task of a client
+//! shares — the [`Driver`] behind a lock, plus its [`Signals`] — and the client operations
+//! over it. `Client`'s methods are one-line calls into this module; connection tasks hand
+//! their reports straight to the driver through [`DirectReports`] (no hop through another
+//! task); the driver task ([`drive`]) only calls [`Shared::turn`] and sleeps until the next
+//! deadline or a wake-up.
 
-use std::fmt;
-use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Instant;
 
+use futures_channel::oneshot;
 use usageflow_socket_core::{
-    frame, redact_url, Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions,
-    SendError, Stats,
+    frame, Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions, SendError, Stats,
 };
 
+use crate::driver::Driver;
+use crate::events::EventSubscriber;
 use crate::io::{CancelOnDrop, Report, ReportSink};
-use crate::{ClientError, ClientOptions, Driver, Runtime};
+use crate::live::{Live, LiveWriter, Waiter};
+use crate::{ClientError, ClientOptions, Runtime};
 
 /// Most events the event stream holds for a subscriber; a subscriber that falls further
 /// behind loses the oldest events (and is told how many). The unsolicited frames among them
@@ -26,42 +29,90 @@ pub const EVENT_CAPACITY: usize = 1024;
 
 /// What the driver task tells the waiters of `connect` and `close`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DriverState {
+pub(crate) struct DriverState {
     /// Every slot's first dial settled.
     pub settled: bool,
     /// The driver stopped (closed, or its task ended).
     pub stopped: bool,
 }
 
-/// The adapter's wake-ups: how application commands wake the driver task, and how the driver
-/// task tells `connect` and `close` where it is. Called without the driver's lock held.
-pub trait Signals: Send + Sync {
+/// The client's wake-ups: how application commands wake the driver task, and how the driver
+/// task tells `connect` and `close` where it is; plus the event stream's subscriber side.
+/// Runtime-neutral (`async-channel`, `event-listener`). Used without the driver's lock held.
+pub(crate) struct Signals {
+    /// The driver task's wake-up: a full channel already holds one.
+    wake: async_channel::Sender<()>,
+    woken: async_channel::Receiver<()>,
+    state: Mutex<DriverState>,
+    changed: event_listener::Event,
+    /// The event stream, for `Client::subscribe`.
+    pub(crate) events: EventSubscriber,
+}
+
+impl Signals {
+    /// The signals over the event channel's `events`.
+    pub(crate) fn new(events: EventSubscriber) -> Self {
+        let (wake, woken) = async_channel::bounded(1);
+        Self {
+            wake,
+            woken,
+            state: Mutex::new(DriverState::default()),
+            changed: event_listener::Event::new(),
+            events,
+        }
+    }
+
     /// Wakes the driver task; a wake-up given while it is busy is kept for its next wait.
-    fn wake(&self);
+    pub(crate) fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
     /// Publishes the driver's state (waking the waiters when it changed).
-    fn publish(&self, state: DriverState);
+    pub(crate) fn publish(&self, state: DriverState) {
+        let mut current = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != state {
+            *current = state;
+            self.changed.notify(usize::MAX);
+        }
+    }
+
+    fn state(&self) -> DriverState {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits until the published state satisfies `pred`.
-    fn wait_for(&self, pred: fn(&DriverState) -> bool) -> impl Future<Output = ()> + Send;
+    pub(crate) async fn wait_for(&self, pred: fn(&DriverState) -> bool) {
+        loop {
+            if pred(&self.state()) {
+                return;
+            }
+            let listener = self.changed.listen();
+            if pred(&self.state()) {
+                return;
+            }
+            listener.await;
+        }
+    }
 }
 
 /// What the driver task does after a [`Shared::turn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Turn {
+pub(crate) enum Turn {
     /// Sleep until this deadline (or forever, `None`), or until a report or a wake-up.
     Sleep(Option<Instant>),
     /// The driver stopped: the task ends.
     Stop,
 }
 
-/// The driver behind its lock, and the adapter's signals. See the [module docs](self).
-pub struct Shared<R: Runtime, S> {
-    driver: Mutex<Driver<R>>,
-    signals: S,
+/// The driver behind its lock, and the client's signals. See the [module docs](self).
+pub(crate) struct Shared<R: Runtime> {
+    driver: Mutex<Driver<Live<R>>>,
+    signals: Signals,
 }
 
-impl<R: Runtime, S: Signals> Shared<R, S> {
-    /// Builds the pool of `options` (with its seed) over `runtime`.
-    pub fn new(options: &ClientOptions, runtime: R, signals: S) -> Self {
+impl<R: Runtime> Shared<R> {
+    /// Builds the pool of `options` (with its seed) over the live effects `live`.
+    pub(crate) fn new(options: &ClientOptions, live: Live<R>, signals: Signals) -> Self {
         let config = options.config();
         tracing::debug!(
             url = ?config.url_redacted(),
@@ -70,13 +121,13 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
         );
         let pool = Pool::new(config.clone(), options.resolve_seed(), Instant::now());
         Self {
-            driver: Mutex::new(Driver::new(pool, runtime)),
+            driver: Mutex::new(Driver::new(pool, live)),
             signals,
         }
     }
 
-    /// The adapter's signals.
-    pub fn signals(&self) -> &S {
+    /// The client's signals.
+    pub(crate) fn signals(&self) -> &Signals {
         &self.signals
     }
 
@@ -84,14 +135,14 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     /// make every later call panic too. For reading: calls that change the driver go through
     /// [`Shared::command`] or [`Shared::turn`], which hand completed outcomes to their waiters
     /// after unlocking.
-    pub fn lock(&self) -> MutexGuard<'_, Driver<R>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<Live<R>>> {
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs an application command on the driver, hands the outcomes it completed to their
     /// waiters once the lock is released, then wakes the driver task if the command moved the
     /// next deadline earlier (or closed the pool).
-    pub fn command<T>(&self, f: impl FnOnce(&mut Driver<R>, Instant) -> T) -> T {
+    pub(crate) fn command<T>(&self, f: impl FnOnce(&mut Driver<Live<R>>, Instant) -> T) -> T {
         self.command_with(&mut Vec::new(), f)
     }
 
@@ -99,8 +150,8 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     /// handed over in; it is left empty, with its allocation, for the next call.
     fn command_with<T>(
         &self,
-        completed: &mut Vec<(R::Waiter, Outcome)>,
-        f: impl FnOnce(&mut Driver<R>, Instant) -> T,
+        completed: &mut Vec<(Waiter, Outcome)>,
+        f: impl FnOnce(&mut Driver<Live<R>>, Instant) -> T,
     ) -> T {
         // The clock is read before the lock, to keep the lock short; a `now` a little older
         // than one another holder already gave the pool is taken as that one.
@@ -111,7 +162,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
             driver.swap_completed(completed);
             (result, driver.needs_wake())
         };
-        complete_all::<R>(completed.drain(..));
+        complete_all(completed.drain(..));
         if wake {
             self.signals.wake();
         }
@@ -120,7 +171,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
 
     /// The driver task's turn: handles a passed deadline (trusting the clock, not the sleep),
     /// stops the driver if everything is done, publishes its state, and arms the next deadline.
-    pub fn turn(&self) -> Turn {
+    pub(crate) fn turn(&self) -> Turn {
         let (state, deadline, completed) = {
             let mut driver = self.lock();
             let now = Instant::now();
@@ -133,7 +184,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
             driver.swap_completed(&mut completed);
             (DriverState { settled, stopped }, driver.arm(), completed)
         };
-        complete_all::<R>(completed);
+        complete_all(completed);
         self.signals.publish(state);
         if state.stopped {
             Turn::Stop
@@ -144,7 +195,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
 
     /// Feeds one report of a connection's task, waking the driver task when the report moved
     /// the next deadline earlier. Returns false once the driver stopped.
-    pub fn handle_report(&self, report: Report<R::Writer>) -> bool {
+    pub(crate) fn handle_report(&self, report: Report<LiveWriter>) -> bool {
         self.command(|driver, now| {
             driver.handle_report(now, report);
             !driver.is_stopped()
@@ -154,10 +205,10 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     /// Feeds a batch of reports of one connection (in order) under one lock, leaving `batch`
     /// empty; the replies it completes are handed over in `completed` (see
     /// [`Driver::swap_completed`]). Returns false once the driver stopped.
-    pub fn handle_reports(
+    pub(crate) fn handle_reports(
         &self,
-        batch: &mut Vec<Report<R::Writer>>,
-        completed: &mut Vec<(R::Waiter, Outcome)>,
+        batch: &mut Vec<Report<LiveWriter>>,
+        completed: &mut Vec<(Waiter, Outcome)>,
     ) -> bool {
         self.command_with(completed, |driver, now| {
             for report in batch.drain(..) {
@@ -168,19 +219,19 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     }
 
     /// Arms every slot (the first dials).
-    pub fn connect(&self) {
+    pub(crate) fn connect(&self) {
         self.command(|driver, now| driver.connect(now));
     }
 
     /// Waits until every first dial settled (or the driver stopped).
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         self.signals.wait_for(|s| s.settled || s.stopped).await;
     }
 
     /// Waits until every first dial settled, as [`Shared::settled`]; when every one of them
     /// was refused because of the API key (401/403), closes the pool (the caller gets no
     /// handle, so nothing may keep running) and fails with [`ClientError::Rejected`].
-    pub async fn settled_or_rejected(&self) -> Result<(), ClientError> {
+    pub(crate) async fn settled_or_rejected(&self) -> Result<(), ClientError> {
         self.settled().await;
         let rejection = self.lock().pool().rejection();
         match rejection {
@@ -192,16 +243,15 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
         }
     }
 
-    /// Starts a request whose outcome goes to `waiter` and comes back through `outcome`
-    /// (the two ends of a oneshot channel), and waits for it. Dropping the future cancels
-    /// the request; a closed channel (the driver stopped) is [`ClientError::Closed`].
-    pub async fn request<E>(
+    /// Starts a request and waits for its outcome (through a oneshot channel). Dropping the
+    /// future cancels the request; a closed channel (the driver stopped) is
+    /// [`ClientError::Closed`].
+    pub(crate) async fn request(
         &self,
         message: Outgoing,
         options: RequestOptions,
-        waiter: R::Waiter,
-        outcome: impl Future<Output = Result<Outcome, E>>,
     ) -> Result<Incoming, ClientError> {
+        let (waiter, outcome) = oneshot::channel();
         // Encoding is the costliest part of a request: do it before taking the lock.
         let request = EncodedRequest::new(&message);
         // The frame is all the request needs from here: free the message now rather than
@@ -222,7 +272,7 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     }
 
     /// Sends a fire-and-forget message.
-    pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+    pub(crate) fn send(&self, message: Outgoing) -> Result<(), ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
         let frame = frame::encode(&message, None);
         self.command(|driver, now| driver.send_encoded(now, &message.kind, frame))
@@ -230,41 +280,42 @@ impl<R: Runtime, S: Signals> Shared<R, S> {
     }
 
     /// Whether at least one connection is open.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.lock().is_connected()
     }
 
     /// Whether the pool was closed (it may still be finishing).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.lock().pool().is_closing()
     }
 
     /// The pool's counters.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         self.lock().stats()
     }
 
     /// The pool's availability.
-    pub fn availability(&self) -> Availability {
+    pub(crate) fn availability(&self) -> Availability {
         self.lock().availability()
     }
 
     /// Closes the pool without waiting.
-    pub fn close_now(&self) {
+    pub(crate) fn close_now(&self) {
         self.command(|driver, now| driver.close(now));
     }
 
     /// Closes the pool and waits until the driver stopped.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.close_now();
         self.signals.wait_for(|s| s.stopped).await;
     }
 }
 
 /// Hands outcomes to their waiters (without the driver's lock).
-fn complete_all<R: Runtime>(completed: impl IntoIterator<Item = (R::Waiter, Outcome)>) {
+fn complete_all(completed: impl IntoIterator<Item = (Waiter, Outcome)>) {
     for (waiter, outcome) in completed {
-        R::complete(waiter, outcome);
+        // The caller may have gone (its future was dropped after the outcome was drawn).
+        let _ = waiter.send(outcome);
     }
 }
 
@@ -273,14 +324,14 @@ fn complete_all<R: Runtime>(completed: impl IntoIterator<Item = (R::Waiter, Outc
 /// handles a frame, which is what pushes back on a fast server. Holds the shared state weakly,
 /// so the tasks never keep a dropped client alive, and keeps the buffer its batches' replies
 /// are completed through (see [`Shared::handle_reports`]).
-pub struct DirectReports<R: Runtime, S> {
-    shared: Weak<Shared<R, S>>,
-    completed: Vec<(R::Waiter, Outcome)>,
+pub(crate) struct DirectReports<R: Runtime> {
+    shared: Weak<Shared<R>>,
+    completed: Vec<(Waiter, Outcome)>,
 }
 
-impl<R: Runtime, S> DirectReports<R, S> {
+impl<R: Runtime> DirectReports<R> {
     /// A sink into `shared`'s driver.
-    pub fn new(shared: Weak<Shared<R, S>>) -> Self {
+    pub(crate) fn new(shared: Weak<Shared<R>>) -> Self {
         Self {
             shared,
             completed: Vec::new(),
@@ -288,18 +339,14 @@ impl<R: Runtime, S> DirectReports<R, S> {
     }
 }
 
-impl<R: Runtime, S> Clone for DirectReports<R, S> {
+impl<R: Runtime> Clone for DirectReports<R> {
     fn clone(&self) -> Self {
         Self::new(Weak::clone(&self.shared))
     }
 }
 
-impl<R: Runtime, S: Signals> ReportSink<R::Writer> for DirectReports<R, S>
-where
-    Shared<R, S>: Send + Sync,
-    R::Waiter: Send,
-{
-    fn report(&mut self, report: Report<R::Writer>) -> impl Future<Output = bool> + Send {
+impl<R: Runtime> ReportSink<LiveWriter> for DirectReports<R> {
+    fn report(&mut self, report: Report<LiveWriter>) -> impl Future<Output = bool> + Send {
         let alive = match self.shared.upgrade() {
             Some(shared) => shared.handle_report(report),
             None => false,
@@ -307,10 +354,7 @@ where
         std::future::ready(alive)
     }
 
-    fn report_all(&mut self, batch: &mut Vec<Report<R::Writer>>) -> impl Future<Output = bool> + Send
-    where
-        R::Writer: Send,
-    {
+    fn report_all(&mut self, batch: &mut Vec<Report<LiveWriter>>) -> impl Future<Output = bool> + Send {
         let alive = match self.shared.upgrade() {
             Some(shared) => shared.handle_reports(batch, &mut self.completed),
             None => {
@@ -322,90 +366,50 @@ where
     }
 }
 
-/// An adapter's `Client`: a cheap `Clone` handle on the shared state that closes the pool
-/// when the last handle goes away, with the slot this handle's requests lean to
-/// ([`RequestOptions::affinity`]). Each handle leans to the next slot (the first to slot 0),
-/// so tasks that each keep a clone spread over the pool, one connection each while it is
-/// balanced.
-pub struct ClientHandle<R: Runtime, S: Signals> {
-    inner: Arc<HandleInner<R, S>>,
-    affinity: u32,
-}
-
-/// What every handle of one client shares.
-struct HandleInner<R: Runtime, S: Signals> {
-    shared: Arc<Shared<R, S>>,
-    /// The client's URL with its credentials redacted, for `Debug`.
-    url: String,
-    /// The next handle's slot.
-    affinities: AtomicU32,
-}
-
-impl<R: Runtime, S: Signals> ClientHandle<R, S> {
-    /// The first handle on `shared`, for a client of `url` (its `Debug` shows `url` with its
-    /// credentials redacted).
-    pub fn new(shared: Arc<Shared<R, S>>, url: &str) -> Self {
-        let inner = HandleInner {
-            shared,
-            url: redact_url(url),
-            affinities: AtomicU32::new(0),
-        };
-        Self::on(Arc::new(inner))
-    }
-
-    /// A new handle on `inner`, leaning to the next slot.
-    fn on(inner: Arc<HandleInner<R, S>>) -> Self {
-        let affinity = inner.affinities.fetch_add(1, Relaxed);
-        Self { inner, affinity }
-    }
-
-    /// The shared state.
-    pub fn shared(&self) -> &Arc<Shared<R, S>> {
-        &self.inner.shared
-    }
-
-    /// [`Shared::request`], leaning to this handle's slot unless `options` name one.
-    pub async fn request<E>(
-        &self,
-        message: Outgoing,
-        mut options: RequestOptions,
-        waiter: R::Waiter,
-        outcome: impl Future<Output = Result<Outcome, E>>,
-    ) -> Result<Incoming, ClientError> {
-        options.affinity.get_or_insert(self.affinity);
-        self.shared().request(message, options, waiter, outcome).await
-    }
-}
-
-impl<R: Runtime, S: Signals> Clone for ClientHandle<R, S> {
-    fn clone(&self) -> Self {
-        Self::on(Arc::clone(&self.inner))
-    }
-}
-
-impl<R: Runtime, S: Signals> Drop for HandleInner<R, S> {
-    fn drop(&mut self) {
-        self.shared.close_now();
-    }
-}
-
-impl<R: Runtime, S: Signals> fmt::Debug for ClientHandle<R, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("url", &self.inner.url)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Marks the driver stopped however its task ends (even by a panic), so `close` never hangs.
 /// The driver task holds one for its whole life.
-pub struct StopOnExit<R: Runtime, S: Signals>(pub Arc<Shared<R, S>>);
+pub(crate) struct StopOnExit<R: Runtime>(pub(crate) Arc<Shared<R>>);
 
-impl<R: Runtime, S: Signals> Drop for StopOnExit<R, S> {
+impl<R: Runtime> Drop for StopOnExit<R> {
     fn drop(&mut self) {
         self.0.signals.publish(DriverState {
             settled: true,
             stopped: true,
         });
+    }
+}
+
+/// The driver task: sleeps until the next deadline (the runtime's one timer, created anew only
+/// when the deadline moves) or a wake-up, and handles timeouts; ends when the client is closed
+/// and everything finished. Connection tasks feed their reports directly ([`DirectReports`]),
+/// so this task is off the request path.
+pub(crate) async fn drive<R: Runtime>(shared: Arc<Shared<R>>, runtime: Arc<R>) {
+    let _stop = StopOnExit(Arc::clone(&shared));
+    let mut sleep = pin!(None);
+    let mut armed: Option<Instant> = None;
+    loop {
+        let Turn::Sleep(deadline) = shared.turn() else {
+            return;
+        };
+        // A new timer only when the deadline changed (or the old one already fired).
+        if deadline != armed || (sleep.is_none() && deadline.is_some()) {
+            armed = deadline;
+            sleep.set(deadline.map(|at| runtime.sleep_until(at)));
+        }
+        let mut woken = pin!(shared.signals().woken.recv());
+        // Biased: wake-ups first, then the timer.
+        let fired = poll_fn(|cx| {
+            if woken.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            match sleep.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(true),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        if fired {
+            sleep.set(None);
+        }
     }
 }

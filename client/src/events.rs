@@ -1,4 +1,4 @@
-//! The client's event stream, written once for both adapters: an `async-broadcast` channel
+//! The client's event stream: an `async-broadcast` channel
 //! bounded in events ([`EVENT_CAPACITY`]) and in the bytes of the unsolicited frames it holds
 //! ([`ClientOptions::max_unsolicited_bytes`]).
 //!
@@ -8,9 +8,8 @@
 //! the bytes of the unsolicited frames still in the channel and, before a frame would take
 //! them over the budget, drops the oldest events for every subscriber, as the channel does
 //! when it holds [`EVENT_CAPACITY`] events. Either way a subscriber that missed events is told
-//! how many on its next receive (`RecvError::Overflowed(n)` of `async-broadcast`;
-//! `RecvError::Lagged(n)` on the Tokio adapter's subscription), then receives the oldest
-//! event still held.
+//! how many on its next receive ([`RecvError::Lagged`](crate::RecvError::Lagged)), then
+//! receives the oldest event still held.
 //!
 //! The accounting adds nothing notable to a publish: an event with no subscriber goes
 //! nowhere, and the channel's length is read only when the bytes counted since the last
@@ -34,7 +33,7 @@ pub const DEFAULT_MAX_UNSOLICITED_BYTES: usize = 4 << 20;
 
 /// The bytes an unsolicited frame is counted for: its payload's JSON text plus its type, ids,
 /// message and error.
-pub fn frame_bytes(frame: &Incoming) -> usize {
+pub(crate) fn frame_bytes(frame: &Incoming) -> usize {
     let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     frame.kind.len()
         + frame.payload.json().len()
@@ -46,14 +45,14 @@ pub fn frame_bytes(frame: &Incoming) -> usize {
 
 /// The event channel of a client with `options`: the publisher (for the driver's runtime) and
 /// the subscriber (for `Client::subscribe`).
-pub fn channel(options: &ClientOptions) -> (EventPublisher, EventSubscriber) {
+pub(crate) fn channel(options: &ClientOptions) -> (EventPublisher, EventSubscriber) {
     EventPublisher::with_budget(options.max_unsolicited_bytes())
 }
 
 /// The sending end of the event channel, owned by the driver's runtime. See the
 /// [module docs](self).
 #[derive(Debug)]
-pub struct EventPublisher {
+pub(crate) struct EventPublisher {
     sender: Sender<ClientEvent>,
     /// Most bytes of unsolicited frames the channel may hold (plus the one being published).
     budget: usize,
@@ -68,7 +67,7 @@ pub struct EventPublisher {
 
 impl EventPublisher {
     /// A channel whose unsolicited frames hold at most `budget` bytes (plus one frame).
-    pub fn with_budget(budget: usize) -> (Self, EventSubscriber) {
+    pub(crate) fn with_budget(budget: usize) -> (Self, EventSubscriber) {
         let (mut sender, receiver) = async_broadcast::broadcast(EVENT_CAPACITY);
         // A subscriber that falls behind loses the oldest events (and is told how many).
         sender.set_overflow(true);
@@ -88,7 +87,7 @@ impl EventPublisher {
 
     /// Broadcasts `event` to the current subscribers (none is fine). An unsolicited frame that
     /// would take the channel over its byte budget first drops the oldest events.
-    pub fn publish(&mut self, event: ClientEvent) {
+    pub(crate) fn publish(&mut self, event: ClientEvent) {
         let bytes = match &event {
             ClientEvent::Unsolicited { frame, .. } => frame_bytes(frame).max(1),
             _ => 0,
@@ -108,7 +107,8 @@ impl EventPublisher {
 
     /// The bytes of the unsolicited frames the channel holds now (not yet received by every
     /// subscriber).
-    pub fn held_bytes(&mut self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&mut self) -> usize {
         self.forget_received();
         self.held
     }
@@ -157,13 +157,13 @@ impl EventPublisher {
 
 /// What subscribes to the event channel; keeps it open while nobody does.
 #[derive(Clone)]
-pub struct EventSubscriber {
+pub(crate) struct EventSubscriber {
     inactive: InactiveReceiver<ClientEvent>,
 }
 
 impl EventSubscriber {
     /// A new subscription: it receives the events published from now on.
-    pub fn subscribe(&self) -> Receiver<ClientEvent> {
+    pub(crate) fn subscribe(&self) -> Receiver<ClientEvent> {
         self.inactive.activate_cloned()
     }
 }

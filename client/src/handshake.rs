@@ -1,8 +1,17 @@
-//! Dial helpers: the upgrade request, the TLS and WebSocket configurations, and the mapping of
+//! The dial (TCP on the runtime, TLS, WebSocket upgrade) and its helpers: the upgrade request, the TLS and WebSocket configurations, and the mapping of
 //! tungstenite errors to the core's [`DialError`] and [`CloseReason`].
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+
+use async_tungstenite::{WebSocketReceiver, WebSocketSender};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_rustls::client::TlsStream;
+use futures_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
 
 use rustls::{ClientConfig, RootCertStore};
 use tungstenite::client::IntoClientRequest;
@@ -11,78 +20,136 @@ use tungstenite::http::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use tungstenite::protocol::WebSocketConfig;
 use usageflow_socket_core::{CloseReason, Config, DialError};
 
-use crate::{ClientError, ClientOptions};
+use crate::{ClientError, ClientOptions, Runtime};
 
 /// The header that carries the API key (PROTOCOL.md).
-pub const API_KEY_HEADER: &str = "x-usage-key";
-
-/// The `User-Agent` of an adapter: `crate/version`, for example
-/// `user_agent(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))`.
-pub fn user_agent(crate_name: &str, version: &str) -> String {
-    format!("{crate_name}/{version}")
-}
+pub(crate) const API_KEY_HEADER: &str = "x-usage-key";
 
 /// Where to open the TCP connection for a dial.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DialTarget {
+pub(crate) struct DialTarget {
     /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
+    pub(crate) host: String,
     /// Port (the URL's, or 80 for `ws`, 443 for `wss`).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Whether the URL is `wss://` (TLS).
-    pub tls: bool,
+    pub(crate) tls: bool,
 }
 
-/// What every dial of a client needs, built once: the pool configuration, the runtime's TLS
-/// connector `C` (made from [`tls_client_config`]), the WebSocket limits and the `User-Agent`.
-pub struct DialContext<C> {
+/// What every dial of a client needs, built once: the pool configuration, the TLS connector
+/// (made from [`tls_client_config`]), the WebSocket limits and the `User-Agent`.
+pub(crate) struct DialContext {
     config: Config,
-    tls: C,
+    tls: TlsConnector,
     websocket: WebSocketConfig,
-    user_agent: String,
+    user_agent: &'static str,
 }
 
-impl<C: Clone> DialContext<C> {
+impl DialContext {
     /// The pool configuration it dials for.
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Builds the context of `options`; `connector` wraps the rustls configuration in the
-    /// runtime's TLS connector. Fails on unusable TLS options.
-    pub fn new(
-        options: &ClientOptions,
-        user_agent: String,
-        connector: impl FnOnce(Arc<ClientConfig>) -> C,
-    ) -> Result<Self, ClientError> {
+    /// Builds the context of `options`. Fails on unusable TLS options.
+    pub(crate) fn new(options: &ClientOptions, user_agent: &'static str) -> Result<Self, ClientError> {
         let config = options.config().clone();
         Ok(Self {
-            tls: connector(tls_client_config(options)?),
+            tls: TlsConnector::from(tls_client_config(options)?),
             websocket: websocket_config(&config),
             config,
             user_agent,
         })
     }
 
-    /// The WebSocket configuration of every connection.
-    pub fn websocket(&self) -> WebSocketConfig {
-        self.websocket
+    /// TCP connect (on `runtime`), TLS for `wss://`, WebSocket upgrade; the socket's two
+    /// halves. No timeout here: the core's handshake deadline aborts the dial's task.
+    pub(crate) async fn dial<R: Runtime>(&self, runtime: &R) -> Result<Socket<R::Tcp>, DialError> {
+        let request = upgrade_request(&self.config, self.user_agent)?;
+        let target = dial_target(&request)?;
+        let tcp = runtime
+            .connect(&target.host, target.port)
+            .await
+            .map_err(|e| connect_error(&target, &e))?;
+        let stream = if target.tls {
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|e| DialError::Network(format!("invalid TLS server name {:?}: {e}", target.host)))?;
+            let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+                DialError::Network(format!(
+                    "TLS handshake with {}:{} failed: {e}",
+                    target.host, target.port
+                ))
+            })?;
+            MaybeTls::Tls(Box::new(tls))
+        } else {
+            MaybeTls::Plain(tcp)
+        };
+        let (socket, _response) =
+            async_tungstenite::client_async_with_config(request, stream, Some(self.websocket))
+                .await
+                .map_err(dial_error)?;
+        Ok(socket.split())
+    }
+}
+
+/// A connection's two halves (they share the stream under a lock of their own).
+pub(crate) type Socket<S> = (WebSocketSender<MaybeTls<S>>, WebSocketReceiver<MaybeTls<S>>);
+
+/// A TCP stream, or TLS over it for `wss://`.
+pub(crate) enum MaybeTls<S> {
+    /// `ws://`.
+    Plain(S),
+    /// `wss://`.
+    Tls(Box<TlsStream<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
-    /// A fresh upgrade request (see [`upgrade_request`]), its TCP target, and the TLS
-    /// connector when the URL is `wss://`.
-    pub fn prepare(&self) -> Result<(Request, DialTarget, Option<C>), DialError> {
-        let request = upgrade_request(&self.config, &self.user_agent)?;
-        let target = dial_target(&request)?;
-        let connector = target.tls.then(|| self.tls.clone());
-        Ok((request, target, connector))
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_close(cx),
+            MaybeTls::Tls(s) => Pin::new(s).poll_close(cx),
+        }
     }
 }
 
 /// Builds the upgrade request for `config.url()` with the `x-usage-key` header (marked
 /// sensitive, so `http` never prints it) and `User-Agent: <user_agent>`. A fresh request per
 /// dial: it carries a new `Sec-WebSocket-Key`.
-pub fn upgrade_request(config: &Config, user_agent: &str) -> Result<Request, DialError> {
+pub(crate) fn upgrade_request(config: &Config, user_agent: &str) -> Result<Request, DialError> {
     let mut request = config
         .url()
         .into_client_request()
@@ -100,7 +167,7 @@ pub fn upgrade_request(config: &Config, user_agent: &str) -> Result<Request, Dia
 }
 
 /// The TCP target of an upgrade request.
-pub fn dial_target(request: &Request) -> Result<DialTarget, DialError> {
+pub(crate) fn dial_target(request: &Request) -> Result<DialTarget, DialError> {
     let uri = request.uri();
     let tls = match uri.scheme_str() {
         Some("wss") => true,
@@ -120,7 +187,7 @@ pub fn dial_target(request: &Request) -> Result<DialTarget, DialError> {
 /// The rustls client configuration for `wss://`: built explicitly on the `ring` provider (never
 /// a process-wide default provider, which may be absent), trusting the webpki roots (if
 /// enabled) and the options' extra roots.
-pub fn tls_client_config(options: &ClientOptions) -> Result<Arc<ClientConfig>, ClientError> {
+pub(crate) fn tls_client_config(options: &ClientOptions) -> Result<Arc<ClientConfig>, ClientError> {
     let mut roots = RootCertStore::empty();
     if options.webpki_roots() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -148,14 +215,14 @@ pub fn tls_client_config(options: &ClientOptions) -> Result<Arc<ClientConfig>, C
 /// before every socket read, so its default (128 KiB) costs a 128 KiB memset per read; our
 /// frames are small JSON objects, and 16 KiB still takes about a hundred replies per read.
 /// Larger frames grow the buffer as they need.
-pub const READ_BUFFER_SIZE: usize = 16 << 10;
+pub(crate) const READ_BUFFER_SIZE: usize = 16 << 10;
 
 /// The WebSocket configuration: incoming frames and messages are bounded at twice
 /// `max_frame_size` (at least 64 KiB). Frames a little over the limit still reach the core,
 /// which skips and counts them while the connection stays up; far larger ones cannot exhaust
 /// memory (tungstenite fails the read and the connection is replaced). The read buffer is
 /// [`READ_BUFFER_SIZE`].
-pub fn websocket_config(config: &Config) -> WebSocketConfig {
+pub(crate) fn websocket_config(config: &Config) -> WebSocketConfig {
     let limit = config.max_frame_size().saturating_mul(2).max(64 << 10);
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_SIZE)
@@ -167,7 +234,7 @@ pub fn websocket_config(config: &Config) -> WebSocketConfig {
 /// any other non-101 answer is [`DialError::HttpStatus`] (429 and 5xx: unavailable for now),
 /// carrying the server's `Retry-After` read against the system clock now; anything else is
 /// [`DialError::Network`]. Texts never include request headers.
-pub fn dial_error(error: tungstenite::Error) -> DialError {
+pub(crate) fn dial_error(error: tungstenite::Error) -> DialError {
     match error {
         tungstenite::Error::Http(response) => {
             let status = response.status().as_u16();
@@ -190,7 +257,7 @@ pub fn dial_error(error: tungstenite::Error) -> DialError {
 /// Reads a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP date taken
 /// against `now` (a date in the past is no delay). `None` when it is neither. The pool bounds
 /// the delay by its backoff cap.
-pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Absurdly long digit strings saturate rather than fail: the cap bounds them anyway.
@@ -201,7 +268,7 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// Maps a TCP connect failure.
-pub fn connect_error(target: &DialTarget, error: &std::io::Error) -> DialError {
+pub(crate) fn connect_error(target: &DialTarget, error: &std::io::Error) -> DialError {
     DialError::Network(format!(
         "TCP connect to {}:{} failed: {error}",
         target.host, target.port
@@ -209,7 +276,7 @@ pub fn connect_error(target: &DialTarget, error: &std::io::Error) -> DialError {
 }
 
 /// Maps a read error to how the connection ended.
-pub fn close_reason(error: tungstenite::Error) -> CloseReason {
+pub(crate) fn close_reason(error: tungstenite::Error) -> CloseReason {
     use tungstenite::error::ProtocolError;
     match error {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => CloseReason::Eof,
@@ -220,7 +287,7 @@ pub fn close_reason(error: tungstenite::Error) -> CloseReason {
 }
 
 /// Maps a received close frame (`None`: a close frame without a status, code 1005).
-pub fn close_frame_reason(frame: Option<tungstenite::protocol::CloseFrame>) -> CloseReason {
+pub(crate) fn close_frame_reason(frame: Option<tungstenite::protocol::CloseFrame>) -> CloseReason {
     match frame {
         Some(frame) => CloseReason::Frame {
             code: frame.code.into(),

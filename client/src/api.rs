@@ -1,5 +1,5 @@
 //! [`UsageFlowApi`]: typed helpers for every message type of PROTOCOL.md, provided over two
-//! required methods, so each adapter gets them by implementing `request_with` and `send`.
+//! required methods (`request_with` and `send`), which the `Client` implements on every runtime.
 
 use std::future::Future;
 

@@ -1,0 +1,107 @@
+//! [`Live`]: the driver's [`Effects`] on a real [`Runtime`] — connection tasks spawned on it
+//! (aborted through `futures` [`AbortHandle`]s), writers fed through `async-channel`, waiters
+//! completed through `futures-channel` oneshots, events published on the event stream.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use futures_channel::oneshot;
+use futures_util::future::{AbortHandle, Abortable};
+use usageflow_socket_core::{ConnId, Outcome};
+
+use crate::driver::{ClientEvent, Effects};
+use crate::events::EventPublisher;
+use crate::handshake::{DialContext, MaybeTls};
+use crate::io::{run_connection, run_writer, FlushedWrites, WriteCommand, WriteQueue};
+use crate::shared::{DirectReports, Shared};
+use crate::Runtime;
+
+/// The sending half of a request's oneshot channel.
+pub(crate) type Waiter = oneshot::Sender<Outcome>;
+
+/// A connection's writer: its command channel and its task.
+pub(crate) struct LiveWriter {
+    // Unbounded is safe here only because the core bounds what it hands one connection:
+    // at most `max_unflushed_writes` Transmit/Ping outputs are outstanding (not yet reported
+    // flushed) per connection, so this queue never holds more than that plus a close.
+    commands: async_channel::Sender<WriteCommand>,
+    task: AbortHandle,
+}
+
+/// The driver's effects on the runtime `R`.
+pub(crate) struct Live<R: Runtime> {
+    pub(crate) runtime: Arc<R>,
+    pub(crate) dial: Arc<DialContext>,
+    pub(crate) shared: Weak<Shared<R>>,
+    pub(crate) events: EventPublisher,
+}
+
+/// Spawns `task` on `runtime`, cancelled by the returned handle (at its next poll: the
+/// handle wakes it).
+pub(crate) fn spawn_abortable<R: Runtime>(
+    runtime: &R,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> AbortHandle {
+    let (handle, registration) = AbortHandle::new_pair();
+    runtime.spawn(async move {
+        let _ = Abortable::new(task, registration).await;
+    });
+    handle
+}
+
+struct Queue(async_channel::Receiver<WriteCommand>);
+
+impl WriteQueue for Queue {
+    async fn recv(&mut self) -> Option<WriteCommand> {
+        self.0.recv().await.ok()
+    }
+
+    fn try_recv(&mut self) -> Option<WriteCommand> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl<R: Runtime> Effects for Live<R> {
+    type Waiter = Waiter;
+    type Task = AbortHandle;
+    type Writer = LiveWriter;
+
+    fn dial(&mut self, conn: ConnId) -> AbortHandle {
+        let ctx = Arc::clone(&self.dial);
+        let runtime = Arc::clone(&self.runtime);
+        let reports = DirectReports::new(Weak::clone(&self.shared));
+        spawn_abortable(&*self.runtime, async move {
+            let writer_reports = reports.clone();
+            let yields = runtime.writer_yields();
+            let spawner = Arc::clone(&runtime);
+            let spawn_writer = move |conn: ConnId,
+                                     sink: async_tungstenite::WebSocketSender<MaybeTls<R::Tcp>>,
+                                     flushed: FlushedWrites| {
+                let (commands, queue) = async_channel::unbounded();
+                let task = spawn_abortable(
+                    &*spawner,
+                    run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields),
+                );
+                LiveWriter { commands, task }
+            };
+            let max_frame_size = ctx.config().max_frame_size();
+            run_connection(conn, ctx.dial(&*runtime), max_frame_size, spawn_writer, reports).await;
+        })
+    }
+
+    fn abort(&mut self, task: AbortHandle) {
+        task.abort();
+    }
+
+    fn write(&mut self, writer: &LiveWriter, command: WriteCommand) -> bool {
+        writer.commands.try_send(command).is_ok()
+    }
+
+    fn abort_writer(&mut self, writer: LiveWriter) {
+        writer.task.abort();
+    }
+
+    fn publish(&mut self, event: ClientEvent) {
+        self.events.publish(event);
+    }
+}
