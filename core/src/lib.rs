@@ -64,17 +64,25 @@
 
 mod backoff;
 pub mod config;
+mod error;
+mod event;
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod io;
+mod input;
 pub mod messages;
+mod output;
 mod pool;
+mod request;
 pub mod sim;
 pub mod stats;
 
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
+pub use error::{RequestError, RequestFailure, SendError, SendRefusal};
+pub use event::{Availability, DisconnectReason, DropReason, Event};
 pub use frame::{EncodedRequest, FrameError, Incoming, Outgoing, Payload};
-pub use io::*;
+pub use input::{CloseReason, DialError, Input};
+pub use output::{Outcome, Output};
 pub use pool::{Pool, AVAILABILITY_HOLD};
+pub use request::{ConnId, RequestId, RequestIdBuildHasher, RequestIdHasher, RequestOptions, SlotState};
 pub use stats::{SendStats, Stats};

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::Pool;
-use crate::io::{Availability, Event, Outcome, Output, RequestFailure};
+use crate::{Availability, Event, Outcome, Output, RequestFailure};
 
 /// Weight of one completion in the moving timeout ratio.
 pub(super) const TIMEOUT_EWMA_ALPHA: f64 = 0.05;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::slot::{conn_id, Phase};
 use super::Pool;
-use crate::io::{DisconnectReason, DropReason, Event, Output, RequestFailure};
+use crate::{DisconnectReason, DropReason, Event, Output, RequestFailure};
 
 impl Pool {
     /// The body of [`Pool::close`], called once.

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::Pool;
-use crate::io::{Outcome, RequestFailure};
 use crate::stats::{SendStats, Stats};
+use crate::{Outcome, RequestFailure};
 
 #[derive(Debug, Default)]
 pub(super) struct Counters {

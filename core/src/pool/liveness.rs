@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::slot::{conn_id, Conn};
 use super::Pool;
-use crate::io::{ConnId, DisconnectReason, Output};
+use crate::{ConnId, DisconnectReason, Output};
 
 impl Conn {
     /// Issues one write on this connection of `slot`: a frame, or a ping when `frame` is

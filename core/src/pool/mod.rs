@@ -21,11 +21,11 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::frame::{self, EncodedRequest, FrameError, Incoming, Outgoing};
-use crate::io::{
+use crate::stats::Stats;
+use crate::{
     Availability, ConnId, DisconnectReason, Input, Outcome, Output, RequestError, RequestFailure, RequestId,
     RequestIdBuildHasher, RequestOptions, SendError, SendRefusal, SlotState,
 };
-use crate::stats::Stats;
 
 mod availability;
 mod close;

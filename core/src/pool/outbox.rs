@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::select::select;
 use super::slot::Conn;
 use super::Pool;
-use crate::io::{DropReason, Event, Output, SendRefusal};
 use crate::stats::SendStats;
+use crate::{DropReason, Event, Output, SendRefusal};
 
 /// Distinct message types tracked separately in send counters; the rest share one bucket
 /// (named [`OTHER_KIND`]), so at most this many plus one sets of counters exist.

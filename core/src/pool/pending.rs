@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::select::select;
 use super::Pool;
 use crate::frame::{EncodedRequest, FrameError, Incoming};
-use crate::io::{
+use crate::{
     ConnId, DisconnectReason, Event, Outcome, Output, RequestError, RequestFailure, RequestId, RequestOptions,
 };
 

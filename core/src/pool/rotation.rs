@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::slot::{backoff_delay, conn_id, Conn, Phase};
 use super::Pool;
-use crate::io::{ConnId, DialError, Event, Output};
+use crate::{ConnId, DialError, Event, Output};
 
 impl Pool {
     /// Starts the replacement of the open connection of `slot` when its age is up and none

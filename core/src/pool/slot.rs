@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::Pool;
 use crate::backoff::{jittered_delay, nominal_delay};
 use crate::config::Config;
-use crate::io::{ConnId, DialError, DisconnectReason, Event, Output, SlotState};
+use crate::{ConnId, DialError, DisconnectReason, Event, Output, SlotState};
 
 /// One open (or retiring) WebSocket.
 #[derive(Debug)]

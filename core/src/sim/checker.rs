@@ -10,9 +10,12 @@ use uuid::Uuid;
 use crate::backoff::nominal_delay;
 use crate::config::Config;
 use crate::frame::{self, Outgoing};
-use crate::io::*;
 use crate::pool::{Pool, AVAILABILITY_HOLD};
 use crate::stats::{SendStats, Stats};
+use crate::{
+    Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, Outcome, Output,
+    RequestError, RequestFailure, RequestId, RequestOptions, SendError, SlotState,
+};
 
 /// Mirrors the pool's bound on distinct message types in send counters.
 const MAX_TRACKED_KINDS: usize = 64;
