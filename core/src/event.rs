@@ -28,9 +28,6 @@ pub enum DisconnectReason {
     /// A write did not complete within the write wait.
     #[error("write did not complete within the write deadline")]
     WriteTimeout,
-    /// The dial did not finish within the handshake timeout.
-    #[error("handshake did not finish within the handshake timeout")]
-    HandshakeTimeout,
     /// The pool is closing.
     #[error("the pool is closing")]
     PoolClosing,
