@@ -7,7 +7,7 @@
 //! I/O, spawns nothing, never reads the clock and never touches OS randomness: the caller
 //! passes the current time and a seed, feeds I/O results in and carries actions out. That is
 //! what lets the same core run on Tokio, on smol, on a plain thread, in a deterministic
-//! simulation ([`sim`]) and under a fuzzer.
+//! simulation (the `sim` module, behind the `sim` feature) and under a fuzzer.
 //!
 //! # The contract
 //!
@@ -74,6 +74,7 @@ pub mod messages;
 mod output;
 mod pool;
 mod request;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stats;
 

@@ -39,6 +39,11 @@ mod select;
 mod slot;
 
 pub use availability::AVAILABILITY_HOLD;
+// The simulation's checker mirrors these bounds: it takes them from here, so they cannot drift.
+#[cfg(any(test, feature = "sim"))]
+pub(crate) use outbox::{MAX_TRACKED_KINDS, OTHER_KIND};
+#[cfg(any(test, feature = "sim"))]
+pub(crate) use pending::MAX_TIMEOUT;
 
 use counters::Counters;
 use deadlines::Deadlines;

@@ -12,9 +12,9 @@ use crate::{DropReason, Event, Output, SendRefusal};
 
 /// Distinct message types tracked separately in send counters; the rest share one bucket
 /// (named [`OTHER_KIND`]), so at most this many plus one sets of counters exist.
-pub(super) const MAX_TRACKED_KINDS: usize = 64;
+pub(crate) const MAX_TRACKED_KINDS: usize = 64;
 /// The name of the shared bucket of message types past [`MAX_TRACKED_KINDS`].
-pub(super) const OTHER_KIND: &str = "*other*";
+pub(crate) const OTHER_KIND: &str = "*other*";
 
 /// A message waiting in the outbox.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Requests whose timeout would overflow `Instant` are capped at this.
-pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// A request waiting for its outcome.
 #[derive(Debug)]
