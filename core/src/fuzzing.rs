@@ -16,9 +16,12 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::frame::{self, FrameError, Outgoing};
-use crate::io::*;
 use crate::sim::{Call, Checker};
 use crate::Pool;
+use crate::{
+    CloseReason, ConnId, DialError, Input, Outcome, Output, RequestError, RequestFailure, RequestId,
+    RequestOptions, SendError,
+};
 
 /// The default maximum frame size, used by [`frame_decode`] unless the input picks a small one.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;

@@ -7,7 +7,7 @@
 //! I/O, spawns nothing, never reads the clock and never touches OS randomness: the caller
 //! passes the current time and a seed, feeds I/O results in and carries actions out. That is
 //! what lets the same core run on Tokio, on smol, on a plain thread, in a deterministic
-//! simulation ([`sim`]) and under a fuzzer.
+//! simulation (the `sim` module, behind the `sim` feature) and under a fuzzer.
 //!
 //! # The contract
 //!
@@ -64,17 +64,26 @@
 
 mod backoff;
 pub mod config;
+mod error;
+mod event;
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod io;
+mod input;
 pub mod messages;
+mod output;
 mod pool;
+mod request;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stats;
 
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
+pub use error::{RequestError, RequestFailure, SendError, SendRefusal};
+pub use event::{Availability, DisconnectReason, DropReason, Event};
 pub use frame::{EncodedRequest, FrameError, Incoming, Outgoing, Payload};
-pub use io::*;
+pub use input::{CloseReason, DialError, Input};
+pub use output::{Outcome, Output};
 pub use pool::{Pool, AVAILABILITY_HOLD};
+pub use request::{ConnId, RequestId, RequestIdBuildHasher, RequestIdHasher, RequestOptions, SlotState};
 pub use stats::{SendStats, Stats};

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
-use crate::io::RequestId;
+use crate::RequestId;
 
 /// Slack before the FIFO is compacted: small queues are never worth a pass.
 const COMPACT_SLACK: usize = 64;

@@ -7,8 +7,11 @@ use serde_json::json;
 use super::AVAILABILITY_HOLD;
 use crate::config::{Config, ConfigBuilder};
 use crate::frame::Outgoing;
-use crate::io::*;
 use crate::Pool;
+use crate::{
+    Availability, CloseReason, ConnId, DialError, DisconnectReason, DropReason, Event, Input, Outcome,
+    Output, RequestError, RequestFailure, RequestId, RequestOptions, SendError, SlotState,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -10,15 +10,13 @@ use uuid::Uuid;
 use crate::backoff::nominal_delay;
 use crate::config::Config;
 use crate::frame::{self, Outgoing};
-use crate::io::*;
-use crate::pool::{Pool, AVAILABILITY_HOLD};
+// The pool's own bounds, so the shadow model cannot drift from them.
+use crate::pool::{Pool, AVAILABILITY_HOLD, MAX_TIMEOUT, MAX_TRACKED_KINDS, OTHER_KIND};
 use crate::stats::{SendStats, Stats};
-
-/// Mirrors the pool's bound on distinct message types in send counters.
-const MAX_TRACKED_KINDS: usize = 64;
-const OTHER_KIND: &str = "*other*";
-/// Mirrors the pool's cap on request timeouts.
-const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+use crate::{
+    Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, Outcome, Output,
+    RequestError, RequestFailure, RequestId, RequestOptions, SendError, SlotState,
+};
 
 /// One call made on the pool, with its immediate result: what [`Checker::observe_call`] needs
 /// to know about a step.

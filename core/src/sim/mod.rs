@@ -127,9 +127,11 @@ pub use checker::{Call, Checker, Violation};
 pub use knobs::Knobs;
 
 use crate::frame::{self, Outgoing};
-use crate::io::*;
 use crate::pool::Pool;
 use crate::stats::Stats;
+use crate::{
+    CloseReason, ConnId, DialError, Event, Input, Outcome, Output, RequestId, RequestOptions, SlotState,
+};
 
 /// Most steps one run may take.
 pub const MAX_STEPS: u64 = 2_000_000;

@@ -1,0 +1,93 @@
+//! Why a request or a send did not go as asked: [`RequestError`] and [`SendError`] (refused
+//! at once), [`SendRefusal`], and [`RequestFailure`] (failed later, without an answer).
+
+use thiserror::Error;
+
+use crate::event::DisconnectReason;
+use crate::frame::Outgoing;
+#[cfg(doc)]
+use crate::Event;
+
+/// Why a request failed without an answer from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RequestFailure {
+    /// No reply within the request's timeout.
+    #[error("no reply within the request timeout")]
+    Timeout,
+    /// The request's connection died before the reply came.
+    #[error("connection lost before the reply: {0}")]
+    ConnectionLost(DisconnectReason),
+    /// The caller cancelled it.
+    #[error("request cancelled")]
+    Cancelled,
+    /// The pool closed before the reply came.
+    #[error("client closed before the reply")]
+    Closed,
+}
+
+/// Why `request` refused at once. Nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No connection is open. Resting slots were re-armed (at most once per backoff cap).
+    #[error("not connected: no open connection in the pool")]
+    NotConnected,
+    /// Every open connection is at its in-flight cap.
+    #[error("backpressure: every open connection has {max_in_flight} requests in flight")]
+    Backpressure {
+        /// The configured cap.
+        max_in_flight: u32,
+    },
+    /// The pool is closed.
+    #[error("client closed")]
+    Closed,
+    /// No connection is open because the server refused the API key on every slot's most
+    /// recent dial (see [`Event::KeyRejected`]). Resting slots were re-armed (at most once
+    /// per backoff cap).
+    #[error("the server rejected the API key (HTTP {status})")]
+    Rejected {
+        /// The HTTP status of the latest refusal (401 or 403).
+        status: u16,
+    },
+}
+
+/// Why `send` refused; the message is handed back.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection could take it and the outbox is full (counted as dropped).
+    #[error("outbox full: message of type {:?} dropped", .0.kind)]
+    OutboxFull(Outgoing),
+    /// The pool is closed (counted as dropped).
+    #[error("client closed: message of type {:?} not sent", .0.kind)]
+    Closed(Outgoing),
+}
+
+impl SendError {
+    /// The message that was not sent.
+    pub fn into_message(self) -> Outgoing {
+        match self {
+            SendError::OutboxFull(m) | SendError::Closed(m) => m,
+        }
+    }
+
+    /// The error of [`Pool::send`](crate::Pool::send) for a refusal of
+    /// [`Pool::send_encoded`](crate::Pool::send_encoded), giving `message` back.
+    pub fn from_refusal(refusal: SendRefusal, message: Outgoing) -> Self {
+        match refusal {
+            SendRefusal::OutboxFull => SendError::OutboxFull(message),
+            SendRefusal::Closed => SendError::Closed(message),
+        }
+    }
+}
+
+/// Why [`Pool::send_encoded`](crate::Pool::send_encoded) refused a frame; counted as dropped,
+/// like the matching [`SendError`]. The caller still holds the message to hand back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRefusal {
+    /// No connection could take it and the outbox is full.
+    OutboxFull,
+    /// The pool is closed.
+    Closed,
+}

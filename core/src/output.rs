@@ -1,0 +1,71 @@
+//! What comes out of the pool: [`Output`], the actions for the adapter and the results for
+//! the application, with a request's [`Outcome`].
+
+use crate::error::RequestFailure;
+use crate::event::Event;
+use crate::frame::Incoming;
+use crate::request::{ConnId, RequestId};
+#[cfg(doc)]
+use crate::Input;
+
+/// How a request ended. Every request that [`crate::Pool::request`] accepted ends exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The server answered.
+    Reply(Incoming),
+    /// The server answered no (`error` set, or `type` "error"): a complete round trip.
+    Denied(Incoming),
+    /// No answer.
+    Failed(RequestFailure),
+}
+
+/// An action for the adapter, or a result for the application. Drain with
+/// [`crate::Pool::poll_output`] after every call.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Open a WebSocket for `conn` (URL and key from the config, `x-usage-key` header), then
+    /// report [`Input::Connected`] or [`Input::ConnectFailed`].
+    Dial {
+        /// The new connection.
+        conn: ConnId,
+    },
+    /// Write this text frame on `conn`, then report progress with [`Input::Flushed`].
+    Transmit {
+        /// The connection.
+        conn: ConnId,
+        /// The encoded JSON frame.
+        frame: String,
+    },
+    /// Write a ping on `conn` (counts as one write for [`Input::Flushed`]).
+    Ping {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Stop using `conn`. Without `graceful`: drop the socket (or abandon the dial) and report
+    /// nothing more about it. With `graceful`: send a normal close frame (1000) after the
+    /// queued writes, and report [`Input::Closed`] when the close handshake finished; the pool
+    /// waits up to the write wait for that, then emits a non-graceful `Disconnect` for it.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+        /// Close frame 1000 first (true), or abort (false).
+        graceful: bool,
+    },
+    /// A request ended.
+    Completed {
+        /// The request.
+        id: RequestId,
+        /// How.
+        outcome: Outcome,
+    },
+    /// A frame that answers no pending request (late, duplicate, stray, push).
+    Unsolicited {
+        /// Where it came from.
+        conn: ConnId,
+        /// The frame.
+        frame: Incoming,
+    },
+    /// Something to report.
+    Event(Event),
+}
