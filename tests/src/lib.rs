@@ -16,8 +16,8 @@
 //!   server counters) until it holds or a deadline passes.
 #![allow(missing_docs, reason = "test support crate")]
 
-pub mod beyond;
 pub mod bodies;
+pub mod resilience;
 mod smol_adapter;
 mod tokio_adapter;
 
@@ -373,7 +373,7 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Instantiates every test body of [`bodies`] and [`beyond`] for one adapter, as `#[test]` functions in the
+/// Instantiates every test body of [`bodies`] and [`resilience`] for one adapter, as `#[test]` functions in the
 /// invoking module; `soak` is `#[ignore]`d.
 ///
 /// ```ignore
@@ -419,14 +419,14 @@ macro_rules! conformance {
             fault_write_stall,
             fault_close_against_frozen_server,
         );
-        $crate::conformance!(@beyond $adapter;
-            beyond_resend_idempotent_once,
-            beyond_availability_state,
-            beyond_staggered_connections,
-            beyond_connect_returns_when_dials_settle,
-            beyond_rotation_under_load,
-            beyond_loss_accounting_outage,
-            beyond_each_handle_keeps_to_its_slot,
+        $crate::conformance!(@resilience $adapter;
+            resend_idempotent_once,
+            availability_state,
+            staggered_connections,
+            connect_returns_when_dials_settle,
+            rotation_under_load,
+            loss_accounting_outage,
+            each_handle_keeps_to_its_slot,
         );
         #[test]
         #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]
@@ -435,11 +435,11 @@ macro_rules! conformance {
             $crate::run_within::<$adapter, _>("soak", limit, $crate::bodies::soak::<$adapter>());
         }
     };
-    (@beyond $adapter:ty; $($name:ident),* $(,)?) => {
+    (@resilience $adapter:ty; $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                $crate::run::<$adapter, _>(stringify!($name), $crate::beyond::$name::<$adapter>());
+                $crate::run::<$adapter, _>(stringify!($name), $crate::resilience::$name::<$adapter>());
             }
         )*
     };

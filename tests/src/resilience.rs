@@ -1,4 +1,4 @@
-//! Issue #6 over real sockets, generic over the [`Adapter`]: idempotent resends, the
+//! Resilience over real sockets, generic over the [`Adapter`]: idempotent resends, the
 //! availability state, staggered connections (jittered backoff, initial dial spread, maximum
 //! connection age) and per-type loss accounting through an outage; and each handle's slot
 //! affinity.
@@ -48,7 +48,7 @@ async fn alongside<T>(main: impl Future<Output = T>, background: impl Future<Out
 ///   once with `ConnectionLost`, seen once;
 /// - with `server_deduplicates_allocation_ids` on, the keyed `use_allocation` is re-sent once
 ///   on the other connection and succeeds within its deadline; the server saw it twice.
-pub async fn beyond_resend_idempotent_once<A: Adapter>() {
+pub async fn resend_idempotent_once<A: Adapter>() {
     let server = server();
     let counters = server.counters();
     let faults = server.faults();
@@ -173,7 +173,7 @@ fn keyed_usage(allocation_id: &str) -> UseAllocation {
 /// under noise frames (zero changes), one slot down (`Degraded` at once), a total outage
 /// (`Unavailable` at once) and recovery again (`Degraded`, then `Available` after the hold).
 /// The stream matches the getter at every step and has exactly the expected changes.
-pub async fn beyond_availability_state<A: Adapter>() {
+pub async fn availability_state<A: Adapter>() {
     let server = server_with(|o| o.faults.handshake_status = 503);
     let faults = server.faults();
     let client = connect::<A>(config(&server.url()).pool_size(2)).await;
@@ -420,7 +420,7 @@ async fn reconnect_pattern<A: Adapter>(
 /// Fixed seeds make the draws (and so the assertions on spreads) replay exactly; they were
 /// picked for wide draws (the 6 first retries of seed `0x5eed_003a` fall 59 ms apart out of the
 /// 60 ms that jitter 0.2 allows on 300 ms), so the assertions test the mechanism, not luck.
-pub async fn beyond_staggered_connections<A: Adapter>() {
+pub async fn staggered_connections<A: Adapter>() {
     let defaults = Config::builder("ws://127.0.0.1:9/ws", KEY).build().unwrap();
     assert_eq!(defaults.backoff_jitter(), 0.2, "jitter 0.2 by default");
 
@@ -504,7 +504,7 @@ pub async fn beyond_staggered_connections<A: Adapter>() {
 /// and against one that answers every handshake 503 (unavailable; a refused key makes `connect` fail instead), a pool of 4 is back from `connect` within
 /// 1 s. (Found by the initial-dial-spread test: `connect` used to wait for the next timer of
 /// the driver task, here the handshake deadline of the last dial, 10 s.)
-pub async fn beyond_connect_returns_when_dials_settle<A: Adapter>() {
+pub async fn connect_returns_when_dials_settle<A: Adapter>() {
     for reject in [false, true] {
         let server = server_with(|o| o.faults.handshake_status = if reject { 503 } else { 0 });
         let builder = Config::builder(server.url(), KEY).pool_size(4);
@@ -529,7 +529,7 @@ pub async fn beyond_connect_returns_when_dials_settle<A: Adapter>() {
 /// is rotated, no request fails, the pool never has fewer than 3 open connections (the new
 /// connection opens before the old stops taking work), nothing is lost or re-sent, and the
 /// old connections close gracefully with code 1000 once drained.
-pub async fn beyond_rotation_under_load<A: Adapter>() {
+pub async fn rotation_under_load<A: Adapter>() {
     let server = server_with(|o| o.faults.reply_jitter_ms = 20);
     let counters = server.counters();
     let client = connect::<A>(
@@ -664,7 +664,7 @@ struct Issued {
 /// message is sent after `close` (closed). Then, per type: sends = sent + dropped + expired +
 /// lost + closed, queued = unflushed = 0, server count = sent, and the sender's own refusals
 /// match `dropped` and `closed`.
-pub async fn beyond_loss_accounting_outage<A: Adapter>() {
+pub async fn loss_accounting_outage<A: Adapter>() {
     let server = server();
     let counters = server.counters();
     let client = connect::<A>(
@@ -843,7 +843,7 @@ impl SendStatsRow {
 /// - the first handle takes slot 0, the only one with none pending;
 /// - the handle of slot 2 again: all tied at one, it takes slot 2;
 /// - a fifth handle (slot 4, modulo 3 = 1) takes slot 1, tied with slot 0 at one.
-pub async fn beyond_each_handle_keeps_to_its_slot<A: Adapter>() {
+pub async fn each_handle_keeps_to_its_slot<A: Adapter>() {
     let server = server_with(|o| o.faults.reply_delay_ms = 2_000);
     let client = connect::<A>(
         config(&server.url())

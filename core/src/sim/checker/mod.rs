@@ -1,0 +1,751 @@
+//! The invariant checker: a shadow model of the pool built only from the calls made on it and
+//! the outputs it produced, compared with the pool after every step.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::backoff::nominal_delay;
+use crate::config::Config;
+use crate::frame::{self, Outgoing};
+// The pool's own bounds, so the shadow model cannot drift from them.
+use crate::pool::{Pool, AVAILABILITY_HOLD, MAX_TIMEOUT, MAX_TRACKED_KINDS, OTHER_KIND};
+use crate::stats::{SendStats, Stats};
+use crate::{
+    Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, Outcome, Output,
+    RequestError, RequestFailure, RequestId, RequestOptions, SendError, SlotState,
+};
+
+/// One call made on the pool, with its immediate result: what [`Checker::observe_call`] needs
+/// to know about a step.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Call<'a> {
+    /// [`Pool::connect`].
+    Connect,
+    /// [`Pool::request`] with its message, options and result.
+    Request {
+        /// The message passed.
+        message: &'a Outgoing,
+        /// The options passed.
+        options: RequestOptions,
+        /// What `request` returned.
+        result: &'a Result<RequestId, RequestError>,
+    },
+    /// [`Pool::send`] with (a copy of) its message and its result.
+    Send {
+        /// The message passed.
+        message: &'a Outgoing,
+        /// What `send` returned.
+        result: &'a Result<(), SendError>,
+    },
+    /// [`Pool::cancel`] with its result.
+    Cancel {
+        /// The id passed.
+        id: RequestId,
+        /// What `cancel` returned.
+        result: bool,
+    },
+    /// [`Pool::close`].
+    Close,
+    /// [`Pool::handle_input`] with the input.
+    Input(&'a Input<'a>),
+    /// [`Pool::handle_timeout`].
+    Timeout,
+}
+
+/// A broken invariant: its number (as listed in the [module docs](super)) and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's number, 1 to 13 (0: the checker's own call-sequence rules).
+    pub invariant: u8,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invariant {} violated: {}", self.invariant, self.message)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+macro_rules! ensure {
+    ($cond:expr, $inv:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(Violation { invariant: $inv, message: format!($($fmt)+) });
+        }
+    };
+}
+
+mod calls;
+mod checks;
+mod events;
+mod outputs;
+
+/// The shadow of one live connection (open or retiring).
+#[derive(Debug, Clone)]
+struct ConnS {
+    last_heard: Instant,
+    next_ping: Instant,
+    issued: u64,
+    flushed: u64,
+    write_deadline: Option<Instant>,
+    pending: u32,
+    /// Fire-and-forget writes not yet flushed: (write number, kind index).
+    unflushed_sends: VecDeque<(u64, u16)>,
+    /// Write number of the last ping (0: none yet).
+    last_ping: u64,
+    /// When a replacement dial must start: (earliest, latest). Open connections only.
+    rotate: Option<(Instant, Instant)>,
+    /// Replacement dials that failed since it opened.
+    rotation_attempt: u32,
+    /// When each unflushed write was issued, oldest first: the write deadline is the oldest's
+    /// plus the write wait.
+    issue_times: VecDeque<Instant>,
+}
+
+impl ConnS {
+    fn read_deadline(&self, pong_wait: Duration) -> Instant {
+        self.last_heard + pong_wait
+    }
+    fn unflushed(&self) -> u64 {
+        self.issued - self.flushed
+    }
+}
+
+/// What a slot is doing, as far as the outputs tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Never dialed; with a staggered first dial, the latest instant it may come.
+    Idle {
+        spread_until: Option<Instant>,
+    },
+    Dialing {
+        generation: u32,
+        deadline: Instant,
+    },
+    Open,
+    /// The connection or dial was lost; a reconnect decision is owed in this drain.
+    Lost,
+    Backoff {
+        due: Instant,
+    },
+    Exhausted,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+struct SlotS {
+    next_generation: u32,
+    attempt: u32,
+    phase: Phase,
+    open: Option<(u32, ConnS)>,
+    replacement: Option<(u32, Instant)>,
+    retiring: BTreeMap<u32, ConnS>,
+    /// When demand last re-armed it from rest.
+    rearmed_at: Option<Instant>,
+    /// The key rejection's status when its last own dial failed that way.
+    rejected: Option<u16>,
+    /// The `Retry-After` of its last failed dial, which the reconnect delay must honour.
+    retry_after: Option<Duration>,
+}
+
+impl SlotS {
+    fn live(&self, generation: u32) -> Option<&ConnS> {
+        match &self.open {
+            Some((g, c)) if *g == generation => Some(c),
+            _ => self.retiring.get(&generation),
+        }
+    }
+    fn live_mut(&mut self, generation: u32) -> Option<&mut ConnS> {
+        match &mut self.open {
+            Some((g, c)) if *g == generation => Some(c),
+            _ => self.retiring.get_mut(&generation),
+        }
+    }
+    fn dialing(&self, generation: u32) -> bool {
+        matches!(self.phase, Phase::Dialing { generation: g, .. } if g == generation)
+            || self.replacement.is_some_and(|(g, _)| g == generation)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ReqS {
+    conn: ConnId,
+    deadline: Instant,
+    resendable: bool,
+    transmits: u8,
+}
+
+#[derive(Debug, Clone)]
+struct QueuedS {
+    frame: String,
+    kind: u16,
+    expires: Instant,
+}
+
+/// The step being checked, with what the call alone lets us expect.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    None,
+    Connect,
+    Request {
+        id: Option<RequestId>,
+        not_connected: bool,
+        /// The request's preferred slot, which its transmit's selection must honour.
+        affinity: Option<u32>,
+    },
+    Send {
+        direct: Option<(String, u16)>,
+        open_was_zero: bool,
+    },
+    Cancel {
+        id: RequestId,
+    },
+    Close {
+        fail_now: bool,
+    },
+    Timeout,
+    Connected(ConnId),
+    ConnectFailed(ConnId),
+    /// A text frame on a live connection: its correlation id (when it matches a pending
+    /// request), whether it is a denial, whether it decodes.
+    Text {
+        conn: ConnId,
+        answers: Option<RequestId>,
+        denial: bool,
+        valid: bool,
+    },
+    Binary(ConnId),
+    /// An input that must change nothing visible (stale, or a pong/flush).
+    Quiet,
+    /// A close or write failure of a live connection: it must be lost in this drain.
+    Ends(ConnId),
+    /// A flush on a live connection (may retire it or flush the outbox).
+    Flushed,
+}
+
+/// What an output must be followed by.
+#[derive(Debug, Clone, PartialEq)]
+enum Await {
+    /// A `Disconnected` event for a connection the pool stopped using.
+    Disconnected {
+        conn: ConnId,
+        graceful: bool,
+        was_open: bool,
+    },
+    /// A `ConnectFailed{Timeout}` event for an abandoned dial.
+    DialTimeout(ConnId),
+}
+
+/// The invariant checker: a shadow model of a [`Pool`], built only from the calls made on
+/// it and the outputs it produced, checked against the pool after every step.
+///
+/// Drive it step by step, in the pool's own drain discipline:
+///
+/// 1. make one call on the pool (a command, an input, or a timeout);
+/// 2. [`Checker::observe_call`] with that call and its immediate result;
+/// 3. for every output drained with [`Pool::poll_output`], [`Checker::observe_output`];
+/// 4. [`Checker::check`] once the pool is drained.
+///
+/// [`Checker::drain`] does steps 3 and 4. Every method returns the first [`Violation`]
+/// found; after one, the checker's state is unspecified. Time may jump forward arbitrarily
+/// between steps (a fuzzer's "advance"): the checker demands that nothing happens before
+/// its time, that nothing is overdue after a `handle_timeout`, and that `poll_timeout`
+/// never promises a wake-up later than something due. A driver that calls
+/// `handle_timeout` exactly at every `poll_timeout`, as [`super::Sim`] does, thereby
+/// gets "exactly on time".
+#[derive(Debug, Clone)]
+pub struct Checker {
+    config: Config,
+    now: Instant,
+    slots: Vec<SlotS>,
+    /// Slot chosen last by selection, mirrored.
+    cursor: Option<usize>,
+    pending: BTreeMap<RequestId, ReqS>,
+    deadlines: BTreeSet<(Instant, RequestId)>,
+    issued: BTreeSet<RequestId>,
+    outbox: VecDeque<QueuedS>,
+    kind_names: Vec<String>,
+    kind_index: BTreeMap<String, u16>,
+    sends: Vec<SendStats>,
+    transmitted_sends: u64,
+    closing: bool,
+    drain_deadline: Option<Instant>,
+    /// Connections told to close gracefully, with the instant the pool must abort them.
+    lingering: BTreeMap<ConnId, Instant>,
+    /// Availability as the events told it, whether it was ever `Available`, and when it
+    /// last left `Available`.
+    availability: Availability,
+    ever_available: bool,
+    left_available_at: Option<Instant>,
+    stats: Stats,
+    // ----- per step -----
+    step: Step,
+    outputs_in_step: u32,
+    awaiting: Option<Await>,
+    lost: BTreeMap<ConnId, DisconnectReason>,
+    owed: BTreeMap<u16, u32>,
+    expected_drops: BTreeMap<(String, DropReason), u64>,
+    aborts: BTreeSet<ConnId>,
+    request_transmitted: bool,
+    text_answered: bool,
+    skipped: bool,
+    late_abort: bool,
+    /// The shadow of the connection whose `Disconnected` event is awaited.
+    dead_conn: Option<ConnS>,
+    /// Whether the pool is down because of key rejections, as of the last check, with the
+    /// status of the latest refusal.
+    rejected_down: bool,
+    rejected_status: Option<u16>,
+    /// The key rejection of a slot's own dial in this step.
+    step_rejection: Option<u16>,
+    /// A `KeyRejected` event came in this step.
+    key_rejected_seen: bool,
+}
+
+impl Checker {
+    /// A checker for a pool built with `config` at `now` (before any call).
+    pub fn new(config: &Config, now: Instant) -> Checker {
+        let slots = (0..config.pool_size())
+            .map(|_| SlotS {
+                next_generation: 0,
+                attempt: 0,
+                phase: Phase::Idle { spread_until: None },
+                open: None,
+                replacement: None,
+                retiring: BTreeMap::new(),
+                rearmed_at: None,
+                rejected: None,
+                retry_after: None,
+            })
+            .collect();
+        let stats = Stats {
+            pending_per_slot: vec![0; usize::from(config.pool_size())],
+            ..Stats::default()
+        };
+        Checker {
+            config: config.clone(),
+            now,
+            slots,
+            cursor: None,
+            pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            issued: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            kind_names: Vec::new(),
+            kind_index: BTreeMap::new(),
+            sends: Vec::new(),
+            transmitted_sends: 0,
+            closing: false,
+            drain_deadline: None,
+            lingering: BTreeMap::new(),
+            availability: Availability::Unavailable,
+            ever_available: false,
+            left_available_at: None,
+            stats,
+            step: Step::None,
+            outputs_in_step: 0,
+            awaiting: None,
+            lost: BTreeMap::new(),
+            owed: BTreeMap::new(),
+            expected_drops: BTreeMap::new(),
+            aborts: BTreeSet::new(),
+            request_transmitted: false,
+            text_answered: false,
+            skipped: false,
+            late_abort: false,
+            dead_conn: None,
+            rejected_down: false,
+            rejected_status: None,
+            step_rejection: None,
+            key_rejected_seen: false,
+        }
+    }
+
+    // ----- what the shadow knows, for drivers -----
+
+    /// Requests the shadow model considers pending, in id order.
+    pub fn pending_ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.pending.keys().copied()
+    }
+
+    /// How many requests are pending.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Fire-and-forget frames transmitted so far (a server can never count more).
+    pub fn transmitted_sends(&self) -> u64 {
+        self.transmitted_sends
+    }
+
+    /// Whether `conn` is live (open, or retiring with work left) in the shadow model.
+    pub fn is_live(&self, conn: ConnId) -> bool {
+        self.slots
+            .get(usize::from(conn.slot))
+            .is_some_and(|s| s.live(conn.generation).is_some())
+    }
+
+    /// Writes (frames and pings) handed to live connections and not yet flushed.
+    pub fn unflushed_writes(&self) -> u64 {
+        self.slots
+            .iter()
+            .flat_map(|s| s.open.iter().map(|(_, c)| c).chain(s.retiring.values()))
+            .map(ConnS::unflushed)
+            .sum()
+    }
+
+    /// Whether every open connection has been heard from (frame, pong, or its opening) at
+    /// or after `t`.
+    pub fn all_heard_since(&self, t: Instant) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.open.as_ref().is_some_and(|(_, c)| c.last_heard >= t))
+    }
+
+    /// Whether every slot has an open connection.
+    pub fn all_open(&self) -> bool {
+        self.slots.iter().all(|s| s.open.is_some())
+    }
+
+    /// Whether the shadow model knows no live connection and no dial in progress.
+    pub fn quiescent(&self) -> bool {
+        self.slots.iter().all(|s| {
+            s.open.is_none()
+                && s.retiring.is_empty()
+                && s.replacement.is_none()
+                && !matches!(s.phase, Phase::Dialing { .. })
+        })
+    }
+
+    /// The checker's counters, as the pool's [`Pool::stats`] must report them.
+    pub fn expected_stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    // ----- the step protocol -----
+
+    /// Records the call of a step (made at `now`) and its immediate result; checks the
+    /// result against the shadow model.
+    pub fn observe_call(&mut self, now: Instant, call: Call<'_>) -> Result<(), Violation> {
+        ensure!(
+            self.step == Step::None,
+            0,
+            "observe_call before the previous step was checked"
+        );
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        self.outputs_in_step = 0;
+        self.request_transmitted = false;
+        self.text_answered = false;
+        self.skipped = false;
+        self.late_abort = false;
+        self.key_rejected_seen = false;
+        self.step_rejection = None;
+        self.step = match call {
+            Call::Connect => {
+                if !self.closing {
+                    for s in &mut self.slots {
+                        if s.phase == (Phase::Idle { spread_until: None })
+                            && !self.config.initial_dial_spread().is_zero()
+                        {
+                            s.phase = Phase::Idle {
+                                spread_until: Some(now + self.config.initial_dial_spread()),
+                            };
+                        }
+                    }
+                }
+                Step::Connect
+            }
+            Call::Request {
+                message,
+                options,
+                result,
+            } => self.on_request_call(now, message, options, result)?,
+            Call::Send { message, result } => self.on_send_call(now, message, result)?,
+            Call::Cancel { id, result } => {
+                ensure!(
+                    result == self.pending.contains_key(&id),
+                    1,
+                    "cancel({id}) returned {result}, but the request is {}pending",
+                    if result { "not " } else { "" }
+                );
+                Step::Cancel { id }
+            }
+            Call::Close => self.on_close_call(now),
+            Call::Timeout => {
+                // The outbox expires from its front; the events come grouped by type.
+                while self.outbox.front().is_some_and(|q| q.expires <= now) {
+                    let q = self.outbox.pop_front().expect("front exists");
+                    let s = &mut self.sends[usize::from(q.kind)];
+                    s.queued -= 1;
+                    s.expired += 1;
+                    let name = self.kind_names[usize::from(q.kind)].clone();
+                    *self
+                        .expected_drops
+                        .entry((name, DropReason::Expired))
+                        .or_default() += 1;
+                }
+                Step::Timeout
+            }
+            Call::Input(input) => self.on_input_call(now, input),
+        };
+        Ok(())
+    }
+
+    /// Checks one output of the current step's drain and applies it to the shadow model.
+    pub fn observe_output(&mut self, output: &Output) -> Result<(), Violation> {
+        ensure!(self.step != Step::None, 0, "observe_output before observe_call");
+        self.outputs_in_step += 1;
+        let now = self.now;
+        if let Some(a) = self.awaiting.take() {
+            match (&a, output) {
+                (
+                    Await::Disconnected {
+                        conn,
+                        graceful,
+                        was_open,
+                    },
+                    Output::Event(Event::Disconnected { conn: c, reason }),
+                ) if c == conn => return self.on_disconnected(*conn, *graceful, *was_open, reason),
+                (Await::DialTimeout(conn), Output::Event(Event::ConnectFailed { conn: c, error }))
+                    if c == conn =>
+                {
+                    ensure!(
+                        *error == DialError::Timeout,
+                        4,
+                        "abandoned dial {conn} failed with {error:?}, not Timeout"
+                    );
+                    return self.on_connect_failed(*conn, error);
+                }
+                _ => {
+                    return Err(Violation {
+                        invariant: 10,
+                        message: format!("expected {a:?} next, got {output:?}"),
+                    })
+                }
+            }
+        }
+        if let Step::Quiet = self.step {
+            return Err(Violation {
+                invariant: 10,
+                message: format!("an input about a dead or unknown connection produced {output:?}"),
+            });
+        }
+        match output {
+            Output::Dial { conn } => self.on_dial(now, *conn),
+            Output::Transmit { conn, frame } => self.on_transmit(now, *conn, frame),
+            Output::Ping { conn } => self.on_ping(now, *conn),
+            Output::Disconnect { conn, graceful } => self.on_disconnect(now, *conn, *graceful),
+            Output::Completed { id, outcome } => self.on_completed(now, *id, outcome),
+            Output::Unsolicited { conn, frame } => {
+                let ok = matches!(&self.step, Step::Text { conn: c, answers: None, valid: true, .. } if c == conn)
+                    && !self.text_answered;
+                ensure!(
+                    ok,
+                    1,
+                    "unsolicited frame {frame:?} on {conn} in step {:?}",
+                    self.step
+                );
+                self.text_answered = true;
+                self.stats.orphan_replies += 1;
+                Ok(())
+            }
+            Output::Event(e) => self.on_event(now, e),
+        }
+    }
+
+    /// Drains the pool's outputs through [`Checker::observe_output`], handing each to
+    /// `sink` after it is checked, then runs [`Checker::check`].
+    pub fn drain(&mut self, pool: &mut Pool, mut sink: impl FnMut(&Output)) -> Result<(), Violation> {
+        while let Some(o) = pool.poll_output() {
+            self.observe_output(&o)?;
+            sink(&o);
+        }
+        self.check(pool)
+    }
+
+    /// Ends the step: checks what the drain owed, then compares the shadow model with the
+    /// pool (state, counters, `poll_timeout`).
+    pub fn check(&mut self, pool: &Pool) -> Result<(), Violation> {
+        let step = std::mem::replace(&mut self.step, Step::None);
+        ensure!(step != Step::None, 0, "check before observe_call");
+        ensure!(
+            self.awaiting.is_none(),
+            10,
+            "drain ended while awaiting {:?}",
+            self.awaiting
+        );
+        // (11) one loss, one reconnect decision.
+        if let Some((slot, n)) = self.owed.iter().find(|(_, n)| **n > 0) {
+            return Err(Violation {
+                invariant: 11,
+                message: format!(
+                    "slot {slot} lost its connection or dial but {n} reconnect(s) were not scheduled"
+                ),
+            });
+        }
+        self.owed.clear();
+        ensure!(
+            self.expected_drops.is_empty(),
+            7,
+            "missing MessageDropped events: {:?}",
+            self.expected_drops
+        );
+        ensure!(
+            self.aborts.is_empty(),
+            13,
+            "close did not abandon dials {:?}",
+            self.aborts
+        );
+        // (3) nothing pending on a dead connection.
+        for (id, r) in &self.pending {
+            ensure!(
+                self.is_live(r.conn),
+                3,
+                "request {id} still pending on dead connection {}",
+                r.conn
+            );
+        }
+        self.lost.clear();
+        match &step {
+            Step::Request { id: Some(id), .. } => {
+                ensure!(
+                    self.request_transmitted,
+                    6,
+                    "request {id} accepted but never transmitted"
+                );
+                self.check_rearmed(&step)?;
+            }
+            Step::Request { .. } | Step::Connect => self.check_rearmed(&step)?,
+            Step::Send { direct, .. } => {
+                ensure!(
+                    direct.is_none(),
+                    7,
+                    "send accepted for direct write but not transmitted"
+                );
+                self.check_rearmed(&step)?;
+            }
+            Step::Cancel { id } => {
+                ensure!(
+                    !self.pending.contains_key(id),
+                    1,
+                    "cancelled request {id} still pending"
+                );
+            }
+            Step::Close { fail_now: true } => {
+                ensure!(
+                    self.pending.is_empty(),
+                    13,
+                    "close left requests pending without a drain"
+                )
+            }
+            Step::Text { conn, valid, .. } => ensure!(
+                self.text_answered == *valid && self.skipped != *valid,
+                1,
+                "frame on {conn}: valid {valid}, answered {}, skipped {}",
+                self.text_answered,
+                self.skipped
+            ),
+            Step::ConnectFailed(conn) => ensure!(
+                !self.slots[usize::from(conn.slot)].dialing(conn.generation),
+                4,
+                "dial {conn} failed but the pool still waits for it"
+            ),
+            Step::Binary(conn) => ensure!(self.skipped, 1, "binary frame on {conn} not skipped"),
+            Step::Ends(conn) => ensure!(!self.is_live(*conn), 3, "{conn} ended but the pool still uses it"),
+            Step::Connected(conn) => ensure!(
+                self.is_live(*conn) || self.late_abort,
+                10,
+                "Connected {conn} neither opened nor was aborted"
+            ),
+            _ => {}
+        }
+        if step == Step::Timeout {
+            self.defer_stuck_pings();
+            self.check_nothing_overdue(pool)?;
+        }
+        self.check_rejection(pool)?;
+        self.check_availability(pool)?;
+        self.check_not_late(pool)?;
+        self.check_state(pool)?;
+        self.check_stats(pool)
+    }
+
+    // ----- helpers -----
+
+    fn open_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.open.is_some()).count()
+    }
+
+    fn pending_per_slot(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .map(|s| s.open.as_ref().map_or(0, |(_, c)| c.pending))
+            .collect()
+    }
+
+    /// The pool's selection rule: among open connections with room, the fewest pending
+    /// requests, ties going to the preferred slot, or else rotating from the slot chosen last.
+    fn peek_select(&self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
+        let n = self.slots.len();
+        let start = match affinity {
+            Some(slot) => slot as usize % n,
+            None => self.cursor.map_or(0, |c| (c + 1) % n),
+        };
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some((_, c)) = &self.slots[i].open else {
+                continue;
+            };
+            if c.unflushed() >= u64::from(self.config.max_unflushed_writes()) {
+                continue;
+            }
+            if is_request && c.pending >= self.config.max_in_flight() {
+                continue;
+            }
+            if best.is_none_or(|(_, p)| c.pending < p) {
+                best = Some((i, c.pending));
+                if c.pending == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn select(&mut self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
+        let pick = self.peek_select(is_request, affinity);
+        if pick.is_some() && affinity.is_none() {
+            self.cursor = pick;
+        }
+        pick
+    }
+
+    fn intern(&mut self, kind: &str) -> u16 {
+        if let Some(&i) = self.kind_index.get(kind) {
+            return i;
+        }
+        let name = if self.kind_names.len() >= MAX_TRACKED_KINDS {
+            OTHER_KIND
+        } else {
+            kind
+        };
+        if let Some(&i) = self.kind_index.get(name) {
+            return i;
+        }
+        let i = self.kind_names.len() as u16;
+        self.kind_names.push(name.to_owned());
+        self.sends.push(SendStats::default());
+        self.kind_index.insert(name.to_owned(), i);
+        i
+    }
+}
