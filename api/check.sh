@@ -12,7 +12,7 @@ fi
 status=0
 for crate in "${crates[@]}"; do
     # -ss: without blanket and auto-trait impls, which only restate the types' shapes.
-    listing=$(cargo public-api -p "$crate" -ss 2>/dev/null)
+    listing=$(cargo public-api -p "$crate" -ss)
     if [ "${1:-}" = "--bless" ]; then
         printf '%s\n' "$listing" > "api/$crate.txt"
     elif ! diff -u "api/$crate.txt" <(printf '%s\n' "$listing"); then
