@@ -160,7 +160,7 @@ impl<R: Effects> Driver<R> {
         options: RequestOptions,
         waiter: R::Waiter,
     ) -> Result<RequestId, ClientError> {
-        let result = self.pool.request_encoded(now, request.into(), options);
+        let result = self.pool.request(now, request, options);
         if let Ok(id) = &result {
             // Before the drain: the outcome may come out of it.
             self.waiters.insert(*id, waiter);

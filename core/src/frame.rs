@@ -86,7 +86,7 @@ pub fn encode(message: &Outgoing, id: Option<&str>) -> String {
 /// costly part of encoding can run outside whatever lock guards the [`Pool`](crate::Pool);
 /// the pool writes the real id in place (same length, no re-encoding) when it takes the
 /// request. Build it with [`EncodedRequest::new`] and hand it to
-/// [`Pool::request_encoded`](crate::Pool::request_encoded).
+/// [`Pool::request`](crate::Pool::request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRequest {
     frame: String,

@@ -226,25 +226,18 @@ impl Pool {
     /// connection is open ([`RequestError::Rejected`] when that is because the server refused
     /// the API key), when every open connection is at its in-flight cap, or after close. Like
     /// every send and connect, it re-arms resting slots (at most once per backoff cap each).
+    ///
+    /// `request` is an [`Outgoing`] message, or an [`EncodedRequest`] made beforehand (for
+    /// example outside the lock an adapter holds around the pool): either way the pool only
+    /// writes the id into the frame.
     pub fn request(
         &mut self,
         now: Instant,
-        message: Outgoing,
-        options: RequestOptions,
-    ) -> Result<RequestId, RequestError> {
-        self.request_encoded(now, EncodedRequest::new(&message), options)
-    }
-
-    /// [`Pool::request`] for a message already encoded (outside the caller's lock, say):
-    /// the same checks, selection and outcome; the pool only writes the id into the frame.
-    pub fn request_encoded(
-        &mut self,
-        now: Instant,
-        request: EncodedRequest,
+        request: impl Into<EncodedRequest>,
         options: RequestOptions,
     ) -> Result<RequestId, RequestError> {
         let now = self.advance(now);
-        self.start_request(now, request, options)
+        self.start_request(now, request.into(), options)
     }
 
     /// Sends a fire-and-forget message. With no connection able to take it, it waits in the

@@ -32,7 +32,7 @@ fn next_id(rng: &mut fastrand::Rng) -> RequestId {
 }
 
 impl Pool {
-    /// The body of [`Pool::request_encoded`].
+    /// The body of [`Pool::request`].
     pub(super) fn start_request(
         &mut self,
         now: Instant,
