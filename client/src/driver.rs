@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
-    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, Event, FrameError,
-    Incoming, Input, Outcome, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions, SendRefusal,
-    Stats,
+    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, EncodedSend, Event,
+    FrameError, Incoming, Input, Outcome, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions,
+    SendRefusal, Stats,
 };
 
 use crate::io::{Report, WriteCommand};
@@ -169,16 +169,9 @@ impl<R: Effects> Driver<R> {
         result.map_err(ClientError::from)
     }
 
-    /// Sends a fire-and-forget message of type `kind` already encoded ([`frame::encode`]).
-    ///
-    /// [`frame::encode`]: usageflow_socket_core::frame::encode
-    pub(crate) fn send_encoded(
-        &mut self,
-        now: Instant,
-        kind: &str,
-        frame: String,
-    ) -> Result<(), SendRefusal> {
-        let result = self.pool.send_encoded(now, kind, frame);
+    /// Sends a fire-and-forget message already encoded (outside the lock).
+    pub(crate) fn send(&mut self, now: Instant, message: EncodedSend<'_>) -> Result<(), SendRefusal> {
+        let result = self.pool.send(now, message);
         self.drain(now);
         result
     }

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use futures_channel::oneshot;
 use usageflow_socket_core::{
-    frame, Availability, EncodedRequest, Incoming, Outcome, Outgoing, Pool, RequestOptions, SendError, Stats,
+    Availability, EncodedRequest, EncodedSend, Incoming, Outcome, Outgoing, Pool, RequestOptions, SendError,
+    Stats,
 };
 
 use crate::driver::Driver;
@@ -274,9 +275,9 @@ impl<R: Runtime> Shared<R> {
     /// Sends a fire-and-forget message.
     pub(crate) fn send(&self, message: Outgoing) -> Result<(), ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
-        let frame = frame::encode(&message, None);
-        self.command(|driver, now| driver.send_encoded(now, &message.kind, frame))
-            .map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
+        let encoded = EncodedSend::new(&message);
+        let result = self.command(|driver, now| driver.send(now, encoded));
+        result.map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
     }
 
     /// Whether at least one connection is open.

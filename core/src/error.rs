@@ -72,8 +72,7 @@ impl SendError {
         }
     }
 
-    /// The error of [`Pool::send`](crate::Pool::send) for a refusal of
-    /// [`Pool::send_encoded`](crate::Pool::send_encoded), giving `message` back.
+    /// A refusal of [`Pool::send`](crate::Pool::send) with `message` handed back.
     pub fn from_refusal(refusal: SendRefusal, message: Outgoing) -> Self {
         match refusal {
             SendRefusal::OutboxFull => SendError::OutboxFull(message),
@@ -82,12 +81,14 @@ impl SendError {
     }
 }
 
-/// Why [`Pool::send_encoded`](crate::Pool::send_encoded) refused a frame; counted as dropped,
-/// like the matching [`SendError`]. The caller still holds the message to hand back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why [`Pool::send`](crate::Pool::send) refused a message; counted as dropped. A caller that
+/// kept the message turns it into a [`SendError`] with [`SendError::from_refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SendRefusal {
     /// No connection could take it and the outbox is full.
+    #[error("outbox full: message dropped")]
     OutboxFull,
     /// The pool is closed.
+    #[error("client closed: message not sent")]
     Closed,
 }

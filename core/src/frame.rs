@@ -2,6 +2,7 @@
 
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -132,6 +133,51 @@ impl From<&Outgoing> for EncodedRequest {
 impl From<Outgoing> for EncodedRequest {
     fn from(message: Outgoing) -> Self {
         Self::new(&message)
+    }
+}
+
+/// A fire-and-forget message encoded for [`Pool::send`](crate::Pool::send): its type (for the
+/// per-type counters) and its frame. Made from an [`Outgoing`] (borrowed, so the caller keeps
+/// the message to hand back on a refusal, or owned), for example outside the lock an adapter
+/// holds around the pool, since encoding is most of a send's cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSend<'a> {
+    kind: Cow<'a, str>,
+    frame: String,
+}
+
+impl<'a> EncodedSend<'a> {
+    /// Encodes `message` as a frame with no id.
+    pub fn new(message: &'a Outgoing) -> Self {
+        Self {
+            kind: Cow::Borrowed(&message.kind),
+            frame: encode(message, None),
+        }
+    }
+
+    /// The message type.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    pub(crate) fn into_parts(self) -> (Cow<'a, str>, String) {
+        (self.kind, self.frame)
+    }
+}
+
+impl<'a> From<&'a Outgoing> for EncodedSend<'a> {
+    fn from(message: &'a Outgoing) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<Outgoing> for EncodedSend<'static> {
+    fn from(message: Outgoing) -> Self {
+        let frame = encode(&message, None);
+        Self {
+            kind: Cow::Owned(message.kind),
+            frame,
+        }
     }
 }
 

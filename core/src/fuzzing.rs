@@ -20,7 +20,7 @@ use crate::sim::{Call, Checker};
 use crate::Pool;
 use crate::{
     CloseReason, ConnId, DialError, Input, Outcome, Output, RequestError, RequestFailure, RequestId,
-    RequestOptions, SendError,
+    RequestOptions, SendError, SendRefusal,
 };
 
 /// The default maximum frame size, used by [`frame_decode`] unless the input picks a small one.
@@ -747,7 +747,7 @@ impl Harness {
     }
 
     fn send(&mut self, message: Outgoing) {
-        let result = self.pool.send(self.now, message.clone());
+        let result = self.pool.send(self.now, &message);
         self.observe(Call::Send {
             message: &message,
             result: &result,
@@ -756,10 +756,11 @@ impl Harness {
         self.drain(Step::Command);
         match result {
             Ok(()) => assert!(!closing, "send accepted after close"),
-            Err(SendError::Closed(_)) => assert!(closing),
-            Err(e) => {
+            Err(SendRefusal::Closed) => assert!(closing),
+            Err(refusal) => {
                 assert!(!closing);
-                let _ = e.into_message();
+                // The caller kept the message: it can be handed back.
+                let _ = SendError::from_refusal(refusal, message).into_message();
             }
         }
     }

@@ -81,7 +81,7 @@ pub mod stats;
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
 pub use error::{RequestError, RequestFailure, SendError, SendRefusal};
 pub use event::{Availability, DisconnectReason, DropReason, Event};
-pub use frame::{EncodedRequest, FrameError, Incoming, Outgoing, Payload};
+pub use frame::{EncodedRequest, EncodedSend, FrameError, Incoming, Outgoing, Payload};
 pub use input::{CloseReason, DialError, Input};
 pub use output::{Outcome, Output};
 pub use pool::{Pool, AVAILABILITY_HOLD};

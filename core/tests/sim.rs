@@ -229,7 +229,7 @@ fn checker_accepts_arbitrary_event_sequences() {
                 }
                 3 => {
                     let m = Outgoing::new(format!("k{}", rng.u8(..3)), serde_json::json!(step));
-                    let result = pool.send(now, m.clone());
+                    let result = pool.send(now, &m);
                     checker.observe_call(
                         now,
                         Call::Send {

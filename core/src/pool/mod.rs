@@ -20,11 +20,11 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::frame::{self, EncodedRequest, FrameError, Incoming, Outgoing};
+use crate::frame::{self, EncodedRequest, EncodedSend, FrameError, Incoming};
 use crate::stats::Stats;
 use crate::{
     Availability, ConnId, DisconnectReason, Input, Outcome, Output, RequestError, RequestFailure, RequestId,
-    RequestIdBuildHasher, RequestOptions, SendError, SendRefusal, SlotState,
+    RequestIdBuildHasher, RequestOptions, SendRefusal, SlotState,
 };
 
 mod availability;
@@ -227,7 +227,7 @@ impl Pool {
     /// the API key), when every open connection is at its in-flight cap, or after close. Like
     /// every send and connect, it re-arms resting slots (at most once per backoff cap each).
     ///
-    /// `request` is an [`Outgoing`] message, or an [`EncodedRequest`] made beforehand (for
+    /// `request` is an [`Outgoing`](crate::Outgoing) message, or an [`EncodedRequest`] made beforehand (for
     /// example outside the lock an adapter holds around the pool): either way the pool only
     /// writes the id into the frame.
     pub fn request(
@@ -240,20 +240,15 @@ impl Pool {
         self.start_request(now, request.into(), options)
     }
 
-    /// Sends a fire-and-forget message. With no connection able to take it, it waits in the
-    /// outbox (bounded, with a TTL) and goes out in order when one opens. Refused, and
-    /// handed back, when the outbox is full or the pool is closed; both are counted.
-    pub fn send(&mut self, now: Instant, message: Outgoing) -> Result<(), SendError> {
-        let frame = frame::encode(&message, None);
-        self.send_encoded(now, &message.kind, frame)
-            .map_err(|refusal| SendError::from_refusal(refusal, message))
-    }
-
-    /// [`Pool::send`] for a message already encoded ([`frame::encode`] with no id, outside
-    /// the caller's lock, say) whose type is `kind`: the same outbox, counters and events.
-    pub fn send_encoded(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
+    /// Sends a fire-and-forget message: an [`Outgoing`](crate::Outgoing) (by value or by reference) or an
+    /// [`EncodedSend`] made beforehand. With no connection able to take it, it waits in the
+    /// outbox (bounded, with a TTL) and goes out in order when one opens. Refused when the
+    /// outbox is full or the pool is closed; both are counted as dropped. A caller that keeps
+    /// the message can hand it back with [`SendError::from_refusal`](crate::SendError::from_refusal).
+    pub fn send<'a>(&mut self, now: Instant, message: impl Into<EncodedSend<'a>>) -> Result<(), SendRefusal> {
         let now = self.advance(now);
-        self.accept_send(now, kind, frame)
+        let (kind, frame) = message.into().into_parts();
+        self.accept_send(now, &kind, frame)
     }
 
     /// Cancels a pending request: it completes at once as [`RequestFailure::Cancelled`].

@@ -87,7 +87,7 @@ fn write_send(
 }
 
 impl Pool {
-    /// The body of [`Pool::send_encoded`].
+    /// The body of [`Pool::send`].
     pub(super) fn accept_send(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
         let index = self.kinds.intern(kind);
         self.kinds.stats[usize::from(index)].sends += 1;

@@ -522,7 +522,7 @@ impl Sim {
             s.checker.unflushed_writes() > 0
         })?;
         let probe_send = Outgoing::new("probe", json!({"n": 1}));
-        let result = self.pool.send(self.now, probe_send.clone());
+        let result = self.pool.send(self.now, &probe_send);
         self.observe(
             2,
             Call::Send {
@@ -1050,7 +1050,7 @@ impl Sim {
                     json!({"method": "GET", "url": "/x", "callChain": [], "timestamp": n}),
                 ),
             };
-            let result = self.pool.send(now, message.clone());
+            let result = self.pool.send(now, &message);
             return self.observe(
                 2,
                 Call::Send {

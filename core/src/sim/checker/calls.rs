@@ -99,13 +99,13 @@ impl Checker {
         &mut self,
         now: Instant,
         message: &Outgoing,
-        result: &Result<(), SendError>,
+        result: &Result<(), SendRefusal>,
     ) -> Result<Step, Violation> {
         let kind = self.intern(&message.kind);
         self.sends[usize::from(kind)].sends += 1;
         if self.closing {
             ensure!(
-                matches!(result, Err(SendError::Closed(m)) if m == message),
+                matches!(result, Err(SendRefusal::Closed)),
                 13,
                 "send after close returned {result:?}"
             );
@@ -130,7 +130,7 @@ impl Checker {
         let open_was_zero = self.open_count() == 0;
         if self.outbox.len() >= self.config.outbox_capacity() as usize {
             ensure!(
-                matches!(result, Err(SendError::OutboxFull(m)) if m == message),
+                matches!(result, Err(SendRefusal::OutboxFull)),
                 7,
                 "send with a full outbox returned {result:?}"
             );

@@ -15,7 +15,7 @@ use crate::pool::{Pool, AVAILABILITY_HOLD, MAX_TIMEOUT, MAX_TRACKED_KINDS, OTHER
 use crate::stats::{SendStats, Stats};
 use crate::{
     Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, Outcome, Output,
-    RequestError, RequestFailure, RequestId, RequestOptions, SendError, SlotState,
+    RequestError, RequestFailure, RequestId, RequestOptions, SendRefusal, SlotState,
 };
 
 /// One call made on the pool, with its immediate result: what [`Checker::observe_call`] needs
@@ -39,7 +39,7 @@ pub enum Call<'a> {
         /// The message passed.
         message: &'a Outgoing,
         /// What `send` returned.
-        result: &'a Result<(), SendError>,
+        result: &'a Result<(), SendRefusal>,
     },
     /// [`Pool::cancel`] with its result.
     Cancel {
