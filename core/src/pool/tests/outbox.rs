@@ -1,0 +1,116 @@
+//! Fire-and-forget sends: the outbox, its TTL, lost sends, per-type counters.
+
+use super::*;
+
+#[test]
+fn outbox_in_order_on_connect_full_refuses_ttl_expires() {
+    let mut h = H::new(|b| b.pool_size(1).outbox_capacity(2).outbox_ttl(10 * SEC));
+    for i in 0..2 {
+        h.pool.send(h.now, Outgoing::new("m", json!(i))).unwrap();
+    }
+    let third = Outgoing::new("m", json!(2));
+    let err = h.pool.send(h.now, &third).unwrap_err();
+    assert_eq!(err, SendRefusal::OutboxFull);
+    // The caller kept the message and gets it back with the reason.
+    let back = crate::SendError::from_refusal(err, third).into_message();
+    assert_eq!(back.payload, json!(2));
+    h.drain();
+    let c = h.up()[0];
+    let frames: Vec<serde_json::Value> = h
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit { frame, .. } => serde_json::from_str(frame).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        frames,
+        vec![json!({"type":"m","payload":0}), json!({"type":"m","payload":1})]
+    );
+    h.input(Input::Flushed { conn: c, writes: 2 });
+    let st = h.pool.stats().sends_by_type["m"].clone();
+    assert_eq!((st.sends, st.sent, st.dropped, st.queued), (3, 2, 1, 0));
+    assert!(st.conserved());
+    // TTL: a message queued while down expires.
+    h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    h.pool.send(h.now, Outgoing::new("m", json!(3))).unwrap();
+    h.at(Duration::from_millis(9_999));
+    h.drain();
+    assert_eq!(h.pool.stats().sends.expired, 0);
+    h.at(10 * SEC);
+    let outs = h.drain();
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::MessageDropped {
+            reason: DropReason::Expired,
+            count: 1,
+            ..
+        })
+    )));
+    let st = h.pool.stats().sends;
+    assert_eq!((st.sends, st.expired), (4, 1));
+    assert!(st.conserved());
+}
+
+#[test]
+fn unflushed_sends_are_lost_with_their_connection() {
+    let mut h = H::new(|b| b.pool_size(1));
+    let c = h.up()[0];
+    for _ in 0..3 {
+        h.pool.send(h.now, Outgoing::new("m", json!(null))).unwrap();
+    }
+    h.drain();
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    h.input(Input::WriteFailed {
+        conn: c,
+        error: "broken pipe".into(),
+    });
+    let st = h.pool.stats().sends;
+    assert_eq!((st.sends, st.sent, st.lost, st.unflushed), (3, 1, 2, 0));
+    assert!(st.conserved());
+}
+
+/// Item 8: 64 message types get counters of their own, the rest share `*other*`, and every
+/// drop event names the counters' bucket.
+#[test]
+fn sixty_four_named_types_then_other_everywhere() {
+    let mut h = H::new(|b| b.pool_size(1).outbox_capacity(64));
+    for i in 0..64 {
+        h.pool
+            .send(h.now, Outgoing::new(format!("t{i}"), json!(null)))
+            .unwrap();
+    }
+    h.drain();
+    let outs = {
+        let r = h.pool.send(h.now, Outgoing::new("t64", json!(null)));
+        assert_eq!(r, Err(SendRefusal::OutboxFull));
+        h.drain()
+    };
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "*other*".into(),
+        reason: DropReason::OutboxFull,
+        count: 1
+    }));
+    let st = h.pool.stats();
+    assert_eq!(st.sends_by_type.len(), 65);
+    assert_eq!(st.sends_by_type["t63"].queued, 1, "the 64th type is named");
+    assert_eq!(st.sends_by_type["*other*"].dropped, 1);
+    // Expiry names the same buckets.
+    h.at(61 * SEC);
+    let expired: u64 = events(&h.drain())
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessageDropped {
+                reason: DropReason::Expired,
+                count,
+                ..
+            } => Some(*count),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(expired, 64);
+}
