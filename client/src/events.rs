@@ -21,7 +21,6 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use async_broadcast::{InactiveReceiver, Receiver, Sender};
-use usageflow_socket_core::Incoming;
 
 use crate::shared::EVENT_CAPACITY;
 use crate::{ClientEvent, ClientOptions};
@@ -30,18 +29,6 @@ use crate::{ClientEvent, ClientOptions};
 ///
 /// [`ClientOptions::max_unsolicited_bytes`]: crate::ClientOptions::max_unsolicited_bytes
 pub const DEFAULT_MAX_UNSOLICITED_BYTES: usize = 4 << 20;
-
-/// The bytes an unsolicited frame is counted for: its payload's JSON text plus its type, ids,
-/// message and error.
-pub(crate) fn frame_bytes(frame: &Incoming) -> usize {
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    frame.kind.len()
-        + frame.payload.json().len()
-        + text(&frame.id)
-        + text(&frame.reply_to)
-        + text(&frame.message)
-        + text(&frame.error)
-}
 
 /// The event channel of a client with `options`: the publisher (for the driver's runtime) and
 /// the subscriber (for `Client::subscribe`).
@@ -89,7 +76,7 @@ impl EventPublisher {
     /// would take the channel over its byte budget first drops the oldest events.
     pub(crate) fn publish(&mut self, event: ClientEvent) {
         let bytes = match &event {
-            ClientEvent::Unsolicited { frame, .. } => frame_bytes(frame).max(1),
+            ClientEvent::Unsolicited { frame, .. } => frame.text_len().max(1),
             _ => 0,
         };
         if bytes > 0 {
@@ -185,12 +172,12 @@ mod tests {
         generation: 1,
     };
 
-    /// An unsolicited frame of exactly `size` bytes (`frame_bytes`), numbered `n`.
+    /// An unsolicited frame of exactly `size` bytes (`Incoming::text_len`), numbered `n`.
     fn unsolicited(n: usize, size: usize) -> ClientEvent {
         let padding = "x".repeat(size - "push".len() - 8 - 2);
         let text = format!(r#"{{"type":"push","payload":"{padding}","id":"{n:08}"}}"#);
         let frame = frame::decode(&text, 1 << 20).unwrap();
-        assert_eq!(frame_bytes(&frame), size);
+        assert_eq!(frame.text_len(), size);
         ClientEvent::Unsolicited { conn: CONN, frame }
     }
 

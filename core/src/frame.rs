@@ -314,6 +314,18 @@ impl Incoming {
             .unwrap_or(&self.kind)
     }
 
+    /// The bytes of its text: the payload's JSON plus its type, ids, message and error. What a
+    /// buffer of frames is charged for one (the client's event stream bounds them by it).
+    pub fn text_len(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.kind.len()
+            + self.payload.json().len()
+            + text(&self.id)
+            + text(&self.reply_to)
+            + text(&self.message)
+            + text(&self.error)
+    }
+
     /// Deserializes the payload into a typed reply.
     pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         self.payload.parse()

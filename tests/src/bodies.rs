@@ -641,8 +641,8 @@ pub async fn stalled_subscriber_holds_bounded_bytes<A: Adapter>() {
         match event.flatten() {
             Some(Ok(ClientEvent::Unsolicited { frame, .. })) => {
                 frames += 1;
-                bytes += frame_bytes(&frame);
-                largest = largest.max(frame_bytes(&frame));
+                bytes += frame.text_len();
+                largest = largest.max(frame.text_len());
                 if frame.id.as_deref() == Some(newest.as_str()) {
                     break;
                 }

@@ -85,18 +85,6 @@ pub async fn next_event(sub: &mut Subscription) -> Option<ClientEvent> {
     }
 }
 
-/// The bytes an unsolicited frame is counted for in the event stream's budget (the client's
-/// own accounting): its payload's JSON text plus its type, ids, message and error.
-pub fn frame_bytes(frame: &Incoming) -> usize {
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    frame.kind.len()
-        + frame.payload.json().len()
-        + text(&frame.id)
-        + text(&frame.reply_to)
-        + text(&frame.message)
-        + text(&frame.error)
-}
-
 /// Runs one test body under [`TEST_TIMEOUT`], on the adapter's runtime.
 pub fn run<A: Adapter, F: Future<Output = ()>>(name: &str, body: F) {
     run_within::<A, F>(name, TEST_TIMEOUT, body);

@@ -17,12 +17,10 @@ impl Conn {
         frame: Option<String>,
     ) -> (u64, Output) {
         self.writes_issued += 1;
-        if self.write_deadline.is_none() {
-            self.write_deadline = Some(now + write_wait);
-        }
         let n = self.writes_issued;
-        if self.issued_at.back().is_none_or(|&(_, at)| at != now) {
-            self.issued_at.push_back((n, now));
+        let deadline = now + write_wait;
+        if self.write_deadlines.back().is_none_or(|&(_, d)| d != deadline) {
+            self.write_deadlines.push_back((n, deadline));
         }
         let id = conn_id(slot, self.generation);
         let output = match frame {
@@ -34,7 +32,7 @@ impl Conn {
 
     /// Hands this connection's deadlines (write, read, next ping) to `consider`.
     pub(super) fn timers(&self, consider: &mut impl FnMut(Instant)) {
-        if let Some(t) = self.write_deadline {
+        if let Some(t) = self.write_deadline() {
             consider(t);
         }
         consider(self.read_deadline);
@@ -59,7 +57,6 @@ impl Pool {
     }
 
     pub(super) fn on_flushed(&mut self, now: Instant, id: ConnId, writes: u64) {
-        let write_wait = self.config.write_wait;
         let slot = usize::from(id.slot);
         let Some(conn) = self.slots[slot].conn_mut(id.generation) else {
             self.counters.stale_inputs += 1;
@@ -70,16 +67,18 @@ impl Pool {
             return;
         }
         conn.writes_flushed = writes;
-        // The deadline belongs to the oldest write still unflushed, issued when its run began.
-        let oldest = writes + 1;
-        while conn.issued_at.get(1).is_some_and(|&(first, _)| first <= oldest) {
-            conn.issued_at.pop_front();
-        }
+        // The deadline belongs to the oldest write still unflushed: drop the runs before it.
         if writes == conn.writes_issued {
-            conn.issued_at.clear();
-            conn.write_deadline = None;
+            conn.write_deadlines.clear();
         } else {
-            conn.write_deadline = conn.issued_at.front().map(|&(_, at)| at + write_wait);
+            let oldest = writes + 1;
+            while conn
+                .write_deadlines
+                .get(1)
+                .is_some_and(|&(first, _)| first <= oldest)
+            {
+                conn.write_deadlines.pop_front();
+            }
         }
         self.kinds.flushed(&mut conn.unflushed_sends, writes);
         self.retire_drained(slot);
@@ -94,7 +93,7 @@ impl Pool {
         let Some(conn) = self.slots[slot].conn_mut(generation) else {
             return false;
         };
-        if conn.write_deadline.is_some_and(|t| t <= now) {
+        if conn.write_deadline().is_some_and(|t| t <= now) {
             self.lose(now, id, DisconnectReason::WriteTimeout);
             return false;
         }
@@ -111,7 +110,7 @@ impl Pool {
                 // The last ping is not even flushed: another would only queue behind it (the
                 // adapter's queue would grow by one per period on a stuck socket). The write
                 // deadline decides this connection's fate; look again then.
-                if let Some(deadline) = conn.write_deadline {
+                if let Some(deadline) = conn.write_deadline() {
                     conn.next_ping = conn.next_ping.max(deadline);
                 }
             } else {

@@ -16,7 +16,6 @@ pub(super) struct Conn {
     pub(super) pending: u32,
     pub(super) writes_issued: u64,
     pub(super) writes_flushed: u64,
-    pub(super) write_deadline: Option<Instant>,
     pub(super) read_deadline: Instant,
     pub(super) next_ping: Instant,
     pub(super) rotate_at: Option<Instant>,
@@ -24,10 +23,11 @@ pub(super) struct Conn {
     pub(super) unflushed_sends: VecDeque<(u64, u16)>,
     /// Write number of the last ping (0: none yet).
     pub(super) last_ping: u64,
-    /// When the unflushed writes were issued, run-length encoded: (first write number
-    /// issued at that instant, the instant). The write deadline belongs to the oldest
-    /// unflushed write, so a partial flush must not restart it.
-    pub(super) issued_at: VecDeque<(u64, Instant)>,
+    /// The write deadlines of the unflushed writes, run-length encoded: (first write number
+    /// issued at one instant, that instant plus the write wait). Empty exactly when every
+    /// write is flushed; its front is the connection's write deadline, which belongs to the
+    /// oldest unflushed write, so a partial flush does not restart it.
+    pub(super) write_deadlines: VecDeque<(u64, Instant)>,
     /// Failed replacement dials since this connection opened (its rotation's attempts).
     pub(super) rotation_attempt: u32,
 }
@@ -44,15 +44,19 @@ impl Conn {
             pending: 0,
             writes_issued: 0,
             writes_flushed: 0,
-            write_deadline: None,
             read_deadline: now + config.pong_wait,
             next_ping: now + config.ping_period,
             rotate_at,
             unflushed_sends: VecDeque::new(),
             last_ping: 0,
-            issued_at: VecDeque::new(),
+            write_deadlines: VecDeque::new(),
             rotation_attempt: 0,
         }
+    }
+
+    /// When the oldest unflushed write must be flushed by, if any is unflushed.
+    pub(super) fn write_deadline(&self) -> Option<Instant> {
+        self.write_deadlines.front().map(|&(_, deadline)| deadline)
     }
 
     /// Writes issued and not yet flushed.

@@ -325,9 +325,19 @@ fn a_rejected_key_is_reported_where_the_caller_looks() {
             .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default()),
         Err(RequestError::NotConnected)
     );
-    // A connection clears it for good, and the queued send goes out.
     let st = h.pool.stats();
     assert_eq!((st.rejections, st.dial_failures), (3, 4));
+    // A connection clears it, and the queued send goes out on it.
+    h.at(30 * SEC);
+    let dials = h.dials();
+    assert!(!dials.is_empty(), "the slots dial again");
+    let outs = h.input(Input::Connected { conn: dials[0] });
+    assert_eq!(
+        count(&outs, |o| matches!(o, Output::Transmit { .. })),
+        1,
+        "the queued send"
+    );
+    assert_eq!((h.pool.rejection(), h.pool.stats().rejected_status), (None, None));
 }
 
 /// Item 5: 429 and 5xx are the service being unavailable, not a rejected key: they back off
