@@ -34,9 +34,6 @@ pub enum DisconnectReason {
     /// The connection reached its maximum age and was replaced.
     #[error("connection replaced after reaching its maximum age")]
     Rotated,
-    /// The adapter reported a connection the pool was not dialing.
-    #[error("unexpected connection")]
-    Unexpected,
 }
 
 /// Why a fire-and-forget message was not delivered.

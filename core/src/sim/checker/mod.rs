@@ -288,7 +288,8 @@ pub struct Checker {
     step: Step,
     outputs_in_step: u32,
     awaiting: Option<Await>,
-    lost: BTreeMap<ConnId, DisconnectReason>,
+    /// Connections lost in this step, with the reason once its `Disconnected` event told it.
+    lost: BTreeMap<ConnId, Option<DisconnectReason>>,
     owed: BTreeMap<u16, u32>,
     expected_drops: BTreeMap<(String, DropReason), u64>,
     aborts: BTreeSet<ConnId>,

@@ -309,7 +309,7 @@ impl Checker {
                 *self.expected_drops.entry((name, DropReason::Lost)).or_default() += 1;
             }
             // Keep the connection's shadow for the reason checks of the Disconnected event.
-            self.lost.insert(conn, DisconnectReason::Unexpected);
+            self.lost.insert(conn, None);
             self.dead_conn = Some(c);
         }
         self.awaiting = Some(Await::Disconnected {
@@ -364,7 +364,7 @@ impl Checker {
             now - c.last_heard,
             c.write_deadline.map(|t| t.saturating_duration_since(now))
         );
-        self.lost.insert(conn, reason.clone());
+        self.lost.insert(conn, Some(reason.clone()));
         self.stats.disconnects += 1;
         if was_open {
             let s = &mut self.slots[usize::from(conn.slot)];
@@ -488,7 +488,7 @@ impl Checker {
             }
             Outcome::Failed(RequestFailure::ConnectionLost(reason)) => {
                 ensure!(
-                    self.lost.get(&r.conn) == Some(reason),
+                    self.lost.get(&r.conn).and_then(Option::as_ref) == Some(reason),
                     3,
                     "request {id} failed as lost ({reason:?}) but its connection {} was not lost so",
                     r.conn
