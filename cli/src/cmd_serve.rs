@@ -106,6 +106,19 @@ pub(crate) struct ServeArgs {
     /// Payload length of each frame of --push, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1024, help_heading = "Faults")]
     push_size: u64,
+    /// Fault (one-shot): once N messages (requests and fire-and-forget, all connections) have
+    /// been received, abort every connection (TCP reset, no close frame, unread messages lost);
+    /// the listener stays up.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Faults")]
+    abort_after: u64,
+    /// Fault: abort every connection every MS milliseconds (TCP reset, no close frame, unread
+    /// messages lost); the listener stays up (0 = off).
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Faults")]
+    abort_every_ms: u64,
+    /// Fault: pause reading a connection for US microseconds after each message it receives,
+    /// so fast clients fill the socket buffers (0 = off).
+    #[arg(long, value_name = "US", default_value_t = 0, help_heading = "Faults")]
+    read_delay_us: u64,
 }
 
 impl ServeArgs {
@@ -134,6 +147,9 @@ impl ServeArgs {
             drop_once_on: self.drop_once_on.clone(),
             push_frames: self.push,
             push_size: self.push_size,
+            abort_after_messages: self.abort_after,
+            abort_every_ms: self.abort_every_ms,
+            read_delay_us: self.read_delay_us,
         }
     }
 
@@ -200,5 +216,34 @@ mod tests {
         assert!(format!("{args:?}").contains("127.0.0.1:0"));
         // The server still gets the key.
         assert_eq!(args.options().unwrap().key.as_deref(), Some("secret-123"));
+    }
+
+    #[test]
+    fn serve_args_set_the_connection_faults() {
+        let args: ServeArgs = parse(&[
+            "--no-pongs",
+            "--abort-after",
+            "500",
+            "--abort-every-ms",
+            "250",
+            "--read-delay-us",
+            "100",
+        ]);
+        let faults = args.faults();
+        assert!(faults.no_pongs);
+        assert_eq!(faults.abort_after_messages, 500);
+        assert_eq!(faults.abort_every_ms, 250);
+        assert_eq!(faults.read_delay_us, 100);
+        let defaults: ServeArgs = parse(&[]);
+        let faults = defaults.faults();
+        assert!(!faults.no_pongs);
+        assert_eq!(
+            (
+                faults.abort_after_messages,
+                faults.abort_every_ms,
+                faults.read_delay_us
+            ),
+            (0, 0, 0)
+        );
     }
 }

@@ -41,6 +41,10 @@ const MAX_DELAYED: usize = 100_000;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The non-JSON frame of the `garbage_every` fault.
 const GARBAGE: &str = "this is not JSON {";
+/// How late after its scheduled instant `read_delay_us` still counts a frame as read on
+/// schedule: the timer wakes a connection up to a millisecond late, and the frames it owes
+/// meanwhile are read at once. A frame later than that pauses reading a full delay.
+const READ_PACE_SLACK: Duration = Duration::from_millis(2);
 
 type Ws<S> = WebSocketStream<TokioAdapter<PongFilter<S>>>;
 
@@ -62,6 +66,42 @@ impl Drop for OpenGuard {
     }
 }
 
+/// A transport over a TCP socket: the socket is reached to reset it when the connection is
+/// aborted.
+pub(crate) trait OverTcp {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OverTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Makes dropping `tcp` reset the connection (an RST; unsent and unread bytes discarded)
+/// instead of closing it with a FIN.
+fn reset_on_drop(tcp: &TcpStream) {
+    // A zero linger never blocks the drop (the deprecation is about non-zero lingers);
+    // `set_zero_linger`, its replacement, needs a newer Tokio than the workspace asks for.
+    #[allow(deprecated)]
+    let _ = tcp.set_linger(Some(Duration::ZERO));
+}
+
+/// Waits until the connections of `abort`'s epoch are aborted (never, if the server is gone
+/// without aborting them).
+async fn abort_requested(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|aborted| *aborted).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Waits until shutdown is asked for (or the server is gone).
 async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
     while !*shutdown.borrow_and_update() {
@@ -71,11 +111,14 @@ async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Serves one accepted TCP connection until it ends, the server shuts down, or `abort` (the
+/// abort epoch the connection was accepted in) aborts it.
 pub(crate) async fn handle_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    mut abort: watch::Receiver<bool>,
 ) {
     shared.live_tasks.fetch_add(1, Relaxed);
     let _live = LiveGuard(shared.clone());
@@ -83,23 +126,37 @@ pub(crate) async fn handle_tcp(
     if shared.faults.hang_handshakes() {
         Counters::add(&counters.handshakes_hung);
         tracing::debug!(%peer, "holding the handshake (hang_handshakes)");
-        shutdown_requested(&mut shutdown).await;
+        tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => {}
+            _ = abort_requested(&mut abort) => {
+                reset_on_drop(&stream);
+                Counters::add(&counters.connections_aborted);
+            }
+        }
         return;
     }
-    match &shared.tls {
-        None => upgrade(stream, peer, &shared, shutdown).await,
-        Some(acceptor) => match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await
-        {
-            Ok(Ok(tls)) => upgrade(tls, peer, &shared, shutdown).await,
-            Ok(Err(e)) => {
-                Counters::add(&counters.handshakes_failed);
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    let accepted = match &shared.tls {
+        None => return upgrade(stream, peer, &shared, shutdown, abort).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
+            tokio::select! {
+                biased;
+                // The stream is inside the handshake: dropped, not reset.
+                _ = abort_requested(&mut abort) => return Counters::add(&counters.connections_aborted),
+                accepted = handshake => accepted,
             }
-            Err(_) => {
-                Counters::add(&counters.handshakes_failed);
-                tracing::debug!(%peer, "TLS handshake timed out");
-            }
-        },
+        }
+    };
+    match accepted {
+        Ok(Ok(tls)) => upgrade(tls, peer, &shared, shutdown, abort).await,
+        Ok(Err(e)) => {
+            Counters::add(&counters.handshakes_failed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            Counters::add(&counters.handshakes_failed);
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
     }
 }
 
@@ -120,9 +177,14 @@ fn status_answer(status: StatusCode, text: &str, retry_after_secs: u64) -> Error
     r
 }
 
-async fn upgrade<S>(stream: S, peer: SocketAddr, shared: &Arc<Shared>, shutdown: watch::Receiver<bool>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+async fn upgrade<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    mut abort: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp,
 {
     let counters = &shared.counters;
     let filtered = PongFilter::new(stream, shared.faults.clone(), counters.clone());
@@ -159,11 +221,16 @@ where
             (None, None) => Ok(resp),
         }
     };
-    let accepted = tokio::time::timeout(
+    let handshake = tokio::time::timeout(
         shared.handshake_timeout,
         accept_hdr_async_with_config(filtered, callback, Some(shared.ws_config)),
-    )
-    .await;
+    );
+    let accepted = tokio::select! {
+        biased;
+        // The stream is inside the handshake: dropped, not reset.
+        _ = abort_requested(&mut abort) => return Counters::add(&counters.connections_aborted),
+        accepted = handshake => accepted,
+    };
     let mut ws = match accepted {
         Ok(Ok(ws)) => ws,
         Ok(Err(WsError::Http(_))) => return, // rejected by the callback, counted there
@@ -184,10 +251,11 @@ where
     counters.open_connections.fetch_add(1, Relaxed);
     let _open = OpenGuard(counters.clone());
     tracing::debug!(%peer, "connection open");
-    let conn = Conn {
+    let mut conn = Conn {
         ws,
         shared: shared.clone(),
         shutdown,
+        abort: abort.clone(),
         msgs: 0,
         opened: Instant::now(),
         delayed: BinaryHeap::new(),
@@ -195,9 +263,21 @@ where
         dirty: false,
         closing_until: None,
         next_ping: None,
+        read_resume_at: None,
     };
-    conn.run().await;
-    tracing::debug!(%peer, "connection ended");
+    // The connection is aborted wherever it is, even blocked on a write or frozen.
+    let aborted = tokio::select! {
+        biased;
+        _ = abort_requested(&mut abort) => true,
+        aborted = conn.run() => aborted,
+    };
+    if aborted {
+        reset_on_drop(conn.ws.get_ref().get_ref().get_ref().tcp());
+        Counters::add(&counters.connections_aborted);
+        tracing::debug!(%peer, "connection aborted");
+    } else {
+        tracing::debug!(%peer, "connection ended");
+    }
 }
 
 /// A reply waiting for its delay to pass.
@@ -237,6 +317,8 @@ enum Next {
     Freeze,
     /// End the task: the socket is dropped without a close frame.
     End,
+    /// End the task, resetting the socket: the connection is aborted.
+    Abort,
 }
 
 enum Event {
@@ -249,6 +331,8 @@ struct Conn<S> {
     ws: Ws<S>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    /// Turns `true` when the connection is to be aborted.
+    abort: watch::Receiver<bool>,
     /// Text frames received.
     msgs: u64,
     opened: Instant,
@@ -260,10 +344,13 @@ struct Conn<S> {
     closing_until: Option<Instant>,
     /// When the `ping_every_ms` fault sends its next ping.
     next_ping: Option<Instant>,
+    /// With `read_delay_us`: reading resumes at this instant.
+    read_resume_at: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
-    async fn run(mut self) {
+    /// Serves the connection until it ends; whether it ended aborted (its socket to be reset).
+    async fn run(&mut self) -> bool {
         let shared = self.shared.clone();
         let faults = &shared.faults;
         let timer = tokio::time::sleep(Duration::from_secs(3600));
@@ -273,8 +360,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let now = Instant::now();
+            if self.aborting() {
+                return true;
+            }
             if self.closing_until.is_some_and(|t| now >= t) {
-                return;
+                return false;
             }
             let freeze_at = match faults.freeze_after_ms() {
                 0 => None,
@@ -285,10 +375,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
             if let Some((count, size)) = faults.take_push() {
                 if self.push(count, size).await.is_err() {
-                    return;
+                    return false;
                 }
             }
             let stop_reading = faults.stop_reading();
+            let read_paused = self.read_paused();
             self.next_ping = match faults.ping_every_ms() {
                 0 => None,
                 ms => Some(self.next_ping.unwrap_or(now + Duration::from_millis(ms))),
@@ -298,6 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 freeze_at,
                 self.closing_until,
                 self.next_ping,
+                self.read_resume_at.filter(|_| read_paused),
             ]
             .into_iter()
             .flatten()
@@ -310,26 +402,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let event = tokio::select! {
                 biased;
                 _ = shutdown_requested(&mut self.shutdown), if self.closing_until.is_none() => Event::Shutdown,
-                m = self.ws.next(), if !stop_reading => Event::Message(m),
+                m = self.ws.next(), if !stop_reading && !read_paused => Event::Message(m),
                 _ = &mut timer, if wake.is_some() => Event::Wake,
                 _ = &mut changed => Event::Wake,
             };
             let next = match event {
                 Event::Shutdown => self.close(CloseCode::Away, "server shutting down").await,
                 Event::Wake => Next::Continue,
-                Event::Message(None) | Event::Message(Some(Err(_))) => return,
+                Event::Message(None) | Event::Message(Some(Err(_))) => return false,
                 Event::Message(Some(Ok(m))) => self.handle_batch(m).await,
             };
-            if next == Next::End {
-                return;
+            match next {
+                Next::End => return false,
+                Next::Abort => return true,
+                Next::Continue | Next::Freeze => {}
             }
             if self.send_due().await.is_err() || self.ping_due().await.is_err() {
-                return;
+                return false;
             }
             if self.dirty {
                 self.dirty = false;
                 if self.ws.flush().await.is_err() {
-                    return;
+                    return false;
                 }
             }
             if next == Next::Freeze {
@@ -338,11 +432,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    /// Handles `first`, then every message already readable, up to [`MAX_BATCH`].
+    /// Handles `first`, then every message already readable, up to [`MAX_BATCH`] (while
+    /// reading is neither stopped nor paused).
     async fn handle_batch(&mut self, first: Message) -> Next {
         let mut next = self.handle(first).await;
         let mut n = 1;
-        while next == Next::Continue && n < MAX_BATCH && !self.shared.faults.stop_reading() {
+        while next == Next::Continue
+            && n < MAX_BATCH
+            && !self.shared.faults.stop_reading()
+            && !self.aborting()
+            && !self.read_paused()
+        {
             match self.ws.next().now_or_never() {
                 None => break,
                 Some(Some(Ok(m))) => next = self.handle(m).await,
@@ -359,11 +459,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         faults.freeze() || (after > 0 && self.msgs >= after)
     }
 
-    /// Stops reading and writing, keeping the socket open, until shutdown or kill.
-    async fn freeze(mut self) {
+    /// Whether the connection is to be aborted (its task may not have noticed yet).
+    fn aborting(&self) -> bool {
+        *self.abort.borrow()
+    }
+
+    /// Whether `read_delay_us` pauses reading now.
+    fn read_paused(&self) -> bool {
+        self.read_resume_at.is_some_and(|t| Instant::now() < t) && self.shared.faults.read_delay_us() > 0
+    }
+
+    /// Stops reading and writing, keeping the socket open, until shutdown, kill or abort (the
+    /// caller's). Never ends aborted by itself.
+    async fn freeze(&mut self) -> bool {
         Counters::add(&self.shared.counters.connections_frozen);
         tracing::debug!("connection frozen");
         shutdown_requested(&mut self.shutdown).await;
+        false
     }
 
     async fn handle(&mut self, msg: Message) -> Next {
@@ -372,14 +484,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Message::Text(text) => {
                 Counters::add(&counters.text_frames_received);
                 self.msgs += 1;
-                if self.shared.faults.take_drop_once(text.as_str()) {
+                self.read_resume_at = match self.shared.faults.read_delay_us() {
+                    0 => None,
+                    delay_us => next_read(self.read_resume_at, delay_us, Instant::now()),
+                };
+                let drop_once = self.shared.faults.take_drop_once(text.as_str());
+                let counted = self.count(text.as_str());
+                if counted.is_some() && self.shared.faults.take_abort_after() {
+                    // Counted as received, never answered: every connection is aborted.
+                    tracing::debug!("aborting every connection (abort_after_messages)");
+                    self.shared.abort_connections();
+                    return Next::Abort;
+                }
+                if drop_once {
                     // Counted as received, never answered: the connection dies before replying.
-                    self.count(text.as_str());
                     Counters::add(&counters.connections_dropped);
                     return Next::End;
                 }
-                if self.on_text(text.as_str()).await.is_err() {
-                    return Next::End;
+                if let Some((frame, true)) = counted {
+                    if self.reply(&frame).await.is_err() {
+                        return Next::End;
+                    }
                 }
                 let faults = &self.shared.faults;
                 let drop_after = faults.drop_after_messages();
@@ -437,13 +562,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Next::Continue
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), WsError> {
-        let Some((frame, true)) = self.count(text) else {
-            return Ok(());
-        };
+    /// Answers a request.
+    async fn reply(&mut self, frame: &Incoming) -> Result<(), WsError> {
         let id = frame.id.as_deref().unwrap_or_default();
         let style = self.shared.faults.reply_style();
-        let (reply, denial) = build_reply(&frame, id, style, &self.shared.payloads);
+        let (reply, denial) = build_reply(frame, id, style, &self.shared.payloads);
         self.emit(reply, denial).await
     }
 
@@ -574,6 +697,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.dirty = true;
         Ok(())
     }
+}
+
+/// When reading may resume after a text frame read at `now`, under a `read_delay_us` of
+/// `delay_us`, the previous frame's resume instant being `resume_at`. A frame read on time
+/// (at most [`READ_PACE_SLACK`] after `resume_at`) pushes the schedule one delay further from
+/// `resume_at`, not from now, so that delays shorter than the timer's millisecond are kept on
+/// average; a frame after an idle spell pauses reading a full delay from now.
+fn next_read(resume_at: Option<Instant>, delay_us: u64, now: Instant) -> Option<Instant> {
+    if delay_us == 0 {
+        return None;
+    }
+    let base = match resume_at {
+        Some(t) if now.saturating_duration_since(t) <= READ_PACE_SLACK => t,
+        _ => now,
+    };
+    Some(base + Duration::from_micros(delay_us))
 }
 
 /// A random (v4) UUID from the fast non-cryptographic generator: ids only need uniqueness.
@@ -736,6 +875,36 @@ mod tests {
 
     fn req(kind: &str, payload: Value) -> Incoming {
         serde_json::from_str(&json!({"type": kind, "payload": payload, "id": "r1"}).to_string()).unwrap()
+    }
+
+    #[test]
+    fn read_pacing_keeps_sub_millisecond_delays_on_average() {
+        let us = Duration::from_micros;
+        let t0 = Instant::now();
+        assert_eq!(next_read(None, 0, t0), None, "off");
+        assert_eq!(next_read(Some(t0), 0, t0), None, "switched off");
+        assert_eq!(next_read(None, 100, t0), Some(t0 + us(100)), "the first frame");
+        // The timer woke the connection a millisecond after the instant reading was due: the
+        // schedule moves from where it was, not from now, so the frames owed meanwhile are read
+        // without pausing (while the resume instant is not after now).
+        let mut resume = Some(t0 + us(100));
+        let woke = t0 + us(1100);
+        for n in 2..=12 {
+            assert!(resume.unwrap() <= woke, "frame {n} is owed");
+            resume = next_read(resume, 100, woke);
+            assert_eq!(resume, Some(t0 + us(100 * n)));
+        }
+        assert!(resume.unwrap() > woke, "then reading pauses again");
+        // After an idle spell: no credit, a full pause from the frame's own instant.
+        let late = t0 + Duration::from_secs(1);
+        assert_eq!(next_read(Some(t0), 100, late), Some(late + us(100)));
+        assert_eq!(next_read(Some(t0), 20_000, late), Some(late + us(20_000)));
+        // Delays longer than the timer's resolution are kept frame by frame.
+        let on_time = t0 + us(20_300);
+        assert_eq!(
+            next_read(Some(t0 + us(20_000)), 20_000, on_time),
+            Some(t0 + us(40_000))
+        );
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub struct Counters {
     pub(crate) closes_sent: AtomicU64,
     pub(crate) connections_dropped: AtomicU64,
     pub(crate) connections_frozen: AtomicU64,
+    pub(crate) connections_aborted: AtomicU64,
     close_codes: Mutex<Vec<Option<u16>>>,
     pub(crate) last_key_present: AtomicBool,
     last_user_agent: Mutex<Option<String>>,
@@ -158,6 +159,10 @@ pub struct CountersSnapshot {
     pub connections_dropped: u64,
     /// Connections that froze.
     pub connections_frozen: u64,
+    /// Connections aborted (socket reset, no close frame, unread messages lost) by
+    /// [`abort_connections`](super::ServerHandle::abort_connections), `abort_after_messages` or
+    /// `abort_every_ms`, counting those still in their handshake.
+    pub connections_aborted: u64,
     /// The codes of the close frames received, oldest first (`None`: a close without a code).
     pub close_codes: Vec<Option<u16>>,
     /// Whether the last upgrade request carried an `x-usage-key` header.
@@ -243,6 +248,13 @@ impl Counters {
         self.replies_sent.load(Relaxed)
     }
 
+    /// Connections aborted so far by
+    /// [`abort_connections`](super::ServerHandle::abort_connections), `abort_after_messages` or
+    /// `abort_every_ms`.
+    pub fn connections_aborted(&self) -> u64 {
+        self.connections_aborted.load(Relaxed)
+    }
+
     /// The codes of the close frames received so far.
     pub fn close_codes(&self) -> Vec<Option<u16>> {
         self.close_codes.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -277,6 +289,7 @@ impl Counters {
             closes_sent: l(&self.closes_sent),
             connections_dropped: l(&self.connections_dropped),
             connections_frozen: l(&self.connections_frozen),
+            connections_aborted: l(&self.connections_aborted),
             close_codes: self.close_codes(),
             last_key_present: self.last_key_present.load(Relaxed),
             last_user_agent: self

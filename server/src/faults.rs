@@ -41,6 +41,11 @@ pub struct Faults {
     drop_once_on: Mutex<Option<String>>,
     push_frames: AtomicU64,
     push_size: AtomicU64,
+    abort_after_messages: AtomicU64,
+    /// Messages counted toward `abort_after_messages` since it was last set.
+    abort_after_seen: AtomicU64,
+    abort_every_ms: AtomicU64,
+    read_delay_us: AtomicU64,
     pub(crate) changed: Notify,
 }
 
@@ -90,6 +95,10 @@ impl Faults {
             drop_once_on: Mutex::new(None),
             push_frames: AtomicU64::new(0),
             push_size: AtomicU64::new(0),
+            abort_after_messages: AtomicU64::new(0),
+            abort_after_seen: AtomicU64::new(0),
+            abort_every_ms: AtomicU64::new(0),
+            read_delay_us: AtomicU64::new(0),
             changed: Notify::new(),
         };
         f.set(config);
@@ -121,6 +130,9 @@ impl Faults {
         self.set_drop_once_on(c.drop_once_on.clone());
         self.push_size.store(c.push_size, Relaxed);
         self.push_frames.store(c.push_frames, Relaxed);
+        self.arm_abort_after(c.abort_after_messages);
+        self.abort_every_ms.store(c.abort_every_ms, Relaxed);
+        self.read_delay_us.store(c.read_delay_us, Relaxed);
         self.changed.notify_waiters();
     }
 
@@ -155,6 +167,9 @@ impl Faults {
             drop_once_on: self.drop_once_on(),
             push_frames: self.push_frames(),
             push_size: self.push_size(),
+            abort_after_messages: self.abort_after_messages(),
+            abort_every_ms: self.abort_every_ms(),
+            read_delay_us: self.read_delay_us(),
         }
     }
 
@@ -202,6 +217,43 @@ impl Faults {
             0 => None,
             n => Some((n, self.push_size.load(Relaxed))),
         }
+    }
+
+    /// The armed `abort_after_messages` count: after this many messages, counted from when it
+    /// was set, every connection is aborted (0 = off, and after it fired).
+    pub fn abort_after_messages(&self) -> u64 {
+        self.abort_after_messages.load(Relaxed)
+    }
+
+    /// Arms (or, with 0, disarms) the one-shot `abort_after_messages` fault: once the server has
+    /// received `n` more messages (requests and fire-and-forget messages, all connections
+    /// together), every connection is aborted and the switch returns to 0.
+    pub fn set_abort_after_messages(&self, n: u64) {
+        self.arm_abort_after(n);
+        self.changed.notify_waiters();
+    }
+
+    /// Sets `abort_after_messages` and restarts its count.
+    fn arm_abort_after(&self, n: u64) {
+        self.abort_after_messages.store(0, Relaxed);
+        self.abort_after_seen.store(0, Relaxed);
+        self.abort_after_messages.store(n, Relaxed);
+    }
+
+    /// Counts one received message toward `abort_after_messages`; whether it is the one that
+    /// reaches the count, in which case the fault is disarmed (so it fires exactly once per
+    /// arming).
+    pub(crate) fn take_abort_after(&self) -> bool {
+        let n = self.abort_after_messages.load(Relaxed);
+        if n == 0 {
+            return false;
+        }
+        let seen = self.abort_after_seen.fetch_add(1, Relaxed) + 1;
+        seen >= n
+            && self
+                .abort_after_messages
+                .compare_exchange(n, 0, Relaxed, Relaxed)
+                .is_ok()
     }
 
     /// The reply style in force.
@@ -260,6 +312,10 @@ impl Faults {
         push_frames / set_push_frames: u64;
         /// The payload length of each pushed frame.
         push_size / set_push_size: u64;
+        /// Every connection is aborted this often, in ms (0 = off).
+        abort_every_ms / set_abort_every_ms: u64;
+        /// Reading pauses this many microseconds after each text frame (0 = off).
+        read_delay_us / set_read_delay_us: u64;
     }
 }
 

@@ -108,6 +108,9 @@
 //! | [`close_after_messages`](FaultConfig::close_after_messages), [`close_code`](FaultConfig::close_code) | sends a close frame (with that code) after n text frames |
 //! | [`drop_after_messages`](FaultConfig::drop_after_messages) | drops the TCP connection abruptly after n text frames |
 //! | [`drop_once_on`](FaultConfig::drop_once_on) | one-shot: drops the connection that receives a frame containing this text |
+//! | [`abort_after_messages`](FaultConfig::abort_after_messages) | one-shot: after n messages (all connections), aborts every connection; the listener stays up |
+//! | [`abort_every_ms`](FaultConfig::abort_every_ms) | aborts every connection this often; the listener stays up |
+//! | [`read_delay_us`](FaultConfig::read_delay_us) | pauses reading a connection after each text frame (the client's writes back up) |
 //! | [`reject_handshakes`](FaultConfig::reject_handshakes) | answers every upgrade with 401 (the key refused) |
 //! | [`handshake_status`](FaultConfig::handshake_status), [`retry_after_secs`](FaultConfig::retry_after_secs) | answers every upgrade with this status (503, 429, ...), optionally with `Retry-After` |
 //! | [`hang_handshakes`](FaultConfig::hang_handshakes) | accepts TCP connections but never answers the upgrade |
@@ -117,8 +120,9 @@
 //! The [`ReplyStyle`] (how a reply names its request) is switched with
 //! [`Faults::set_reply_style`]. Beyond the fields, [`ServerHandle::kill`] drops the listener
 //! and every connection without close frames, [`ServerHandle::restart`] listens again on the
-//! same port (counters and faults kept), and [`ServerHandle::shutdown`] closes every
-//! connection with code 1001.
+//! same port (counters and faults kept), [`ServerHandle::abort_connections`] resets every
+//! connection (no close frames, unread messages lost) while the listener keeps accepting, and
+//! [`ServerHandle::shutdown`] closes every connection with code 1001.
 //!
 //! # Running it
 //!
@@ -223,6 +227,31 @@ pub(crate) struct Shared {
     pub(crate) payloads: Payloads,
     /// Connection tasks alive (any stage), so `kill` can wait for them to be gone.
     pub(crate) live_tasks: AtomicU64,
+    /// The current abort epoch: every connection task holds receivers of the epoch it was
+    /// accepted in, until it ends; aborting sends `true` on it and starts a new epoch.
+    abort_epoch: Mutex<watch::Sender<bool>>,
+}
+
+impl Shared {
+    /// A receiver of the current abort epoch, for a connection accepted now.
+    pub(crate) fn abort_receiver(&self) -> watch::Receiver<bool> {
+        self.abort_epoch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscribe()
+    }
+
+    /// Aborts every connection accepted so far (the tasks notice at once, wherever they are,
+    /// and reset their sockets) and starts a new epoch for the connections accepted from now
+    /// on. Returns the aborted epoch: its receivers are gone once every aborted task has ended.
+    pub(crate) fn abort_connections(&self) -> watch::Sender<bool> {
+        let aborted = {
+            let mut epoch = self.abort_epoch.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *epoch, watch::channel(false).0)
+        };
+        aborted.send_replace(true);
+        aborted
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -329,6 +358,15 @@ impl Inner {
         }
     }
 
+    async fn abort_connections(self: Arc<Self>) {
+        let aborted = self.shared.abort_connections();
+        let deadline = Instant::now() + KILL_WAIT;
+        while aborted.receiver_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::info!(addr = %self.addr, "connections aborted");
+    }
+
     async fn wait_tasks_gone(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.shared.live_tasks.load(Relaxed) > 0 && Instant::now() < deadline {
@@ -353,10 +391,24 @@ fn bind(addr: SocketAddr, recv_buffer_size: Option<u32>) -> io::Result<TcpListen
 }
 
 /// Accepts until shut down (gracefully) or aborted (every connection task is aborted with it,
-/// since they live in this task's `JoinSet`).
+/// since they live in this task's `JoinSet`). Also runs the `abort_every_ms` ticker.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
+    let faults = shared.faults.clone();
+    let mut abort_every = 0;
+    let abort_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(abort_timer);
     loop {
+        let changed = faults.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let ms = faults.abort_every_ms();
+        if ms != abort_every {
+            abort_every = ms;
+            abort_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_millis(ms));
+        }
         tokio::select! {
             biased;
             r = shutdown.changed() => {
@@ -365,11 +417,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = &mut abort_timer, if abort_every > 0 => {
+                tracing::debug!("aborting every connection (abort_every_ms)");
+                shared.abort_connections();
+                abort_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_millis(abort_every));
+            }
+            _ = &mut changed => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     Counters::add(&shared.counters.tcp_accepted);
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(conn::handle_tcp(stream, peer, shared.clone(), shutdown.clone()));
+                    // The abort epoch is taken at once: an abort from now on covers this connection.
+                    let abort = shared.abort_receiver();
+                    tasks.spawn(conn::handle_tcp(stream, peer, shared.clone(), shutdown.clone(), abort));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off a little instead of spinning.
@@ -427,6 +489,7 @@ impl Server {
             tls,
             payloads: Payloads::new(&options.data),
             live_tasks: AtomicU64::new(0),
+            abort_epoch: Mutex::new(watch::channel(false).0),
         });
         let inner = Arc::new(Inner {
             shared,
@@ -512,6 +575,17 @@ impl ServerHandle {
     /// for the close handshakes, then aborts what is left.
     pub async fn shutdown(&self) {
         self.run(self.inner.clone().shutdown()).await;
+    }
+
+    /// Aborts every open connection, as an abrupt server restart would, while the listener
+    /// keeps accepting: each socket is reset (`SO_LINGER` 0: the peer sees a reset, no close
+    /// frame), and whatever the server had not read yet, in the kernel or in its own buffers,
+    /// is lost. Frames already read were counted. Connections still in their handshake are
+    /// dropped too. Counted in [`CountersSnapshot::connections_aborted`]. Returns once the
+    /// aborted connections are gone (at most ~2 s); connections accepted meanwhile are not
+    /// aborted.
+    pub async fn abort_connections(&self) {
+        self.run(self.inner.clone().abort_connections()).await;
     }
 
     /// Runs `fut` on the server's runtime and waits for it from any runtime.
@@ -631,6 +705,12 @@ impl ServerThread {
     pub fn shutdown(&self) {
         let h = self.handle();
         h.block(h.inner.clone().shutdown());
+    }
+
+    /// [`ServerHandle::abort_connections`], blocking.
+    pub fn abort_connections(&self) {
+        let h = self.handle();
+        h.block(h.inner.clone().abort_connections());
     }
 }
 

@@ -199,6 +199,23 @@ pub struct FaultConfig {
     /// The length of each pushed frame's payload, a JSON string of this many characters
     /// (quotes included, at least 2).
     pub push_size: u64,
+    /// One-shot: once the server has received this many messages (requests and
+    /// fire-and-forget messages, over all connections) since the switch was set, abort every
+    /// connection, as [`ServerHandle::abort_connections`](super::ServerHandle::abort_connections)
+    /// does, then return to 0. The message that reaches the count is counted as received and
+    /// not answered; messages the server had not read yet are lost, as in an abrupt restart.
+    /// The listener keeps accepting.
+    pub abort_after_messages: u64,
+    /// Abort every connection this often, in milliseconds, as
+    /// [`ServerHandle::abort_connections`](super::ServerHandle::abort_connections) does, for as
+    /// long as the switch is set. The listener keeps accepting, so clients can reconnect
+    /// between two aborts.
+    pub abort_every_ms: u64,
+    /// Pause reading a connection for this many microseconds after each text frame it receives,
+    /// so a fast client fills the socket buffers and its writes stall. Pings are still answered
+    /// in order, when they are read. The pause is kept on average: the timer has a resolution of
+    /// a millisecond, so sub-millisecond pauses are taken several at a time.
+    pub read_delay_us: u64,
 }
 
 /// Everything fixed when a [`Server`](super::Server) starts. Its `Debug` never shows the key.

@@ -155,6 +155,11 @@ impl<S> PongFilter<S> {
         }
     }
 
+    /// The wrapped stream.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Starts parsing frames: call once the upgrade response has been written.
     pub(crate) fn activate(&mut self) {
         self.active = true;

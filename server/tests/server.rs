@@ -719,3 +719,332 @@ fn server_thread_serves_blocking_callers() {
     server.shutdown();
     assert!(!server.is_running());
 }
+
+fn report(n: usize) -> Value {
+    json!({"type": "report_call_chain", "payload": {"n": n}})
+}
+
+/// Asserts that the connection was reset by the server: no close frame, no clean end.
+async fn expect_reset(ws: &mut Client) {
+    match next_frame(ws, SHORT * 10).await {
+        Some(Some(Err(WsError::Io(e)))) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected a connection reset, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn abort_connections_resets_every_connection_and_keeps_listening() {
+    timeout(LIMIT, async {
+        let server = start(options()).await;
+        let faults = server.faults();
+        let c = server.counters();
+
+        // One connection blocked writing a push to a client that does not read, one answered,
+        // one whose unread messages wait in the socket buffers, one in its handshake.
+        let mut blocked = connect(&server, Some(KEY)).await.unwrap();
+        assert!(c.wait_until(SHORT * 10, |s| s.open_connections == 1).await);
+        faults.set_push_size(60_000);
+        faults.set_push_frames(200);
+        assert!(c.wait_until(SHORT * 10, |s| s.pushes_sent > 0).await);
+
+        let mut answered = connect(&server, Some(KEY)).await.unwrap();
+        send(&mut answered, alloc("before")).await;
+        assert_eq!(next_json(&mut answered).await["replyTo"], "before");
+        send(&mut answered, report(0)).await;
+        assert!(c.wait_until(SHORT * 10, |s| s.fire_and_forget.len() == 1).await);
+
+        let mut unread = connect(&server, Some(KEY)).await.unwrap();
+        assert!(c.wait_until(SHORT * 10, |s| s.open_connections == 3).await);
+        faults.set_stop_reading(true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for n in 1..=5 {
+            send(&mut unread, report(n)).await;
+        }
+
+        faults.set_hang_handshakes(true);
+        let mut hung = TcpStream::connect(server.addr()).await.unwrap();
+        assert!(c.wait_until(SHORT * 10, |s| s.handshakes_hung == 1).await);
+        faults.set_hang_handshakes(false);
+
+        timeout(Duration::from_secs(5), server.abort_connections())
+            .await
+            .expect("abort_connections returns");
+        let s = c.snapshot();
+        assert_eq!(s.connections_aborted, 4, "{s:?}");
+        assert_eq!(s.open_connections, 0);
+        assert_eq!(s.closes_sent, 0, "no close frames");
+        assert!(server.is_running(), "the listener keeps accepting");
+
+        expect_reset(&mut answered).await;
+        expect_reset(&mut unread).await;
+        // The blocked one had frames to read: they come first, then the reset.
+        loop {
+            match timeout(SHORT * 10, blocked.next())
+                .await
+                .expect("the reset in time")
+            {
+                Some(Ok(Message::Text(_))) => continue,
+                Some(Err(WsError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                other => panic!("expected a connection reset, got {other:?}"),
+            }
+        }
+        let mut buf = [0u8; 16];
+        match timeout(SHORT * 10, tokio::io::AsyncReadExt::read(&mut hung, &mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            other => panic!("expected the hung connection to end, got {other:?}"),
+        }
+
+        // The unread messages are lost, even once reading resumes.
+        faults.set_stop_reading(false);
+        tokio::time::sleep(SHORT).await;
+        assert_eq!(c.fire_and_forget("report_call_chain"), 1);
+
+        // New connections are served.
+        let mut again = connect(&server, Some(KEY)).await.unwrap();
+        send(&mut again, alloc("after")).await;
+        assert_eq!(next_json(&mut again).await["replyTo"], "after");
+        assert_eq!(c.connections_aborted(), 4);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn abort_after_messages_aborts_every_connection_once() {
+    timeout(LIMIT, async {
+        let server = start(options()).await;
+        let faults = server.faults();
+        let c = server.counters();
+        let mut a = connect(&server, Some(KEY)).await.unwrap();
+        let mut b = connect(&server, Some(KEY)).await.unwrap();
+        // Messages before the switch is set do not count toward it.
+        for n in 0..3 {
+            send(&mut a, report(n)).await;
+        }
+        assert!(
+            c.wait_until(SHORT * 10, |s| s.fire_and_forget.values().sum::<u64>() == 3)
+                .await
+        );
+
+        faults.set_abort_after_messages(4);
+        assert_eq!(faults.get().abort_after_messages, 4);
+        // Invalid frames do not count either.
+        a.send(Message::text("not json")).await.unwrap();
+        send(&mut a, report(3)).await;
+        send(&mut b, alloc("b1")).await;
+        assert_eq!(next_json(&mut b).await["replyTo"], "b1");
+        send(&mut a, report(4)).await;
+        assert!(
+            c.wait_until(SHORT * 10, |s| s.fire_and_forget.values().sum::<u64>() == 5)
+                .await
+        );
+        assert_eq!(c.connections_aborted(), 0);
+        // The 4th: counted, not answered, and every connection is aborted.
+        send(&mut b, alloc("b2")).await;
+        expect_reset(&mut b).await;
+        expect_reset(&mut a).await;
+        let s = c.snapshot();
+        assert_eq!(s.connections_aborted, 2, "{s:?}");
+        assert_eq!(s.requests["request_for_allocation"], 2, "the 4th is counted");
+        assert_eq!(s.replies_sent, 1);
+        assert_eq!(faults.abort_after_messages(), 0, "one-shot");
+        assert!(server.is_running());
+
+        // Disarmed: a new connection is not aborted again.
+        let mut d = connect(&server, Some(KEY)).await.unwrap();
+        for i in 0..10 {
+            send(&mut d, alloc(&format!("d{i}"))).await;
+            assert_eq!(next_json(&mut d).await["replyTo"], format!("d{i}"));
+        }
+        assert_eq!(c.connections_aborted(), 2);
+
+        // Armed from the start, through ServerOptions.
+        let server = start(ServerOptions {
+            faults: FaultConfig {
+                abort_after_messages: 1,
+                ..FaultConfig::default()
+            },
+            ..options()
+        })
+        .await;
+        let mut e = connect(&server, Some(KEY)).await.unwrap();
+        send(&mut e, report(0)).await;
+        expect_reset(&mut e).await;
+        assert_eq!(server.counters().connections_aborted(), 1);
+        assert_eq!(server.counters().fire_and_forget("report_call_chain"), 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn abort_every_ms_aborts_periodically_while_set() {
+    timeout(LIMIT, async {
+        let server = start(options()).await;
+        let faults = server.faults();
+        let c = server.counters();
+        faults.set_abort_every_ms(50);
+        for _ in 0..3 {
+            let mut ws = connect(&server, Some(KEY)).await.unwrap();
+            expect_reset(&mut ws).await;
+        }
+        assert!(c.connections_aborted() >= 3);
+        assert!(server.is_running());
+
+        faults.set_abort_every_ms(0);
+        // Let a tick that was already due pass.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let aborted = c.connections_aborted();
+        let mut ws = connect(&server, Some(KEY)).await.unwrap();
+        tokio::time::sleep(SHORT).await;
+        send(&mut ws, alloc("still-here")).await;
+        assert_eq!(next_json(&mut ws).await["replyTo"], "still-here");
+        assert_eq!(c.connections_aborted(), aborted);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn read_delay_us_paces_reading() {
+    timeout(LIMIT, async {
+        let server = start(ServerOptions {
+            faults: FaultConfig {
+                read_delay_us: 20_000,
+                ..FaultConfig::default()
+            },
+            ..options()
+        })
+        .await;
+        let faults = server.faults();
+        let c = server.counters();
+        let mut ws = connect(&server, Some(KEY)).await.unwrap();
+
+        // Ten messages at once, then a ping: read one every 20 ms, the ping last.
+        let t0 = std::time::Instant::now();
+        for n in 0..10 {
+            ws.feed(Message::text(report(n).to_string())).await.unwrap();
+        }
+        ws.feed(Message::Ping(vec![1, 2, 3, 4, 5, 6, 7, 8].into()))
+            .await
+            .unwrap();
+        ws.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let early = c.fire_and_forget("report_call_chain");
+        assert!(early < 10, "all read at once: {early}");
+        match next_frame(&mut ws, Duration::from_secs(5)).await {
+            Some(Some(Ok(Message::Pong(p)))) => assert_eq!(&p[..], &[1, 2, 3, 4, 5, 6, 7, 8]),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+        let took = t0.elapsed();
+        assert_eq!(c.fire_and_forget("report_call_chain"), 10);
+        assert!(took >= Duration::from_millis(180), "{took:?}");
+
+        // Switched off while paused: reading resumes at once.
+        faults.set_read_delay_us(2_000_000);
+        for n in 10..15 {
+            send(&mut ws, report(n)).await;
+        }
+        assert!(
+            c.wait_until(SHORT * 10, |s| s.fire_and_forget["report_call_chain"] == 11)
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(c.fire_and_forget("report_call_chain"), 11, "paused");
+        faults.set_read_delay_us(0);
+        assert!(
+            c.wait_until(SHORT, |s| s.fire_and_forget["report_call_chain"] == 15)
+                .await
+        );
+        send(&mut ws, alloc("unpaced")).await;
+        assert_eq!(next_json(&mut ws).await["replyTo"], "unpaced");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn pongs_echo_the_ping_payload() {
+    timeout(LIMIT, async {
+        let server = start(options()).await;
+        let mut ws = connect(&server, Some(KEY)).await.unwrap();
+        let payload = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        ws.send(Message::Ping(payload.to_vec().into())).await.unwrap();
+        match next_frame(&mut ws, SHORT * 10).await {
+            Some(Some(Ok(Message::Pong(p)))) => assert_eq!(&p[..], &payload),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+
+        // Pings among requests, in one write: each is answered with its own payload, in order.
+        let pings: Vec<[u8; 8]> = (0..4u64).map(|n| (n * 0x0101_0101 + 9).to_be_bytes()).collect();
+        for (n, p) in pings.iter().enumerate() {
+            ws.feed(Message::Ping(p.to_vec().into())).await.unwrap();
+            ws.feed(Message::text(alloc(&format!("r{n}")).to_string()))
+                .await
+                .unwrap();
+        }
+        ws.feed(Message::Ping(payload.to_vec().into())).await.unwrap();
+        ws.flush().await.unwrap();
+        let mut pongs = Vec::new();
+        let mut replies = 0;
+        while pongs.len() < pings.len() + 1 || replies < pings.len() {
+            match next_frame(&mut ws, SHORT * 10).await {
+                Some(Some(Ok(Message::Pong(p)))) => pongs.push(p.to_vec()),
+                Some(Some(Ok(Message::Text(_)))) => replies += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut expected: Vec<Vec<u8>> = pings.iter().map(|p| p.to_vec()).collect();
+        expected.push(payload.to_vec());
+        assert_eq!(pongs, expected);
+
+        // After no_pongs was on and off again, the payload still comes back unchanged.
+        server.faults().set_no_pongs(true);
+        ws.send(Message::Ping(vec![0xAA; 8].into())).await.unwrap();
+        assert!(next_frame(&mut ws, SHORT).await.is_none());
+        server.faults().set_no_pongs(false);
+        ws.send(Message::Ping(payload.to_vec().into())).await.unwrap();
+        match next_frame(&mut ws, SHORT * 10).await {
+            Some(Some(Ok(Message::Pong(p)))) => assert_eq!(&p[..], &payload),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+        assert_eq!(server.counters().pings_received(), 8);
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn server_thread_aborts_connections_blocking() {
+    let server = ServerThread::spawn(options()).unwrap();
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, url) = (server.addr(), server.url());
+    let mut ws = client_rt.block_on(async {
+        timeout(LIMIT, async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut ws = handshake(&url, Some(KEY), tcp).await.unwrap();
+            send(&mut ws, alloc("t1")).await;
+            assert_eq!(next_json(&mut ws).await["replyTo"], "t1");
+            ws
+        })
+        .await
+        .unwrap()
+    });
+    server.abort_connections();
+    assert_eq!(server.counters().connections_aborted(), 1);
+    assert!(server.is_running());
+    client_rt.block_on(async {
+        timeout(LIMIT, async {
+            expect_reset(&mut ws).await;
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut ws = handshake(&url, Some(KEY), tcp).await.unwrap();
+            send(&mut ws, alloc("t2")).await;
+            assert_eq!(next_json(&mut ws).await["replyTo"], "t2");
+        })
+        .await
+        .unwrap()
+    });
+}
