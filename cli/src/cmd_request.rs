@@ -135,30 +135,26 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
             eprintln!("ufsock: {e}");
             return Ok(ExitCode::from(exit_code_of(&e)));
         }
-        // The message is written now or waits in the outbox: wait until it was flushed, or
-        // ended otherwise (dropped, expired, lost), or the time is up.
+        // The message is written now or waits in the outbox: wait until it was confirmed, or
+        // ended otherwise (dropped, expired, unconfirmed), or the time is up.
         let deadline = started + wait;
-        let stats = loop {
-            let stats = client.stats();
-            let s = &stats.sends;
-            if s.sent + s.dropped + s.expired + s.lost + s.closed > 0 || Instant::now() >= deadline {
-                break stats;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
+        let _ = client
+            .flush(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        let stats = client.stats();
         client.close().await;
         let s = &stats.sends;
-        if s.sent == 1 {
-            eprintln!("ufsock: sent (flushed to the socket)");
+        if s.confirmed == 1 {
+            eprintln!("ufsock: sent (confirmed by the server's WebSocket endpoint)");
             Ok(ExitCode::from(EXIT_OK))
-        } else if s.queued + s.unflushed > 0 {
+        } else if s.queued + s.written > 0 {
             eprintln!(
-                "ufsock: UsageFlow unavailable: the message was not flushed within {} ms{}",
+                "ufsock: UsageFlow unavailable: the message was not confirmed within {} ms{}",
                 args.timeout_ms,
                 connect_hint(&stats)
             );
             Ok(ExitCode::from(EXIT_UNAVAILABLE))
-        } else if s.lost + s.dropped + s.expired > 0 {
+        } else if s.unconfirmed + s.dropped + s.expired > 0 {
             eprintln!("ufsock: UsageFlow unavailable: the message was not delivered ({s:?})");
             Ok(ExitCode::from(EXIT_UNAVAILABLE))
         } else {

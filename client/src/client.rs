@@ -8,16 +8,21 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use usageflow_socket_core::{redact_url, Availability, Incoming, Outgoing, RequestOptions, Stats};
+use std::time::{Duration, Instant};
+
+use usageflow_socket_core::{
+    redact_url, Availability, Incoming, MessageId, Outgoing, RequestOptions, SendOptions, Stats,
+};
 
 use crate::driver::ClientEvent;
 use crate::handshake::DialContext;
 use crate::live::{spawn_abortable, Live};
-use crate::shared::{drive, Shared, Signals};
+use crate::shared::{drive, CloseReport, Shared, Signals};
 use crate::{events, ClientError, ClientOptions, Runtime, UsageFlowApi};
 
 /// A UsageFlow client on the runtime `R`: a cheap `Clone` handle on one pool of connections.
-/// When the last handle is dropped, the pool closes (as by [`Client::close`], without waiting).
+/// When the last handle is dropped, the pool closes as by [`Client::close`], draining in the
+/// background, and logs (at WARN) what it could not deliver.
 ///
 /// A clone is a new handle on the same pool that leans to the next slot: give each task its
 /// own clone, and each task's requests keep to one connection while the pool is balanced
@@ -42,7 +47,8 @@ struct HandleInner<R: Runtime> {
 
 impl<R: Runtime> Drop for HandleInner<R> {
     fn drop(&mut self) {
-        self.shared.close_now();
+        // Drains as `close` does, in the background, and logs what it could not deliver.
+        self.shared.close_dropped();
     }
 }
 
@@ -155,12 +161,59 @@ impl<R: Runtime> Client<R> {
         self.shared().request(message, options).await
     }
 
-    /// Sends `message` fire-and-forget. It goes out at once on an open connection, or waits
-    /// in the bounded outbox; [`ClientError::OutboxFull`] hands it back when that is full,
-    /// [`ClientError::Closed`] when the client is closed. Every drop is counted in
-    /// [`Client::stats`].
+    /// Sends `message` fire-and-forget with the configured guarantee. It goes out at once on
+    /// an open connection whose unconfirmed window has room, or waits in the bounded outbox;
+    /// [`ClientError::OutboxFull`] hands it back when that is full, [`ClientError::Closed`]
+    /// when the client is closed. Never waits. Once written it is *written* until a pong
+    /// confirms it; every message ends in one state of [`Client::stats`] (see
+    /// [`SendStats`](crate::SendStats)).
     pub fn send(&self, message: Outgoing) -> Result<(), ClientError> {
-        self.shared().send(message)
+        self.shared().send(message, SendOptions::default()).map(drop)
+    }
+
+    /// [`Client::send`] with per-message options (the delivery guarantee: at most once, or
+    /// at least once for a message the server deduplicates). Returns the message's id.
+    pub fn send_with(&self, message: Outgoing, options: SendOptions) -> Result<MessageId, ClientError> {
+        self.shared().send(message, options)
+    }
+
+    /// Sends `message` and waits up to `timeout` until the server's WebSocket endpoint
+    /// confirmed it (a pong for a ping written after it came back; with confirmation off,
+    /// until it was written). Fails with [`ClientError::NotDelivered`] when it ended
+    /// otherwise (unconfirmed, expired, handed back by close), with
+    /// [`ClientError::NotYetConfirmed`] when the wait ended first (the message goes on), and at
+    /// once as [`Client::send`] does. A barrier comes within `confirm_after` (1 s by default).
+    pub async fn send_confirmed(
+        &self,
+        message: Outgoing,
+        options: SendOptions,
+        timeout: Duration,
+    ) -> Result<MessageId, ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.shared().send_confirmed(message, options, deadline).await
+    }
+
+    /// [`Client::send_with`] for a producer that would rather slow down than drop: when the
+    /// outbox is full, waits up to `timeout` for room (the windows of the open connections
+    /// drain into it as pongs confirm what they carry), then fails with
+    /// [`ClientError::OutboxFull`], handing the message back.
+    pub async fn send_when_room(
+        &self,
+        message: Outgoing,
+        options: SendOptions,
+        timeout: Duration,
+    ) -> Result<MessageId, ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.shared().send_when_room(message, options, deadline).await
+    }
+
+    /// Waits up to `timeout` until every message sent so far has ended (confirmed, or
+    /// otherwise: see the stats), asking every connection for a barrier at once. Closes
+    /// nothing: for deploy hooks and hosts about to be frozen. Fails with
+    /// [`ClientError::FlushTimeout`] saying how many are still queued or unconfirmed.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.shared().flush(deadline).await
     }
 
     /// Whether at least one connection is open.
@@ -193,11 +246,15 @@ impl<R: Runtime> Client<R> {
         }
     }
 
-    /// Closes the client: refuses new work, ends every pending request (after the configured
-    /// close drain), sends a normal close frame on every connection, and waits until the
-    /// driver stopped. Idempotent; bounded by the core's deadlines and the write wait.
-    pub async fn close(&self) {
-        self.shared().close().await;
+    /// Closes the client: refuses new work; gives pending requests, and queued and written
+    /// messages, up to `close_drain` (3 s by default) to finish and be confirmed (dialing at
+    /// once when nothing is open; a rejected key ends the drain); then ends what is left,
+    /// sends a normal close frame on every connection, and waits until the driver stopped.
+    /// Returns the final counters and the messages it could not deliver (see
+    /// [`CloseReport`]). Idempotent; bounded by the drain, the core's deadlines and the
+    /// write wait.
+    pub async fn close(&self) -> CloseReport {
+        self.shared().close().await
     }
 }
 

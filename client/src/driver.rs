@@ -15,11 +15,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use futures_channel::oneshot;
 use tracing::{debug, error, info, trace, warn};
 use usageflow_socket_core::{
     Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, EncodedSend, Event,
-    FrameError, Incoming, Input, Outcome, Output, Pool, RequestId, RequestIdBuildHasher, RequestOptions,
-    SendRefusal, Stats,
+    FrameError, Incoming, Input, MessageFate, MessageId, Outcome, Output, Pool, RequestId,
+    RequestIdBuildHasher, RequestOptions, SendOptions, SendRefusal, Stats, Undelivered,
 };
 
 use crate::io::{Report, WriteCommand};
@@ -66,6 +67,9 @@ pub(crate) trait Effects {
     fn write(&mut self, writer: &Self::Writer, command: WriteCommand) -> bool;
     /// Aborts a writer task.
     fn abort_writer(&mut self, writer: Self::Writer);
+    /// Stops a writer: it starts no more writes. Returns the number of the first write it
+    /// never started (writes are numbered from 1 per connection), or `None` when unknown.
+    fn stop_writes(&mut self, writer: &Self::Writer) -> Option<u64>;
     /// Broadcasts an event to subscribers (ignore the absence of subscribers).
     fn publish(&mut self, event: ClientEvent);
 }
@@ -96,6 +100,10 @@ pub(crate) struct Driver<R: Effects> {
     stopped: bool,
     /// The rate limit of skipped-frame warnings.
     skips: SkipLimiter,
+    /// Waiters of messages sent with `notify` ([`Driver::send_tracked`]), by message id.
+    settle_waiters: HashMap<u64, oneshot::Sender<MessageFate>>,
+    /// The client was dropped without `close`: log what the drain could not deliver.
+    log_undelivered: bool,
 }
 
 impl<R: Effects> Driver<R> {
@@ -116,6 +124,8 @@ impl<R: Effects> Driver<R> {
             settled_seen: false,
             stopped: false,
             skips: SkipLimiter::new(SKIP_WARN_WINDOW),
+            settle_waiters: HashMap::new(),
+            log_undelivered: false,
         }
     }
 
@@ -170,10 +180,49 @@ impl<R: Effects> Driver<R> {
     }
 
     /// Sends a fire-and-forget message already encoded (outside the lock).
-    pub(crate) fn send(&mut self, now: Instant, message: EncodedSend<'_>) -> Result<(), SendRefusal> {
-        let result = self.pool.send(now, message);
+    pub(crate) fn send(
+        &mut self,
+        now: Instant,
+        message: EncodedSend<'_>,
+        options: SendOptions,
+    ) -> Result<MessageId, SendRefusal> {
+        let result = self.pool.send_with(now, message, options);
         self.drain(now);
         result
+    }
+
+    /// Sends a message whose end `waiter` receives (confirmed, or how else it ended).
+    pub(crate) fn send_tracked(
+        &mut self,
+        now: Instant,
+        message: EncodedSend<'_>,
+        options: SendOptions,
+        waiter: oneshot::Sender<MessageFate>,
+    ) -> Result<MessageId, SendRefusal> {
+        let result = self.pool.send_with(now, message, options.with_notify(true));
+        if let Ok(id) = result {
+            // Before the drain: its end may come out of it (never at once, but cheap to be sure).
+            self.settle_waiters.insert(id.0, waiter);
+        }
+        self.drain(now);
+        result
+    }
+
+    /// Asks for barriers on every connection now; returns the last message id sent so far.
+    pub(crate) fn flush(&mut self, now: Instant) -> MessageId {
+        let mark = self.pool.flush(now);
+        self.drain(now);
+        mark
+    }
+
+    /// The messages a close could not deliver (once, after the drain).
+    pub(crate) fn take_undelivered(&mut self) -> Vec<Undelivered> {
+        self.pool.take_undelivered()
+    }
+
+    /// The client was dropped without `close`: the drain's leftovers are logged at the end.
+    pub(crate) fn log_undelivered_at_stop(&mut self) {
+        self.log_undelivered = true;
     }
 
     /// Cancels a request whose caller went away; its waiter is dropped. Returns whether it
@@ -232,6 +281,17 @@ impl<R: Effects> Driver<R> {
                 };
                 if deliver {
                     self.pool.handle_input(now, input);
+                }
+            }
+            Report::Pong { conn, payload } => {
+                if self.open.contains_key(&conn) {
+                    self.pool.handle_input(
+                        now,
+                        Input::Pong {
+                            conn,
+                            payload: &payload,
+                        },
+                    );
                 }
             }
             Report::CloseWritten { conn } => {
@@ -313,6 +373,21 @@ impl<R: Effects> Driver<R> {
         }
         // Every request completed (pending is zero); any waiter left is dropped here.
         self.waiters.clear();
+        self.settle_waiters.clear();
+        if self.log_undelivered {
+            let undelivered = self.pool.take_undelivered();
+            if !undelivered.is_empty() {
+                let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+                for m in &undelivered {
+                    *kinds.entry(&m.kind).or_default() += 1;
+                }
+                warn!(
+                    count = undelivered.len(),
+                    ?kinds,
+                    "usageflow-socket: client dropped without close(); these messages were not delivered within the close drain and are discarded"
+                );
+            }
+        }
         self.first_dials.clear();
         self.stopped = true;
         debug!("usageflow-socket: client closed, driver stopped");
@@ -356,7 +431,12 @@ impl<R: Effects> Driver<R> {
                     let coalesce = self.pool.in_flight(conn) > 1;
                     self.write(conn, WriteCommand::Text { frame, coalesce })
                 }
-                Output::Ping { conn } => self.write(conn, WriteCommand::Ping),
+                Output::Ping { conn, payload } => self.write(conn, WriteCommand::Ping(payload)),
+                Output::Settled { id, fate } => {
+                    if let Some(waiter) = self.settle_waiters.remove(&id.0) {
+                        let _ = waiter.send(fate);
+                    }
+                }
                 Output::Disconnect { conn, graceful } => self.disconnect(now, conn, graceful),
                 Output::Completed { id, outcome } => {
                     if let Some(waiter) = self.waiters.remove(&id) {
@@ -419,6 +499,11 @@ impl<R: Effects> Driver<R> {
             return;
         };
         if !graceful {
+            // The writes the writer never started cannot have arrived: the pool writes their
+            // messages again elsewhere.
+            if let Some(first) = self.rt.stop_writes(&link.writer) {
+                self.pool.handle_input(now, Input::Unwritten { conn, first });
+            }
             self.abort_link(link);
         } else if self.rt.write(&link.writer, WriteCommand::Close) {
             self.closing.insert(conn, link);
@@ -506,8 +591,15 @@ pub(crate) fn log_event(event: &Event) {
         ),
         Event::FrameSkipped { conn, error } => warn!(%conn, %error, "usageflow-socket: skipped a frame"),
         Event::MessageDropped { kind, reason, count } => {
-            warn!(kind = %kind, %reason, count, "usageflow-socket: fire-and-forget message dropped")
+            warn!(kind = %kind, %reason, count, "usageflow-socket: fire-and-forget message not delivered")
         }
+        Event::ConfirmationOff => warn!(
+            "usageflow-socket: delivery confirmation is off; messages end as written, never confirmed"
+        ),
+        Event::PongsMissing { conn } => warn!(
+            %conn,
+            "usageflow-socket: the server never answered a ping, so no message can be confirmed; if it never answers pings, turn confirmation off"
+        ),
         Event::AvailabilityChanged { availability } => {
             info!(?availability, "usageflow-socket: availability changed")
         }
@@ -551,6 +643,9 @@ mod tests {
         }
         fn abort_writer(&mut self, writer: u32) {
             self.aborted_writers.push(writer);
+        }
+        fn stop_writes(&mut self, _writer: &u32) -> Option<u64> {
+            None
         }
         fn publish(&mut self, event: ClientEvent) {
             self.events.push(event);

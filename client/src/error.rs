@@ -3,7 +3,8 @@
 
 use thiserror::Error;
 use usageflow_socket_core::{
-    DisconnectReason, Incoming, Outcome, Outgoing, RequestError, RequestFailure, SendError,
+    DisconnectReason, Incoming, MessageFate, MessageId, Outcome, Outgoing, RequestError, RequestFailure,
+    SendError,
 };
 
 /// The three families of [`ClientError`], for hosts that decide by family rather than by variant.
@@ -72,6 +73,24 @@ pub enum ClientError {
         /// What did not match.
         error: String,
     },
+    /// A fire-and-forget message that was waited for ([`Client::send_confirmed`](crate::Client::send_confirmed))
+    /// ended without being delivered: unconfirmed (its connection died; the server may or
+    /// may not have it), expired in the outbox, or handed back by close.
+    #[error("UsageFlow unavailable: {0}")]
+    NotDelivered(MessageFate),
+    /// The wait for a message's confirmation ended first; the message itself goes on (it
+    /// still ends as counted in the stats).
+    #[error("UsageFlow unavailable: {id} not confirmed within the wait")]
+    NotYetConfirmed {
+        /// The message.
+        id: MessageId,
+    },
+    /// [`Client::flush`](crate::Client::flush) ended before every message sent so far ended.
+    #[error("UsageFlow unavailable: {remaining} messages still queued or unconfirmed when the flush ended")]
+    FlushTimeout {
+        /// Messages still queued or awaiting confirmation.
+        remaining: usize,
+    },
     /// The client options cannot work (for example an unparsable root certificate).
     #[error("invalid client options: {0}")]
     InvalidOptions(String),
@@ -89,7 +108,10 @@ impl ClientError {
             | ClientError::ConnectionLost(_)
             | ClientError::Closed
             | ClientError::Backpressure { .. }
-            | ClientError::OutboxFull(_) => ErrorClass::Unavailable,
+            | ClientError::OutboxFull(_)
+            | ClientError::NotDelivered(_)
+            | ClientError::NotYetConfirmed { .. }
+            | ClientError::FlushTimeout { .. } => ErrorClass::Unavailable,
         }
     }
 

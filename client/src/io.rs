@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -34,8 +34,9 @@ pub(crate) enum WriteCommand {
         /// flushes, so they share the syscall. False for a lone request: it goes out at once.
         coalesce: bool,
     },
-    /// Write a ping.
-    Ping,
+    /// Write a ping carrying this payload (the core's sequence number: its pong confirms
+    /// every message written before it).
+    Ping([u8; 8]),
     /// Write a normal close frame (1000) after everything queued before it, then stop.
     Close,
 }
@@ -62,6 +63,13 @@ pub(crate) enum Report<W> {
     /// Any other I/O result, in the core's own terms: a failed dial, a binary frame, a pong,
     /// flushed writes, a failed write, the connection's end.
     Io(Input<'static>),
+    /// A pong arrived, with its application data (owned: a report outlives the read).
+    Pong {
+        /// The connection.
+        conn: ConnId,
+        /// The pong's data.
+        payload: Bytes,
+    },
     /// A graceful close frame was written and flushed.
     CloseWritten {
         /// The connection.
@@ -133,19 +141,48 @@ pub(crate) async fn run_connection<D, Si, St, W, Sp, R>(
     }
 }
 
-/// The number of writes a connection's writer has flushed, shared with its reader: when the
-/// connection ends, the reader reports the writer's last count before the end itself, so
-/// writes that did reach the socket are never counted as lost because two tasks raced.
+/// A connection's write progress, shared by its writer, its reader and the driver:
+///
+/// - the number of writes flushed: when the connection ends, the reader reports the writer's
+///   last count before the end itself, so writes that did reach the socket are never taken
+///   for unflushed because two tasks raced;
+/// - the number of writes started (handed to the socket), and a stop switch: when the pool
+///   drops the connection, the driver stops the writer and learns which writes never
+///   started, so their messages go out again elsewhere without any risk of a duplicate
+///   ([`Input::Unwritten`]).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FlushedWrites(Arc<AtomicU64>);
+pub(crate) struct FlushedWrites(Arc<Progress>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    flushed: AtomicU64,
+    started: AtomicU64,
+    stopped: AtomicBool,
+}
 
 impl FlushedWrites {
     fn set(&self, writes: u64) {
-        self.0.store(writes, Ordering::Release);
+        self.0.flushed.store(writes, Ordering::Release);
     }
 
     fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.0.flushed.load(Ordering::Acquire)
+    }
+
+    /// The writer is about to start write number `n`: false when it must not (stopped).
+    /// The count is raised before the switch is read, and [`FlushedWrites::stop`] sets the
+    /// switch before it reads the count, so a write is either counted as started or never
+    /// made (sequentially consistent on both sides).
+    fn start(&self, n: u64) -> bool {
+        self.0.started.store(n, Ordering::SeqCst);
+        !self.0.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Stops the writer: it starts no write from now on. Returns the number of the first
+    /// write it never started.
+    pub(crate) fn stop(&self) -> u64 {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.started.load(Ordering::SeqCst) + 1
     }
 }
 
@@ -237,7 +274,7 @@ fn read_item<W>(conn: ConnId, item: Result<Message, tungstenite::Error>, max_fra
             conn,
             len: data.len(),
         })),
-        Ok(Message::Pong(_)) => Read::Report(Report::Io(Input::Pong { conn })),
+        Ok(Message::Pong(payload)) => Read::Report(Report::Pong { conn, payload }),
         // tungstenite answers it; the core counts it as a sign of life, like any frame.
         Ok(Message::Ping(_)) => Read::Report(Report::Io(Input::Ping { conn })),
         Ok(Message::Frame(_)) => Read::Skip,
@@ -337,12 +374,16 @@ pub(crate) async fn run_writer<Si, Q, W, R>(
                     gather |= coalesce;
                     Message::Text(frame.into())
                 }
-                WriteCommand::Ping => Message::Ping(Bytes::new()),
+                WriteCommand::Ping(payload) => Message::Ping(Bytes::copy_from_slice(&payload)),
                 WriteCommand::Close => {
                     close = true;
                     break;
                 }
             };
+            if !shared_flushed.start(flushed + fed + 1) {
+                // The pool dropped this connection: nothing more goes out on it.
+                return;
+            }
             if let Err(error) = sink.feed(message).await {
                 reports.report(write_failed(conn, error)).await;
                 return;

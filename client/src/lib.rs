@@ -101,9 +101,10 @@ pub use error::{ClientError, ErrorClass};
 pub use events::DEFAULT_MAX_UNSOLICITED_BYTES;
 pub use options::{ClientOptions, ClientOptionsBuilder};
 pub use runtime::Runtime;
-pub use shared::EVENT_CAPACITY;
+pub use shared::{CloseReport, EVENT_CAPACITY};
 pub use usageflow_socket_core::{
-    messages, ApiKey, Availability, CloseReason, Config, ConfigBuilder, ConfigError, ConnId, DialError,
-    DisconnectReason, DropReason, Event, FrameError, Incoming, Outgoing, Payload, RequestOptions, SendStats,
-    Stats,
+    messages, ApiKey, Availability, CloseReason, Config, ConfigBuilder, ConfigError, ConnId, Delivery,
+    DialError, DisconnectReason, DropReason, Event, FrameError, Incoming, LatencySummary, MessageFate,
+    MessageId, Outgoing, Payload, RequestOptions, SendOptions, SendStats, Stats, UnconfirmedReason,
+    Undelivered,
 };

@@ -26,6 +26,8 @@ pub(crate) struct LiveWriter {
     // flushed) per connection, so this queue never holds more than that plus a close.
     commands: async_channel::Sender<WriteCommand>,
     task: AbortHandle,
+    /// Its progress: the stop switch and the count of writes started.
+    progress: FlushedWrites,
 }
 
 /// The driver's effects on the runtime `R`.
@@ -78,11 +80,16 @@ impl<R: Runtime> Effects for Live<R> {
                                      sink: async_tungstenite::WebSocketSender<MaybeTls<R::Tcp>>,
                                      flushed: FlushedWrites| {
                 let (commands, queue) = async_channel::unbounded();
+                let progress = flushed.clone();
                 let task = spawn_abortable(
                     &*spawner,
                     run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields),
                 );
-                LiveWriter { commands, task }
+                LiveWriter {
+                    commands,
+                    task,
+                    progress,
+                }
             };
             let max_frame_size = ctx.config().max_frame_size();
             run_connection(conn, ctx.dial(&*runtime), max_frame_size, spawn_writer, reports).await;
@@ -99,6 +106,10 @@ impl<R: Runtime> Effects for Live<R> {
 
     fn abort_writer(&mut self, writer: LiveWriter) {
         writer.task.abort();
+    }
+
+    fn stop_writes(&mut self, writer: &LiveWriter) -> Option<u64> {
+        Some(writer.progress.stop())
     }
 
     fn publish(&mut self, event: ClientEvent) {

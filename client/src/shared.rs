@@ -7,14 +7,15 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Instant;
 
 use futures_channel::oneshot;
 use usageflow_socket_core::{
-    Availability, EncodedRequest, EncodedSend, Incoming, Outcome, Outgoing, Pool, RequestOptions, SendError,
-    Stats,
+    Availability, EncodedRequest, EncodedSend, Incoming, MessageId, Outcome, Outgoing, Pool, RequestOptions,
+    SendError, SendOptions, Stats, Undelivered,
 };
 
 use crate::driver::Driver;
@@ -48,6 +49,10 @@ pub(crate) struct Signals {
     changed: event_listener::Event,
     /// The event stream, for `Client::subscribe`.
     pub(crate) events: EventSubscriber,
+    /// Fired after every change to the driver while someone watches (`flush`, a send that
+    /// waits for room): they check their condition again.
+    progress: event_listener::Event,
+    watchers: AtomicUsize,
 }
 
 impl Signals {
@@ -60,6 +65,48 @@ impl Signals {
             state: Mutex::new(DriverState::default()),
             changed: event_listener::Event::new(),
             events,
+            progress: event_listener::Event::new(),
+            watchers: AtomicUsize::new(0),
+        }
+    }
+
+    /// Wakes the watchers of progress, if any (one atomic load when there are none).
+    fn progressed(&self) {
+        if self.watchers.load(Ordering::Acquire) > 0 {
+            self.progress.notify(usize::MAX);
+        }
+    }
+
+    /// Waits until `done()` holds or `deadline` passes (on `runtime`'s timer); returns
+    /// whether it holds. `done` is checked after every change to the driver.
+    pub(crate) async fn watch<R: Runtime>(
+        &self,
+        runtime: &R,
+        deadline: Instant,
+        mut done: impl FnMut() -> bool,
+    ) -> bool {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        let _unwatch = Unwatch(&self.watchers);
+        let mut timer = pin!(runtime.sleep_until(deadline));
+        loop {
+            let listener = self.progress.listen();
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let mut listener = pin!(listener);
+            let timed_out = poll_fn(|cx| {
+                if listener.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                timer.as_mut().poll(cx).map(|()| true)
+            })
+            .await;
+            if timed_out {
+                return done();
+            }
         }
     }
 
@@ -96,6 +143,38 @@ impl Signals {
     }
 }
 
+/// Lowers the watcher count when a watch ends (however it ends).
+struct Unwatch<'a>(&'a AtomicUsize);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a [`Client::close`](crate::Client::close) hands back: the final counters and every
+/// fire-and-forget message the close drain could not deliver.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// The counters once the client closed (every message in a final state).
+    pub stats: Stats,
+    /// The messages still held when the drain ended, in send order: those that never left
+    /// the outbox, and at-least-once messages written but not confirmed
+    /// ([`Undelivered::written_before`]). Written at-most-once messages are not kept; they
+    /// count as `unconfirmed`. Only the first `close` call that returns gets them.
+    pub undelivered: Vec<Undelivered>,
+}
+
+impl CloseReport {
+    /// Whether everything sent was delivered: nothing handed back, nothing unconfirmed,
+    /// dropped or expired.
+    pub fn is_clean(&self) -> bool {
+        let s = &self.stats.sends;
+        self.undelivered.is_empty() && s.unconfirmed == 0 && s.dropped == 0 && s.expired == 0 && s.closed == 0
+    }
+}
+
 /// What the driver task does after a [`Shared::turn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Turn {
@@ -109,6 +188,7 @@ pub(crate) enum Turn {
 pub(crate) struct Shared<R: Runtime> {
     driver: Mutex<Driver<Live<R>>>,
     signals: Signals,
+    runtime: Arc<R>,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -121,9 +201,11 @@ impl<R: Runtime> Shared<R> {
             "usageflow-socket: starting client"
         );
         let pool = Pool::new(config.clone(), options.resolve_seed(), Instant::now());
+        let runtime = Arc::clone(&live.runtime);
         Self {
             driver: Mutex::new(Driver::new(pool, live)),
             signals,
+            runtime,
         }
     }
 
@@ -167,6 +249,7 @@ impl<R: Runtime> Shared<R> {
         if wake {
             self.signals.wake();
         }
+        self.signals.progressed();
         result
     }
 
@@ -186,6 +269,7 @@ impl<R: Runtime> Shared<R> {
             (DriverState { settled, stopped }, driver.arm(), completed)
         };
         complete_all(completed);
+        self.signals.progressed();
         self.signals.publish(state);
         if state.stopped {
             Turn::Stop
@@ -273,11 +357,86 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Sends a fire-and-forget message.
-    pub(crate) fn send(&self, message: Outgoing) -> Result<(), ClientError> {
+    pub(crate) fn send(&self, message: Outgoing, options: SendOptions) -> Result<MessageId, ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
         let encoded = EncodedSend::new(&message);
-        let result = self.command(|driver, now| driver.send(now, encoded));
+        let result = self.command(|driver, now| driver.send(now, encoded, options));
         result.map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
+    }
+
+    /// Sends a message and waits (until `deadline`) for its end: `Ok` once confirmed (or
+    /// written, with confirmation off).
+    pub(crate) async fn send_confirmed(
+        &self,
+        message: Outgoing,
+        options: SendOptions,
+        deadline: Instant,
+    ) -> Result<MessageId, ClientError> {
+        let (waiter, fate) = oneshot::channel();
+        let encoded = EncodedSend::new(&message);
+        let id = self
+            .command(|driver, now| driver.send_tracked(now, encoded, options, waiter))
+            .map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))?;
+        let runtime = Arc::clone(&self.runtime);
+        let timer = runtime.sleep_until(deadline);
+        match futures_util::future::select(fate, pin!(timer)).await {
+            futures_util::future::Either::Left((Ok(fate), _)) if fate.is_delivered() => Ok(id),
+            futures_util::future::Either::Left((Ok(fate), _)) => Err(ClientError::NotDelivered(fate)),
+            // The driver stopped before the message ended.
+            futures_util::future::Either::Left((Err(_), _)) => Err(ClientError::Closed),
+            futures_util::future::Either::Right(_) => Err(ClientError::NotYetConfirmed { id }),
+        }
+    }
+
+    /// Sends a message, waiting (until `deadline`) for room in the outbox when it is full;
+    /// only the last try, at the deadline, can be refused (and counted as dropped).
+    pub(crate) async fn send_when_room(
+        &self,
+        message: Outgoing,
+        options: SendOptions,
+        deadline: Instant,
+    ) -> Result<MessageId, ClientError> {
+        loop {
+            // Only a send with room counts as one: waiting is not dropping.
+            let encoded = EncodedSend::new(&message);
+            let sent = self.command(|driver, now| {
+                driver
+                    .pool()
+                    .has_room()
+                    .then(|| driver.send(now, encoded, options))
+            });
+            match sent {
+                Some(Ok(id)) => return Ok(id),
+                Some(Err(refusal)) => {
+                    return Err(ClientError::from(SendError::from_refusal(refusal, message)))
+                }
+                None => {}
+            }
+            let room = self
+                .signals
+                .watch(&*self.runtime, deadline, || self.lock().pool().has_room())
+                .await;
+            if !room {
+                // One last try: the room may have come with the deadline.
+                return self.send(message, options);
+            }
+        }
+    }
+
+    /// Waits (until `deadline`) until every message sent so far has ended, asking for
+    /// barriers at once.
+    pub(crate) async fn flush(&self, deadline: Instant) -> Result<(), ClientError> {
+        let mark = self.command(|driver, now| driver.flush(now));
+        let settled = self
+            .signals
+            .watch(&*self.runtime, deadline, || self.lock().pool().is_settled(mark))
+            .await;
+        if settled {
+            Ok(())
+        } else {
+            let remaining = self.lock().pool().live_messages();
+            Err(ClientError::FlushTimeout { remaining })
+        }
     }
 
     /// Whether at least one connection is open.
@@ -305,10 +464,25 @@ impl<R: Runtime> Shared<R> {
         self.command(|driver, now| driver.close(now));
     }
 
-    /// Closes the pool and waits until the driver stopped.
-    pub(crate) async fn close(&self) {
+    /// Closes the pool and waits until the driver stopped; hands back the final counters
+    /// and what the drain could not deliver.
+    pub(crate) async fn close(&self) -> CloseReport {
         self.close_now();
         self.signals.wait_for(|s| s.stopped).await;
+        let mut driver = self.lock();
+        CloseReport {
+            stats: driver.stats(),
+            undelivered: driver.take_undelivered(),
+        }
+    }
+
+    /// The last handle went away without `close`: close, drain in the background, and log
+    /// what could not be delivered.
+    pub(crate) fn close_dropped(&self) {
+        self.command(|driver, now| {
+            driver.log_undelivered_at_stop();
+            driver.close(now);
+        });
     }
 }
 

@@ -52,9 +52,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     pool.handle_input(Instant::now(), input);
                 }
                 Output::Transmit { conn, frame } => write(&mut pool, &mut socket, conn, Message::text(frame)),
-                Output::Ping { conn } => {
-                    write(&mut pool, &mut socket, conn, Message::Ping(Vec::new().into()))
-                }
+                Output::Ping { conn, payload } => write(
+                    &mut pool,
+                    &mut socket,
+                    conn,
+                    Message::Ping(payload.to_vec().into()),
+                ),
                 Output::Disconnect { conn, graceful } => {
                     if let Some((c, mut ws, _)) = socket.take() {
                         if c == conn && graceful {
@@ -121,7 +124,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         conn,
                         len: data.len(),
                     }),
-                    Ok(Message::Pong(_)) => Some(Input::Pong { conn }),
+                    Ok(Message::Pong(data)) => {
+                        pool.handle_input(Instant::now(), Input::Pong { conn, payload: &data });
+                        None
+                    }
                     Ok(Message::Close(frame)) => Some(Input::Closed {
                         conn,
                         reason: frame.map_or(CloseReason::Eof, |f| CloseReason::Frame {

@@ -60,8 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let s = &st.sends;
     println!(
-        "sends {} = sent {} + dropped {} + expired {} + lost {} + closed {} (server counted {})",
-        s.sends, s.sent, s.dropped, s.expired, s.lost, s.closed, done.server_sends
+        "sends {} = confirmed {} + unconfirmed {} + dropped {} + expired {} + closed {} + written {} (server counted {})",
+        s.sends, s.confirmed, s.unconfirmed, s.dropped, s.expired, s.closed, s.written, done.server_sends
     );
     assert!(st.requests_conserved() && s.conserved());
     Ok(())
@@ -70,13 +70,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn report(phase: &str, sim: &Sim) {
     let st = sim.pool().stats();
     println!(
-        "t={:>6.2?}  {phase:<32} open {}  disconnects {}  reconnects {}  replies {}  lost {}  sent {}",
+        "t={:>6.2?}  {phase:<32} open {}  disconnects {}  reconnects {}  replies {}  lost {}  confirmed {}",
         sim.elapsed(),
         st.open_connections,
         st.disconnects,
         st.reconnects,
         st.replies,
         st.connection_lost,
-        st.sends.sent
+        st.sends.confirmed
     );
 }

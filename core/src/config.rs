@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::delivery::Delivery;
+
 /// The production endpoint.
 pub const PRODUCTION_URL: &str = "wss://api.usageflow.io/ws";
 /// The local development endpoint (what `ufsock serve` listens on by default).
@@ -190,6 +192,13 @@ pub struct Config {
     pub(crate) resend_idempotent: bool,
     pub(crate) server_deduplicates_allocation_ids: bool,
     pub(crate) degraded_timeout_ratio: f64,
+    pub(crate) delivery: Delivery,
+    pub(crate) confirm_delivery: bool,
+    pub(crate) confirm_every: u32,
+    pub(crate) confirm_after: Duration,
+    pub(crate) max_unconfirmed: u32,
+    pub(crate) max_unconfirmed_bytes: usize,
+    pub(crate) max_rewrites: u32,
 }
 
 impl Config {
@@ -215,11 +224,18 @@ impl Config {
             outbox_capacity: 10_000,
             outbox_ttl: Duration::from_secs(60),
             max_frame_size: 1 << 20,
-            close_drain: Duration::ZERO,
+            close_drain: DEFAULT_CLOSE_DRAIN,
             max_connection_age: None,
             resend_idempotent: true,
             server_deduplicates_allocation_ids: false,
             degraded_timeout_ratio: 0.2,
+            delivery: Delivery::AtMostOnce,
+            confirm_delivery: true,
+            confirm_every: 256,
+            confirm_after: Duration::from_secs(1),
+            max_unconfirmed: 4096,
+            max_unconfirmed_bytes: 1 << 20,
+            max_rewrites: 3,
         }
     }
 
@@ -305,7 +321,8 @@ impl Config {
     pub fn max_frame_size(&self) -> usize {
         self.max_frame_size
     }
-    /// How long `close` lets pending requests wait for their replies.
+    /// How long `close` lets pending requests wait for their replies and fire-and-forget
+    /// messages be written and confirmed before it hands back what is left.
     pub fn close_drain(&self) -> Duration {
         self.close_drain
     }
@@ -326,7 +343,39 @@ impl Config {
     pub fn degraded_timeout_ratio(&self) -> f64 {
         self.degraded_timeout_ratio
     }
+    /// The delivery guarantee of a send that names none (see [`SendOptions`](crate::SendOptions)).
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+    /// Whether fire-and-forget messages are confirmed by ping barriers.
+    pub fn confirm_delivery(&self) -> bool {
+        self.confirm_delivery
+    }
+    /// Messages written on a connection after which a barrier ping is due.
+    pub fn confirm_every(&self) -> u32 {
+        self.confirm_every
+    }
+    /// Time after the first unbarriered message after which a barrier ping is due.
+    pub fn confirm_after(&self) -> Duration {
+        self.confirm_after
+    }
+    /// Most messages written and unconfirmed on one connection.
+    pub fn max_unconfirmed(&self) -> u32 {
+        self.max_unconfirmed
+    }
+    /// Most bytes of messages written and unconfirmed on one connection.
+    pub fn max_unconfirmed_bytes(&self) -> usize {
+        self.max_unconfirmed_bytes
+    }
+    /// Times an at-least-once message is written again before it ends unconfirmed.
+    pub fn max_rewrites(&self) -> u32 {
+        self.max_rewrites
+    }
 }
+
+/// The default [`Config::close_drain`]: long enough for a request within its default 2 s
+/// timeout and for a pong round trip, short enough for a host's shutdown grace period.
+pub const DEFAULT_CLOSE_DRAIN: Duration = Duration::from_secs(3);
 
 /// Builder for [`Config`]; [`ConfigBuilder::build`] checks every value. Its `Debug` shows
 /// neither the API key nor the URL's credentials.
@@ -357,6 +406,13 @@ pub struct ConfigBuilder {
     resend_idempotent: bool,
     server_deduplicates_allocation_ids: bool,
     degraded_timeout_ratio: f64,
+    delivery: Delivery,
+    confirm_delivery: bool,
+    confirm_every: u32,
+    confirm_after: Duration,
+    max_unconfirmed: u32,
+    max_unconfirmed_bytes: usize,
+    max_rewrites: u32,
 }
 
 macro_rules! setters {
@@ -467,7 +523,9 @@ impl ConfigBuilder {
         outbox_ttl: Duration;
         /// Largest incoming frame in bytes (64 B..=64 MiB; default 1 MiB).
         max_frame_size: usize;
-        /// How long `close` waits for pending replies (0..=1 h; default 0).
+        /// How long `close` waits for pending replies and for queued and written
+        /// fire-and-forget messages to be written and confirmed (0..=1 h; default 3 s,
+        /// [`DEFAULT_CLOSE_DRAIN`]); what is left then is handed back.
         close_drain: Duration;
         /// Replace connections older than this, gracefully (1 s..=1 day; default none).
         max_connection_age: Option<Duration>;
@@ -484,6 +542,35 @@ impl ConfigBuilder {
         server_deduplicates_allocation_ids: bool;
         /// Timeout share that marks the pool degraded (0.0..=1.0; default 0.2).
         degraded_timeout_ratio: f64;
+        /// The guarantee of sends that name none (default [`Delivery::AtMostOnce`]; see
+        /// [`SendOptions::delivery`](crate::SendOptions) for the `allocationId` rule).
+        delivery: Delivery;
+        /// Confirm fire-and-forget messages with ping barriers (default true). Turn off only
+        /// for a server that never answers pings: messages then end as `written` once
+        /// flushed, never as confirmed, an unanswered ping no longer kills a connection, and
+        /// [`Event::ConfirmationOff`](crate::Event::ConfirmationOff) says so once.
+        confirm_delivery: bool;
+        /// Messages written on a connection after which a barrier ping is due (1..=65,536;
+        /// default 256).
+        confirm_every: u32;
+        /// Time after the first message written since the last barrier after which a
+        /// barrier ping is due (1 ms..=1 h; default 1 s: a gentle stream costs the server one
+        /// ping per second, not one per message).
+        confirm_after: Duration;
+        /// Most messages written and unconfirmed on one connection (1..=1,000,000; default
+        /// 4096). With the byte window, it bounds what a dying connection takes with it and
+        /// what a fast client piles into a slow server's kernel. A connection confirms about
+        /// one window per round trip, so at 200 ms RTT the defaults carry roughly 10k
+        /// messages/s per connection; for a long link, size it to the rate times the RTT.
+        max_unconfirmed: u32;
+        /// Most bytes of messages written and unconfirmed on one connection (1 KiB..=1 GiB;
+        /// default 1 MiB). One message larger than this still goes when nothing else awaits
+        /// confirmation.
+        max_unconfirmed_bytes: usize;
+        /// Times an at-least-once message is written again after its connection died
+        /// unconfirmed, before it ends unconfirmed (0..=100; default 3, so a message a server
+        /// closes on does not block the queue forever).
+        max_rewrites: u32;
     }
 
     /// Checks every value and builds the configuration.
@@ -565,6 +652,23 @@ impl ConfigBuilder {
             check_duration("max_connection_age", age, Duration::from_secs(1), DAY, "1s..=1d")?;
         }
         check_fraction("degraded_timeout_ratio", self.degraded_timeout_ratio)?;
+        check_int("confirm_every", self.confirm_every.into(), 1, 65_536, "1..=65536")?;
+        check_duration("confirm_after", self.confirm_after, ms, HOUR, "1ms..=1h")?;
+        check_int(
+            "max_unconfirmed",
+            self.max_unconfirmed.into(),
+            1,
+            1_000_000,
+            "1..=1000000",
+        )?;
+        check_int(
+            "max_unconfirmed_bytes",
+            self.max_unconfirmed_bytes as u64,
+            1024,
+            1 << 30,
+            "1024..=1073741824",
+        )?;
+        check_int("max_rewrites", self.max_rewrites.into(), 0, 100, "0..=100")?;
         Ok(Config {
             url: self.url,
             api_key,
@@ -589,6 +693,13 @@ impl ConfigBuilder {
             resend_idempotent: self.resend_idempotent,
             server_deduplicates_allocation_ids: self.server_deduplicates_allocation_ids,
             degraded_timeout_ratio: self.degraded_timeout_ratio,
+            delivery: self.delivery,
+            confirm_delivery: self.confirm_delivery,
+            confirm_every: self.confirm_every,
+            confirm_after: self.confirm_after,
+            max_unconfirmed: self.max_unconfirmed,
+            max_unconfirmed_bytes: self.max_unconfirmed_bytes,
+            max_rewrites: self.max_rewrites,
         })
     }
 }

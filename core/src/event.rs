@@ -25,6 +25,10 @@ pub enum DisconnectReason {
     /// Nothing arrived (no frame, no pong) within the pong wait.
     #[error("no frame or pong within the read deadline")]
     ReadTimeout,
+    /// A ping was not answered within the pong wait, even if other frames arrived (the
+    /// "ping failure" of PROTOCOL.md): messages written on it would never be confirmed.
+    #[error("a ping was not answered within the pong wait")]
+    PongTimeout,
     /// A write did not complete within the write wait.
     #[error("write did not complete within the write deadline")]
     WriteTimeout,
@@ -36,17 +40,21 @@ pub enum DisconnectReason {
     Rotated,
 }
 
-/// Why a fire-and-forget message was not delivered.
+/// Why a fire-and-forget message ended without being confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum DropReason {
-    /// The outbox was full.
+    /// The outbox was full (the message was handed back).
     OutboxFull,
     /// It waited longer than the outbox TTL.
     Expired,
-    /// It was written but its connection died before the write was flushed.
-    Lost,
-    /// The pool closed while it waited in the outbox.
+    /// It was written, and its connection died before a pong confirmed it: whether the
+    /// server read it is unknown (at most once: it is not written again).
+    Unconfirmed,
+    /// It was written again `max_rewrites` times (at least once) and its connection died
+    /// unconfirmed every time.
+    RewritesExhausted,
+    /// The pool closed before it was delivered (handed back by close).
     Closed,
 }
 
@@ -55,7 +63,8 @@ impl fmt::Display for DropReason {
         f.write_str(match self {
             DropReason::OutboxFull => "outbox full",
             DropReason::Expired => "expired in the outbox",
-            DropReason::Lost => "lost with its connection",
+            DropReason::Unconfirmed => "unconfirmed when its connection died",
+            DropReason::RewritesExhausted => "unconfirmed after every rewrite",
             DropReason::Closed => "client closed",
         })
     }
@@ -147,6 +156,17 @@ pub enum Event {
         reason: DropReason,
         /// How many messages of this kind (for batch expiries and losses).
         count: u64,
+    },
+    /// Confirmation is off ([`ConfigBuilder::confirm_delivery`](crate::ConfigBuilder)):
+    /// messages end as written, never as confirmed. Reported once, when the first
+    /// connection opens.
+    ConfirmationOff,
+    /// A connection died because its peer never answered a ping (it had answered none):
+    /// a server with automatic pongs turned off. Its messages cannot be confirmed; if that
+    /// server never answers pings, turn confirmation off. Reported once per pool.
+    PongsMissing {
+        /// The connection.
+        conn: ConnId,
     },
     /// The pool's availability changed.
     AvailabilityChanged {

@@ -144,6 +144,8 @@ impl From<Outgoing> for EncodedRequest {
 pub struct EncodedSend<'a> {
     kind: Cow<'a, str>,
     frame: String,
+    /// Whether the message carries an idempotency key ([`Outgoing::idempotency_key`]).
+    keyed: bool,
 }
 
 impl<'a> EncodedSend<'a> {
@@ -152,6 +154,7 @@ impl<'a> EncodedSend<'a> {
         Self {
             kind: Cow::Borrowed(&message.kind),
             frame: encode(message, None),
+            keyed: message.idempotency_key().is_some(),
         }
     }
 
@@ -160,8 +163,13 @@ impl<'a> EncodedSend<'a> {
         &self.kind
     }
 
-    pub(crate) fn into_parts(self) -> (Cow<'a, str>, String) {
-        (self.kind, self.frame)
+    /// Whether the message carries an idempotency key (an `allocationId`).
+    pub fn is_keyed(&self) -> bool {
+        self.keyed
+    }
+
+    pub(crate) fn into_parts(self) -> (Cow<'a, str>, String, bool) {
+        (self.kind, self.frame, self.keyed)
     }
 }
 
@@ -174,9 +182,11 @@ impl<'a> From<&'a Outgoing> for EncodedSend<'a> {
 impl From<Outgoing> for EncodedSend<'static> {
     fn from(message: Outgoing) -> Self {
         let frame = encode(&message, None);
+        let keyed = message.idempotency_key().is_some();
         Self {
             kind: Cow::Owned(message.kind),
             frame,
+            keyed,
         }
     }
 }

@@ -19,8 +19,8 @@ use crate::frame::{self, FrameError, Outgoing};
 use crate::sim::{Call, Checker};
 use crate::Pool;
 use crate::{
-    CloseReason, ConnId, DialError, Input, Outcome, Output, RequestError, RequestFailure, RequestId,
-    RequestOptions, SendError, SendRefusal,
+    CloseReason, ConnId, Delivery, DialError, Input, Outcome, Output, RequestError, RequestFailure,
+    RequestId, RequestOptions, SendError, SendOptions, SendRefusal,
 };
 
 /// The default maximum frame size, used by [`frame_decode`] unless the input picks a small one.
@@ -244,7 +244,7 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         h.timeout_at(t);
     }
     h.request(message(0), RequestOptions::default());
-    h.send(message(1));
+    h.send(message(1), SendOptions::default());
     h.finish();
     Ok(())
 }
@@ -340,8 +340,11 @@ pub enum OpInput {
     Text(TextSpec),
     /// [`Input::Binary`].
     Binary(usize),
-    /// [`Input::Pong`].
-    Pong,
+    /// [`Input::Pong`]: 0..=191 answers the latest ping of the connection, 192..=223 an
+    /// older one, the rest carries junk.
+    Pong(u8),
+    /// [`Input::Unwritten`]: this many writes before the latest one were started.
+    Unwritten(u8),
     /// [`Input::Ping`].
     Ping,
     /// [`Input::Flushed`] with this write total.
@@ -441,7 +444,7 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
                 kind: u.arbitrary::<u8>()? % 3,
             }
         }
-        5 | 6 => Op::Send(u.arbitrary::<u8>()? % 3),
+        5 | 6 => Op::Send(u.arbitrary::<u8>()?),
         7 => Op::Cancel(u.arbitrary()?),
         8 => Op::Close,
         9 | 10 => Op::Advance(u64::from(u.arbitrary::<u16>()?)),
@@ -485,13 +488,11 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
                         OpInput::Binary(usize::from(u.arbitrary::<u16>()?))
                     }
                 }
-                5 => {
-                    if u.arbitrary::<bool>()? {
-                        OpInput::Pong
-                    } else {
-                        OpInput::Ping
-                    }
-                }
+                5 => match u.arbitrary::<u8>()? % 4 {
+                    0 | 1 => OpInput::Pong(u.arbitrary()?),
+                    2 => OpInput::Unwritten(u.arbitrary()?),
+                    _ => OpInput::Ping,
+                },
                 6 => OpInput::Flushed(match u.arbitrary::<u8>()? {
                     255 => u64::MAX,
                     n => u64::from(n),
@@ -573,6 +574,10 @@ struct Harness {
     last: Vec<Output>,
     /// The simulation's invariant checker (a shadow model), when [`sim_checker_enabled`].
     checker: Option<Checker>,
+    /// The latest ping sequence and write count per connection, for plausible pongs and
+    /// unwritten reports.
+    pings: BTreeMap<ConnId, u64>,
+    writes: BTreeMap<ConnId, u64>,
 }
 
 impl Harness {
@@ -590,6 +595,8 @@ impl Harness {
             issued: Vec::new(),
             completed: BTreeMap::new(),
             last: Vec::new(),
+            pings: BTreeMap::new(),
+            writes: BTreeMap::new(),
         }
     }
 
@@ -657,7 +664,16 @@ impl Harness {
                     affinity,
                 },
             ),
-            Op::Send(kind) => self.send(message(kind)),
+            Op::Send(kind) => {
+                // The low bits pick the type; the rest the guarantee and tracking.
+                let mut options = SendOptions::default().with_notify(kind & 8 != 0);
+                options.delivery = match (kind >> 4) % 3 {
+                    0 => None,
+                    1 => Some(Delivery::AtMostOnce),
+                    _ => Some(Delivery::AtLeastOnce),
+                };
+                self.send(message(kind % 3), options)
+            }
             Op::Cancel(back) => {
                 let Some(id) = self.pick_request(back) else { return };
                 let expect = !self.completed.contains_key(&id);
@@ -689,6 +705,7 @@ impl Harness {
             Op::Input(sel, input) => {
                 let conn = self.pick_conn(sel);
                 let text;
+                let payload;
                 let input = match input {
                     OpInput::Connected => Input::Connected { conn },
                     OpInput::ConnectFailed(error) => Input::ConnectFailed { conn, error },
@@ -697,7 +714,28 @@ impl Harness {
                         Input::Text { conn, text: &text }
                     }
                     OpInput::Binary(len) => Input::Binary { conn, len },
-                    OpInput::Pong => Input::Pong { conn },
+                    OpInput::Pong(pick) => {
+                        let seq = self.pings.get(&conn).copied().unwrap_or(0);
+                        payload = match pick {
+                            0..=191 => seq.to_be_bytes().to_vec(),
+                            192..=223 => seq.saturating_sub(1).to_be_bytes().to_vec(),
+                            n => vec![n; usize::from(n % 10)],
+                        };
+                        Input::Pong {
+                            conn,
+                            payload: &payload,
+                        }
+                    }
+                    OpInput::Unwritten(back) => Input::Unwritten {
+                        conn,
+                        first: self
+                            .writes
+                            .get(&conn)
+                            .copied()
+                            .unwrap_or(0)
+                            .saturating_sub(u64::from(back))
+                            + 1,
+                    },
                     OpInput::Ping => Input::Ping { conn },
                     OpInput::Flushed(writes) => Input::Flushed { conn, writes },
                     OpInput::WriteFailed => Input::WriteFailed {
@@ -746,16 +784,17 @@ impl Harness {
         self.check_pending();
     }
 
-    fn send(&mut self, message: Outgoing) {
-        let result = self.pool.send(self.now, &message);
+    fn send(&mut self, message: Outgoing, options: SendOptions) {
+        let result = self.pool.send_with(self.now, &message, options);
         self.observe(Call::Send {
             message: &message,
+            options,
             result: &result,
         });
         let closing = self.pool.is_closing();
         self.drain(Step::Command);
         match result {
-            Ok(()) => assert!(!closing, "send accepted after close"),
+            Ok(_) => assert!(!closing, "send accepted after close"),
             Err(SendRefusal::Closed) => assert!(closing),
             Err(refusal) => {
                 assert!(!closing);
@@ -802,7 +841,15 @@ impl Harness {
                     self.dialed.push(*conn);
                     self.fresh_dials.push(*conn);
                 }
-                Output::Transmit { conn, .. } | Output::Ping { conn } | Output::Disconnect { conn, .. } => {
+                Output::Transmit { conn, .. }
+                | Output::Ping { conn, .. }
+                | Output::Disconnect { conn, .. } => {
+                    if let Output::Ping { payload, .. } = o {
+                        self.pings.insert(*conn, u64::from_be_bytes(*payload));
+                    }
+                    if matches!(o, Output::Transmit { .. } | Output::Ping { .. }) {
+                        *self.writes.entry(*conn).or_default() += 1;
+                    }
                     assert!(
                         self.dialed_set.contains(conn),
                         "{o:?} names a connection never dialed"

@@ -121,10 +121,13 @@ pub enum Input<'a> {
         /// Its length.
         len: usize,
     },
-    /// A pong arrived.
+    /// A pong arrived, with its application data (the payload of the
+    /// [`Output::Ping`] it answers, or anything an unsolicited pong carries).
     Pong {
         /// The connection.
         conn: ConnId,
+        /// Its application data.
+        payload: &'a [u8],
     },
     /// A ping from the server arrived (the adapter's WebSocket library answers it). Like any
     /// frame, it shows the peer is alive and pushes the read deadline.
@@ -139,6 +142,17 @@ pub enum Input<'a> {
         conn: ConnId,
         /// Total writes completed on this connection.
         writes: u64,
+    },
+    /// The adapter discarded the writes of a connection the pool dropped (after an
+    /// [`Output::Disconnect`] that was not graceful): writes numbered `first` and later were
+    /// never started on the socket, so their messages certainly did not arrive and are
+    /// written again elsewhere. Without this report, the pool must assume every unflushed
+    /// write may have arrived; it waits for it up to the write wait.
+    Unwritten {
+        /// The connection.
+        conn: ConnId,
+        /// The number of the first write never started (writes are numbered from 1).
+        first: u64,
     },
     /// A write failed; the connection is dead.
     WriteFailed {
@@ -164,8 +178,9 @@ impl Input<'_> {
             | Input::ConnectFailed { conn, .. }
             | Input::Text { conn, .. }
             | Input::Binary { conn, .. }
-            | Input::Pong { conn }
+            | Input::Pong { conn, .. }
             | Input::Ping { conn }
+            | Input::Unwritten { conn, .. }
             | Input::Flushed { conn, .. }
             | Input::WriteFailed { conn, .. }
             | Input::Closed { conn, .. } => *conn,

@@ -64,6 +64,7 @@
 
 mod backoff;
 pub mod config;
+pub mod delivery;
 mod error;
 mod event;
 pub mod frame;
@@ -79,6 +80,7 @@ pub mod sim;
 pub mod stats;
 
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
+pub use delivery::{Delivery, MessageFate, MessageId, SendOptions, UnconfirmedReason, Undelivered};
 pub use error::{RequestError, RequestFailure, SendError, SendRefusal};
 pub use event::{Availability, DisconnectReason, DropReason, Event};
 pub use frame::{EncodedRequest, EncodedSend, FrameError, Incoming, Outgoing, Payload};
@@ -86,4 +88,4 @@ pub use input::{CloseReason, DialError, Input};
 pub use output::{Outcome, Output};
 pub use pool::{Pool, AVAILABILITY_HOLD};
 pub use request::{ConnId, RequestId, RequestIdBuildHasher, RequestIdHasher, RequestOptions, SlotState};
-pub use stats::{SendStats, Stats};
+pub use stats::{LatencySummary, SendStats, Stats};

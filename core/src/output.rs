@@ -1,6 +1,7 @@
 //! What comes out of the pool: [`Output`], the actions for the adapter and the results for
 //! the application, with a request's [`Outcome`].
 
+use crate::delivery::{MessageFate, MessageId};
 use crate::error::RequestFailure;
 use crate::event::Event;
 use crate::frame::Incoming;
@@ -37,10 +38,14 @@ pub enum Output {
         /// The encoded JSON frame.
         frame: String,
     },
-    /// Write a ping on `conn` (counts as one write for [`Input::Flushed`]).
+    /// Write a ping carrying `payload` on `conn` (counts as one write for
+    /// [`Input::Flushed`]), and report its pong with the pong's data ([`Input::Pong`]).
     Ping {
         /// The connection.
         conn: ConnId,
+        /// The ping's application data: the connection's ping sequence number, 8 bytes big
+        /// endian. Its pong confirms every message written before it.
+        payload: [u8; 8],
     },
     /// Stop using `conn`. Without `graceful`: drop the socket (or abandon the dial) and report
     /// nothing more about it. With `graceful`: send a normal close frame (1000) after the
@@ -65,6 +70,13 @@ pub enum Output {
         conn: ConnId,
         /// The frame.
         frame: Incoming,
+    },
+    /// A fire-and-forget message sent with [`SendOptions::notify`](crate::SendOptions) ended.
+    Settled {
+        /// The message.
+        id: MessageId,
+        /// How.
+        fate: MessageFate,
     },
     /// Something to report.
     Event(Event),

@@ -176,6 +176,7 @@ fn checker_accepts_arbitrary_event_sequences() {
     use usageflow_socket_core::sim::{Call, Checker};
     use usageflow_socket_core::{
         CloseReason, Config, ConnId, DialError, Input, Outgoing, Output, Pool, RequestId, RequestOptions,
+        SendOptions,
     };
 
     for seed in 0..env_u64("UFSOCK_SIM_FUZZ_SEEDS").unwrap_or(300) {
@@ -229,11 +230,13 @@ fn checker_accepts_arbitrary_event_sequences() {
                 }
                 3 => {
                     let m = Outgoing::new(format!("k{}", rng.u8(..3)), serde_json::json!(step));
-                    let result = pool.send(now, &m);
+                    let options = SendOptions::default().with_notify(rng.bool());
+                    let result = pool.send_with(now, &m, options);
                     checker.observe_call(
                         now,
                         Call::Send {
                             message: &m,
+                            options,
                             result: &result,
                         },
                     )
@@ -261,6 +264,7 @@ fn checker_accepts_arbitrary_event_sequences() {
                         conn.generation += rng.u32(0..=2);
                     }
                     let reply;
+                    let pong_payload = rng.u64(0..4).to_be_bytes();
                     let input = match rng.u8(..9) {
                         0 => Input::Connected { conn },
                         1 => Input::ConnectFailed {
@@ -285,7 +289,10 @@ fn checker_accepts_arbitrary_event_sequences() {
                             Input::Text { conn, text: &reply }
                         }
                         4 => Input::Binary { conn, len: 3 },
-                        5 => Input::Pong { conn },
+                        5 => Input::Pong {
+                            conn,
+                            payload: &pong_payload,
+                        },
                         6 => Input::Flushed {
                             conn,
                             writes: rng.u64(0..=12),

@@ -584,6 +584,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             counters.count_request(&frame.kind);
         } else {
             counters.count_fire_and_forget(&frame.kind);
+            if counters.recording_allocation_ids() {
+                if let Some(id) = frame
+                    .payload
+                    .to_value()
+                    .get("allocationId")
+                    .and_then(|v| v.as_str())
+                {
+                    counters.record_allocation_id(id);
+                }
+            }
         }
         Some((frame, is_request))
     }

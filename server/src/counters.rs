@@ -98,6 +98,9 @@ pub struct Counters {
     pub(crate) connections_frozen: AtomicU64,
     pub(crate) connections_aborted: AtomicU64,
     close_codes: Mutex<Vec<Option<u16>>>,
+    /// Whether fire-and-forget `allocationId`s are recorded (off: no lock on the hot path).
+    recording_ids: AtomicBool,
+    allocation_ids: Mutex<BTreeMap<String, u64>>,
     pub(crate) last_key_present: AtomicBool,
     last_user_agent: Mutex<Option<String>>,
     /// Server-wide reply sequence, the clock of the every-n faults.
@@ -182,6 +185,32 @@ impl Counters {
 
     pub(crate) fn count_fire_and_forget(&self, kind: &str) {
         self.fire_and_forget.add(kind);
+    }
+
+    /// Whether fire-and-forget `allocationId`s are being recorded.
+    pub(crate) fn recording_allocation_ids(&self) -> bool {
+        self.recording_ids.load(Relaxed)
+    }
+
+    pub(crate) fn record_allocation_id(&self, id: &str) {
+        let mut ids = self.allocation_ids.lock().unwrap_or_else(|e| e.into_inner());
+        *ids.entry(id.to_owned()).or_insert(0) += 1;
+    }
+
+    /// Starts recording the `allocationId` of every fire-and-forget message received from
+    /// now on (for delivery tests: how often each one arrived). Off by default: it takes a
+    /// lock and memory per message.
+    pub fn record_allocation_ids(&self) {
+        self.recording_ids.store(true, Relaxed);
+    }
+
+    /// How many times each recorded `allocationId` arrived in a fire-and-forget message
+    /// (see [`Counters::record_allocation_ids`]).
+    pub fn allocation_ids(&self) -> BTreeMap<String, u64> {
+        self.allocation_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn record_close(&self, code: Option<u16>) {

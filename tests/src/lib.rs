@@ -17,6 +17,7 @@
 #![allow(missing_docs, reason = "test support crate")]
 
 pub mod bodies;
+pub mod delivery;
 pub mod resilience;
 mod smol_adapter;
 mod tokio_adapter;
@@ -28,9 +29,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::{select, Either};
 use serde_json::json;
 pub use usageflow_socket_client::{
-    Availability, Client, ClientError, ClientEvent, ClientOptions, Config, ConfigBuilder, DialError,
-    DisconnectReason, Event, Incoming, Outgoing, RecvError, RequestOptions, Runtime, Stats, Subscription,
-    UsageFlowApi,
+    Availability, Client, ClientError, ClientEvent, ClientOptions, Config, ConfigBuilder, Delivery,
+    DialError, DisconnectReason, Event, Incoming, Outgoing, RecvError, RequestOptions, Runtime, SendOptions,
+    Stats, Subscription, UsageFlowApi,
 };
 use usageflow_socket_server::{ServerOptions, ServerThread};
 
@@ -196,7 +197,8 @@ pub fn server() -> ServerThread {
 ///
 /// ping 200 ms, pong wait 800 ms (4 ping periods: a loaded 2-core machine must not see
 /// spurious read timeouts), write wait 1 s, handshake 1 s, backoff 100 ms doubling to 1 s
-/// without jitter, 20 attempts (no slot rests during a test), request timeout 2 s.
+/// without jitter, 20 attempts (no slot rests during a test), request timeout 2 s; a
+/// barrier 50 ms after a message at the latest, a close drain of 1 s.
 pub fn config(url: &str) -> ConfigBuilder {
     config_key(url, KEY)
 }
@@ -210,6 +212,8 @@ pub fn config_key(url: &str, key: &str) -> ConfigBuilder {
         .pong_wait(Duration::from_millis(800))
         .write_wait(Duration::from_secs(1))
         .handshake_timeout(Duration::from_secs(1))
+        .confirm_after(Duration::from_millis(50))
+        .close_drain(Duration::from_secs(1))
         .backoff_base(Duration::from_millis(100))
         .backoff_cap(Duration::from_secs(1))
         .backoff_jitter(0.0)
@@ -416,12 +420,28 @@ macro_rules! conformance {
             loss_accounting_outage,
             each_handle_keeps_to_its_slot,
         );
+        $crate::conformance!(@delivery $adapter;
+            at_most_once_through_aborts_and_slow_reads,
+            at_least_once_every_id_arrives,
+            close_drains_when_the_server_returns,
+            close_hands_back_what_it_could_not_deliver,
+            a_server_that_stops_ponging_is_replaced,
+            a_slow_server_gets_everything_when_sends_wait_for_room,
+        );
         #[test]
         #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]
         fn soak() {
             let limit = $crate::soak_duration() + std::time::Duration::from_secs(30);
             $crate::run_within::<$adapter, _>("soak", limit, $crate::bodies::soak::<$adapter>());
         }
+    };
+    (@delivery $adapter:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run::<$adapter, _>(stringify!($name), $crate::delivery::$name::<$adapter>());
+            }
+        )*
     };
     (@resilience $adapter:ty; $($name:ident),* $(,)?) => {
         $(

@@ -695,7 +695,7 @@ pub async fn loss_accounting_outage<A: Adapter>() {
             A::sleep(MS(1)).await;
         }
     };
-    let sent = || client.stats().sends.sent;
+    let sent = || client.stats().sends.confirmed;
     let script = async {
         must_wait::<A>(Duration::from_secs(3), "traffic flowing", || sent() >= 150).await;
 
@@ -703,7 +703,7 @@ pub async fn loss_accounting_outage<A: Adapter>() {
         paused.set(true);
         must_wait::<A>(Duration::from_secs(3), "nothing in flight", || {
             let s = client.stats().sends;
-            s.queued == 0 && s.unflushed == 0 && counters.fire_and_forget_total() == s.sent
+            s.queued == 0 && s.written == 0 && counters.fire_and_forget_total() == s.confirmed
         })
         .await;
         server.kill();
@@ -732,10 +732,10 @@ pub async fn loss_accounting_outage<A: Adapter>() {
     must_wait::<A>(Duration::from_secs(3), "every message settled", || {
         let s = client.stats();
         s.sends.queued == 0
-            && s.sends.unflushed == 0
+            && s.sends.written == 0
             && LOSS_KINDS
                 .iter()
-                .all(|k| counters.fire_and_forget(k) == s.sends_by_type.get(*k).map_or(0, |t| t.sent))
+                .all(|k| counters.fire_and_forget(k) == s.sends_by_type.get(*k).map_or(0, |t| t.confirmed))
     })
     .await;
     client.close().await;
@@ -755,7 +755,7 @@ pub async fn loss_accounting_outage<A: Adapter>() {
     );
     println!(
         "  {:<24} {:>6} {:>6} {:>7} {:>7} {:>7} {:>5} {:>6}",
-        "type", "sends", "sent", "server", "dropped", "expired", "lost", "closed"
+        "type", "sends", "conf", "server", "dropped", "expired", "unconf", "closed"
     );
     let mut total = SendStatsRow::default();
     for (k, kind) in LOSS_KINDS.iter().enumerate() {
@@ -763,11 +763,11 @@ pub async fn loss_accounting_outage<A: Adapter>() {
         let server_count = counters.fire_and_forget(kind);
         let row = SendStatsRow {
             sends: t.sends,
-            sent: t.sent,
+            confirmed: t.confirmed,
             server: server_count,
             dropped: t.dropped,
             expired: t.expired,
-            lost: t.lost,
+            unconfirmed: t.unconfirmed,
             closed: t.closed,
         };
         println!("  {:<24} {}", kind, row.cells());
@@ -775,12 +775,12 @@ pub async fn loss_accounting_outage<A: Adapter>() {
         assert!(t.conserved(), "{kind}: {t:?}");
         assert_eq!(
             t.sends,
-            t.sent + t.dropped + t.expired + t.lost + t.closed,
+            t.confirmed + t.dropped + t.expired + t.unconfirmed + t.closed,
             "{kind}: {t:?}"
         );
-        assert_eq!((t.queued, t.unflushed), (0, 0), "{kind}: {t:?}");
+        assert_eq!((t.queued, t.written), (0, 0), "{kind}: {t:?}");
         assert_eq!(
-            server_count, t.sent,
+            server_count, t.confirmed,
             "{kind}: the server counted exactly what was sent"
         );
         assert_eq!(t.sends, issued[k].issued, "{kind}: every send() is counted");
@@ -789,7 +789,7 @@ pub async fn loss_accounting_outage<A: Adapter>() {
             "{kind}: drops = OutboxFull errors"
         );
         assert_eq!(t.closed, issued[k].closed, "{kind}: closed = Closed errors");
-        assert_eq!(t.lost, 0, "{kind}: the cut left nothing unflushed");
+        assert_eq!(t.unconfirmed, 0, "{kind}: the cut left nothing unflushed");
     }
     println!("  {:<24} {}", "total", total.cells());
     assert!(
@@ -804,29 +804,35 @@ pub async fn loss_accounting_outage<A: Adapter>() {
 #[derive(Debug, Default)]
 struct SendStatsRow {
     sends: u64,
-    sent: u64,
+    confirmed: u64,
     server: u64,
     dropped: u64,
     expired: u64,
-    lost: u64,
+    unconfirmed: u64,
     closed: u64,
 }
 
 impl SendStatsRow {
     fn add(&mut self, o: &SendStatsRow) {
         self.sends += o.sends;
-        self.sent += o.sent;
+        self.confirmed += o.confirmed;
         self.server += o.server;
         self.dropped += o.dropped;
         self.expired += o.expired;
-        self.lost += o.lost;
+        self.unconfirmed += o.unconfirmed;
         self.closed += o.closed;
     }
 
     fn cells(&self) -> String {
         format!(
             "{:>6} {:>6} {:>7} {:>7} {:>7} {:>5} {:>6}",
-            self.sends, self.sent, self.server, self.dropped, self.expired, self.lost, self.closed
+            self.sends,
+            self.confirmed,
+            self.server,
+            self.dropped,
+            self.expired,
+            self.unconfirmed,
+            self.closed
         )
     }
 }

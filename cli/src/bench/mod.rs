@@ -343,7 +343,7 @@ fn run_one(
     let completed = match (workload, client_kind) {
         (Workload::Request, _) => hist.len(),
         (Workload::Send, _) => server_counted.unwrap_or_else(|| match &client_stats {
-            Some(s) => s.sends.sent,
+            Some(s) => s.sends.confirmed + s.sends.written,
             None => ctx.done.load(Relaxed),
         }),
     };
@@ -389,13 +389,18 @@ fn run_one(
                 "connection_lost": s.connection_lost,
                 "reconnects": s.reconnects,
                 "sends": s.sends.sends,
-                "sent": s.sends.sent,
+                "confirmed": s.sends.confirmed,
+                "unconfirmed": s.sends.unconfirmed,
                 "dropped": s.sends.dropped,
                 "expired": s.sends.expired,
-                "lost": s.sends.lost,
                 "closed": s.sends.closed,
                 "queued": s.sends.queued,
-                "unflushed": s.sends.unflushed,
+                "written": s.sends.written,
+                "rewritten": s.sends.rewritten,
+                "rewrites_exhausted": s.sends.rewrites_exhausted,
+                "confirm_latency_p50_us": s.confirm_latency.quantile(0.5).map(|d| d.as_micros() as u64),
+                "confirm_latency_p99_us": s.confirm_latency.quantile(0.99).map(|d| d.as_micros() as u64),
+                "pongs": s.pongs,
                 "sends_by_type": s.sends_by_type,
             })
         }),

@@ -130,6 +130,9 @@ pub(crate) async fn measure_pooled<A: Adapter>(
     let elapsed = t0.elapsed();
     let after = Usage::now();
     progress.finish();
+    // Outside the measurement: let the last barriers confirm what was written, so the
+    // stats show every message in a final state.
+    let _ = client.flush(Duration::from_secs(5)).await;
     let stats = client.stats();
     client.close().await;
     Ok(Measured {
@@ -186,7 +189,7 @@ async fn pooled<A: Adapter>(client: &Client<A::Runtime>, ctx: &RunCtx<'_>) {
                 }
                 _ => {
                     let s = client.stats().sends;
-                    s.queued + s.unflushed == 0
+                    s.queued + s.written == 0
                 }
             };
             if arrived {
@@ -243,7 +246,7 @@ async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>
             accepted = 0;
             loop {
                 let s = client.stats().sends;
-                if s.queued + s.unflushed < SEND_BACKLOG {
+                if s.queued + s.written < SEND_BACKLOG {
                     break;
                 }
                 A::sleep(Duration::from_millis(1)).await;

@@ -312,6 +312,12 @@ impl RunReport {
         if let Some(n) = r.server_counted {
             println!("  server      counted {n} fire-and-forget messages");
         }
+        if let Some(stats) = &r.client_stats {
+            let us = |k: &str| stats.get(k).and_then(|v| v.as_u64());
+            if let (Some(p50), Some(p99)) = (us("confirm_latency_p50_us"), us("confirm_latency_p99_us")) {
+                println!("  confirmed   write to pong p50 <= {p50} µs, p99 <= {p99} µs");
+            }
+        }
         // Loss accounting: every fire-and-forget message ends in exactly one column.
         let by_type = r
             .client_stats
@@ -322,13 +328,14 @@ impl RunReport {
         if let Some(by_type) = by_type {
             let cols = [
                 "sends",
-                "sent",
+                "confirmed",
+                "unconfirmed",
                 "dropped",
                 "expired",
-                "lost",
                 "closed",
                 "queued",
-                "unflushed",
+                "written",
+                "rewritten",
             ];
             println!(
                 "  sends       {:<24}{}",

@@ -1,19 +1,146 @@
-//! Closing: the pool's close (refuse new work, drain, close every connection), and the
+//! Closing: the pool's close (refuse new work; drain pending requests and queued and written
+//! messages for `close_drain`; hand back what is left; close every connection), and the
 //! graceful close of retiring connections (rotation and close).
 
 use std::time::Instant;
 
 use super::slot::{conn_id, Phase};
 use super::Pool;
-use crate::{DisconnectReason, DropReason, Event, Output, RequestFailure};
+use crate::{
+    DisconnectReason, DropReason, Event, MessageFate, MessageId, Output, RequestFailure, UnconfirmedReason,
+};
 
 impl Pool {
-    /// The body of [`Pool::close`], called once.
+    /// The body of [`Pool::close`], called once: new work is refused from now on. With
+    /// nothing to deliver (or no drain), the pool closes at once; otherwise it drains first
+    /// (see `check_drain`).
     pub(super) fn begin_close(&mut self, now: Instant) {
         self.closing = true;
+        let messages = self.holds_messages();
+        if self.config.close_drain.is_zero() || (!messages && self.pending.is_empty()) {
+            self.finish_close(now);
+            return;
+        }
+        self.drain_deadline = Some(now + self.config.close_drain);
+        // No rotation from now on. Slots that may still deliver messages keep dialing on
+        // their schedule until the drain ends; the rest stop.
+        let mut dialing = false;
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            match &mut s.phase {
+                Phase::Open { conn, replacement } => {
+                    conn.rotate_at = None;
+                    if let Some((generation, _)) = replacement.take() {
+                        self.outputs.push_back(Output::Disconnect {
+                            conn: conn_id(i, generation),
+                            graceful: false,
+                        });
+                    }
+                }
+                Phase::Dialing { .. } if messages => dialing = true,
+                Phase::Backoff { .. } | Phase::Idle { dial_at: Some(_) } if messages => {}
+                Phase::Dialing { generation, .. } => {
+                    let generation = *generation;
+                    s.phase = Phase::Closed;
+                    self.outputs.push_back(Output::Disconnect {
+                        conn: conn_id(i, generation),
+                        graceful: false,
+                    });
+                }
+                Phase::Exhausted => {
+                    s.phase = Phase::Closed;
+                    self.resting -= 1;
+                }
+                _ => s.phase = Phase::Closed,
+            }
+        }
+        // Nothing open or dialing, and messages to deliver: one dial at once (a slot waiting
+        // for its backoff, or at rest), unless the key was refused.
+        if messages && self.open_count == 0 && !dialing && self.rejected_status.is_none() {
+            self.dial(0, now);
+        }
+        self.barriers_now(now);
+        self.check_drain(now);
+        self.update_availability(now);
+    }
+
+    /// Whether any fire-and-forget message is still queued or awaiting confirmation.
+    pub(super) fn holds_messages(&self) -> bool {
+        !self.outbox.is_empty()
+            || !self.limbo.is_empty()
+            || self.slots.iter().any(|s| {
+                s.open_conn().is_some_and(|c| !c.flights.is_empty())
+                    || s.retiring.iter().any(|c| !c.flights.is_empty())
+            })
+    }
+
+    /// During a close drain: finishes the close once nothing is left to wait for (every
+    /// request completed and every message ended), once nothing can deliver any more (no
+    /// connection open, dialing or due to dial), or when the key was rejected.
+    pub(super) fn check_drain(&mut self, now: Instant) {
+        if self.drain_deadline.is_none() {
+            return;
+        }
+        let idle = self.pending.is_empty() && !self.holds_messages();
+        let stuck = self.slots.iter().all(|s| {
+            !matches!(
+                s.phase,
+                Phase::Open { .. }
+                    | Phase::Dialing { .. }
+                    | Phase::Backoff { .. }
+                    | Phase::Idle { dial_at: Some(_) }
+            )
+        });
+        if idle || stuck || self.rejected_status.is_some() {
+            self.finish_close(now);
+        }
+    }
+
+    /// Ends the close: what is still queued, and written at-least-once messages, end as
+    /// closed and are handed back; written at-most-once messages end unconfirmed; pending
+    /// requests complete as closed; every connection closes gracefully once flushed.
+    fn finish_close(&mut self, now: Instant) {
+        self.drain_deadline = None;
+        let limbo = std::mem::take(&mut self.limbo);
+        let mut by_kind = vec![0u64; self.kinds.names.len()];
+        let mut unconfirmed = vec![0u64; self.kinds.names.len()];
+        let flights = limbo.into_iter().flat_map(|l| l.flights).collect::<Vec<_>>();
+        let mut written: Vec<_> = flights;
+        for s in &mut self.slots {
+            if let Phase::Open { conn, .. } = &mut s.phase {
+                conn.window_bytes = 0;
+                written.extend(conn.flights.drain(..));
+            }
+            for conn in &mut s.retiring {
+                conn.window_bytes = 0;
+                written.extend(conn.flights.drain(..));
+            }
+        }
+        written.sort_unstable_by_key(|f| f.message.id);
+        // Handed back in send order: the written ones are older than what still waits.
+        for flight in written {
+            let m = flight.message;
+            if m.at_least_once {
+                self.hand_back(m, true, &mut by_kind);
+            } else {
+                let s = &mut self.kinds.stats[usize::from(m.kind)];
+                s.written -= 1;
+                s.unconfirmed += 1;
+                unconfirmed[usize::from(m.kind)] += 1;
+                if m.notify {
+                    self.outputs.push_back(Output::Settled {
+                        id: MessageId(m.id),
+                        fate: MessageFate::Unconfirmed(UnconfirmedReason::Closed),
+                    });
+                }
+            }
+        }
+        while let Some(m) = self.outbox.pop_front() {
+            self.hand_back(m, false, &mut by_kind);
+        }
+        self.report_drops(&unconfirmed, DropReason::Unconfirmed);
+        self.report_drops(&by_kind, DropReason::Closed);
         self.resting = 0;
-        let dropped = std::mem::take(&mut self.outbox);
-        self.drop_queued(dropped, DropReason::Closed);
         for i in 0..self.slots.len() {
             let phase = std::mem::replace(&mut self.slots[i].phase, Phase::Closed);
             match phase {
@@ -36,11 +163,7 @@ impl Pool {
                 _ => {}
             }
         }
-        if self.config.close_drain.is_zero() || self.pending.is_empty() {
-            self.fail_all_pending(now, RequestFailure::Closed);
-        } else {
-            self.drain_deadline = Some(now + self.config.close_drain);
-        }
+        self.fail_all_pending(now, RequestFailure::Closed);
         for i in 0..self.slots.len() {
             self.retire_drained(i);
         }
@@ -50,22 +173,20 @@ impl Pool {
     /// Whether the pool is closed and done (see [`Pool::is_closed`]).
     pub(super) fn closed_and_done(&self) -> bool {
         self.closing
+            && self.drain_deadline.is_none()
             && self.pending.is_empty()
             && self.lingering.is_empty()
+            && self.limbo.is_empty()
             && self
                 .slots
                 .iter()
                 .all(|s| matches!(s.phase, Phase::Closed) && s.retiring.is_empty())
     }
 
-    /// The close drain ended: what is still pending completes as closed.
+    /// The close drain's deadline passed.
     pub(super) fn end_drain(&mut self, now: Instant) {
         if self.drain_deadline.is_some_and(|d| d <= now) {
-            self.drain_deadline = None;
-            self.fail_all_pending(now, RequestFailure::Closed);
-            for i in 0..self.slots.len() {
-                self.retire_drained(i);
-            }
+            self.finish_close(now);
         }
     }
 
@@ -85,7 +206,9 @@ impl Pool {
         }
     }
 
-    /// Closes retiring connections that have no pending request and no unflushed write.
+    /// Closes retiring connections that have no pending request, no unflushed write and no
+    /// message awaiting confirmation (a rotation confirms everything written on the old
+    /// connection before closing it).
     pub(super) fn retire_drained(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         if s.retiring.is_empty() {
@@ -94,7 +217,7 @@ impl Pool {
         let mut i = 0;
         while i < s.retiring.len() {
             let c = &s.retiring[i];
-            if c.pending == 0 && c.unflushed() == 0 {
+            if c.pending == 0 && c.unflushed() == 0 && c.flights.is_empty() {
                 let conn = s.retiring.swap_remove(i);
                 let id = conn_id(slot, conn.generation);
                 self.outputs.push_back(Output::Disconnect {

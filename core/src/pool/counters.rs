@@ -31,6 +31,7 @@ pub(super) struct Counters {
     pub(super) rearms: u64,
     pub(super) rotations: u64,
     pub(super) pings: u64,
+    pub(super) pongs: u64,
 }
 
 impl Counters {
@@ -91,9 +92,11 @@ impl Pool {
             rearms: c.rearms,
             rotations: c.rotations,
             pings: c.pings,
+            pongs: c.pongs,
             outbox_depth: self.outbox.len() as u64,
             sends,
             sends_by_type,
+            confirm_latency: self.confirm_latency.clone(),
         }
     }
 }

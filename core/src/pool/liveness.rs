@@ -1,42 +1,34 @@
-//! Liveness: writes and their flushes, the write deadline, the read deadline, pings.
+//! Liveness: writes and their flushes, the write deadline, the read deadline, keep-alive
+//! pings (every ping is also a barrier, see `delivery.rs`).
 
 use std::time::{Duration, Instant};
 
 use super::slot::{conn_id, Conn};
 use super::Pool;
-use crate::{ConnId, DisconnectReason, Output};
+use crate::config::Config;
+use crate::{ConnId, DisconnectReason};
 
 impl Conn {
-    /// Issues one write on this connection of `slot`: a frame, or a ping when `frame` is
-    /// `None`. Returns the write's number and the output that carries it.
-    pub(super) fn write(
-        &mut self,
-        slot: usize,
-        now: Instant,
-        write_wait: Duration,
-        frame: Option<String>,
-    ) -> (u64, Output) {
+    /// Issues one write on this connection (a frame or a ping) at `now`: returns its number
+    /// and records its write deadline.
+    pub(super) fn issue(&mut self, now: Instant, write_wait: Duration) -> u64 {
         self.writes_issued += 1;
         let n = self.writes_issued;
         let deadline = now + write_wait;
         if self.write_deadlines.back().is_none_or(|&(_, d)| d != deadline) {
             self.write_deadlines.push_back((n, deadline));
         }
-        let id = conn_id(slot, self.generation);
-        let output = match frame {
-            Some(frame) => Output::Transmit { conn: id, frame },
-            None => Output::Ping { conn: id },
-        };
-        (n, output)
+        n
     }
 
-    /// Hands this connection's deadlines (write, read, next ping) to `consider`.
-    pub(super) fn timers(&self, consider: &mut impl FnMut(Instant)) {
+    /// Hands this connection's deadlines (write, read, next ping, barrier) to `consider`.
+    pub(super) fn timers(&self, config: &Config, consider: &mut impl FnMut(Instant)) {
         if let Some(t) = self.write_deadline() {
             consider(t);
         }
         consider(self.read_deadline);
         consider(self.next_ping);
+        self.barrier_timers(config, consider);
     }
 }
 
@@ -80,7 +72,9 @@ impl Pool {
                 conn.write_deadlines.pop_front();
             }
         }
-        self.kinds.flushed(&mut conn.unflushed_sends, writes);
+        if !self.config.confirm_delivery {
+            Pool::flights_flushed(&mut self.outputs, conn);
+        }
         self.retire_drained(slot);
         self.flush_outbox(now);
     }
@@ -88,7 +82,6 @@ impl Pool {
     /// Runs a live connection's deadlines; false when it died of one.
     pub(super) fn conn_timers(&mut self, slot: usize, generation: u32, now: Instant) -> bool {
         let ping_period = self.config.ping_period;
-        let write_wait = self.config.write_wait;
         let id = conn_id(slot, generation);
         let Some(conn) = self.slots[slot].conn_mut(generation) else {
             return false;
@@ -106,20 +99,28 @@ impl Pool {
             if conn.next_ping <= now {
                 conn.next_ping = now + ping_period;
             }
-            if conn.last_ping > conn.writes_flushed {
-                // The last ping is not even flushed: another would only queue behind it (the
-                // adapter's queue would grow by one per period on a stuck socket). The write
-                // deadline decides this connection's fate; look again then.
-                if let Some(deadline) = conn.write_deadline() {
+            match conn.barrier.unanswered {
+                // With confirmation on, the unanswered ping's deadline decides this
+                // connection's fate; another ping would only queue behind it. Look again
+                // then (or when the pong comes).
+                Some((_, _, deadline)) if self.config.confirm_delivery => {
                     conn.next_ping = conn.next_ping.max(deadline);
                 }
-            } else {
-                self.counters.pings += 1;
-                let (n, ping) = conn.write(slot, now, write_wait, None);
-                self.outputs.push_back(ping);
-                conn.last_ping = n;
+                // Not even flushed: another would only queue behind it (the adapter's queue
+                // would grow by one per period on a stuck socket). The write deadline
+                // decides; look again then.
+                Some((_, write, _)) if write > conn.writes_flushed => {
+                    if let Some(deadline) = conn.write_deadline() {
+                        conn.next_ping = conn.next_ping.max(deadline);
+                    }
+                }
+                _ => {
+                    self.counters.pings += 1;
+                    let ping = conn.ping(slot, now, &self.config);
+                    self.outputs.push_back(ping);
+                }
             }
         }
-        true
+        self.barrier_timer(slot, generation, now)
     }
 }

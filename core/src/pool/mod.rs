@@ -9,10 +9,11 @@
 //! | `select.rs` | which open connection takes the next write |
 //! | `pending.rs` | requests: sending, correlation of replies, completion (exactly once), timeouts, re-sending |
 //! | `deadlines.rs` | the pending requests' deadlines, in the order they fall due |
-//! | `outbox.rs` | fire-and-forget messages: the outbox, per-type counters, drops |
-//! | `liveness.rs` | writes and flushes, write and read deadlines, pings |
+//! | `outbox.rs` | fire-and-forget messages before they are written: the outbox, per-type counters, drops, expiry, handing back |
+//! | `delivery.rs` | written messages: the unconfirmed window, barrier pings and confirming pongs, at most / at least once when a connection dies |
+//! | `liveness.rs` | writes and flushes, write and read deadlines, keep-alive pings |
 //! | `rotation.rs` | replacing a connection that reached its maximum age |
-//! | `close.rs` | closing the pool, and closing retiring connections gracefully |
+//! | `close.rs` | closing the pool (with its drain), and closing retiring connections gracefully |
 //! | `availability.rs` | the pool's availability, with hysteresis |
 //! | `counters.rs` | the counters and the [`Stats`] snapshot |
 
@@ -21,16 +22,17 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::frame::{self, EncodedRequest, EncodedSend, FrameError, Incoming};
-use crate::stats::Stats;
+use crate::stats::{LatencySummary, Stats};
 use crate::{
-    Availability, ConnId, DisconnectReason, Input, Outcome, Output, RequestError, RequestFailure, RequestId,
-    RequestIdBuildHasher, RequestOptions, SendRefusal, SlotState,
+    Availability, ConnId, DisconnectReason, Input, MessageId, Outcome, Output, RequestError, RequestFailure,
+    RequestId, RequestIdBuildHasher, RequestOptions, SendOptions, SendRefusal, SlotState, Undelivered,
 };
 
 mod availability;
 mod close;
 mod counters;
 mod deadlines;
+mod delivery;
 mod liveness;
 mod outbox;
 mod pending;
@@ -47,7 +49,8 @@ pub(crate) use pending::MAX_TIMEOUT;
 
 use counters::Counters;
 use deadlines::Deadlines;
-use outbox::{Kinds, Queued};
+use delivery::{Limbo, Message};
+use outbox::Kinds;
 use pending::Pending;
 use slot::Slot;
 
@@ -73,7 +76,20 @@ pub struct Pool {
     slots: Vec<Slot>,
     pending: HashMap<RequestId, Pending, RequestIdBuildHasher>,
     deadlines: Deadlines,
-    outbox: VecDeque<Queued>,
+    /// Messages waiting for a connection, sorted by id (messages back from a dead
+    /// connection are merged in by id).
+    outbox: VecDeque<Message>,
+    /// The id of the last message accepted.
+    last_message: u64,
+    /// Dead connections' unflushed messages, until the adapter says which never started.
+    limbo: Vec<Limbo>,
+    /// Messages a close could not deliver, until [`Pool::take_undelivered`].
+    undelivered: Vec<Undelivered>,
+    confirm_latency: LatencySummary,
+    /// `Event::PongsMissing` was reported (once per pool).
+    pongs_missing_reported: bool,
+    /// `Event::ConfirmationOff` was reported (once per pool).
+    confirmation_off_reported: bool,
     kinds: Kinds,
     outputs: VecDeque<Output>,
     /// Slot chosen last, so ties rotate.
@@ -112,6 +128,12 @@ impl Pool {
             pending: HashMap::default(),
             deadlines: Deadlines::default(),
             outbox: VecDeque::new(),
+            last_message: 0,
+            limbo: Vec::new(),
+            undelivered: Vec::new(),
+            confirm_latency: LatencySummary::default(),
+            pongs_missing_reported: false,
+            confirmation_off_reported: false,
             kinds: Kinds::default(),
             outputs: VecDeque::new(),
             cursor: usize::MAX,
@@ -183,6 +205,48 @@ impl Pool {
         self.outbox.len()
     }
 
+    /// Whether a new message has room: in the outbox, or (with the outbox empty) in an open
+    /// connection's window; a send now would not be refused as [`SendRefusal::OutboxFull`]
+    /// (short of a message larger than that window's free bytes with no outbox capacity).
+    pub fn has_room(&self) -> bool {
+        let writable = |c: &slot::Conn| {
+            !c.window_full(&self.config, 0) && c.unflushed() < u64::from(self.config.max_unflushed_writes)
+        };
+        self.outbox.len() < self.config.outbox_capacity as usize
+            || (self.outbox.is_empty() && self.slots.iter().any(|s| s.open_conn().is_some_and(writable)))
+    }
+
+    /// Whether every fire-and-forget message up to `through` (an id from [`Pool::send_with`]
+    /// or [`Pool::flush`]) has ended: confirmed, or otherwise.
+    pub fn is_settled(&self, through: MessageId) -> bool {
+        self.oldest_live().is_none_or(|oldest| oldest > through.0)
+    }
+
+    /// Fire-and-forget messages not yet ended: queued, written and awaiting confirmation,
+    /// or waiting for the adapter's word on a dead connection.
+    pub fn live_messages(&self) -> usize {
+        let written: usize = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.open_conn().map_or(0, |c| c.flights.len())
+                    + s.retiring.iter().map(|c| c.flights.len()).sum::<usize>()
+            })
+            .sum();
+        self.outbox.len() + written + self.limbo.iter().map(|l| l.flights.len()).sum::<usize>()
+    }
+
+    /// Whether [`Pool::close`] is draining: waiting up to `close_drain` for pending requests
+    /// and undelivered messages before it closes the connections.
+    pub fn is_draining(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    /// The id of the last message accepted so far (`MessageId(0)` before any).
+    pub fn last_message(&self) -> MessageId {
+        MessageId(self.last_message)
+    }
+
     /// `Some(HTTP status)` while no connection is open because the server refused the API
     /// key on every slot's most recent dial (see [`Event::KeyRejected`](crate::Event::KeyRejected)).
     pub fn rejection(&self) -> Option<u16> {
@@ -245,10 +309,42 @@ impl Pool {
     /// outbox (bounded, with a TTL) and goes out in order when one opens. Refused when the
     /// outbox is full or the pool is closed; both are counted as dropped. A caller that keeps
     /// the message can hand it back with [`SendError::from_refusal`](crate::SendError::from_refusal).
+    ///
+    /// Once written, a message is *written* until a pong confirms it (see
+    /// [`crate::delivery`]), and its guarantee decides what happens when its connection dies
+    /// first; this form uses the configured guarantee.
     pub fn send<'a>(&mut self, now: Instant, message: impl Into<EncodedSend<'a>>) -> Result<(), SendRefusal> {
         let now = self.advance(now);
-        let (kind, frame) = message.into().into_parts();
-        self.accept_send(now, &kind, frame)
+        self.accept_send(now, message.into(), SendOptions::default())
+            .map(drop)
+    }
+
+    /// [`Pool::send`] with per-message options (the delivery guarantee; whether to report its
+    /// end as [`Output::Settled`]). Returns the message's id.
+    pub fn send_with<'a>(
+        &mut self,
+        now: Instant,
+        message: impl Into<EncodedSend<'a>>,
+        options: SendOptions,
+    ) -> Result<MessageId, SendRefusal> {
+        let now = self.advance(now);
+        self.accept_send(now, message.into(), options)
+    }
+
+    /// Asks every connection for a barrier now (instead of after `confirm_after`) and returns
+    /// the id of the last message sent so far: [`Pool::is_settled`] with it turns true once
+    /// everything sent until now has ended (confirmed, or otherwise). For deploy hooks and
+    /// hosts about to be frozen; it closes nothing.
+    pub fn flush(&mut self, now: Instant) -> MessageId {
+        let now = self.advance(now);
+        self.barriers_now(now);
+        MessageId(self.last_message)
+    }
+
+    /// The messages a close could not deliver (queued ones, and written at-least-once ones),
+    /// in send order; each is counted as `closed`. Empty until the close drain ended.
+    pub fn take_undelivered(&mut self) -> Vec<Undelivered> {
+        std::mem::take(&mut self.undelivered)
     }
 
     /// Cancels a pending request: it completes at once as [`RequestFailure::Cancelled`].
@@ -259,13 +355,17 @@ impl Pool {
             return false;
         }
         self.complete(now, id, Outcome::Failed(RequestFailure::Cancelled));
+        self.check_drain(now);
         true
     }
 
-    /// Closes the pool. Idempotent. New work is refused from now on; queued fire-and-forget
-    /// messages are dropped as closed; pending requests may still get their replies for
-    /// `close_drain`, then complete as closed; every connection is closed with a normal close
-    /// frame once its writes are flushed. No slot dials again.
+    /// Closes the pool. Idempotent. New work is refused from now on. For up to `close_drain`,
+    /// pending requests may still get their replies, and queued and written fire-and-forget
+    /// messages may still be written and confirmed (when nothing is open, one slot dials at
+    /// once; a rejected key ends the drain). Then what is left ends: pending requests as
+    /// closed, queued and written at-least-once messages as closed (handed back by
+    /// [`Pool::take_undelivered`]), written at-most-once messages as unconfirmed; and every
+    /// connection is closed with a normal close frame once its writes are flushed.
     pub fn close(&mut self, now: Instant) {
         let now = self.advance(now);
         if self.closing {
@@ -280,6 +380,11 @@ impl Pool {
     /// old generations are ignored and counted.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         let now = self.advance(now);
+        if let Input::Unwritten { conn, first } = input {
+            self.on_unwritten(now, conn, first);
+            self.check_drain(now);
+            return;
+        }
         let ends = matches!(input, Input::Closed { .. } | Input::WriteFailed { .. });
         if !self.admit(input.conn(), ends) {
             return;
@@ -296,13 +401,20 @@ impl Pool {
                     self.skip_frame(conn, FrameError::Binary { len });
                 }
             }
-            Input::Pong { conn } | Input::Ping { conn } => {
+            Input::Pong { conn, payload } => {
+                if self.touch(now, conn) {
+                    self.on_pong(now, conn, payload);
+                }
+            }
+            Input::Ping { conn } => {
                 self.touch(now, conn);
             }
+            Input::Unwritten { .. } => {}
             Input::Flushed { conn, writes } => self.on_flushed(now, conn, writes),
             Input::WriteFailed { conn, error } => self.lose(now, conn, DisconnectReason::WriteFailed(error)),
             Input::Closed { conn, reason } => self.lose(now, conn, DisconnectReason::Closed(reason)),
         }
+        self.check_drain(now);
     }
 
     /// A text frame the adapter already decoded with [`frame::decode`] (with this pool's
@@ -312,6 +424,7 @@ impl Pool {
         let now = self.advance(now);
         if self.admit(conn, false) {
             self.frame_in(now, conn, frame);
+            self.check_drain(now);
         }
     }
 
@@ -323,8 +436,10 @@ impl Pool {
         }
         self.abort_lingering(now);
         self.expire_requests(now);
+        self.expire_limbo(now);
         self.expire_outbox(now);
         self.end_drain(now);
+        self.check_drain(now);
         self.update_availability(now);
     }
 
@@ -346,7 +461,10 @@ impl Pool {
             }
         };
         for slot in &self.slots {
-            slot.timers(&mut consider);
+            slot.timers(&self.config, &mut consider);
+        }
+        for l in &self.limbo {
+            consider(l.deadline);
         }
         if let Some((t, _)) = self.deadlines.first() {
             consider(t);

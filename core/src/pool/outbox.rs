@@ -1,28 +1,23 @@
-//! Fire-and-forget messages: the outbox (bounded, with a TTL, in order), the per-type
-//! counters (`Kinds`), and drops.
+//! Fire-and-forget messages before they are written: the outbox (bounded, with a TTL, in send
+//! order), the per-type counters (`Kinds`), drops, expiry, and handing messages back at close.
+//! What happens once they are written is in `delivery.rs`.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::select::select;
-use super::slot::Conn;
+use super::delivery::{write_message, Message};
+use super::select::{select, Want};
 use super::Pool;
+use crate::frame::EncodedSend;
 use crate::stats::SendStats;
-use crate::{DropReason, Event, Output, SendRefusal};
+use crate::{
+    Delivery, DropReason, Event, MessageFate, MessageId, Output, SendOptions, SendRefusal, Undelivered,
+};
 
 /// Distinct message types tracked separately in send counters; the rest share one bucket
 /// (named [`OTHER_KIND`]), so at most this many plus one sets of counters exist.
 pub(crate) const MAX_TRACKED_KINDS: usize = 64;
 /// The name of the shared bucket of message types past [`MAX_TRACKED_KINDS`].
 pub(crate) const OTHER_KIND: &str = "*other*";
-
-/// A message waiting in the outbox.
-#[derive(Debug)]
-pub(super) struct Queued {
-    pub(super) frame: String,
-    pub(super) kind: u16,
-    pub(super) expires: Instant,
-}
 
 /// What the application can be told about the message types it sends.
 #[derive(Debug, Default)]
@@ -34,7 +29,7 @@ pub(super) struct Kinds {
 impl Kinds {
     /// The index of `kind`'s counters. A linear scan: there are at most 64 names and a
     /// middleware sends a handful of types, so this beats hashing the name on every send.
-    fn intern(&mut self, kind: &str) -> u16 {
+    pub(super) fn intern(&mut self, kind: &str) -> u16 {
         if let Some(i) = self.position(kind) {
             return i;
         }
@@ -54,62 +49,57 @@ impl Kinds {
     fn position(&self, kind: &str) -> Option<u16> {
         self.names.iter().position(|n| n == kind).map(|i| i as u16)
     }
-
-    /// Counts the messages of `unflushed` (a connection's written sends) that the first
-    /// `writes` writes covered as sent.
-    pub(super) fn flushed(&mut self, unflushed: &mut VecDeque<(u64, u16)>, writes: u64) {
-        while let Some(&(n, kind)) = unflushed.front() {
-            if n > writes {
-                break;
-            }
-            unflushed.pop_front();
-            let s = &mut self.stats[usize::from(kind)];
-            s.unflushed -= 1;
-            s.sent += 1;
-        }
-    }
-}
-
-/// Writes a fire-and-forget message on `conn` (of `slot`) and counts it as unflushed.
-fn write_send(
-    outputs: &mut VecDeque<Output>,
-    kinds: &mut Kinds,
-    (slot, conn): (usize, &mut Conn),
-    now: Instant,
-    write_wait: std::time::Duration,
-    frame: String,
-    kind: u16,
-) {
-    let (n, transmit) = conn.write(slot, now, write_wait, Some(frame));
-    outputs.push_back(transmit);
-    conn.unflushed_sends.push_back((n, kind));
-    kinds.stats[usize::from(kind)].unflushed += 1;
 }
 
 impl Pool {
-    /// The body of [`Pool::send`].
-    pub(super) fn accept_send(&mut self, now: Instant, kind: &str, frame: String) -> Result<(), SendRefusal> {
-        let index = self.kinds.intern(kind);
+    /// The body of [`Pool::send`] and [`Pool::send_with`].
+    pub(super) fn accept_send(
+        &mut self,
+        now: Instant,
+        send: EncodedSend<'_>,
+        options: SendOptions,
+    ) -> Result<MessageId, SendRefusal> {
+        let (kind, frame, keyed) = send.into_parts();
+        let index = self.kinds.intern(&kind);
         self.kinds.stats[usize::from(index)].sends += 1;
         if self.closing {
             self.kinds.stats[usize::from(index)].closed += 1;
             return Err(SendRefusal::Closed);
         }
         self.rearm_resting(now);
+        let delivery =
+            options
+                .delivery
+                .unwrap_or(if keyed && self.config.server_deduplicates_allocation_ids {
+                    Delivery::AtLeastOnce
+                } else {
+                    self.config.delivery
+                });
+        self.last_message += 1;
+        let message = Message {
+            id: self.last_message,
+            kind: index,
+            frame,
+            expires: now + self.config.outbox_ttl,
+            at_least_once: delivery == Delivery::AtLeastOnce,
+            notify: options.notify,
+            writes: 0,
+        };
+        let id = MessageId(message.id);
         // Messages never overtake the outbox: while it has any, new ones queue behind them.
         if self.outbox.is_empty() {
-            if let Some(to) = select(&mut self.slots, &mut self.cursor, &self.config, false, None) {
-                let write_wait = self.config.write_wait;
-                write_send(
+            let want = Want::Send(message.frame.len());
+            if let Some(to) = select(&mut self.slots, &mut self.cursor, &self.config, want, None) {
+                write_message(
                     &mut self.outputs,
                     &mut self.kinds,
+                    &mut self.counters.pings,
+                    &self.config,
                     to,
                     now,
-                    write_wait,
-                    frame,
-                    index,
+                    message,
                 );
-                return Ok(());
+                return Ok(id);
             }
         }
         if self.outbox.len() >= self.config.outbox_capacity as usize {
@@ -124,73 +114,86 @@ impl Pool {
             return Err(SendRefusal::OutboxFull);
         }
         self.kinds.stats[usize::from(index)].queued += 1;
-        self.outbox.push_back(Queued {
-            frame,
-            kind: index,
-            expires: now + self.config.outbox_ttl,
-        });
-        Ok(())
+        self.outbox.push_back(message);
+        Ok(id)
     }
 
     /// Writes queued messages, in order, while a connection can take them.
     pub(super) fn flush_outbox(&mut self, now: Instant) {
-        let write_wait = self.config.write_wait;
-        while let Some(q) = self.outbox.pop_front() {
-            let Some(to) = select(&mut self.slots, &mut self.cursor, &self.config, false, None) else {
+        while let Some(front) = self.outbox.front() {
+            let want = Want::Send(front.frame.len());
+            let Some(to) = select(&mut self.slots, &mut self.cursor, &self.config, want, None) else {
                 // No connection can take it: it stays at the head.
-                self.outbox.push_front(q);
+                break;
+            };
+            let Some(message) = self.outbox.pop_front() else {
                 return;
             };
-            self.kinds.stats[usize::from(q.kind)].queued -= 1;
-            write_send(
+            self.kinds.stats[usize::from(message.kind)].queued -= 1;
+            write_message(
                 &mut self.outputs,
                 &mut self.kinds,
+                &mut self.counters.pings,
+                &self.config,
                 to,
                 now,
-                write_wait,
-                q.frame,
-                q.kind,
+                message,
             );
         }
+        // A close drain wants everything confirmed as soon as possible.
+        if self.drain_deadline.is_some() {
+            self.barriers_now(now);
+        }
     }
 
-    /// Drops the messages whose TTL passed.
+    /// Ends the messages whose TTL passed (the outbox is sorted by id, so by TTL).
     pub(super) fn expire_outbox(&mut self, now: Instant) {
-        let mut expired = VecDeque::new();
+        let mut by_kind: Vec<u64> = Vec::new();
         while self.outbox.front().is_some_and(|q| q.expires <= now) {
-            expired.extend(self.outbox.pop_front());
-        }
-        self.drop_queued(expired, DropReason::Expired);
-    }
-
-    pub(super) fn drop_queued(&mut self, queued: VecDeque<Queued>, reason: DropReason) {
-        // One event per kind and batch, not per message: an outage can expire thousands.
-        let mut by_kind: Vec<u64> = vec![0; self.kinds.names.len()];
-        for q in queued {
-            let s = &mut self.kinds.stats[usize::from(q.kind)];
+            let Some(m) = self.outbox.pop_front() else { break };
+            let s = &mut self.kinds.stats[usize::from(m.kind)];
             s.queued -= 1;
-            match reason {
-                DropReason::Expired => s.expired += 1,
-                _ => s.closed += 1,
+            s.expired += 1;
+            if by_kind.is_empty() {
+                by_kind = vec![0; self.kinds.names.len()];
             }
-            by_kind[usize::from(q.kind)] += 1;
+            by_kind[usize::from(m.kind)] += 1;
+            if m.notify {
+                self.outputs.push_back(Output::Settled {
+                    id: MessageId(m.id),
+                    fate: MessageFate::Expired,
+                });
+            }
         }
-        self.report_drops(&by_kind, reason);
+        self.report_drops(&by_kind, DropReason::Expired);
     }
 
-    /// The written but unflushed messages of a connection that died: lost.
-    pub(super) fn lose_sends(&mut self, unflushed: VecDeque<(u64, u16)>) {
-        let mut lost: Vec<u64> = vec![0; self.kinds.names.len()];
-        for (_, kind) in unflushed {
-            let s = &mut self.kinds.stats[usize::from(kind)];
-            s.unflushed -= 1;
-            s.lost += 1;
-            lost[usize::from(kind)] += 1;
+    /// Ends `message` as closed and keeps it to hand back ([`Pool::take_undelivered`]).
+    /// `counted_as`: the state it leaves (queued or written).
+    pub(super) fn hand_back(&mut self, message: Message, written: bool, by_kind: &mut [u64]) {
+        let s = &mut self.kinds.stats[usize::from(message.kind)];
+        if written {
+            s.written -= 1;
+        } else {
+            s.queued -= 1;
         }
-        self.report_drops(&lost, DropReason::Lost);
+        s.closed += 1;
+        by_kind[usize::from(message.kind)] += 1;
+        if message.notify {
+            self.outputs.push_back(Output::Settled {
+                id: MessageId(message.id),
+                fate: MessageFate::Closed,
+            });
+        }
+        self.undelivered.push(Undelivered {
+            id: MessageId(message.id),
+            kind: self.kinds.names[usize::from(message.kind)].clone(),
+            frame: message.frame,
+            written_before: message.writes > 0,
+        });
     }
 
-    fn report_drops(&mut self, by_kind: &[u64], reason: DropReason) {
+    pub(super) fn report_drops(&mut self, by_kind: &[u64], reason: DropReason) {
         for (k, &count) in by_kind.iter().enumerate() {
             if count > 0 {
                 self.outputs.push_back(Output::Event(Event::MessageDropped {

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::select::select;
+use super::select::{select, Want};
+use super::slot::conn_id;
 use super::Pool;
 use crate::frame::{EncodedRequest, FrameError, Incoming};
 use crate::{
@@ -48,7 +49,7 @@ impl Pool {
             &mut self.slots,
             &mut self.cursor,
             &self.config,
-            true,
+            Want::Request,
             options.affinity,
         ) else {
             if self.open_count == 0 {
@@ -88,8 +89,11 @@ impl Pool {
         );
         self.deadlines.insert(deadline, id);
         self.counters.requests += 1;
-        let (_, transmit) = conn.write(slot, now, self.config.write_wait, Some(frame));
-        self.outputs.push_back(transmit);
+        conn.issue(now, self.config.write_wait);
+        self.outputs.push_back(Output::Transmit {
+            conn: conn_id(slot, conn.generation),
+            frame,
+        });
         Ok(id)
     }
 
@@ -207,7 +211,13 @@ impl Pool {
         let Some(frame) = p.resend.take() else {
             return false;
         };
-        let Some((slot, conn)) = select(&mut self.slots, &mut self.cursor, &self.config, true, None) else {
+        let Some((slot, conn)) = select(
+            &mut self.slots,
+            &mut self.cursor,
+            &self.config,
+            Want::Request,
+            None,
+        ) else {
             // Nowhere to go: it stays re-sendable.
             p.resend = Some(frame);
             return false;
@@ -216,8 +226,11 @@ impl Pool {
         p.slot = slot as u16;
         p.generation = conn.generation;
         self.counters.resent += 1;
-        let (_, transmit) = conn.write(slot, now, self.config.write_wait, Some(frame));
-        self.outputs.push_back(transmit);
+        conn.issue(now, self.config.write_wait);
+        self.outputs.push_back(Output::Transmit {
+            conn: conn_id(slot, conn.generation),
+            frame,
+        });
         true
     }
 }

@@ -51,6 +51,8 @@ impl Pool {
         *replacement = None;
         self.slots[slot].retiring.push(old);
         self.counters.rotations += 1;
+        // The old connection closes only once a final barrier confirmed what it carried.
+        self.barriers_now(now);
         self.outputs
             .push_back(Output::Event(Event::Connected { conn: id }));
         self.retire_drained(slot);

@@ -3,16 +3,25 @@
 use super::slot::{Conn, Slot};
 use crate::config::Config;
 
+/// What the selected connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    /// A request: the connection must be under its in-flight cap.
+    Request,
+    /// A fire-and-forget message of this many bytes: the connection's window must have room.
+    Send(usize),
+}
+
 /// The open connection that takes the next write, with its slot: fewest pending requests,
 /// ties going to the preferred slot (`affinity`) or else rotating from the slot chosen last
 /// (`cursor`, updated here); `None` when no open connection has room (a connection with
 /// `max_unflushed_writes` unflushed writes has none; for a request, nor has one at
-/// `max_in_flight`).
+/// `max_in_flight`; for a message, nor has one whose unconfirmed window is full).
 pub(super) fn select<'a>(
     slots: &'a mut [Slot],
     cursor: &mut usize,
     config: &Config,
-    is_request: bool,
+    want: Want,
     affinity: Option<u32>,
 ) -> Option<(usize, &'a mut Conn)> {
     let n = slots.len();
@@ -32,8 +41,10 @@ pub(super) fn select<'a>(
         if conn.unflushed() >= u64::from(config.max_unflushed_writes) {
             continue;
         }
-        if is_request && conn.pending >= config.max_in_flight {
-            continue;
+        match want {
+            Want::Request if conn.pending >= config.max_in_flight => continue,
+            Want::Send(len) if conn.window_full(config, len) => continue,
+            _ => {}
         }
         if best.as_ref().is_none_or(|(_, b)| conn.pending < b.pending) {
             let idle = conn.pending == 0;

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::delivery::{Barrier, Flight};
 use super::Pool;
 use crate::backoff::{jittered_delay, nominal_delay};
 use crate::config::Config;
@@ -19,10 +20,12 @@ pub(super) struct Conn {
     pub(super) read_deadline: Instant,
     pub(super) next_ping: Instant,
     pub(super) rotate_at: Option<Instant>,
-    /// Fire-and-forget messages written but not flushed: (write number, kind index).
-    pub(super) unflushed_sends: VecDeque<(u64, u16)>,
-    /// Write number of the last ping (0: none yet).
-    pub(super) last_ping: u64,
+    /// Fire-and-forget messages written and awaiting confirmation, in write order.
+    pub(super) flights: VecDeque<Flight>,
+    /// Their bytes.
+    pub(super) window_bytes: usize,
+    /// Pings: the barrier and keep-alive state.
+    pub(super) barrier: Barrier,
     /// The write deadlines of the unflushed writes, run-length encoded: (first write number
     /// issued at one instant, that instant plus the write wait). Empty exactly when every
     /// write is flushed; its front is the connection's write deadline, which belongs to the
@@ -47,8 +50,9 @@ impl Conn {
             read_deadline: now + config.pong_wait,
             next_ping: now + config.ping_period,
             rotate_at,
-            unflushed_sends: VecDeque::new(),
-            last_ping: 0,
+            flights: VecDeque::new(),
+            window_bytes: 0,
+            barrier: Barrier::default(),
             write_deadlines: VecDeque::new(),
             rotation_attempt: 0,
         }
@@ -66,6 +70,9 @@ impl Conn {
 }
 
 /// Where a slot is in its life.
+// `Open` holds its connection inline: a pool has at most 64 slots, and every write goes
+// through it, so a box would cost an indirection per write to save a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Phase {
     Idle {
@@ -159,13 +166,13 @@ impl Slot {
     }
 
     /// Hands every instant at which this slot's timers fire to `consider`.
-    pub(super) fn timers(&self, consider: &mut impl FnMut(Instant)) {
+    pub(super) fn timers(&self, config: &Config, consider: &mut impl FnMut(Instant)) {
         match &self.phase {
             Phase::Idle { dial_at: Some(t) } => consider(*t),
             Phase::Dialing { deadline, .. } => consider(*deadline),
             Phase::Backoff { until } => consider(*until),
             Phase::Open { conn, replacement } => {
-                conn.timers(consider);
+                conn.timers(config, consider);
                 if let Some(t) = conn.rotate_at.filter(|_| replacement.is_none()) {
                     consider(t);
                 }
@@ -176,7 +183,7 @@ impl Slot {
             _ => {}
         }
         for conn in &self.retiring {
-            conn.timers(consider);
+            conn.timers(config, consider);
         }
     }
 }
@@ -303,7 +310,8 @@ impl Pool {
     }
 
     fn schedule_reconnect(&mut self, slot: usize, now: Instant, retry_after: Option<Duration>) {
-        if self.closing {
+        // Closing: only a drain with messages to deliver dials again.
+        if self.closing && (self.drain_deadline.is_none() || !self.holds_messages()) {
             self.slots[slot].phase = Phase::Closed;
             return;
         }
@@ -335,7 +343,11 @@ impl Pool {
         let slot = usize::from(id.slot);
         if matches!(self.slots[slot].phase, Phase::Dialing { generation, .. } if generation == id.generation)
         {
-            let conn = Conn::new(&self.config, &mut self.rng, id.generation, now);
+            let mut conn = Conn::new(&self.config, &mut self.rng, id.generation, now);
+            if self.closing {
+                // Open for a close drain: no rotation.
+                conn.rotate_at = None;
+            }
             let s = &mut self.slots[slot];
             s.phase = Phase::Open {
                 conn,
@@ -347,6 +359,10 @@ impl Pool {
             self.rejected_status = None;
             self.outputs
                 .push_back(Output::Event(Event::Connected { conn: id }));
+            if !self.config.confirm_delivery && !self.confirmation_off_reported {
+                self.confirmation_off_reported = true;
+                self.outputs.push_back(Output::Event(Event::ConfirmationOff));
+            }
             self.flush_outbox(now);
             self.update_availability(now);
         } else if !self.replacement_connected(now, id) {
@@ -415,7 +431,8 @@ impl Pool {
     }
 
     /// Stops using a connection that died: its requests fail at once (or are re-sent once
-    /// when idempotent), its unflushed messages count as lost, and its slot reconnects.
+    /// when idempotent), its written messages end unconfirmed or go back to the outbox (see
+    /// `delivery.rs`), and its slot reconnects.
     pub(super) fn lose(&mut self, now: Instant, id: ConnId, reason: DisconnectReason) {
         let slot = usize::from(id.slot);
         let s = &mut self.slots[slot];
@@ -444,6 +461,8 @@ impl Pool {
             conn: id,
             reason: reason.clone(),
         }));
+        // Before the reconnect decision, which depends (while closing) on messages left.
+        self.lose_flights(now, id, conn.flights, conn.writes_flushed);
         if is_current {
             match replacement {
                 // A rotation was already dialing: that dial is the reconnect.
@@ -453,7 +472,6 @@ impl Pool {
                 None => self.schedule_reconnect(slot, now, None),
             }
         }
-        self.lose_sends(conn.unflushed_sends);
         if conn.pending > 0 {
             self.lose_requests(now, id, reason);
         }

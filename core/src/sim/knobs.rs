@@ -53,6 +53,22 @@ pub struct Knobs {
     pub resend_idempotent: bool,
     /// Whether the server is taken to deduplicate on `allocationId`.
     pub server_deduplicates_allocation_ids: bool,
+    /// Whether messages are confirmed by ping barriers.
+    pub confirm_delivery: bool,
+    /// Messages after which a barrier is due.
+    pub confirm_every: u32,
+    /// Time after which a barrier is due.
+    pub confirm_after: Duration,
+    /// The unconfirmed window per connection, in messages and bytes.
+    pub max_unconfirmed: u32,
+    /// The unconfirmed window per connection in bytes.
+    pub max_unconfirmed_bytes: usize,
+    /// Rewrites of an at-least-once message.
+    pub max_rewrites: u32,
+    /// Share of sends asking for at least once (the rest: at most once, or the default).
+    pub at_least_once: f64,
+    /// Chance that the adapter reports which writes of a dropped connection never started.
+    pub report_unwritten: f64,
 
     /// A dial fails with a network error.
     pub dial_refuse: f64,
@@ -105,6 +121,22 @@ pub struct Knobs {
     pub per_call_timeout: f64,
 }
 
+/// The delivery knobs, drawn after every other knob so those keep their values per seed.
+fn delivery_knobs(r: &mut fastrand::Rng, k: &mut Knobs) {
+    k.confirm_delivery = r.u8(..8) != 0;
+    k.confirm_every = if r.bool() { r.u32(1..=8) } else { 256 };
+    k.confirm_after = Duration::from_millis(r.u64(1..=2_000));
+    k.max_unconfirmed = if r.u8(..3) == 0 { r.u32(1..=6) } else { 4096 };
+    k.max_unconfirmed_bytes = if r.u8(..3) == 0 {
+        r.usize(1024..=4096)
+    } else {
+        1 << 20
+    };
+    k.max_rewrites = r.u32(0..=3);
+    k.at_least_once = r.f64();
+    k.report_unwritten = if r.u8(..4) == 0 { 0.0 } else { r.f64() };
+}
+
 impl Knobs {
     /// The knobs of `seed`: a configuration, a subset of faults with their rates, and a
     /// workload, all drawn from the seed.
@@ -145,7 +177,7 @@ impl Knobs {
                 r.u64(0..=5_000)
             };
         let resend_draw;
-        Knobs {
+        let mut knobs = Knobs {
             pool_size: r.u16(1..=8),
             request_timeout: ms(&mut r, 20, 3_000),
             ping_period,
@@ -209,7 +241,10 @@ impl Knobs {
             w_cancel: r.u32(0..=3),
             w_connect: r.u32(0..=1),
             per_call_timeout: r.f64(),
-        }
+            ..Knobs::calm()
+        };
+        delivery_knobs(&mut r, &mut knobs);
+        knobs
     }
 
     /// Knobs without faults: PROTOCOL.md's defaults shrunk to simulation scale (pool of 3),
@@ -236,6 +271,14 @@ impl Knobs {
             max_connection_age: None,
             resend_idempotent: true,
             server_deduplicates_allocation_ids: false,
+            confirm_delivery: true,
+            confirm_every: 8,
+            confirm_after: ms(200),
+            max_unconfirmed: 64,
+            max_unconfirmed_bytes: 1 << 20,
+            max_rewrites: 3,
+            at_least_once: 0.5,
+            report_unwritten: 0.8,
             dial_refuse: 0.0,
             dial_reject: 0.0,
             dial_hang: 0.0,
@@ -291,5 +334,11 @@ impl Knobs {
             .max_connection_age(self.max_connection_age)
             .resend_idempotent(self.resend_idempotent)
             .server_deduplicates_allocation_ids(self.server_deduplicates_allocation_ids)
+            .confirm_delivery(self.confirm_delivery)
+            .confirm_every(self.confirm_every)
+            .confirm_after(self.confirm_after)
+            .max_unconfirmed(self.max_unconfirmed)
+            .max_unconfirmed_bytes(self.max_unconfirmed_bytes)
+            .max_rewrites(self.max_rewrites)
     }
 }

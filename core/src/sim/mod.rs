@@ -130,7 +130,8 @@ use crate::frame::{self, Outgoing};
 use crate::pool::Pool;
 use crate::stats::Stats;
 use crate::{
-    CloseReason, ConnId, DialError, Event, Input, Outcome, Output, RequestId, RequestOptions, SlotState,
+    CloseReason, ConnId, Delivery, DialError, Event, Input, MessageFate, Outcome, Output, RequestId,
+    RequestOptions, SendOptions, SlotState, UnconfirmedReason,
 };
 
 /// Most steps one run may take.
@@ -262,8 +263,11 @@ enum Net {
     DialFailed(ConnId, DialError),
     Text(ConnId, String),
     Binary(ConnId, usize),
-    Pong(ConnId),
+    Pong(ConnId, Vec<u8>),
     Flushed(ConnId, u64),
+    /// The adapter's report on a connection the pool dropped: writes from this number on
+    /// never started.
+    Unwritten(ConnId, u64),
     WriteFailed(ConnId),
     Closed(ConnId, CloseReason),
 }
@@ -275,12 +279,26 @@ impl Net {
             | Net::DialFailed(c, _)
             | Net::Text(c, _)
             | Net::Binary(c, _)
-            | Net::Pong(c)
+            | Net::Pong(c, _)
             | Net::Flushed(c, _)
+            | Net::Unwritten(c, _)
             | Net::WriteFailed(c)
             | Net::Closed(c, _) => *c,
         }
     }
+}
+
+/// What the simulation knows of one message it sent: the per-message oracle of delivery.
+#[derive(Debug, Clone)]
+struct MessageS {
+    at_least_once: bool,
+    /// `Transmit` outputs that carried it.
+    transmits: u32,
+    /// Of those, writes the adapter reported as never started (they count for nothing).
+    unstarted: u32,
+    /// Times the server received it.
+    received: u32,
+    fate: Option<MessageFate>,
 }
 
 /// The adapter's view of one socket.
@@ -288,6 +306,9 @@ impl Net {
 struct Sock {
     /// Writes handed to this socket.
     writes: u64,
+    /// Writes that went out (reached the server): every write before the socket broke,
+    /// stalled or was dropped.
+    started: u64,
     /// Writes never complete any more.
     stalled: bool,
     /// The server closed it or a write failed: nothing reaches the server any more.
@@ -296,6 +317,8 @@ struct Sock {
     mute: bool,
     /// The pool told us to stop using it.
     gone: bool,
+    /// Messages written on it that never went out: (write number, message id).
+    unsent: Vec<(u64, u64)>,
     /// It was told to close gracefully: the peer's answer (its end) is still reported.
     closing: bool,
     /// We reported its end (closed or write failed): nothing more to report.
@@ -327,6 +350,9 @@ pub struct Sim {
     counter: u64,
     server_requests: u64,
     server_sends: u64,
+    /// Every message sent, by id, and each message's id by its (unique) frame.
+    messages: BTreeMap<u64, MessageS>,
+    by_frame: BTreeMap<String, u64>,
     probe: Option<(RequestId, Option<Outcome>)>,
     time_limit: Duration,
     trace: Option<VecDeque<String>>,
@@ -377,6 +403,8 @@ impl Sim {
             counter: 0,
             server_requests: 0,
             server_sends: 0,
+            messages: BTreeMap::new(),
+            by_frame: BTreeMap::new(),
             probe: None,
             time_limit,
             trace: None,
@@ -487,9 +515,15 @@ impl Sim {
             .max(k.pong_wait)
             + k.backoff_cap
             + Duration::from_secs(1);
+        // A connection that dies of its write deadline after the heal leaves its unflushed
+        // messages in limbo for another write wait (the adapter may not report them), and
+        // they need a barrier when written again.
+        let bound = bound + self.knobs.write_wait * 2 + self.knobs.confirm_after;
         self.run_while(bound, "all work completes after the faults stop", |s| {
             s.checker.pending_len() > 0
                 || s.pool.outbox_len() > 0
+                || (s.knobs.confirm_delivery
+                    && (s.pool.live_messages() > 0 || s.checker.unanswered_pings() > 0))
                 || s.checker.unflushed_writes() > 0
                 || !s.checker.all_heard_since(healed)
         })?;
@@ -522,23 +556,24 @@ impl Sim {
             s.checker.unflushed_writes() > 0
         })?;
         let probe_send = Outgoing::new("probe", json!({"n": 1}));
-        let result = self.pool.send(self.now, &probe_send);
-        self.observe(
-            2,
-            Call::Send {
-                message: &probe_send,
-                result: &result,
-            },
-        )?;
-        if let Err(e) = result {
-            return Err(self.fail(format!("liveness: probe send refused after healing: {e}")));
+        self.send(probe_send, SendOptions::default().with_notify(true))?;
+        if self
+            .pool
+            .stats()
+            .sends_by_type
+            .get("probe")
+            .is_some_and(|p| p.dropped > 0)
+        {
+            return Err(self.fail("liveness: probe send refused after healing".into()));
         }
-        self.run_while(Duration::from_secs(1), "the probe send is delivered", |s| {
+        // Confirmed by a barrier within `confirm_after` (plus a round trip), or written.
+        let bound = self.knobs.confirm_after + Duration::from_secs(1);
+        self.run_while(bound, "the probe send is delivered", |s| {
             s.pool
                 .stats()
                 .sends_by_type
                 .get("probe")
-                .is_none_or(|p| p.sent == 0)
+                .is_none_or(|p| p.confirmed == 0 && (p.written == 0 || s.knobs.confirm_delivery))
         })?;
 
         self.pool.close(self.now);
@@ -552,6 +587,7 @@ impl Sim {
         self.now += Duration::from_secs(3600);
         self.pool.handle_timeout(self.now);
         self.observe(6, Call::Timeout)?;
+        self.check_every_message_ended()?;
 
         Ok(Report {
             seed: self.seed,
@@ -562,6 +598,104 @@ impl Sim {
             server_requests: self.server_requests,
             server_sends: self.server_sends,
         })
+    }
+
+    /// Sends `message` with `options` as the workload does, recording it for the oracle.
+    fn send(&mut self, message: Outgoing, options: SendOptions) -> Result<(), Failure> {
+        let result = self.pool.send_with(self.now, &message, options);
+        if let Ok(id) = result {
+            let frame = frame::encode(&message, None);
+            let keyed = message.idempotency_key().is_some() && self.knobs.server_deduplicates_allocation_ids;
+            let at_least_once = match options.delivery {
+                Some(d) => d == Delivery::AtLeastOnce,
+                None => keyed,
+            };
+            self.by_frame.insert(frame, id.0);
+            self.messages.insert(
+                id.0,
+                MessageS {
+                    at_least_once,
+                    transmits: 0,
+                    unstarted: 0,
+                    received: 0,
+                    fate: None,
+                },
+            );
+        }
+        self.observe(
+            2,
+            Call::Send {
+                message: &message,
+                options,
+                result: &result,
+            },
+        )
+    }
+
+    /// The per-message oracle, after every step: an at-most-once message reaches the server
+    /// at most once; a confirmed one reached it; an unconfirmed one was at most once, or
+    /// used up its rewrites; one that expired or was handed back at close never reached it
+    /// (at most once).
+    fn check_messages(&self) -> Result<(), Failure> {
+        let max_writes = self.knobs.max_rewrites + 1;
+        for (id, m) in &self.messages {
+            let bad = if !m.at_least_once && m.received > 1 {
+                Some("an at-most-once message reached the server twice")
+            } else if m.at_least_once && m.transmits - m.unstarted > max_writes {
+                Some("an at-least-once message was written more than 1 + max_rewrites times")
+            } else if m.received > m.transmits {
+                Some("the server received a message more often than it was written")
+            } else {
+                match m.fate {
+                    Some(MessageFate::Confirmed) if m.received == 0 => {
+                        Some("a confirmed message never reached the server")
+                    }
+                    Some(MessageFate::Unconfirmed(UnconfirmedReason::ConnectionDied)) if m.at_least_once => {
+                        Some("an at-least-once message ended unconfirmed before its rewrites ran out")
+                    }
+                    Some(MessageFate::Unconfirmed(UnconfirmedReason::RewritesExhausted))
+                        if !m.at_least_once || m.transmits - m.unstarted != max_writes =>
+                    {
+                        Some("rewrites exhausted without max_rewrites rewrites")
+                    }
+                    Some(MessageFate::Expired | MessageFate::Closed)
+                        if !m.at_least_once && m.received > 0 =>
+                    {
+                        Some("an at-most-once message that reached the server ended as expired or closed")
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(what) = bad {
+                return Err(self.fail(format!("invariant 7 violated: message #{id}: {what} ({m:?})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end: every message sent has ended, and the server's count lies where the
+    /// counters say it must: at most once, `received` within `[confirmed, confirmed + unconfirmed]`.
+    fn check_every_message_ended(&self) -> Result<(), Failure> {
+        let (mut received, mut confirmed, mut unconfirmed) = (0, 0, 0);
+        for (id, m) in &self.messages {
+            let Some(fate) = m.fate else {
+                return Err(self.fail(format!("invariant 7 violated: message #{id} never ended ({m:?})")));
+            };
+            if !m.at_least_once {
+                received += u64::from(m.received);
+                match fate {
+                    MessageFate::Confirmed => confirmed += 1,
+                    MessageFate::Unconfirmed(_) => unconfirmed += 1,
+                    _ => {}
+                }
+            }
+        }
+        if self.knobs.confirm_delivery && !(confirmed <= received && received <= confirmed + unconfirmed) {
+            return Err(self.fail(format!(
+                "invariant 7 violated: at most once, the server received {received}, outside [{confirmed}, {confirmed} + {unconfirmed}]"
+            )));
+        }
+        Ok(())
     }
 
     // ----- the step loop -----
@@ -677,6 +811,7 @@ impl Sim {
         if let Err(v) = self.checker.check(&self.pool) {
             return Err(self.fail(v.to_string()));
         }
+        self.check_messages()?;
         if self.server_sends > self.checker.transmitted_sends() {
             let msg = format!(
                 "invariant 7 violated: the server counted {} messages, only {} were transmitted",
@@ -729,7 +864,10 @@ impl Sim {
         if sock.reported {
             return Ok(());
         }
-        if sock.gone && !(sock.closing && matches!(event, Net::Closed(..))) {
+        if sock.gone
+            && !(sock.closing && matches!(event, Net::Closed(..)))
+            && !matches!(event, Net::Unwritten(..))
+        {
             // A race: the adapter reports something about a socket the pool gave up.
             let race = self.faults && late > 0.0 && self.rng.f64() < late;
             if !race {
@@ -748,7 +886,20 @@ impl Sim {
                 conn: *conn,
                 len: *len,
             },
-            Net::Pong(conn) => Input::Pong { conn: *conn },
+            Net::Pong(conn, payload) => Input::Pong { conn: *conn, payload },
+            Net::Unwritten(conn, first) => {
+                for &(write, id) in &sock.unsent {
+                    if write >= *first {
+                        if let Some(m) = self.messages.get_mut(&id) {
+                            m.unstarted += 1;
+                        }
+                    }
+                }
+                Input::Unwritten {
+                    conn: *conn,
+                    first: *first,
+                }
+            }
             Net::Flushed(conn, writes) => Input::Flushed {
                 conn: *conn,
                 writes: *writes,
@@ -776,11 +927,37 @@ impl Sim {
     fn react(&mut self, output: Output) {
         match output {
             Output::Dial { conn } => self.dial(conn),
-            Output::Transmit { conn, frame } => self.write(conn, Some(frame)),
-            Output::Ping { conn } => self.write(conn, None),
+            Output::Transmit { conn, frame } => {
+                let id = self.by_frame.get(&frame).copied();
+                if let Some(m) = id.and_then(|id| self.messages.get_mut(&id)) {
+                    m.transmits += 1;
+                }
+                let sock = self.socks.entry(conn).or_default();
+                let (write, started) = (sock.writes + 1, sock.started);
+                self.write(conn, Some(frame), None);
+                let sock = self.socks.entry(conn).or_default();
+                if let (Some(id), true) = (id, sock.started == started) {
+                    sock.unsent.push((write, id));
+                }
+            }
+            Output::Ping { conn, payload } => self.write(conn, None, Some(payload)),
+            Output::Settled { id, fate } => {
+                if let Some(m) = self.messages.get_mut(&id.0) {
+                    m.fate = Some(fate);
+                }
+            }
             Output::Disconnect { conn, graceful } => {
                 let sock = self.socks.entry(conn).or_default();
                 sock.gone = true;
+                if !graceful {
+                    // The adapter drops the writes it never started, and may say so.
+                    let first = sock.started + 1;
+                    let report = self.knobs.report_unwritten;
+                    if report > 0.0 && self.rng.f64() < report {
+                        self.schedule(Duration::ZERO, Net::Unwritten(conn, first));
+                    }
+                }
+                let sock = self.socks.entry(conn).or_default();
                 // A live peer answers a close frame; a frozen or broken one never does, and
                 // the pool's linger ends it.
                 if graceful && !sock.broken && !sock.stalled && !sock.reported {
@@ -854,7 +1031,7 @@ impl Sim {
         self.schedule(latency, event);
     }
 
-    fn write(&mut self, conn: ConnId, frame: Option<String>) {
+    fn write(&mut self, conn: ConnId, frame: Option<String>, ping: Option<[u8; 8]>) {
         let k = self.knobs.clone();
         let sock = self.socks.entry(conn).or_default();
         sock.writes += 1;
@@ -872,14 +1049,31 @@ impl Sim {
             self.socks.get_mut(&conn).expect("exists").stalled = true;
             return;
         }
+        self.socks.get_mut(&conn).expect("exists").started = writes;
         let after = Duration::from_micros(self.rng.u64(0..=2_000));
         self.schedule(after, Net::Flushed(conn, writes));
         match frame {
             None => {
+                let payload = ping.unwrap_or_default().to_vec();
                 let mute = self.socks[&conn].mute;
                 if !mute && !self.chance(k.pong_suppress) {
-                    let rtt = Duration::from_micros(self.rng.u64(0..=20_000));
-                    self.schedule(rtt, Net::Pong(conn));
+                    // Pongs come late, sometimes very late (past the next barrier's turn).
+                    let rtt = if self.chance(0.1) {
+                        self.between((Duration::ZERO, k.pong_wait))
+                    } else {
+                        Duration::from_micros(self.rng.u64(0..=20_000))
+                    };
+                    // Now and then an older pong comes again, or one nobody asked for.
+                    if self.chance(k.stray) {
+                        let seq = u64::from_be_bytes(ping.unwrap_or_default()).wrapping_sub(1);
+                        let junk = match self.rng.u8(..3) {
+                            0 => seq.to_be_bytes().to_vec(),
+                            1 => Vec::new(),
+                            _ => vec![7; 3],
+                        };
+                        self.schedule(rtt / 2, Net::Pong(conn, junk));
+                    }
+                    self.schedule(rtt, Net::Pong(conn, payload));
                 }
             }
             Some(frame) => self.server_receive(conn, &frame),
@@ -938,6 +1132,9 @@ impl Sim {
         };
         let Some(id) = msg.id else {
             self.server_sends += 1;
+            if let Some(m) = self.by_frame.get(frame).and_then(|id| self.messages.get_mut(id)) {
+                m.received += 1;
+            }
             return;
         };
         self.server_requests += 1;
@@ -1050,14 +1247,14 @@ impl Sim {
                     json!({"method": "GET", "url": "/x", "callChain": [], "timestamp": n}),
                 ),
             };
-            let result = self.pool.send(now, &message);
-            return self.observe(
-                2,
-                Call::Send {
-                    message: &message,
-                    result: &result,
-                },
-            );
+            let delivery = match self.rng.f64() {
+                p if p < k.at_least_once => Some(Delivery::AtLeastOnce),
+                p if p < (1.0 + k.at_least_once) / 2.0 => Some(Delivery::AtMostOnce),
+                _ => None,
+            };
+            let mut options = SendOptions::default().with_notify(true);
+            options.delivery = delivery;
+            return self.send(message, options);
         }
         pick -= k.w_send;
         if pick < k.w_cancel {
@@ -1084,7 +1281,8 @@ fn hash_output(h: &mut DefaultHasher, output: &Output) {
     match output {
         Output::Dial { conn } => (1u8, conn).hash(h),
         Output::Transmit { conn, frame } => (2u8, conn, frame).hash(h),
-        Output::Ping { conn } => (3u8, conn).hash(h),
+        Output::Ping { conn, payload } => (3u8, conn, payload).hash(h),
+        Output::Settled { id, fate } => (8u8, id, fate).hash(h),
         Output::Disconnect { conn, graceful } => (4u8, conn, graceful).hash(h),
         Output::Completed { id, outcome } => {
             (5u8, id).hash(h);

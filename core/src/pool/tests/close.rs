@@ -4,7 +4,8 @@ use super::*;
 
 #[test]
 fn close_is_idempotent_fails_pending_and_closes_normally() {
-    let mut h = H::new(|b| b.pool_size(2));
+    // Without a drain: everything ends at once.
+    let mut h = H::new(|b| b.pool_size(2).close_drain(Duration::ZERO));
     let conns = h.up();
     let (a, c, _) = h.req("x");
     h.input(Input::Flushed { conn: c, writes: 1 });

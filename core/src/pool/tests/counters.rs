@@ -26,7 +26,7 @@ fn stale_generation_is_ignored() {
     assert_eq!(h.pool.stats().stale_inputs, before + 2);
     // Every other input about the dead generation counts too (a mutant left these uncounted).
     h.input(Input::Flushed { conn: c, writes: 1 });
-    h.input(Input::Pong { conn: c });
+    h.pong(c);
     h.input(Input::Ping { conn: c });
     h.input(Input::Binary { conn: c, len: 3 });
     assert_eq!(h.pool.stats().stale_inputs, before + 6);

@@ -17,6 +17,7 @@ use crate::{
 mod availability;
 mod close;
 mod counters;
+mod delivery;
 mod liveness;
 mod outbox;
 mod pending;
@@ -25,6 +26,14 @@ mod select;
 mod slot;
 
 const SEC: Duration = Duration::from_secs(1);
+
+/// The `n`th ping of connection `c`.
+fn ping(c: ConnId, n: u64) -> Output {
+    Output::Ping {
+        conn: c,
+        payload: n.to_be_bytes(),
+    }
+}
 
 struct H {
     pool: Pool,
@@ -67,6 +76,23 @@ impl H {
     fn input(&mut self, i: Input<'_>) -> Vec<Output> {
         self.pool.handle_input(self.now, i);
         self.drain()
+    }
+
+    /// The peer answers the latest ping written on `c` (an empty pong if none was).
+    fn pong(&mut self, c: ConnId) -> Vec<Output> {
+        let payload = self
+            .out
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::Ping { conn, payload } if *conn == c => Some(payload.to_vec()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.input(Input::Pong {
+            conn: c,
+            payload: &payload,
+        })
     }
 
     /// Drains the outputs and returns the connections they dial.
@@ -166,7 +192,7 @@ fn fail_until_resting(h: &mut H, slot: u16, error: DialError) {
         // Keep the open connections alive meanwhile.
         for s in 0..h.pool.config().pool_size() {
             if let Some(c) = h.pool.open_conn(s) {
-                h.input(Input::Pong { conn: c });
+                h.pong(c);
                 let issued = h.pool.stats().pings;
                 h.input(Input::Flushed {
                     conn: c,

@@ -30,7 +30,7 @@ fn outbox_in_order_on_connect_full_refuses_ttl_expires() {
     );
     h.input(Input::Flushed { conn: c, writes: 2 });
     let st = h.pool.stats().sends_by_type["m"].clone();
-    assert_eq!((st.sends, st.sent, st.dropped, st.queued), (3, 2, 1, 0));
+    assert_eq!((st.sends, st.written, st.dropped, st.queued), (3, 2, 1, 0));
     assert!(st.conserved());
     // TTL: a message queued while down expires.
     h.input(Input::Closed {
@@ -57,21 +57,52 @@ fn outbox_in_order_on_connect_full_refuses_ttl_expires() {
 }
 
 #[test]
-fn unflushed_sends_are_lost_with_their_connection() {
+fn a_dead_connections_messages_end_unconfirmed_or_go_back_unstarted() {
     let mut h = H::new(|b| b.pool_size(1));
     let c = h.up()[0];
-    for _ in 0..3 {
-        h.pool.send(h.now, Outgoing::new("m", json!(null))).unwrap();
+    for i in 0..4 {
+        h.pool.send(h.now, Outgoing::new("m", json!(i))).unwrap();
     }
     h.drain();
-    h.input(Input::Flushed { conn: c, writes: 1 });
-    h.input(Input::WriteFailed {
+    // Two flushed (they may have arrived), two not: the adapter started the third only.
+    h.input(Input::Flushed { conn: c, writes: 2 });
+    let outs = h.input(Input::WriteFailed {
         conn: c,
         error: "broken pipe".into(),
     });
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "m".into(),
+        reason: DropReason::Unconfirmed,
+        count: 2
+    }));
     let st = h.pool.stats().sends;
-    assert_eq!((st.sends, st.sent, st.lost, st.unflushed), (3, 1, 2, 0));
+    assert_eq!((st.unconfirmed, st.written, st.queued), (2, 2, 0), "two in limbo");
     assert!(st.conserved());
+    let outs = h.input(Input::Unwritten { conn: c, first: 4 });
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "m".into(),
+        reason: DropReason::Unconfirmed,
+        count: 1
+    }));
+    let st = h.pool.stats().sends;
+    assert_eq!(
+        (st.unconfirmed, st.written, st.queued, st.rewritten),
+        (3, 0, 1, 0),
+        "the fourth never started: back in the outbox, not a rewrite"
+    );
+    assert!(st.conserved());
+    // It goes out again, first, on the next connection.
+    h.at(5 * SEC);
+    let c2 = h.dials()[0];
+    let outs = h.input(Input::Connected { conn: c2 });
+    let frames: Vec<&str> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit { frame, .. } => Some(frame.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames, vec![r#"{"type":"m","payload":3}"#]);
 }
 
 /// Item 8: 64 message types get counters of their own, the rest share `*other*`, and every

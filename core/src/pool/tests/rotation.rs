@@ -31,7 +31,7 @@ fn rotation_opens_new_before_retiring_old() {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        h.input(Input::Pong { conn: c });
+        h.pong(c);
         let w = h.pool.stats().pings;
         h.input(Input::Flushed {
             conn: c,
@@ -70,7 +70,7 @@ fn rejected_replacement_dial_counts_as_rejection() {
                 new = Some(conn);
             }
         }
-        h.input(Input::Pong { conn: c });
+        h.pong(c);
         if new.is_some() {
             break;
         }

@@ -25,7 +25,7 @@ impl Checker {
             });
         }
         let open = self.open_count();
-        match (self.peek_select(true, options.affinity), result) {
+        match (self.peek_select(options.affinity), result) {
             (Some(_), Ok(id)) => {
                 ensure!(self.issued.insert(*id), 1, "request id {id} returned twice");
                 let timeout = options
@@ -97,9 +97,10 @@ impl Checker {
 
     pub(super) fn on_send_call(
         &mut self,
-        now: Instant,
+        _now: Instant,
         message: &Outgoing,
-        result: &Result<(), SendRefusal>,
+        options: SendOptions,
+        result: &Result<MessageId, SendRefusal>,
     ) -> Result<Step, Violation> {
         let kind = self.intern(&message.kind);
         self.sends[usize::from(kind)].sends += 1;
@@ -110,51 +111,47 @@ impl Checker {
                 "send after close returned {result:?}"
             );
             self.sends[usize::from(kind)].closed += 1;
-            return Ok(Step::Send {
-                direct: None,
-                open_was_zero: false,
-            });
-        }
-        let encoded = frame::encode(message, None);
-        if self.outbox.is_empty() && self.peek_select(false, None).is_some() {
-            ensure!(
-                result.is_ok(),
-                7,
-                "send refused ({result:?}) with a connection able to take it"
-            );
-            return Ok(Step::Send {
-                direct: Some((encoded, kind)),
-                open_was_zero: false,
-            });
+            return Ok(Step::Send { open_was_zero: false });
         }
         let open_was_zero = self.open_count() == 0;
-        if self.outbox.len() >= self.config.outbox_capacity() as usize {
-            ensure!(
-                matches!(result, Err(SendRefusal::OutboxFull)),
-                7,
-                "send with a full outbox returned {result:?}"
-            );
-            self.sends[usize::from(kind)].dropped += 1;
-            // Named as its counters are (`*other*` past the tracked types).
-            let name = self.kind_names[usize::from(kind)].clone();
-            self.expected_drops.insert((name, DropReason::OutboxFull), 1);
-        } else {
-            ensure!(
-                result.is_ok(),
-                7,
-                "send refused ({result:?}) with room in the outbox"
-            );
-            self.sends[usize::from(kind)].queued += 1;
-            self.outbox.push_back(QueuedS {
-                frame: encoded,
-                kind,
-                expires: now + self.config.outbox_ttl(),
-            });
+        match result {
+            Ok(id) => {
+                // Ids count up from 1, one per accepted send.
+                let expected = self.message_ids.last().map_or(1, |last| last + 1);
+                ensure!(
+                    id.0 >= expected,
+                    7,
+                    "send returned {id}, expected an id above {}",
+                    expected - 1
+                );
+                self.message_ids.insert(id.0);
+                if options.notify {
+                    self.notified.insert(id.0);
+                }
+            }
+            Err(SendRefusal::OutboxFull) => {
+                // Only a full outbox refuses, and only behind queued messages (a message with
+                // an empty outbox goes to a connection or into it).
+                ensure!(
+                    self.outbox_len >= self.config.outbox_capacity() as usize,
+                    7,
+                    "send refused as OutboxFull with {} of {} queued",
+                    self.outbox_len,
+                    self.config.outbox_capacity()
+                );
+                self.sends[usize::from(kind)].dropped += 1;
+                // Named as its counters are (`*other*` past the tracked types).
+                let name = self.kind_names[usize::from(kind)].clone();
+                self.expected_drops.insert((name, DropReason::OutboxFull), 1);
+            }
+            Err(other) => {
+                return Err(Violation {
+                    invariant: 7,
+                    message: format!("send before close refused with {other:?}"),
+                })
+            }
         }
-        Ok(Step::Send {
-            direct: None,
-            open_was_zero,
-        })
+        Ok(Step::Send { open_was_zero })
     }
 
     pub(super) fn on_close_call(&mut self, now: Instant) -> Step {
@@ -162,13 +159,54 @@ impl Checker {
             return Step::Quiet;
         }
         self.closing = true;
-        for q in std::mem::take(&mut self.outbox) {
-            let s = &mut self.sends[usize::from(q.kind)];
-            s.queued -= 1;
-            s.closed += 1;
-            let name = self.kind_names[usize::from(q.kind)].clone();
-            *self.expected_drops.entry((name, DropReason::Closed)).or_default() += 1;
+        let messages = self.live_messages > 0;
+        if self.config.close_drain().is_zero() || (!messages && self.pending.is_empty()) {
+            self.finish_close_now();
+            return Step::Close { fail_now: true };
         }
+        // The drain: open connections stay, dials stay when they may carry messages; one
+        // dial may start when nothing is open or dialing.
+        self.draining = true;
+        self.drain_deadline = Some(now + self.config.close_drain());
+        let mut dialing = false;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some((_, open)) = &mut s.open {
+                // No rotation while closing: a replacement under way is abandoned.
+                open.rotate = None;
+                if let Some((generation, _)) = s.replacement.take() {
+                    self.aborts.insert(ConnId {
+                        slot: i as u16,
+                        generation,
+                    });
+                }
+            }
+            match s.phase {
+                Phase::Open => {}
+                Phase::Dialing { .. } if messages => dialing = true,
+                Phase::Backoff { .. }
+                | Phase::Idle {
+                    spread_until: Some(_),
+                } if messages => {}
+                Phase::Dialing { generation, .. } => {
+                    self.aborts.insert(ConnId {
+                        slot: i as u16,
+                        generation,
+                    });
+                    s.phase = Phase::Closed;
+                }
+                _ => s.phase = Phase::Closed,
+            }
+        }
+        self.drain_dial = messages && self.open_count() == 0 && !dialing && self.rejected_status.is_none();
+        Step::Close { fail_now: false }
+    }
+
+    /// The end of a close (at once, or when its drain ends): dials abandoned, open
+    /// connections retired, slots closed.
+    pub(super) fn finish_close_now(&mut self) {
+        self.draining = false;
+        self.drain_dial = false;
+        self.drain_deadline = None;
         for (i, s) in self.slots.iter_mut().enumerate() {
             if let Phase::Dialing { generation, .. } = s.phase {
                 self.aborts.insert(ConnId {
@@ -184,19 +222,21 @@ impl Checker {
             }
             if let Some((generation, mut conn)) = s.open.take() {
                 conn.rotate = None;
+                conn.flights.clear();
                 s.retiring.insert(generation, conn);
+            }
+            for conn in s.retiring.values_mut() {
+                conn.flights.clear();
             }
             s.phase = Phase::Closed;
         }
-        let fail_now = self.config.close_drain().is_zero() || self.pending.is_empty();
-        if !fail_now {
-            self.drain_deadline = Some(now + self.config.close_drain());
-        }
-        Step::Close { fail_now }
     }
 
     pub(super) fn on_input_call(&mut self, now: Instant, input: &Input<'_>) -> Step {
         let conn = input.conn();
+        if let Input::Unwritten { .. } = input {
+            return Step::Unwritten;
+        }
         let write_wait = self.config.write_wait();
         let max_frame = self.config.max_frame_size();
         if self.lingering.contains_key(&conn) {
@@ -246,9 +286,33 @@ impl Checker {
                 c.last_heard = now;
                 Step::Binary(conn)
             }
-            Input::Pong { .. } | Input::Ping { .. } => {
+            Input::Ping { .. } => {
                 c.last_heard = now;
                 Step::Quiet
+            }
+            Input::Pong { payload, .. } => {
+                c.last_heard = now;
+                let seq = <[u8; 8]>::try_from(*payload).ok().map(u64::from_be_bytes);
+                let confirms = match c.unanswered {
+                    Some((expected, write, _)) if Some(expected) == seq => {
+                        c.unanswered = None;
+                        c.next_ping = c.next_ping.min(now + self.config.ping_period());
+                        if self.config.confirm_delivery() {
+                            // Every message written before the ping, and only those.
+                            let mut n = 0;
+                            while c.flights.front().is_some_and(|&(w, _, _)| w < write) {
+                                let (_, kind, _) = c.flights.pop_front().expect("front exists");
+                                self.sends[usize::from(kind)].confirmed += 1;
+                                n += 1;
+                            }
+                            Some(n)
+                        } else {
+                            Some(0)
+                        }
+                    }
+                    _ => None,
+                };
+                Step::Pong { conn, confirms }
             }
             Input::Flushed { writes, .. } => {
                 let writes = (*writes).min(c.issued);
@@ -258,11 +322,11 @@ impl Checker {
                     }
                     c.flushed = writes;
                     c.write_deadline = c.issue_times.front().map(|&t| t + write_wait);
-                    while c.unflushed_sends.front().is_some_and(|&(n, _)| n <= writes) {
-                        let (_, kind) = c.unflushed_sends.pop_front().expect("front exists");
-                        let s = &mut self.sends[usize::from(kind)];
-                        s.unflushed -= 1;
-                        s.sent += 1;
+                    if !self.config.confirm_delivery() {
+                        // Without confirmation, a flushed message has ended (as written).
+                        while c.flights.front().is_some_and(|&(n, _, _)| n <= writes) {
+                            c.flights.pop_front();
+                        }
                     }
                 }
                 // A flush may drain a retiring connection or the outbox: not quiet.

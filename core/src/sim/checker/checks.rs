@@ -33,9 +33,6 @@ impl Checker {
         if let Some(&(t, id)) = self.deadlines.first() {
             f(t, &|| format!("deadline of request {id}"), 2);
         }
-        if let Some(q) = self.outbox.front() {
-            f(q.expires, &|| "outbox expiry".to_owned(), 7);
-        }
         if let Some(t) = self.drain_deadline {
             f(t, &|| "close drain deadline".to_owned(), 13);
         }
@@ -68,6 +65,17 @@ impl Checker {
                     5,
                 );
                 f(c.next_ping, &|| format!("{i}#{g}: ping"), 5);
+                match c.unanswered {
+                    Some((_, _, t)) if self.config.confirm_delivery() => {
+                        f(t, &|| format!("{i}#{g}: pong deadline"), 5)
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(t) = c.barrier_due_at {
+                            f(t, &|| format!("{i}#{g}: barrier"), 7);
+                        }
+                    }
+                }
                 if let Some(t) = c.write_deadline {
                     f(t, &|| format!("{i}#{g}: write deadline"), 3);
                 }
@@ -85,9 +93,17 @@ impl Checker {
     pub(super) fn defer_stuck_pings(&mut self) {
         let now = self.now;
         let period = self.config.ping_period();
+        let confirm = self.config.confirm_delivery();
         for s in &mut self.slots {
             for c in s.open.iter_mut().map(|(_, c)| c).chain(s.retiring.values_mut()) {
-                if c.next_ping <= now && c.last_ping > c.flushed {
+                if let (true, true, Some((_, _, deadline))) = (c.next_ping <= now, confirm, c.unanswered) {
+                    // The unanswered ping's deadline decides; no keep-alive queues behind it.
+                    c.next_ping += period;
+                    if c.next_ping <= now {
+                        c.next_ping = now + period;
+                    }
+                    c.next_ping = c.next_ping.max(deadline);
+                } else if c.next_ping <= now && c.last_ping > c.flushed {
                     c.next_ping += period;
                     if c.next_ping <= now {
                         c.next_ping = now + period;
@@ -188,14 +204,12 @@ impl Checker {
             pool.pending_len(),
             self.pending.len()
         );
+        let queued: u64 = pool.stats().sends.queued;
         ensure!(
-            pool.outbox_len() == self.outbox.len()
-                && self.outbox.len() <= self.config.outbox_capacity() as usize,
+            pool.outbox_len() as u64 == queued,
             7,
-            "outbox: pool {}, shadow {}, capacity {}",
-            pool.outbox_len(),
-            self.outbox.len(),
-            self.config.outbox_capacity()
+            "outbox holds {}, the counters say {queued} queued",
+            pool.outbox_len()
         );
         for (i, s) in self.slots.iter().enumerate() {
             let slot = i as u16;
@@ -224,13 +238,15 @@ impl Checker {
             );
             for (g, c) in &s.retiring {
                 ensure!(
-                    c.pending > 0 || c.unflushed() > 0,
+                    c.pending > 0 || c.unflushed() > 0 || !c.flights.is_empty(),
                     13,
                     "retiring connection {i}#{g} is drained but was not disconnected"
                 );
             }
         }
         let closed = self.closing
+            && !self.draining
+            && pool.live_messages() == 0
             && self.pending.is_empty()
             && self.lingering.is_empty()
             && self
@@ -270,14 +286,81 @@ impl Checker {
             })
             .collect();
         e.pending = self.pending.len() as u64;
-        e.outbox_depth = self.outbox.len() as u64;
+        e.outbox_depth = actual.outbox_depth;
         e.stale_inputs = actual.stale_inputs;
+        e.pongs = actual.pongs;
+        e.confirm_latency = actual.confirm_latency.clone();
         e.sends = SendStats::default();
         e.sends_by_type.clear();
+        // Shadowed exactly: sends, drops of a full outbox, confirmations. The other states
+        // follow the dead connections' fates (at most / at least once, limbo, rewrites):
+        // they must conserve, never go back, and move with the step's events.
         for (name, s) in self.kind_names.iter().zip(&self.sends) {
-            e.sends.add(s);
-            e.sends_by_type.insert(name.clone(), s.clone());
+            let mut s = s.clone();
+            if let Some(a) = actual.sends_by_type.get(name) {
+                let before = self
+                    .last_stats
+                    .sends_by_type
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default();
+                for (what, now, then) in [
+                    ("unconfirmed", a.unconfirmed, before.unconfirmed),
+                    ("expired", a.expired, before.expired),
+                    ("closed", a.closed, before.closed),
+                    ("rewritten", a.rewritten, before.rewritten),
+                    (
+                        "rewrites_exhausted",
+                        a.rewrites_exhausted,
+                        before.rewrites_exhausted,
+                    ),
+                ] {
+                    ensure!(now >= then, 7, "{name}: {what} went back from {then} to {now}");
+                }
+                ensure!(
+                    a.rewrites_exhausted <= a.unconfirmed,
+                    7,
+                    "{name}: more rewrites exhausted than unconfirmed: {a:?}"
+                );
+                s.queued = a.queued;
+                s.written = a.written;
+                s.unconfirmed = a.unconfirmed;
+                s.expired = a.expired;
+                s.closed = a.closed;
+                s.rewritten = a.rewritten;
+                s.rewrites_exhausted = a.rewrites_exhausted;
+            }
+            e.sends.add(&s);
+            e.sends_by_type.insert(name.clone(), s);
         }
+        // The step's drop events match the counters' moves.
+        let (now_s, then_s) = (&actual.sends, &self.last_stats.sends);
+        let drops = |r: DropReason| self.step_drops.get(&r).copied().unwrap_or(0);
+        ensure!(
+            now_s.expired - then_s.expired == drops(DropReason::Expired),
+            7,
+            "expired moved by {}, events say {}",
+            now_s.expired - then_s.expired,
+            drops(DropReason::Expired)
+        );
+        ensure!(
+            now_s.unconfirmed - then_s.unconfirmed
+                == drops(DropReason::Unconfirmed) + drops(DropReason::RewritesExhausted),
+            7,
+            "unconfirmed moved by {}, events say {} + {}",
+            now_s.unconfirmed - then_s.unconfirmed,
+            drops(DropReason::Unconfirmed),
+            drops(DropReason::RewritesExhausted)
+        );
+        ensure!(
+            now_s.rewrites_exhausted - then_s.rewrites_exhausted == drops(DropReason::RewritesExhausted),
+            7,
+            "rewrites_exhausted moved by {}, events say {}",
+            now_s.rewrites_exhausted - then_s.rewrites_exhausted,
+            drops(DropReason::RewritesExhausted)
+        );
+        self.step_drops.clear();
+        let e = &mut self.stats;
         if actual != *e {
             let a = format!("{actual:#?}");
             let b = format!("{e:#?}");
@@ -292,6 +375,96 @@ impl Checker {
                 invariant: 8,
                 message: format!("stats differ from the shadow model: {}", diff.join("; ")),
             });
+        }
+        self.live_messages = pool.live_messages();
+        self.outbox_len = pool.outbox_len();
+        self.last_stats = actual;
+        Ok(())
+    }
+
+    /// (13) The close drain ends exactly when it must: at its deadline, once nothing is left
+    /// to wait for, once nothing can deliver any more, or on a rejected key; never earlier.
+    pub(super) fn check_drain(&mut self, pool: &Pool) -> Result<(), Violation> {
+        if !self.draining {
+            return Ok(());
+        }
+        let finished = !pool.is_draining();
+        let now = self.now;
+        let deadline = self.drain_deadline.is_some_and(|t| t <= now);
+        let idle = self.pending.is_empty() && pool.live_messages() == 0;
+        let stuck = self.slots.iter().all(|s| {
+            !matches!(
+                s.phase,
+                Phase::Open
+                    | Phase::Dialing { .. }
+                    | Phase::Backoff { .. }
+                    | Phase::Idle {
+                        spread_until: Some(_)
+                    }
+            )
+        });
+        let rejected = self.key_rejected_everywhere();
+        if finished {
+            ensure!(
+                deadline || idle || stuck || rejected || self.drain_finished_in_step,
+                13,
+                "the close drain ended early (pending {}, messages {})",
+                self.pending.len(),
+                pool.live_messages()
+            );
+            ensure!(
+                self.pending.is_empty(),
+                13,
+                "the close drain ended with requests pending"
+            );
+            ensure!(
+                self.slots
+                    .iter()
+                    .all(|s| !matches!(s.phase, Phase::Dialing { .. }) && s.replacement.is_none()),
+                13,
+                "the close drain ended but a dial goes on"
+            );
+            self.finish_close_now();
+        } else {
+            ensure!(
+                !(deadline || stuck || (idle && pool.live_messages() == 0)),
+                13,
+                "the close drain should have ended (deadline {deadline}, stuck {stuck}, idle {idle})"
+            );
+            ensure!(
+                !self.drain_finished_in_step,
+                13,
+                "outputs of a drain's end, but the drain goes on"
+            );
+        }
+        Ok(())
+    }
+
+    /// (7) No barrier is overdue: with confirmation on, a connection with messages written
+    /// since its last ping and no ping unanswered has no barrier due now.
+    pub(super) fn check_barriers(&self) -> Result<(), Violation> {
+        if !self.config.confirm_delivery() {
+            return Ok(());
+        }
+        let now = self.now;
+        for (i, s) in self.slots.iter().enumerate() {
+            for c in s.open.iter().map(|(_, c)| c).chain(s.retiring.values()) {
+                if c.unanswered.is_some() || c.since == 0 {
+                    continue;
+                }
+                let due = c.since >= self.config.confirm_every()
+                    || c.since_bytes * 2 >= self.config.max_unconfirmed_bytes()
+                    || c.flights.len() >= self.config.max_unconfirmed() as usize
+                    || self.draining
+                    || (self.step == Step::Timeout && c.barrier_due_at.is_some_and(|t| t <= now));
+                ensure!(
+                    !due,
+                    7,
+                    "slot {i}: a barrier is due ({} messages, {} bytes since the last ping) but none was written",
+                    c.since,
+                    c.since_bytes
+                );
+            }
         }
         Ok(())
     }

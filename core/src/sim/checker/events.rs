@@ -40,7 +40,11 @@ impl Checker {
                     "Connected event for {conn} in step {:?}",
                     self.step
                 );
-                let conn_s = self.new_conn(now);
+                let mut conn_s = self.new_conn(now);
+                if self.closing {
+                    // No rotation while closing.
+                    conn_s.rotate = None;
+                }
                 let s = &mut self.slots[usize::from(conn.slot)];
                 if matches!(s.phase, Phase::Dialing { generation, .. } if generation == conn.generation) {
                     s.open = Some((conn.generation, conn_s));
@@ -201,12 +205,42 @@ impl Checker {
                 Ok(())
             }
             Event::MessageDropped { kind, reason, count } => {
-                let expected = self.expected_drops.remove(&(kind.clone(), *reason));
+                if *reason == DropReason::OutboxFull {
+                    let expected = self.expected_drops.remove(&(kind.clone(), *reason));
+                    ensure!(
+                        expected == Some(*count),
+                        7,
+                        "MessageDropped {kind} {reason:?} x{count}, expected {expected:?}"
+                    );
+                } else {
+                    // Checked against the counters' deltas at the end of the step.
+                    ensure!(
+                        self.kind_index.contains_key(kind),
+                        7,
+                        "MessageDropped of {kind}, a type never sent"
+                    );
+                    *self.step_drops.entry(*reason).or_default() += count;
+                }
+                Ok(())
+            }
+            Event::ConfirmationOff => {
                 ensure!(
-                    expected == Some(*count),
+                    !self.config.confirm_delivery() && !self.confirmation_off_seen,
                     7,
-                    "MessageDropped {kind} {reason:?} x{count}, expected {expected:?}"
+                    "ConfirmationOff with confirmation {}, seen before {}",
+                    self.config.confirm_delivery(),
+                    self.confirmation_off_seen
                 );
+                self.confirmation_off_seen = true;
+                Ok(())
+            }
+            Event::PongsMissing { conn } => {
+                ensure!(
+                    !self.pongs_missing_seen && self.config.confirm_delivery(),
+                    5,
+                    "PongsMissing for {conn} twice, or with confirmation off"
+                );
+                self.pongs_missing_seen = true;
                 Ok(())
             }
             // Hysteresis makes these timing-dependent; they are not anomalies.
@@ -237,8 +271,13 @@ impl Checker {
             flushed: 0,
             write_deadline: None,
             pending: 0,
-            unflushed_sends: VecDeque::new(),
+            flights: VecDeque::new(),
             last_ping: 0,
+            ping_seq: 0,
+            unanswered: None,
+            since: 0,
+            since_bytes: 0,
+            barrier_due_at: None,
             rotate,
             rotation_attempt: 0,
             issue_times: VecDeque::new(),

@@ -14,8 +14,9 @@ use crate::frame::{self, Outgoing};
 use crate::pool::{Pool, AVAILABILITY_HOLD, MAX_TIMEOUT, MAX_TRACKED_KINDS, OTHER_KIND};
 use crate::stats::{SendStats, Stats};
 use crate::{
-    Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, Outcome, Output,
-    RequestError, RequestFailure, RequestId, RequestOptions, SendRefusal, SlotState,
+    Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, MessageFate, MessageId,
+    Outcome, Output, RequestError, RequestFailure, RequestId, RequestOptions, SendOptions, SendRefusal,
+    SlotState,
 };
 
 /// One call made on the pool, with its immediate result: what [`Checker::observe_call`] needs
@@ -34,12 +35,14 @@ pub enum Call<'a> {
         /// What `request` returned.
         result: &'a Result<RequestId, RequestError>,
     },
-    /// [`Pool::send`] with (a copy of) its message and its result.
+    /// [`Pool::send_with`] with (a copy of) its message, its options and its result.
     Send {
         /// The message passed.
         message: &'a Outgoing,
-        /// What `send` returned.
-        result: &'a Result<(), SendRefusal>,
+        /// The options passed.
+        options: SendOptions,
+        /// What `send_with` returned.
+        result: &'a Result<MessageId, SendRefusal>,
     },
     /// [`Pool::cancel`] with its result.
     Cancel {
@@ -95,10 +98,20 @@ struct ConnS {
     flushed: u64,
     write_deadline: Option<Instant>,
     pending: u32,
-    /// Fire-and-forget writes not yet flushed: (write number, kind index).
-    unflushed_sends: VecDeque<(u64, u16)>,
+    /// Fire-and-forget messages written and not confirmed (with confirmation off: not
+    /// flushed): (write number, kind index, bytes).
+    flights: VecDeque<(u64, u16, usize)>,
     /// Write number of the last ping (0: none yet).
     last_ping: u64,
+    /// Sequence number of the last ping (its payload).
+    ping_seq: u64,
+    /// The ping not answered yet: (sequence, write number, answer deadline).
+    unanswered: Option<(u64, u64, Instant)>,
+    /// Messages (and their bytes) written since the last ping, and when a barrier falls due
+    /// for them.
+    since: u32,
+    since_bytes: usize,
+    barrier_due_at: Option<Instant>,
     /// When a replacement dial must start: (earliest, latest). Open connections only.
     rotate: Option<(Instant, Instant)>,
     /// Replacement dials that failed since it opened.
@@ -181,13 +194,6 @@ struct ReqS {
     transmits: u8,
 }
 
-#[derive(Debug, Clone)]
-struct QueuedS {
-    frame: String,
-    kind: u16,
-    expires: Instant,
-}
-
 /// The step being checked, with what the call alone lets us expect.
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
@@ -200,7 +206,6 @@ enum Step {
         affinity: Option<u32>,
     },
     Send {
-        direct: Option<(String, u16)>,
         open_was_zero: bool,
     },
     Cancel {
@@ -221,8 +226,15 @@ enum Step {
         valid: bool,
     },
     Binary(ConnId),
-    /// An input that must change nothing visible (stale, or a pong/flush).
+    /// An input that must change nothing visible (stale, or a server ping).
     Quiet,
+    /// A pong on a live connection, with how many messages it must confirm.
+    Pong {
+        conn: ConnId,
+        confirms: Option<u64>,
+    },
+    /// The adapter's word on a dead connection's unflushed writes.
+    Unwritten,
     /// A close or write failure of a live connection: it must be lost in this drain.
     Ends(ConnId),
     /// A flush on a live connection (may retire it or flush the outbox).
@@ -269,13 +281,32 @@ pub struct Checker {
     pending: BTreeMap<RequestId, ReqS>,
     deadlines: BTreeSet<(Instant, RequestId)>,
     issued: BTreeSet<RequestId>,
-    outbox: VecDeque<QueuedS>,
     kind_names: Vec<String>,
     kind_index: BTreeMap<String, u16>,
     sends: Vec<SendStats>,
     transmitted_sends: u64,
     closing: bool,
     drain_deadline: Option<Instant>,
+    /// The close drain is under way (the pool holds connections open for it).
+    draining: bool,
+    /// The drain may start one dial in the close step.
+    drain_dial: bool,
+    /// Messages the pool held (queued, written, in limbo) and its outbox length, as of the
+    /// last check: what a close or a send decides on.
+    live_messages: usize,
+    outbox_len: usize,
+    /// The pool's counters as of the last check, for the deltas of a step.
+    last_stats: Stats,
+    /// Messages sent with `notify`, until their `Settled` output.
+    notified: BTreeSet<u64>,
+    /// Every id `send_with` returned.
+    message_ids: BTreeSet<u64>,
+    /// Something in this step showed that the close drain ended.
+    drain_finished_in_step: bool,
+    /// `MessageDropped` counts of this step by reason (other than a full outbox).
+    step_drops: BTreeMap<DropReason, u64>,
+    confirmation_off_seen: bool,
+    pongs_missing_seen: bool,
     /// Connections told to close gracefully, with the instant the pool must abort them.
     lingering: BTreeMap<ConnId, Instant>,
     /// Availability as the events told it, whether it was ever `Available`, and when it
@@ -337,13 +368,23 @@ impl Checker {
             pending: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             issued: BTreeSet::new(),
-            outbox: VecDeque::new(),
             kind_names: Vec::new(),
             kind_index: BTreeMap::new(),
             sends: Vec::new(),
             transmitted_sends: 0,
             closing: false,
             drain_deadline: None,
+            draining: false,
+            drain_dial: false,
+            live_messages: 0,
+            outbox_len: 0,
+            last_stats: Stats::default(),
+            notified: BTreeSet::new(),
+            message_ids: BTreeSet::new(),
+            drain_finished_in_step: false,
+            step_drops: BTreeMap::new(),
+            confirmation_off_seen: false,
+            pongs_missing_seen: false,
             lingering: BTreeMap::new(),
             availability: Availability::Unavailable,
             ever_available: false,
@@ -409,6 +450,15 @@ impl Checker {
             .all(|s| s.open.as_ref().is_some_and(|(_, c)| c.last_heard >= t))
     }
 
+    /// Pings written and not answered, on live connections.
+    pub fn unanswered_pings(&self) -> usize {
+        self.slots
+            .iter()
+            .flat_map(|s| s.open.iter().map(|(_, c)| c).chain(s.retiring.values()))
+            .filter(|c| c.unanswered.is_some())
+            .count()
+    }
+
     /// Whether every slot has an open connection.
     pub fn all_open(&self) -> bool {
         self.slots.iter().all(|s| s.open.is_some())
@@ -450,6 +500,7 @@ impl Checker {
         self.late_abort = false;
         self.key_rejected_seen = false;
         self.step_rejection = None;
+        self.drain_finished_in_step = false;
         self.step = match call {
             Call::Connect => {
                 if !self.closing {
@@ -470,7 +521,11 @@ impl Checker {
                 options,
                 result,
             } => self.on_request_call(now, message, options, result)?,
-            Call::Send { message, result } => self.on_send_call(now, message, result)?,
+            Call::Send {
+                message,
+                options,
+                result,
+            } => self.on_send_call(now, message, options, result)?,
             Call::Cancel { id, result } => {
                 ensure!(
                     result == self.pending.contains_key(&id),
@@ -481,21 +536,7 @@ impl Checker {
                 Step::Cancel { id }
             }
             Call::Close => self.on_close_call(now),
-            Call::Timeout => {
-                // The outbox expires from its front; the events come grouped by type.
-                while self.outbox.front().is_some_and(|q| q.expires <= now) {
-                    let q = self.outbox.pop_front().expect("front exists");
-                    let s = &mut self.sends[usize::from(q.kind)];
-                    s.queued -= 1;
-                    s.expired += 1;
-                    let name = self.kind_names[usize::from(q.kind)].clone();
-                    *self
-                        .expected_drops
-                        .entry((name, DropReason::Expired))
-                        .or_default() += 1;
-                }
-                Step::Timeout
-            }
+            Call::Timeout => Step::Timeout,
             Call::Input(input) => self.on_input_call(now, input),
         };
         Ok(())
@@ -543,7 +584,8 @@ impl Checker {
         match output {
             Output::Dial { conn } => self.on_dial(now, *conn),
             Output::Transmit { conn, frame } => self.on_transmit(now, *conn, frame),
-            Output::Ping { conn } => self.on_ping(now, *conn),
+            Output::Ping { conn, payload } => self.on_ping(now, *conn, *payload),
+            Output::Settled { id, fate } => self.on_settled(*id, *fate),
             Output::Disconnect { conn, graceful } => self.on_disconnect(now, *conn, *graceful),
             Output::Completed { id, outcome } => self.on_completed(now, *id, outcome),
             Output::Unsolicited { conn, frame } => {
@@ -584,6 +626,16 @@ impl Checker {
             "drain ended while awaiting {:?}",
             self.awaiting
         );
+        // While a close drains, a slot that lost its connection or dial dials again only
+        // while messages are left to deliver; otherwise it closes without an event.
+        if self.draining {
+            for (slot, n) in self.owed.iter_mut() {
+                if *n > 0 && pool.slot_state(*slot) == Some(SlotState::Closed) {
+                    *n = 0;
+                    self.slots[usize::from(*slot)].phase = Phase::Closed;
+                }
+            }
+        }
         // (11) one loss, one reconnect decision.
         if let Some((slot, n)) = self.owed.iter().find(|(_, n)| **n > 0) {
             return Err(Violation {
@@ -626,14 +678,7 @@ impl Checker {
                 self.check_rearmed(&step)?;
             }
             Step::Request { .. } | Step::Connect => self.check_rearmed(&step)?,
-            Step::Send { direct, .. } => {
-                ensure!(
-                    direct.is_none(),
-                    7,
-                    "send accepted for direct write but not transmitted"
-                );
-                self.check_rearmed(&step)?;
-            }
+            Step::Send { .. } => self.check_rearmed(&step)?,
             Step::Cancel { id } => {
                 ensure!(
                     !self.pending.contains_key(id),
@@ -673,6 +718,8 @@ impl Checker {
             self.defer_stuck_pings();
             self.check_nothing_overdue(pool)?;
         }
+        self.check_drain(pool)?;
+        self.check_barriers()?;
         self.check_rejection(pool)?;
         self.check_availability(pool)?;
         self.check_not_late(pool)?;
@@ -693,9 +740,10 @@ impl Checker {
             .collect()
     }
 
-    /// The pool's selection rule: among open connections with room, the fewest pending
-    /// requests, ties going to the preferred slot, or else rotating from the slot chosen last.
-    fn peek_select(&self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
+    /// The pool's selection rule for a request: among open connections with room, the
+    /// fewest pending requests, ties going to the preferred slot, or else rotating from the
+    /// slot chosen last.
+    fn peek_select(&self, affinity: Option<u32>) -> Option<usize> {
         let n = self.slots.len();
         let start = match affinity {
             Some(slot) => slot as usize % n,
@@ -710,7 +758,7 @@ impl Checker {
             if c.unflushed() >= u64::from(self.config.max_unflushed_writes()) {
                 continue;
             }
-            if is_request && c.pending >= self.config.max_in_flight() {
+            if c.pending >= self.config.max_in_flight() {
                 continue;
             }
             if best.is_none_or(|(_, p)| c.pending < p) {
@@ -723,8 +771,9 @@ impl Checker {
         best.map(|(i, _)| i)
     }
 
-    fn select(&mut self, is_request: bool, affinity: Option<u32>) -> Option<usize> {
-        let pick = self.peek_select(is_request, affinity);
+    /// The slot a request goes to (sends go where their window has room: see `on_transmit`).
+    fn select(&mut self, affinity: Option<u32>) -> Option<usize> {
+        let pick = self.peek_select(affinity);
         if pick.is_some() && affinity.is_none() {
             self.cursor = pick;
         }

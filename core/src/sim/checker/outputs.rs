@@ -5,7 +5,30 @@ use super::*;
 
 impl Checker {
     pub(super) fn on_dial(&mut self, now: Instant, conn: ConnId) -> Result<(), Violation> {
-        ensure!(!self.closing, 13, "Dial {conn} after close");
+        ensure!(!self.closing || self.draining, 13, "Dial {conn} after close");
+        if self.drain_dial {
+            // The drain's dial at once, in the close step, when nothing could carry messages.
+            ensure!(
+                matches!(self.step, Step::Close { .. }) && conn.slot == 0,
+                13,
+                "Dial {conn} after close"
+            );
+            self.drain_dial = false;
+            let hs = self.config.handshake_timeout();
+            let s = &mut self.slots[usize::from(conn.slot)];
+            ensure!(
+                conn.generation == s.next_generation,
+                10,
+                "Dial {conn}: wrong generation"
+            );
+            s.next_generation += 1;
+            s.phase = Phase::Dialing {
+                generation: conn.generation,
+                deadline: now + hs,
+            };
+            self.stats.dials += 1;
+            return Ok(());
+        }
         let hs = self.config.handshake_timeout();
         let step = self.step.clone();
         let Some(s) = self.slots.get_mut(usize::from(conn.slot)) else {
@@ -96,13 +119,34 @@ impl Checker {
             } if !self.request_transmitted && id == Some(i) => affinity,
             _ => None,
         };
-        let expected = self.select(id.is_some(), affinity);
-        ensure!(
-            expected == Some(usize::from(conn.slot)),
-            6,
-            "Transmit on {conn}, but selection picks slot {expected:?} (pending per slot {:?})",
-            self.pending_per_slot()
-        );
+        if id.is_some() {
+            let expected = self.select(affinity);
+            ensure!(
+                expected == Some(usize::from(conn.slot)),
+                6,
+                "Transmit on {conn}, but selection picks slot {expected:?} (pending per slot {:?})",
+                self.pending_per_slot()
+            );
+        } else {
+            // A message goes to an open connection whose window and write queue have room;
+            // like any pick without a preference, it moves the rotation.
+            let c = &open.expect("checked open").1;
+            ensure!(
+                c.unflushed() < u64::from(self.config.max_unflushed_writes()),
+                6,
+                "message on {conn} with {} unflushed writes",
+                c.unflushed()
+            );
+            let bytes: usize = c.flights.iter().map(|f| f.2).sum();
+            ensure!(
+                c.flights.len() < self.config.max_unconfirmed() as usize
+                    && (c.flights.is_empty() || bytes + frame.len() <= self.config.max_unconfirmed_bytes()),
+                7,
+                "message on {conn} beyond its window ({} messages, {bytes} bytes unconfirmed)",
+                c.flights.len()
+            );
+            self.cursor = Some(usize::from(conn.slot));
+        }
         let write_no = self.write(now, conn);
         match id {
             Some(id) => {
@@ -145,41 +189,44 @@ impl Checker {
                 );
             }
             None => {
-                let kind = match &mut self.step {
-                    Step::Send { direct, .. } if direct.is_some() => {
-                        let (f, kind) = direct.take().expect("checked");
-                        ensure!(f == frame, 7, "direct send transmitted {frame}, expected {f}");
-                        kind
-                    }
-                    _ => {
-                        let q = self.outbox.pop_front().ok_or_else(|| Violation {
-                            invariant: 7,
-                            message: format!("fire-and-forget Transmit {frame} with an empty outbox"),
-                        })?;
-                        ensure!(
-                            q.frame == frame,
-                            7,
-                            "outbox not FIFO: transmitted {frame}, expected {}",
-                            q.frame
-                        );
-                        self.sends[usize::from(q.kind)].queued -= 1;
-                        q.kind
-                    }
-                };
-                self.sends[usize::from(kind)].unflushed += 1;
+                let name = frame::decode(frame, usize::MAX)
+                    .map(|f| f.kind)
+                    .map_err(|e| Violation {
+                        invariant: 7,
+                        message: format!("a message transmitted as an unreadable frame {frame}: {e}"),
+                    })?;
+                let kind = self
+                    .kind_index
+                    .get(&name)
+                    .copied()
+                    .or_else(|| self.kind_index.get(OTHER_KIND).copied());
+                let kind = kind.ok_or_else(|| Violation {
+                    invariant: 7,
+                    message: format!("Transmit of a message of type {name}, which was never sent"),
+                })?;
                 self.transmitted_sends += 1;
-                self.slots[usize::from(conn.slot)]
+                let confirm = self.config.confirm_delivery();
+                let c = self.slots[usize::from(conn.slot)]
                     .live_mut(conn.generation)
-                    .expect("checked open")
-                    .unflushed_sends
-                    .push_back((write_no, kind));
+                    .expect("checked open");
+                c.flights.push_back((write_no, kind, frame.len()));
+                if confirm {
+                    c.since += 1;
+                    c.since_bytes += frame.len();
+                    c.barrier_due_at.get_or_insert(now + self.config.confirm_after());
+                }
             }
         }
         Ok(())
     }
 
-    pub(super) fn on_ping(&mut self, now: Instant, conn: ConnId) -> Result<(), Violation> {
+    /// (5) A ping goes to a live connection with the next sequence number; with
+    /// confirmation on, never while another is unanswered. It is the keep-alive when one is
+    /// due (in a timeout step), or else a barrier for messages written since the last ping.
+    pub(super) fn on_ping(&mut self, now: Instant, conn: ConnId, payload: [u8; 8]) -> Result<(), Violation> {
         let period = self.config.ping_period();
+        let confirm = self.config.confirm_delivery();
+        let pong_wait = self.config.pong_wait();
         let step = self.step.clone();
         let c = self
             .slots
@@ -189,20 +236,60 @@ impl Checker {
                 invariant: 5,
                 message: format!("Ping on {conn}, which is not live"),
             })?;
+        let seq = u64::from_be_bytes(payload);
         ensure!(
-            step == Step::Timeout && now >= c.next_ping,
+            seq == c.ping_seq + 1,
             5,
-            "Ping on {conn} {:?} early, in {step:?}",
-            c.next_ping.saturating_duration_since(now)
+            "Ping on {conn} carries sequence {seq}, expected {}",
+            c.ping_seq + 1
         );
-        c.next_ping += period;
-        if c.next_ping <= now {
-            c.next_ping = now + period;
+        ensure!(
+            !confirm || c.unanswered.is_none(),
+            5,
+            "Ping on {conn} while ping {:?} is unanswered",
+            c.unanswered
+        );
+        let keep_alive = step == Step::Timeout && now >= c.next_ping;
+        if keep_alive {
+            c.next_ping += period;
+            if c.next_ping <= now {
+                c.next_ping = now + period;
+            }
+        } else {
+            ensure!(
+                confirm && c.since > 0,
+                5,
+                "Ping on {conn} in {step:?}: no keep-alive due ({:?} early) and no message to confirm",
+                c.next_ping.saturating_duration_since(now)
+            );
         }
+        c.ping_seq = seq;
+        c.since = 0;
+        c.since_bytes = 0;
+        c.barrier_due_at = None;
         self.stats.pings += 1;
         let n = self.write(now, conn);
         if let Some(c) = self.slots[usize::from(conn.slot)].live_mut(conn.generation) {
             c.last_ping = n;
+            c.unanswered = Some((seq, n, now + pong_wait));
+        }
+        Ok(())
+    }
+
+    /// A tracked message ended: it was sent with `notify`, and ends once.
+    pub(super) fn on_settled(&mut self, id: MessageId, fate: MessageFate) -> Result<(), Violation> {
+        ensure!(
+            self.notified.remove(&id.0),
+            7,
+            "Settled {id} ({fate:?}): not a tracked message, or settled twice"
+        );
+        if fate == MessageFate::Confirmed {
+            ensure!(
+                matches!(self.step, Step::Pong { confirms: Some(n), .. } if n > 0),
+                7,
+                "{id} confirmed in {:?}, which confirms nothing",
+                self.step
+            );
         }
         Ok(())
     }
@@ -250,6 +337,26 @@ impl Checker {
             self.aborts.remove(&conn);
             return Ok(());
         }
+        let timed_out = step == Step::Timeout
+            && match s.phase {
+                Phase::Dialing { generation, deadline } if generation == conn.generation => deadline <= now,
+                _ => s
+                    .replacement
+                    .is_some_and(|(g, t)| g == conn.generation && t <= now),
+            };
+        if self.draining && s.dialing(conn.generation) && !graceful && !timed_out {
+            // The drain ended in this step (a dial under way is abandoned).
+            if let Phase::Dialing { generation, .. } = s.phase {
+                if generation == conn.generation {
+                    s.phase = Phase::Closed;
+                }
+            }
+            if s.replacement.is_some_and(|(g, _)| g == conn.generation) {
+                s.replacement = None;
+            }
+            self.drain_finished_in_step = true;
+            return Ok(());
+        }
         if s.dialing(conn.generation) {
             ensure!(!graceful, 10, "graceful Disconnect of dial {conn}");
             let deadline = match s.phase {
@@ -282,31 +389,28 @@ impl Checker {
             return Ok(());
         };
         if graceful {
+            // An open connection retires only when the close drain ends (in this step).
             ensure!(
-                !was_open && c.pending == 0 && c.unflushed() == 0,
+                (!was_open || self.draining) && c.pending == 0 && c.unflushed() == 0,
                 10,
                 "graceful Disconnect of {conn} (open {was_open}, pending {}, unflushed {})",
                 c.pending,
                 c.unflushed()
             );
+            if was_open {
+                self.drain_finished_in_step = true;
+            }
             self.lingering.insert(conn, now + self.config.write_wait());
         } else {
-            if was_open && closing {
+            if was_open && closing && !self.draining {
                 return Err(Violation {
                     invariant: 13,
                     message: format!("open connection {conn} after close"),
                 });
             }
             if was_open {
-                s.phase = Phase::Lost;
-            }
-            // Unflushed sends are lost with the connection.
-            for (_, kind) in &c.unflushed_sends {
-                let st = &mut self.sends[usize::from(*kind)];
-                st.unflushed -= 1;
-                st.lost += 1;
-                let name = self.kind_names[usize::from(*kind)].clone();
-                *self.expected_drops.entry((name, DropReason::Lost)).or_default() += 1;
+                // While the close drains, a lost connection's slot dials no more.
+                s.phase = if closing { Phase::Closed } else { Phase::Lost };
             }
             // Keep the connection's shadow for the reason checks of the Disconnected event.
             self.lost.insert(conn, None);
@@ -351,6 +455,11 @@ impl Checker {
             DisconnectReason::WriteTimeout => {
                 *step == Step::Timeout && c.write_deadline.is_some_and(|t| t <= now)
             }
+            DisconnectReason::PongTimeout => {
+                *step == Step::Timeout
+                    && self.config.confirm_delivery()
+                    && c.unanswered.is_some_and(|(_, _, t)| t <= now)
+            }
             _ => false,
         };
         ensure!(
@@ -367,10 +476,14 @@ impl Checker {
         self.lost.insert(conn, Some(reason.clone()));
         self.stats.disconnects += 1;
         if was_open {
+            let closing = self.closing;
             let s = &mut self.slots[usize::from(conn.slot)];
             match s.replacement.take() {
                 // The rotation's dial already in progress is the reconnect.
                 Some((generation, deadline)) => s.phase = Phase::Dialing { generation, deadline },
+                // Closed: the slot dials no more (no decision to report). While a close
+                // drains, the pool may also decide so (see `check`).
+                None if closing && !self.draining => s.phase = Phase::Closed,
                 None => *self.owed.entry(conn.slot).or_default() += 1,
             }
         }
@@ -504,10 +617,12 @@ impl Checker {
                 self.stats.cancelled += 1;
             }
             Outcome::Failed(RequestFailure::Closed) => {
-                let ok = self.closing
-                    && (*step == Step::Close { fail_now: true }
-                        || *step == Step::Timeout && self.drain_deadline.is_some_and(|t| t <= now));
+                // At close without a drain, or when the drain ends (checked at the step's end).
+                let ok = self.closing && (*step == Step::Close { fail_now: true } || self.draining);
                 ensure!(ok, 13, "request {id} failed as closed in {step:?}");
+                if self.draining {
+                    self.drain_finished_in_step = true;
+                }
                 self.stats.closed += 1;
             }
         }

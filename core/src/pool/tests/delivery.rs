@@ -1,0 +1,396 @@
+//! Delivery: barriers and confirmations, the unconfirmed window, at most / at least once when
+//! a connection dies, unwritten writes, confirmation off, flush.
+
+use super::*;
+use crate::{Delivery, MessageFate, MessageId, SendOptions, UnconfirmedReason};
+
+fn msg(n: u64) -> Outgoing {
+    Outgoing::new("m", json!(n))
+}
+
+fn alo() -> SendOptions {
+    SendOptions::default()
+        .with_delivery(Delivery::AtLeastOnce)
+        .with_notify(true)
+}
+
+fn transmits(outs: &[Output]) -> Vec<(ConnId, String)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Transmit { conn, frame } => Some((*conn, frame.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pings(outs: &[Output]) -> Vec<(ConnId, u64)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Ping { conn, payload } => Some((*conn, u64::from_be_bytes(*payload))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn settled(outs: &[Output]) -> Vec<(MessageId, MessageFate)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Settled { id, fate } => Some((*id, *fate)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_barrier_follows_confirm_every_messages_and_its_pong_confirms_them() {
+    let mut h = H::new(|b| b.pool_size(1).confirm_every(3));
+    let c = h.up()[0];
+    for n in 0..2 {
+        h.pool.send(h.now, msg(n)).unwrap();
+    }
+    assert!(pings(&h.drain()).is_empty(), "two messages: no barrier yet");
+    h.pool.send(h.now, msg(2)).unwrap();
+    let outs = h.drain();
+    assert_eq!(pings(&outs), vec![(c, 1)], "the third makes it due at once");
+    // A message written after the ping is not confirmed by its pong.
+    h.pool.send(h.now, msg(3)).unwrap();
+    h.drain();
+    // A stale or foreign pong confirms nothing.
+    h.input(Input::Pong {
+        conn: c,
+        payload: &0u64.to_be_bytes(),
+    });
+    h.input(Input::Pong {
+        conn: c,
+        payload: b"x",
+    });
+    assert_eq!(h.pool.stats().sends.confirmed, 0);
+    h.now += Duration::from_millis(7);
+    h.pong(c);
+    let s = h.pool.stats();
+    assert_eq!((s.sends.confirmed, s.sends.written, s.pongs), (3, 1, 1), "{s:?}");
+    assert_eq!(s.confirm_latency.count, 3);
+    assert_eq!(s.confirm_latency.max_micros, 7_000);
+    assert!(s.sends.conserved());
+}
+
+#[test]
+fn a_gentle_stream_gets_one_barrier_per_confirm_after() {
+    let mut h = H::new(|b| b.pool_size(1).confirm_after(SEC));
+    let c = h.up()[0];
+    h.pool.send(h.now, msg(0)).unwrap();
+    h.drain();
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some(h.t0 + SEC),
+        "the barrier is the next deadline"
+    );
+    h.at(SEC - Duration::from_millis(1));
+    assert!(pings(&h.drain()).is_empty());
+    h.at(SEC);
+    assert_eq!(pings(&h.drain()), vec![(c, 1)]);
+    // While the ping is unanswered no other goes out, however many messages follow.
+    for n in 1..600 {
+        h.pool.send(h.now, msg(n)).unwrap();
+    }
+    assert!(pings(&h.drain()).is_empty());
+    // Its pong confirms the first; the next barrier is due at once (256 were written since).
+    let outs = h.pong(c);
+    assert_eq!(pings(&outs), vec![(c, 2)]);
+    assert_eq!(h.pool.stats().sends.confirmed, 1);
+}
+
+#[test]
+fn the_window_holds_back_sends_until_a_pong_frees_it() {
+    let mut h = H::new(|b| b.pool_size(1).max_unconfirmed(4).max_unconfirmed_bytes(1024));
+    let c = h.up()[0];
+    for n in 0..6 {
+        h.pool.send(h.now, msg(n)).unwrap();
+    }
+    let outs = h.drain();
+    assert_eq!(transmits(&outs).len(), 4, "four in the window");
+    assert_eq!(pings(&outs), vec![(c, 1)], "a full window is a barrier at once");
+    assert_eq!(h.pool.outbox_len(), 2);
+    let outs = h.pong(c);
+    let frames: Vec<String> = transmits(&outs).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(
+        frames,
+        vec![r#"{"type":"m","payload":4}"#, r#"{"type":"m","payload":5}"#]
+    );
+    // One message larger than the byte window still goes when the window is empty.
+    let big = Outgoing::new("m", json!("x".repeat(4000)));
+    h.at(SEC);
+    assert_eq!(pings(&h.drain()), vec![(c, 2)], "the barrier for the last two");
+    h.pong(c);
+    h.pool.send(h.now, &big).unwrap();
+    assert_eq!(transmits(&h.drain()).len(), 1);
+    h.pool.send(h.now, msg(9)).unwrap();
+    assert_eq!(h.pool.outbox_len(), 1, "and nothing joins it");
+}
+
+#[test]
+fn at_most_once_ends_unconfirmed_at_least_once_comes_back_in_send_order() {
+    let mut h = H::new(|b| b.pool_size(1));
+    let c = h.up()[0];
+    // Four messages, alternating at least once / at most once.
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let options = if n % 2 == 0 {
+            alo()
+        } else {
+            SendOptions::default().with_notify(true)
+        };
+        ids.push(h.pool.send_with(h.now, msg(n), options).unwrap());
+    }
+    h.drain();
+    // Flushed (they may have arrived), then the connection dies before a confirmation.
+    h.input(Input::Flushed { conn: c, writes: 4 });
+    h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    let s = h.pool.stats().sends;
+    assert_eq!((s.unconfirmed, s.queued, s.written), (2, 2, 0), "{s:?}");
+    let fates = settled(&h.out);
+    for id in [ids[1], ids[3]] {
+        assert!(fates.contains(&(id, MessageFate::Unconfirmed(UnconfirmedReason::ConnectionDied))));
+    }
+    // A newer message queues behind them; the next connection gets them in send order.
+    h.pool.send(h.now, msg(9)).unwrap();
+    h.at(5 * SEC);
+    let dials = h.dials();
+    let outs = h.input(Input::Connected { conn: dials[0] });
+    let frames: Vec<String> = transmits(&outs).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(
+        frames,
+        vec![
+            r#"{"type":"m","payload":0}"#,
+            r#"{"type":"m","payload":2}"#,
+            r#"{"type":"m","payload":9}"#
+        ]
+    );
+    let s = h.pool.stats().sends;
+    assert_eq!(s.rewritten, 2, "{s:?}");
+    assert!(s.conserved());
+}
+
+#[test]
+fn at_least_once_gives_up_after_max_rewrites() {
+    let mut h = H::new(|b| b.pool_size(1).max_rewrites(1).backoff_base(Duration::ZERO));
+    let mut conn = h.up()[0];
+    let id = h.pool.send_with(h.now, msg(0), alo()).unwrap();
+    h.drain();
+    for round in 0..2 {
+        h.input(Input::Flushed { conn, writes: 1 });
+        let outs = h.input(Input::WriteFailed {
+            conn,
+            error: "reset".into(),
+        });
+        if round == 0 {
+            // Back in the outbox; written again on the next connection (dialed at once).
+            let dial = outs
+                .iter()
+                .find_map(|o| match o {
+                    Output::Dial { conn } => Some(*conn),
+                    _ => None,
+                })
+                .expect("a dial at once");
+            conn = dial;
+            let outs = h.input(Input::Connected { conn });
+            assert_eq!(transmits(&outs).len(), 1);
+        }
+    }
+    let s = h.pool.stats().sends;
+    assert_eq!(
+        (s.unconfirmed, s.rewrites_exhausted, s.rewritten, s.queued),
+        (1, 1, 1, 0),
+        "{s:?}"
+    );
+    assert!(settled(&h.out).contains(&(id, MessageFate::Unconfirmed(UnconfirmedReason::RewritesExhausted))));
+    assert!(events(&h.out).contains(&Event::MessageDropped {
+        kind: "m".into(),
+        reason: DropReason::RewritesExhausted,
+        count: 1
+    }));
+}
+
+#[test]
+fn an_unanswered_ping_kills_the_connection_even_while_frames_arrive() {
+    let mut h = H::new(|b| b.pool_size(1).ping_period(10 * SEC).pong_wait(20 * SEC));
+    let c = h.up()[0];
+    h.at(10 * SEC);
+    assert_eq!(pings(&h.drain()), vec![(c, 1)]);
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    // The server keeps pinging (signs of life), but never answers ours.
+    for s in [12, 16, 20, 24, 28] {
+        h.at(s * SEC);
+        h.input(Input::Ping { conn: c });
+    }
+    h.at(30 * SEC);
+    let outs = h.drain();
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::Disconnected {
+            reason: DisconnectReason::PongTimeout,
+            ..
+        })
+    )));
+    assert!(
+        events(&outs).contains(&Event::PongsMissing { conn: c }),
+        "it never answered any ping"
+    );
+}
+
+#[test]
+fn with_confirmation_off_messages_end_written() {
+    let mut h = H::new(|b| b.pool_size(1).confirm_delivery(false));
+    let c = h.up()[0];
+    assert!(events(&h.out).contains(&Event::ConfirmationOff));
+    let id = h
+        .pool
+        .send_with(h.now, msg(0), SendOptions::default().with_notify(true))
+        .unwrap();
+    h.drain();
+    h.at(5 * SEC);
+    assert!(pings(&h.drain()).is_empty(), "no barrier");
+    let outs = h.input(Input::Flushed { conn: c, writes: 1 });
+    assert_eq!(settled(&outs), vec![(id, MessageFate::Written)]);
+    let s = h.pool.stats().sends;
+    assert_eq!((s.written, s.confirmed), (1, 0));
+    assert!(h.pool.is_settled(id));
+}
+
+#[test]
+fn flush_asks_for_barriers_now_and_settles_through_its_mark() {
+    let mut h = H::new(|b| b.pool_size(2));
+    let conns = h.up();
+    for n in 0..4 {
+        h.pool.send(h.now, msg(n)).unwrap();
+    }
+    h.drain();
+    let mark = h.pool.flush(h.now);
+    assert_eq!(mark, MessageId(4));
+    let outs = h.drain();
+    assert_eq!(pings(&outs).len(), 2, "one barrier per connection, at once");
+    assert!(!h.pool.is_settled(mark));
+    h.pong(conns[0]);
+    assert!(!h.pool.is_settled(mark));
+    h.pong(conns[1]);
+    assert!(h.pool.is_settled(mark));
+    assert_eq!(h.pool.live_messages(), 0);
+}
+
+/// Two unflushed messages on a connection that dies: the adapter says it never started
+/// them, so they go back to the outbox; closing while down dials at once, and the drain
+/// delivers them once that dial opens.
+#[test]
+fn close_while_down_dials_at_once_and_drains() {
+    let mut h = H::new(|b| b.pool_size(1).close_drain(2 * SEC));
+    let c = h.up()[0];
+    h.pool.send(h.now, msg(0)).unwrap();
+    h.pool.send_with(h.now, msg(1), alo()).unwrap();
+    h.drain();
+    h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    assert_eq!(h.pool.live_messages(), 2, "in limbo");
+    h.input(Input::Unwritten { conn: c, first: 1 });
+    assert_eq!(h.pool.outbox_len(), 2, "never started: back in the outbox");
+    assert_eq!(h.pool.stats().sends.rewritten, 0);
+    h.pool.send(h.now, msg(2)).unwrap();
+    h.pool.close(h.now);
+    assert!(h.pool.is_draining());
+    let dial = h.dials()[0];
+    let outs = h.input(Input::Connected { conn: dial });
+    assert_eq!(transmits(&outs).len(), 3);
+    assert_eq!(
+        pings(&outs),
+        vec![(dial, 1)],
+        "a drain asks for its barrier at once"
+    );
+    h.input(Input::Flushed {
+        conn: dial,
+        writes: 4,
+    });
+    let outs = h.pong(dial);
+    assert!(!h.pool.is_draining(), "everything confirmed: the drain is over");
+    assert!(outs.contains(&Output::Disconnect {
+        conn: dial,
+        graceful: true
+    }));
+    assert!(h.pool.take_undelivered().is_empty());
+    let s = h.pool.stats().sends;
+    assert_eq!((s.confirmed, s.closed), (3, 0), "{s:?}");
+}
+
+/// The server stays away past the drain: everything queued is handed back, in send order.
+#[test]
+fn close_hands_back_what_the_drain_could_not_deliver() {
+    let mut h = H::new(|b| b.pool_size(1).close_drain(2 * SEC));
+    let c = h.up()[0];
+    h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    for n in 0..3 {
+        h.pool.send(h.now, msg(n)).unwrap();
+    }
+    h.pool.close(h.now);
+    assert_eq!(h.dials().len(), 1, "one dial at once");
+    // The dial hangs; the drain ends first.
+    h.at(2 * SEC);
+    h.drain();
+    assert!(!h.pool.is_draining());
+    let back = h.pool.take_undelivered();
+    let frames: Vec<&str> = back.iter().map(|u| u.frame.as_str()).collect();
+    assert_eq!(
+        frames,
+        vec![
+            r#"{"type":"m","payload":0}"#,
+            r#"{"type":"m","payload":1}"#,
+            r#"{"type":"m","payload":2}"#
+        ]
+    );
+    assert!(back.iter().all(|u| !u.written_before));
+    let s = h.pool.stats().sends;
+    assert_eq!((s.closed, s.queued, s.written), (3, 0, 0), "{s:?}");
+    assert!(s.conserved());
+}
+
+#[test]
+fn rotation_confirms_before_it_closes_the_old_connection() {
+    let mut h = H::new(|b| {
+        b.pool_size(1)
+            .max_connection_age(Some(10 * SEC))
+            .backoff_jitter(0.0)
+    });
+    let old = h.up()[0];
+    h.at(10 * SEC);
+    let new = h.dials()[0];
+    // Written on the old connection while its replacement dials.
+    h.pool.send(h.now, msg(0)).unwrap();
+    h.drain();
+    h.input(Input::Flushed { conn: old, writes: 1 });
+    let outs = h.input(Input::Connected { conn: new });
+    assert_eq!(
+        pings(&outs),
+        vec![(old, 1)],
+        "a final barrier on the retiring connection"
+    );
+    assert!(
+        !outs.contains(&Output::Disconnect {
+            conn: old,
+            graceful: true
+        }),
+        "not closed before it is confirmed"
+    );
+    h.input(Input::Flushed { conn: old, writes: 2 });
+    let outs = h.pong(old);
+    assert!(outs.contains(&Output::Disconnect {
+        conn: old,
+        graceful: true
+    }));
+    let s = h.pool.stats().sends;
+    assert_eq!((s.confirmed, s.unconfirmed), (1, 0));
+}
