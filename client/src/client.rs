@@ -232,6 +232,12 @@ impl<R: Runtime> Client<R> {
         self.shared().stats()
     }
 
+    /// Fire-and-forget messages waiting in the outbox now: cheaper than [`Client::stats`]
+    /// for a producer that paces itself.
+    pub fn outbox_len(&self) -> usize {
+        self.shared().lock().pool().outbox_len()
+    }
+
     /// The pool's availability, for fail-open decisions.
     pub fn availability(&self) -> Availability {
         self.shared().availability()

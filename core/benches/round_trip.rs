@@ -67,6 +67,8 @@ struct Core {
     now: Instant,
     conns: Vec<ConnId>,
     writes: u32,
+    /// Barrier pings written and not yet answered.
+    pings: Vec<(ConnId, [u8; 8])>,
 }
 
 impl Core {
@@ -89,6 +91,7 @@ impl Core {
             now,
             conns,
             writes: 0,
+            pings: Vec::new(),
         };
         for _ in 0..pending {
             core.pool
@@ -114,6 +117,21 @@ impl Core {
                     },
                 );
                 while self.pool.poll_output().is_some() {}
+            }
+            // The server answers the barriers: their pongs confirm the messages.
+            for (conn, payload) in std::mem::take(&mut self.pings) {
+                self.pool.handle_input(
+                    self.now,
+                    Input::Pong {
+                        conn,
+                        payload: &payload,
+                    },
+                );
+                while let Some(o) = self.pool.poll_output() {
+                    if let Output::Ping { conn, payload } = o {
+                        self.pings.push((conn, payload));
+                    }
+                }
             }
         }
     }
@@ -149,6 +167,9 @@ impl Core {
     fn send(&mut self, msg: Outgoing) {
         self.pool.send(self.now, msg).expect("accepted");
         while let Some(o) = self.pool.poll_output() {
+            if let Output::Ping { conn, payload } = o {
+                self.pings.push((conn, payload));
+            }
             black_box(o);
         }
         black_box(self.pool.poll_timeout());

@@ -147,6 +147,28 @@ fn hung_handshakes_silent_connections_and_rotation() {
     }
 }
 
+/// Close in the middle of the chaos, under load: the drain meets dying connections, late and
+/// missing pongs, stalled writes and hanging dials; every message still ends exactly once,
+/// and the server's count agrees with the accounting.
+#[test]
+fn close_mid_drain_under_faults() {
+    let seeds = env_u64("UFSOCK_SIM_CLOSE_SEEDS").unwrap_or(400);
+    let mut closed = 0;
+    for seed in 0..seeds {
+        let mut knobs = Knobs::draw(seed);
+        knobs.close_drain = Duration::from_millis(1 + seed % 3_000);
+        let mut sim = Sim::new(seed, knobs.clone(), Instant::now());
+        let at = knobs.chaos.mul_f64(0.3 + 0.4 * ((seed % 7) as f64 / 7.0));
+        let run = sim.start().and_then(|()| sim.run_until(at));
+        let report = run.and_then(|()| sim.close_mid_chaos());
+        match report {
+            Ok(r) => closed += r.stats.sends.closed,
+            Err(f) => panic!("{f}\n(this scenario: start, run_until {at:?}, close_mid_chaos)"),
+        }
+    }
+    eprintln!("close mid-drain: {seeds} seeds, {closed} messages handed back");
+}
+
 /// Duplicated, dropped, denied, late replies and junk frames with idempotent re-sends.
 #[test]
 fn unreliable_server_replies() {

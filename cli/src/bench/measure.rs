@@ -47,6 +47,8 @@ pub(crate) struct RunCtx<'a> {
     pub(crate) errors: Arc<Errors>,
     pub(crate) limit: Duration,
     pub(crate) server_base: Option<u64>,
+    /// Send mode: sends wait for room (`send_when_room`) instead of being refused.
+    pub(crate) wait_for_room: bool,
 }
 
 impl RunCtx<'_> {

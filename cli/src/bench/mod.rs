@@ -111,6 +111,11 @@ pub(crate) struct BenchArgs {
     /// Upper bound of one run, in seconds (a run that takes longer is stopped and reported).
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
+    /// Send mode: each send waits for room in the outbox (`send_when_room`) instead of being
+    /// refused when it is full, so a producer faster than the server slows down rather than
+    /// drops (the pooled client only).
+    #[arg(long)]
+    wait_for_room: bool,
 }
 
 /// What `--mode` selects.
@@ -316,6 +321,7 @@ fn run_one(
             .server
             .as_ref()
             .map(|s| s.counters().fire_and_forget_total()),
+        wait_for_room: args.wait_for_room,
     };
     let _ = latency::take();
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use usageflow_socket_client::{Client, Config, Runtime, UsageFlowApi};
+use usageflow_socket_client::{Client, Config, Runtime, SendOptions, UsageFlowApi};
 
 use crate::bench::measure::{within, Measured, RunCtx, Usage};
 use crate::bench::report::{latency, Errors};
@@ -143,9 +143,9 @@ pub(crate) async fn measure_pooled<A: Adapter>(
     })
 }
 
-/// Most fire-and-forget messages a send task lets wait (queued or unflushed) before pausing,
-/// so a bench never overruns the outbox.
-const SEND_BACKLOG: u64 = 8192;
+/// Most fire-and-forget messages a send task lets wait in the outbox before pausing, so a
+/// bench never overruns it (10,000 by default; 256 tasks may add 8 each before they look).
+const SEND_BACKLOG: usize = 4096;
 
 /// Shared state of the pooled workload's tasks.
 struct Tickets {
@@ -176,7 +176,10 @@ async fn pooled<A: Adapter>(client: &Client<A::Runtime>, ctx: &RunCtx<'_>) {
     let tasks = (0..ctx.concurrency).map(|_| (client.clone(), Arc::clone(&tickets)));
     match ctx.workload {
         Workload::Request => A::join_all(tasks.map(|(c, t)| request_task(c, t))).await,
-        Workload::Send => A::join_all(tasks.map(|(c, t)| send_task::<A>(c, t))).await,
+        Workload::Send => {
+            let wait = ctx.wait_for_room;
+            A::join_all(tasks.map(|(c, t)| send_task::<A>(c, t, wait))).await
+        }
     }
     if ctx.workload == Workload::Send {
         // The clock stops when the messages arrived: counted by the embedded server, or else
@@ -218,7 +221,10 @@ const SEND_LATENCY_SAMPLE: u64 = 16;
 /// One task of the send mode: sends that never wait, timing one `send()` call in
 /// [`SEND_LATENCY_SAMPLE`]. Its counts reach the shared counters once every 64 sends, when it
 /// pauses anyway.
-async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>) {
+///
+/// With `wait_for_room`, each send waits for room (`send_when_room`, up to 10 s) instead:
+/// the client's own backpressure replaces the backlog pause.
+async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>, wait_for_room: bool) {
     let mut chunks = Chunks::new(&tickets.issued, tickets.total);
     let mut n: u64 = 0;
     let mut accepted: u64 = 0;
@@ -227,7 +233,14 @@ async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>
         // Timing every call would add two clock reads and a histogram update to a ~1 µs
         // call (raw's sends are not timed at all): time one in `SEND_LATENCY_SAMPLE`.
         let t0 = (n % SEND_LATENCY_SAMPLE == 0).then(Instant::now);
-        let result = client.send(message);
+        let result = if wait_for_room {
+            client
+                .send_when_room(message, SendOptions::default(), Duration::from_secs(10))
+                .await
+                .map(drop)
+        } else {
+            client.send(message)
+        };
         match result {
             Ok(()) => {
                 if let Some(t0) = t0 {
@@ -238,19 +251,20 @@ async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>
             Err(e) => tickets.errors.add(error_kind(&e), 1),
         }
         n += 1;
-        // Every 64 sends let the writers run, and keep the client's backlog bounded so the
-        // run measures throughput, not the outbox.
+        // Every few sends, keep the outbox from overrunning (each task may add this many
+        // before it looks again, so the pause leaves room for all of them), so the run
+        // measures throughput, not the outbox; what awaits confirmation is bounded by the
+        // windows.
+        if !wait_for_room && n % 8 == 0 {
+            while client.outbox_len() >= SEND_BACKLOG {
+                A::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // Every 64 sends let the writers run.
         if n % 64 == 0 {
             tickets.accepted.fetch_add(accepted, Relaxed);
             tickets.done.fetch_add(64, Relaxed);
             accepted = 0;
-            loop {
-                let s = client.stats().sends;
-                if s.queued + s.written < SEND_BACKLOG {
-                    break;
-                }
-                A::sleep(Duration::from_millis(1)).await;
-            }
             A::yield_now().await;
         }
     }

@@ -42,6 +42,8 @@ pub(super) struct Flight {
     /// The connection's number of the write that carried it.
     pub(super) write: u64,
     pub(super) written_at: Instant,
+    /// Its frame's length (the frame of an at-most-once message is let go once flushed).
+    pub(super) bytes: u32,
 }
 
 /// A connection's ping state: every ping is a barrier.
@@ -76,6 +78,21 @@ impl Conn {
     pub(super) fn window_full(&self, config: &Config, len: usize) -> bool {
         self.flights.len() >= config.max_unconfirmed as usize
             || (!self.flights.is_empty() && self.window_bytes + len > config.max_unconfirmed_bytes)
+    }
+
+    /// Lets go of the frames of flushed at-most-once messages: such a message is never
+    /// written again (it ends confirmed or unconfirmed), so only its length matters now.
+    /// Keeps memory to what may still be written again.
+    pub(super) fn release_flushed(&mut self) {
+        while let Some(f) = self.flights.get_mut(self.released) {
+            if f.write > self.writes_flushed {
+                break;
+            }
+            if !f.message.at_least_once {
+                f.message.frame = String::new();
+            }
+            self.released += 1;
+        }
     }
 
     /// Whether a barrier ping is due now for the messages written since the last one.
@@ -131,6 +148,7 @@ pub(super) fn write_message(
     mut message: Message,
 ) {
     let len = message.frame.len();
+    let bytes = u32::try_from(len).unwrap_or(u32::MAX);
     let write = conn.issue(now, config.write_wait);
     outputs.push_back(Output::Transmit {
         conn: conn_id(slot, conn.generation),
@@ -147,6 +165,7 @@ pub(super) fn write_message(
         message,
         write,
         written_at: now,
+        bytes,
     });
     if config.confirm_delivery {
         let b = &mut conn.barrier;
@@ -251,7 +270,8 @@ impl Pool {
             let Some(flight) = conn.flights.pop_front() else {
                 break;
             };
-            conn.window_bytes -= flight.message.frame.len();
+            conn.released = conn.released.saturating_sub(1);
+            conn.window_bytes -= flight.bytes as usize;
             let stats = &mut self.kinds.stats[usize::from(flight.message.kind)];
             stats.written -= 1;
             stats.confirmed += 1;
@@ -283,7 +303,7 @@ impl Pool {
             let Some(flight) = conn.flights.pop_front() else {
                 break;
             };
-            conn.window_bytes -= flight.message.frame.len();
+            conn.window_bytes -= flight.bytes as usize;
             if flight.message.notify {
                 outputs.push_back(Output::Settled {
                     id: MessageId(flight.message.id),

@@ -72,7 +72,9 @@ impl Pool {
                 conn.write_deadlines.pop_front();
             }
         }
-        if !self.config.confirm_delivery {
+        if self.config.confirm_delivery {
+            conn.release_flushed();
+        } else {
             Pool::flights_flushed(&mut self.outputs, conn);
         }
         self.retire_drained(slot);

@@ -24,6 +24,8 @@ pub(super) struct Conn {
     pub(super) flights: VecDeque<Flight>,
     /// Their bytes.
     pub(super) window_bytes: usize,
+    /// How many flights at the front are flushed and had their frames released.
+    pub(super) released: usize,
     /// Pings: the barrier and keep-alive state.
     pub(super) barrier: Barrier,
     /// The write deadlines of the unflushed writes, run-length encoded: (first write number
@@ -52,6 +54,7 @@ impl Conn {
             rotate_at,
             flights: VecDeque::new(),
             window_bytes: 0,
+            released: 0,
             barrier: Barrier::default(),
             write_deadlines: VecDeque::new(),
             rotation_attempt: 0,

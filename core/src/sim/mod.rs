@@ -698,6 +698,46 @@ impl Sim {
         Ok(())
     }
 
+    /// Closes the pool now, in the middle of the chaos (faults stay on, the workload stops),
+    /// and runs until it is closed: the close drain meets dying connections, late and missing
+    /// pongs and hanging dials. Then every message must have ended, and the server's count
+    /// must lie where the counters say.
+    pub fn close_mid_chaos(mut self) -> Result<Report, Failure> {
+        self.ops_left = 0;
+        self.next_op = None;
+        self.pool.close(self.now);
+        self.observe(5, Call::Close)?;
+        let k = &self.knobs;
+        let bound = k.close_drain + k.write_wait * 2 + k.handshake_timeout + Duration::from_secs(1);
+        self.run_while(bound, "the pool closes mid-chaos", |s| !s.pool.is_closed())?;
+        if !self.checker.quiescent() {
+            return Err(self.fail("a connection was never disconnected after close".into()));
+        }
+        self.now += Duration::from_secs(3600);
+        self.pool.handle_timeout(self.now);
+        self.observe(6, Call::Timeout)?;
+        // What close handed back ended as closed, and nothing of it ever reached the server
+        // twice (the oracle checks each message's fate).
+        let undelivered = self.pool.take_undelivered();
+        let closed = self.pool.stats().sends.closed;
+        if (undelivered.len() as u64) > closed {
+            return Err(self.fail(format!(
+                "invariant 13 violated: close handed back {} messages, only {closed} counted closed",
+                undelivered.len()
+            )));
+        }
+        self.check_every_message_ended()?;
+        Ok(Report {
+            seed: self.seed,
+            steps: self.steps,
+            elapsed: self.now - self.base,
+            trace_hash: self.hash.finish(),
+            stats: self.pool.stats(),
+            server_requests: self.server_requests,
+            server_sends: self.server_sends,
+        })
+    }
+
     // ----- the step loop -----
 
     fn run_while(
