@@ -316,3 +316,37 @@ fn bench_on_smol() {
     assert_eq!(run["server_counted"], 2000);
     assert_eq!(run["client_stats"]["confirmed"], 2000);
 }
+
+/// `--sweep` runs raw and the pooled client on both runtimes at each concurrency, and
+/// `--plot` draws them (pure-Rust SVG with the bundled font).
+#[test]
+fn bench_sweep_draws_a_chart() {
+    let dir = std::env::temp_dir().join(format!("ufsock-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("chart.svg");
+    let svg_arg = svg.to_str().unwrap().to_owned();
+    let report = bench(&["--mode", "send", "--sweep", "1,8", "--plot", &svg_arg]);
+    let lines = report["sweep"]["lines"].as_object().expect("lines");
+    let names: Vec<&String> = lines.keys().collect();
+    assert_eq!(
+        names,
+        ["pooled (smol)", "pooled (tokio)", "raw (tokio)"],
+        "{report}"
+    );
+    for points in lines.values() {
+        let cs: Vec<u64> = points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["concurrency"].as_u64().unwrap())
+            .collect();
+        assert_eq!(cs, [1, 8]);
+    }
+    assert_eq!(report["runs"].as_array().unwrap().len(), 6);
+    let text = std::fs::read_to_string(&svg).expect("the chart was written");
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
+    for legend in ["pooled (smol)", "pooled (tokio)", "raw (tokio)", "concurrency"] {
+        assert!(text.contains(legend), "the chart names {legend}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@
 //! printed). Nothing below this file imports it.
 
 mod bare;
+mod chart;
 mod measure;
 mod minimal;
 mod pooled;
@@ -68,7 +69,7 @@ Measurement:
 Exit codes: 0 no errors, 1 errors happened (or the bench could not run), 2 usage error.";
 
 /// Options of `ufsock bench`. `Debug` shows neither the key nor the URL's credentials.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub(crate) struct BenchArgs {
     /// URL of a running server (`ufsock serve`); without it, a server is embedded.
     // The environment's value stays out of `--help`: it may hold credentials.
@@ -116,6 +117,15 @@ pub(crate) struct BenchArgs {
     /// drops (the pooled client only).
     #[arg(long)]
     wait_for_room: bool,
+    /// Run at each of these concurrencies (comma-separated, e.g. 1,16,64,256): the raw
+    /// twin of the mode, then the pooled client on Tokio and on smol, `--rounds` times each,
+    /// and print the medians per line (replaces --concurrency, --compare and --runtime).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    sweep: Vec<u64>,
+    /// With --sweep: write an SVG chart of it to this file (requests per second and p99
+    /// latency against concurrency, raw beside the pooled client on each runtime).
+    #[arg(long, requires = "sweep")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// What `--mode` selects.
@@ -182,6 +192,9 @@ impl Mode {
 
 /// Runs the benchmark.
 pub(crate) fn run(args: BenchArgs) -> CmdResult {
+    if !args.sweep.is_empty() {
+        return run_sweep(args);
+    }
     if args.runtime == RuntimeKind::Smol {
         // Before any thread starts (the embedded server, the Tokio runtime).
         pooled::smol_threads(args.threads);
@@ -282,6 +295,92 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    drop(rt);
+    drop(target);
+    Ok(ExitCode::from(if errors == 0 { EXIT_OK } else { EXIT_OTHER }))
+}
+
+/// `--sweep`: at each concurrency, `--rounds` times, the raw twin then the pooled client on
+/// Tokio and on smol; the medians per line, optionally drawn (`--plot`).
+fn run_sweep(args: BenchArgs) -> CmdResult {
+    // Before any thread starts (the embedded server, the Tokio runtime).
+    pooled::smol_threads(args.threads);
+    let (client, workload) = args.mode.split();
+    if client != ClientKind::Pooled {
+        return Err("--sweep measures the pooled client (--mode request or send) beside its raw twin".into());
+    }
+    let key = "ufsock-bench-key".to_owned();
+    let target = match &args.url {
+        Some(url) => Target {
+            url: url.as_str().to_owned(),
+            key: args
+                .key
+                .as_ref()
+                .map(|key| key.expose().to_owned())
+                .ok_or("--url needs --key (or USAGEFLOW_API_KEY)")?,
+            server: None,
+        },
+        None => {
+            let server = ServerThread::spawn(ServerOptions {
+                key: Some(key.clone()),
+                ..ServerOptions::default()
+            })?;
+            Target {
+                url: server.url(),
+                key,
+                server: Some(server),
+            }
+        }
+    };
+    let rt = crate::shared::runtime(args.threads, "ufsock-bench")?;
+    let phases = [
+        (Mode::raw_twin(workload), RuntimeKind::Tokio),
+        (args.mode, RuntimeKind::Tokio),
+        (args.mode, RuntimeKind::Smol),
+    ];
+    let mut runs = Vec::new();
+    for &concurrency in &args.sweep {
+        for round in 1..=args.rounds {
+            for (mode, runtime) in phases {
+                let mut one = args.clone();
+                one.concurrency = concurrency;
+                one.runtime = runtime;
+                if !args.json {
+                    eprintln!(
+                        "ufsock bench sweep: concurrency {concurrency}, round {round}/{}: {} on {}",
+                        args.rounds,
+                        mode.name(),
+                        runtime_name(mode, runtime)
+                    );
+                }
+                let report = run_one(mode, &one, &target, &rt)?;
+                runs.push(report);
+            }
+        }
+    }
+    let errors: u64 = runs.iter().map(|r| r.error_total).sum();
+    let sweep = chart::Sweep::of(args.mode.name(), &runs);
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "ufsock bench --mode {} ({} connections, {} operations per run, medians of {} rounds)",
+            args.mode.name(),
+            args.pool,
+            args.requests,
+            args.rounds
+        );
+        sweep.plot(path, &title)?;
+        if !args.json {
+            eprintln!("ufsock bench: chart written to {}", path.display());
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "sweep": sweep, "runs": runs }))?
+        );
+    } else {
+        sweep.print();
     }
     drop(rt);
     drop(target);
