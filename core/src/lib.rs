@@ -15,9 +15,9 @@
 //!
 //! | family | methods |
 //! | --- | --- |
-//! | getters | [`Pool::stats`], [`Pool::is_connected`], [`Pool::availability`], [`Pool::slot_state`] |
+//! | getters | [`Pool::stats`], [`Pool::is_connected`], [`Pool::availability`], [`Pool::slot_state`], [`Pool::is_settled`], [`Pool::live_messages`] |
 //! | I/O results | [`Pool::handle_input`], [`Pool::handle_timeout`] |
-//! | application commands | [`Pool::connect`], [`Pool::request`], [`Pool::send`], [`Pool::cancel`], [`Pool::close`] |
+//! | application commands | [`Pool::connect`], [`Pool::request`], [`Pool::send`], [`Pool::send_with`], [`Pool::flush`], [`Pool::cancel`], [`Pool::close`], [`Pool::take_undelivered`] |
 //! | outputs | [`Pool::poll_output`], [`Pool::poll_timeout`] |
 //!
 //! **The drain rule:** after every call of the I/O or command families, call
@@ -60,6 +60,9 @@
 //! ```
 //!
 //! `core/examples/blocking.rs` drives the pool over real sockets from one plain thread.
+//!
+//! Fire-and-forget messages are confirmed by ping barriers and sent at most or at least once:
+//! see the [`delivery`] module for what "confirmed" proves.
 #![forbid(unsafe_code)]
 
 mod backoff;

@@ -453,6 +453,8 @@ impl Pool {
                 self.outbox.extend(next);
             }
         }
+        // Their TTL counts from the first send: some may be past it already.
+        self.expire_outbox(now);
         if !self.closing || self.drain_deadline.is_some() {
             self.flush_outbox(now);
         }

@@ -394,3 +394,31 @@ fn rotation_confirms_before_it_closes_the_old_connection() {
     let s = h.pool.stats().sends;
     assert_eq!((s.confirmed, s.unconfirmed), (1, 0));
 }
+
+/// Found by fuzzing: a message back from a dead connection keeps the TTL of its first send,
+/// so it may come back already expired; it expires at once, not at a deadline in the past.
+#[test]
+fn a_message_back_past_its_ttl_expires_at_once() {
+    let mut h = H::new(|b| {
+        b.pool_size(1)
+            .outbox_ttl(SEC)
+            .pong_wait(3600 * SEC)
+            .ping_period(1800 * SEC)
+    });
+    let c = h.up()[0];
+    h.pool.send(h.now, msg(0)).unwrap();
+    h.drain();
+    h.now += 5 * SEC;
+    h.input(Input::Closed {
+        conn: c,
+        reason: CloseReason::Eof,
+    });
+    let outs = h.input(Input::Unwritten { conn: c, first: 1 });
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "m".into(),
+        reason: DropReason::Expired,
+        count: 1
+    }));
+    assert_eq!(h.pool.outbox_len(), 0);
+    assert!(h.pool.poll_timeout().is_none_or(|t| t >= h.now));
+}
