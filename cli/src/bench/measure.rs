@@ -49,6 +49,8 @@ pub(crate) struct RunCtx<'a> {
     pub(crate) server_base: Option<u64>,
     /// Send mode: sends wait for room (`send_when_room`) instead of being refused.
     pub(crate) wait_for_room: bool,
+    /// Send mode: every message at least once.
+    pub(crate) at_least_once: bool,
 }
 
 impl RunCtx<'_> {

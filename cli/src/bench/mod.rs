@@ -117,6 +117,9 @@ pub(crate) struct BenchArgs {
     /// drops (the pooled client only).
     #[arg(long)]
     wait_for_room: bool,
+    /// Send mode: the delivery guarantee of every message.
+    #[arg(long, value_enum, default_value_t = DeliveryArg::AtMostOnce)]
+    delivery: DeliveryArg,
     /// Run at each of these concurrencies (comma-separated, e.g. 1,16,64,256): the raw
     /// twin of the mode, then the pooled client on Tokio and on smol, `--rounds` times each,
     /// and print the medians per line (replaces --concurrency, --compare and --runtime).
@@ -141,6 +144,15 @@ enum Mode {
     RawSend,
     /// Requests through the minimal correlating client.
     Minimal,
+}
+
+/// What `--delivery` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DeliveryArg {
+    /// Never written twice; unconfirmed when its connection dies first.
+    AtMostOnce,
+    /// Kept until confirmed and written again when its connection dies first.
+    AtLeastOnce,
 }
 
 /// What `--runtime` selects.
@@ -421,6 +433,7 @@ fn run_one(
             .as_ref()
             .map(|s| s.counters().fire_and_forget_total()),
         wait_for_room: args.wait_for_room,
+        at_least_once: args.delivery == DeliveryArg::AtLeastOnce,
     };
     let _ = latency::take();
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use usageflow_socket_client::{Client, Config, Runtime, SendOptions, UsageFlowApi};
+use usageflow_socket_client::{Client, Config, Delivery, Runtime, SendOptions, UsageFlowApi};
 
 use crate::bench::measure::{within, Measured, RunCtx, Usage};
 use crate::bench::report::{latency, Errors};
@@ -178,7 +178,12 @@ async fn pooled<A: Adapter>(client: &Client<A::Runtime>, ctx: &RunCtx<'_>) {
         Workload::Request => A::join_all(tasks.map(|(c, t)| request_task(c, t))).await,
         Workload::Send => {
             let wait = ctx.wait_for_room;
-            A::join_all(tasks.map(|(c, t)| send_task::<A>(c, t, wait))).await
+            let options = if ctx.at_least_once {
+                SendOptions::default().with_delivery(Delivery::AtLeastOnce)
+            } else {
+                SendOptions::default()
+            };
+            A::join_all(tasks.map(|(c, t)| send_task::<A>(c, t, wait, options))).await
         }
     }
     if ctx.workload == Workload::Send {
@@ -224,7 +229,12 @@ const SEND_LATENCY_SAMPLE: u64 = 16;
 ///
 /// With `wait_for_room`, each send waits for room (`send_when_room`, up to 10 s) instead:
 /// the client's own backpressure replaces the backlog pause.
-async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>, wait_for_room: bool) {
+async fn send_task<A: Adapter>(
+    client: Client<A::Runtime>,
+    tickets: Arc<Tickets>,
+    wait_for_room: bool,
+    options: SendOptions,
+) {
     let mut chunks = Chunks::new(&tickets.issued, tickets.total);
     let mut n: u64 = 0;
     let mut accepted: u64 = 0;
@@ -235,11 +245,11 @@ async fn send_task<A: Adapter>(client: Client<A::Runtime>, tickets: Arc<Tickets>
         let t0 = (n % SEND_LATENCY_SAMPLE == 0).then(Instant::now);
         let result = if wait_for_room {
             client
-                .send_when_room(message, SendOptions::default(), Duration::from_secs(10))
+                .send_when_room(message, options, Duration::from_secs(10))
                 .await
                 .map(drop)
         } else {
-            client.send(message)
+            client.send_with(message, options).map(drop)
         };
         match result {
             Ok(()) => {
