@@ -563,6 +563,11 @@ pub(crate) fn log_event(event: &Event) {
                 status,
                 "usageflow-socket: the server rejected the API key; check the key (it is not logged)"
             ),
+            DialError::Proxy { .. } => warn!(
+                %conn,
+                %error,
+                "usageflow-socket: the HTTP proxy refused the tunnel (not the server: the key was not sent)"
+            ),
             _ => warn!(%conn, %error, "usageflow-socket: dial failed"),
         },
         Event::Disconnected { conn, reason } => match reason {

@@ -20,6 +20,7 @@ use tungstenite::http::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use tungstenite::protocol::WebSocketConfig;
 use usageflow_socket_core::{CloseReason, Config, DialError};
 
+use crate::proxy::{self, Proxy};
 use crate::{ClientError, ClientOptions, Runtime};
 
 /// The header that carries the API key (PROTOCOL.md).
@@ -43,6 +44,7 @@ pub(crate) struct DialContext {
     tls: TlsConnector,
     websocket: WebSocketConfig,
     user_agent: &'static str,
+    proxy: Option<Proxy>,
 }
 
 impl DialContext {
@@ -54,11 +56,19 @@ impl DialContext {
     /// Builds the context of `options`. Fails on unusable TLS options.
     pub(crate) fn new(options: &ClientOptions, user_agent: &'static str) -> Result<Self, ClientError> {
         let config = options.config().clone();
+        let proxy = resolve_proxy(options, |name| std::env::var(name).ok())?;
+        if let Some(proxy) = &proxy {
+            tracing::info!(
+                proxy = proxy.redacted(),
+                "usageflow-socket: dialing through an HTTP CONNECT proxy"
+            );
+        }
         Ok(Self {
             tls: TlsConnector::from(tls_client_config(options)?),
             websocket: websocket_config(&config),
             config,
             user_agent,
+            proxy,
         })
     }
 
@@ -67,10 +77,22 @@ impl DialContext {
     pub(crate) async fn dial<R: Runtime>(&self, runtime: &R) -> Result<Socket<R::Tcp>, DialError> {
         let request = upgrade_request(&self.config, self.user_agent)?;
         let target = dial_target(&request)?;
-        let tcp = runtime
-            .connect(&target.host, target.port)
-            .await
-            .map_err(|e| connect_error(&target, &e))?;
+        let tcp = match &self.proxy {
+            None => runtime
+                .connect(&target.host, target.port)
+                .await
+                .map_err(|e| connect_error(&target, &e))?,
+            Some(proxy) => {
+                let mut tcp = runtime.connect(&proxy.host, proxy.port).await.map_err(|e| {
+                    DialError::Network(format!(
+                        "TCP connect to the proxy {}:{} failed: {e}",
+                        proxy.host, proxy.port
+                    ))
+                })?;
+                proxy::connect_tunnel(&mut tcp, proxy, &target.host, target.port).await?;
+                tcp
+            }
+        };
         let stream = if target.tls {
             let name = ServerName::try_from(target.host.clone())
                 .map_err(|e| DialError::Network(format!("invalid TLS server name {:?}: {e}", target.host)))?;
@@ -164,6 +186,33 @@ pub(crate) fn upgrade_request(config: &Config, user_agent: &str) -> Result<Reque
     headers.insert(API_KEY_HEADER, key);
     headers.insert(USER_AGENT, agent);
     Ok(request)
+}
+
+/// The proxy to dial through: the explicit one, else (when enabled) the environment's for the
+/// URL's scheme and host, read through `lookup`. An unusable proxy URL is
+/// [`ClientError::InvalidOptions`] (its credentials redacted).
+pub(crate) fn resolve_proxy(
+    options: &ClientOptions,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Proxy>, ClientError> {
+    if let Some(url) = options.proxy_url() {
+        return Proxy::parse(url, false)
+            .map(Some)
+            .map_err(ClientError::InvalidOptions);
+    }
+    if !options.proxy_from_env() {
+        return Ok(None);
+    }
+    // An URL the HTTP layer refuses fails every dial anyway: no proxy to choose then.
+    let Ok(target) = upgrade_request(options.config(), "probe").and_then(|r| dial_target(&r)) else {
+        return Ok(None);
+    };
+    match proxy::proxy_from_env(target.tls, &target.host, target.port, lookup) {
+        None => Ok(None),
+        Some(url) => Proxy::parse(&url, true)
+            .map(Some)
+            .map_err(|e| ClientError::InvalidOptions(format!("from the environment: {e}"))),
+    }
 }
 
 /// The TCP target of an upgrade request.
@@ -372,6 +421,62 @@ mod tests {
             tls_client_config(&options),
             Err(ClientError::InvalidOptions(_))
         ));
+    }
+
+    #[test]
+    fn proxy_resolution() {
+        let no_env = |_: &str| None;
+        let env = |name: &str| match name {
+            "https_proxy" => Some("http://u:hunter2@envproxy:3128".to_owned()),
+            "no_proxy" => Some(".internal".to_owned()),
+            _ => None,
+        };
+        let opts = |url: &str, explicit: Option<&str>, from_env: bool| {
+            let mut b = ClientOptions::builder(config(url)).proxy_from_env(from_env);
+            if let Some(p) = explicit {
+                b = b.proxy(p);
+            }
+            b.build()
+        };
+        assert_eq!(
+            resolve_proxy(&opts("wss://api.usageflow.io/ws", None, false), env).unwrap(),
+            None
+        );
+        let p = resolve_proxy(&opts("wss://api.usageflow.io/ws", None, true), env)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("envproxy", 3128));
+        assert_eq!(
+            resolve_proxy(&opts("wss://api.internal/ws", None, true), env).unwrap(),
+            None
+        );
+        assert_eq!(
+            resolve_proxy(&opts("ws://api.usageflow.io/ws", None, true), env).unwrap(),
+            None
+        );
+        // The explicit proxy wins over the environment.
+        let o = opts(
+            "wss://api.usageflow.io/ws",
+            Some("http://alice:hunter2@proxy:8080"),
+            true,
+        );
+        let p = resolve_proxy(&o, env).unwrap().unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy", 8080));
+        assert_eq!(o.proxy_redacted().as_deref(), Some("http://***@proxy:8080"));
+        assert!(!format!("{o:?}").contains("hunter2"), "{o:?}");
+        assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
+        // Other schemes are refused with a clear, redacted message.
+        for bad in ["socks5://alice:hunter2@proxy:1080", "https://alice:hunter2@proxy"] {
+            let err = resolve_proxy(&opts("ws://h/ws", Some(bad), false), no_env).unwrap_err();
+            let ClientError::InvalidOptions(message) = &err else {
+                panic!("{err:?}")
+            };
+            assert!(message.contains("only http://"), "{message}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        let bad_env = |name: &str| (name == "ALL_PROXY").then(|| "ftp://u:hunter2@x".to_owned());
+        let err = resolve_proxy(&opts("ws://h/ws", None, true), bad_env).unwrap_err();
+        assert!(matches!(err, ClientError::InvalidOptions(_)) && !err.to_string().contains("hunter2"));
     }
 
     #[test]

@@ -91,6 +91,7 @@ mod io;
 mod live;
 mod log_limit;
 mod options;
+mod proxy;
 mod runtime;
 mod shared;
 

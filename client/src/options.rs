@@ -17,6 +17,18 @@ pub struct ClientOptions {
     webpki_roots: bool,
     seed: Option<u64>,
     max_unsolicited_bytes: usize,
+    proxy: Option<ProxyUrl>,
+    proxy_from_env: bool,
+}
+
+/// A proxy URL as given; `Debug` hides its credentials.
+#[derive(Clone)]
+struct ProxyUrl(String);
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&usageflow_socket_core::redact_url(&self.0), f)
+    }
 }
 
 impl ClientOptions {
@@ -54,6 +66,26 @@ impl ClientOptions {
         self.max_unsolicited_bytes
     }
 
+    /// The explicit HTTP proxy URL ([`ClientOptionsBuilder::proxy`]), with its credentials
+    /// redacted; `None` when none was set.
+    pub fn proxy_redacted(&self) -> Option<String> {
+        self.proxy
+            .as_ref()
+            .map(|p| usageflow_socket_core::redact_url(&p.0))
+    }
+
+    /// The explicit HTTP proxy URL as given, credentials included (the dial needs them);
+    /// never log it, use [`ClientOptions::proxy_redacted`].
+    pub(crate) fn proxy_url(&self) -> Option<&str> {
+        self.proxy.as_ref().map(|p| p.0.as_str())
+    }
+
+    /// Whether the proxy is read from the environment when no explicit one is set
+    /// ([`ClientOptionsBuilder::proxy_from_env`], default false).
+    pub fn proxy_from_env(&self) -> bool {
+        self.proxy_from_env
+    }
+
     /// The seed to build the pool with: the override, or a fresh random one (from the
     /// process's OS-seeded generator), logged at debug level so a run can be replayed.
     pub fn resolve_seed(&self) -> u64 {
@@ -79,6 +111,8 @@ impl From<Config> for ClientOptions {
             webpki_roots: true,
             seed: None,
             max_unsolicited_bytes: DEFAULT_MAX_UNSOLICITED_BYTES,
+            proxy: None,
+            proxy_from_env: false,
         }
     }
 }
@@ -120,6 +154,36 @@ impl ClientOptionsBuilder {
     /// `max_frame_size`), however large the frames; `0` keeps only the newest frame.
     pub fn max_unsolicited_bytes(mut self, bytes: usize) -> Self {
         self.options.max_unsolicited_bytes = bytes;
+        self
+    }
+
+    /// Dials through the HTTP proxy at `url`: `http://host:port`, optionally with basic
+    /// credentials `http://user:pass@host:port` (percent-encoded where needed; sent as
+    /// `Proxy-Authorization: Basic`). Port 1080 when omitted, as curl. Each dial opens TCP to
+    /// the proxy, asks it for a tunnel with `CONNECT host:port` to the URL's host, then runs
+    /// TLS (for `wss://`, end to end with the server) and the WebSocket upgrade through it, all
+    /// within the handshake timeout.
+    ///
+    /// Only `http://` proxies are supported: another scheme (`https://`, `socks5://`) fails
+    /// the client's construction with [`crate::ClientError::InvalidOptions`]. A proxy's
+    /// refusal is reported as [`usageflow_socket_core::DialError::Proxy`], never as a
+    /// rejected key. The credentials never appear in `Debug`, logs or errors. Takes
+    /// precedence over [`ClientOptionsBuilder::proxy_from_env`].
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.options.proxy = Some(ProxyUrl(url.into()));
+        self
+    }
+
+    /// Whether to take the proxy from the environment as curl does (default false), when no
+    /// explicit [`ClientOptionsBuilder::proxy`] is set: `https_proxy`/`HTTPS_PROXY` for
+    /// `wss://`, `http_proxy`/`HTTP_PROXY` for `ws://`, else `all_proxy`/`ALL_PROXY` (the
+    /// lower-case name first; an empty value is unset; a value without a scheme is taken as
+    /// `http://`). `no_proxy`/`NO_PROXY` exempts hosts: a comma-separated list of names
+    /// (matching the name and its subdomains, with or without a leading dot), IP addresses,
+    /// CIDR ranges, each optionally with `:port`, or `*` for every host. The environment is
+    /// read once, when the client is built.
+    pub fn proxy_from_env(mut self, enabled: bool) -> Self {
+        self.options.proxy_from_env = enabled;
         self
     }
 

@@ -458,7 +458,7 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
             };
             let input = match u.arbitrary::<u8>()? % 9 {
                 0 => OpInput::Connected,
-                1 => OpInput::ConnectFailed(match u.arbitrary::<u8>()? % 6 {
+                1 => OpInput::ConnectFailed(match u.arbitrary::<u8>()? % 8 {
                     0 => DialError::Rejected { status: 401 },
                     1 => DialError::HttpStatus {
                         status: 503,
@@ -470,7 +470,9 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
                         status: 429,
                         retry_after: Some(Duration::from_millis(u64::from(u.arbitrary::<u8>()?) * 100)),
                     },
-                    _ => DialError::Timeout,
+                    5 => DialError::Timeout,
+                    6 => DialError::Proxy { status: 407 },
+                    _ => DialError::Proxy { status: 502 },
                 }),
                 2 => OpInput::Text(TextSpec::Reply {
                     back: u.arbitrary()?,

@@ -40,10 +40,22 @@ pub enum DialError {
     /// The dial did not finish within the handshake timeout (the pool decides this itself).
     #[error("handshake did not finish within the handshake timeout")]
     Timeout,
+    /// The HTTP proxy answered the `CONNECT` with a non-2xx status: 407 (it requires
+    /// credentials, or refused the ones given), 403 (it refused the tunnel), 5xx (it is
+    /// unavailable, or could not reach the server), or another refusal. Never a rejection of
+    /// the API key (the UsageFlow server was not reached): the slot backs off as for a network
+    /// error.
+    #[error("{}", proxy_text(*.status))]
+    Proxy {
+        /// The HTTP status of the proxy's answer.
+        status: u16,
+    },
 }
 
 impl DialError {
     /// Whether the server refused the credentials (401 or 403).
+    ///
+    /// Never true for [`DialError::Proxy`]: a proxy's 407 is about the proxy's credentials.
     pub fn is_auth_rejection(&self) -> bool {
         matches!(self, DialError::Rejected { status: 401 | 403 })
     }
@@ -54,6 +66,14 @@ impl DialError {
             DialError::HttpStatus { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+fn proxy_text(status: u16) -> String {
+    match status {
+        407 => format!("the proxy requires credentials (HTTP {status})"),
+        500..=599 => format!("the proxy is unavailable (HTTP {status})"),
+        _ => format!("the proxy refused the tunnel (HTTP {status})"),
     }
 }
 

@@ -130,12 +130,20 @@
 //! runtime of its own, for callers without Tokio (smol-based tests) — both share one
 //! implementation. `wss://` is served with [`ServerOptions::tls`]
 //! ([`TlsOptions::self_signed`] makes a certificate for `localhost`).
+//!
+//! # An HTTP proxy
+//!
+//! [`ProxyThread::spawn`] runs an HTTP `CONNECT` proxy (on a thread and runtime of its own) to
+//! test clients behind one: it tunnels to any target, can require basic credentials (407
+//! otherwise) or answer a fixed status ([`ProxyOptions`]), and counts what it did
+//! ([`ProxyCounters`]).
 
 mod conn;
 mod counters;
 mod faults;
 mod options;
 mod pong_filter;
+mod proxy;
 mod tls;
 
 use std::future::Future;
@@ -154,6 +162,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use counters::{Counters, CountersSnapshot};
 pub use faults::Faults;
 pub use options::{FaultConfig, ReplyData, ReplyStyle, ServerOptions, TlsOptions};
+pub use proxy::{ProxyCounters, ProxyOptions, ProxyThread};
 pub use tls::self_signed_localhost;
 
 /// How long [`ServerHandle::kill`] waits for the aborted connection tasks to be gone.

@@ -18,6 +18,7 @@
 
 pub mod bodies;
 pub mod delivery;
+pub mod proxy;
 pub mod resilience;
 mod smol_adapter;
 mod tokio_adapter;
@@ -365,7 +366,7 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Instantiates every test body of [`bodies`] and [`resilience`] for one adapter, as `#[test]` functions in the
+/// Instantiates every test body of [`bodies`], [`resilience`], [`delivery`] and [`proxy`] for one adapter, as `#[test]` functions in the
 /// invoking module; `soak` is `#[ignore]`d.
 ///
 /// ```ignore
@@ -428,12 +429,26 @@ macro_rules! conformance {
             a_server_that_stops_ponging_is_replaced,
             a_slow_server_gets_everything_when_sends_wait_for_room,
         );
+        $crate::conformance!(@proxy $adapter;
+            proxy_tunnels_ws,
+            proxy_tunnels_wss,
+            proxy_requires_credentials,
+            proxy_refuses_the_tunnel,
+        );
         #[test]
         #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]
         fn soak() {
             let limit = $crate::soak_duration() + std::time::Duration::from_secs(30);
             $crate::run_within::<$adapter, _>("soak", limit, $crate::bodies::soak::<$adapter>());
         }
+    };
+    (@proxy $adapter:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run::<$adapter, _>(stringify!($name), $crate::proxy::$name::<$adapter>());
+            }
+        )*
     };
     (@delivery $adapter:ty; $($name:ident),* $(,)?) => {
         $(

@@ -402,3 +402,54 @@ fn unavailable_status_backs_off_honouring_retry_after() {
         Err(RequestError::NotConnected)
     );
 }
+
+/// A proxy's refusal (even a 407 about the proxy's credentials) is not a key rejection: no
+/// `KeyRejected`, no `rejections`, requests fail `NotConnected`, and the slot backs off as for
+/// a network error.
+#[test]
+fn a_proxy_refusal_is_not_a_key_rejection() {
+    let mut h = H::new(|b| b.pool_size(2));
+    h.pool.connect(h.now);
+    let dials = h.dials();
+    let mut outs = h.input(Input::ConnectFailed {
+        conn: dials[0],
+        error: DialError::Proxy { status: 407 },
+    });
+    outs.extend(h.input(Input::ConnectFailed {
+        conn: dials[1],
+        error: DialError::Proxy { status: 403 },
+    }));
+    assert_eq!(
+        count(&outs, |o| matches!(o, Output::Event(Event::KeyRejected { .. }))),
+        0
+    );
+    assert_eq!(
+        count(&outs, |o| matches!(
+            o,
+            Output::Event(Event::ReconnectScheduled { .. })
+        )),
+        2,
+        "{outs:?}"
+    );
+    assert_eq!(h.pool.rejection(), None);
+    assert_eq!(
+        h.pool
+            .request(h.now, Outgoing::new("x", json!(null)), RequestOptions::default()),
+        Err(RequestError::NotConnected)
+    );
+    let st = h.pool.stats();
+    assert_eq!((st.rejections, st.dial_failures), (0, 2));
+    assert!(!DialError::Proxy { status: 407 }.is_auth_rejection());
+    assert_eq!(
+        DialError::Proxy { status: 407 }.to_string(),
+        "the proxy requires credentials (HTTP 407)"
+    );
+    assert_eq!(
+        DialError::Proxy { status: 403 }.to_string(),
+        "the proxy refused the tunnel (HTTP 403)"
+    );
+    assert_eq!(
+        DialError::Proxy { status: 502 }.to_string(),
+        "the proxy is unavailable (HTTP 502)"
+    );
+}
