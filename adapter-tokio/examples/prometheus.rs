@@ -7,7 +7,8 @@
 //! ```
 //!
 //! A service would rather serve `handle.render()` on its `/metrics` endpoint (or enable the
-//! exporter's own `http-listener` feature).
+//! exporter's own `http-listener` feature), and call `handle.run_upkeep()` every few seconds
+//! (`install_recorder` does not): it drains the request histogram's samples.
 
 use std::time::Duration;
 
