@@ -55,6 +55,19 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // With the `metrics` feature, the client's metrics go to a real recorder (never served):
+    // what a bench measures includes recording them.
+    #[cfg(feature = "metrics")]
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        // As a service would: drain the histograms' samples now and then.
+        Ok(handle) => {
+            std::thread::spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                handle.run_upkeep();
+            });
+        }
+        Err(e) => eprintln!("ufsock: no metrics recorder: {e}"),
+    }
     let result = match cli.command {
         Command::Serve(args) => cmd_serve::run(args).map(|()| ExitCode::SUCCESS),
         Command::Request(args) => cmd_request::run_request(args),

@@ -227,7 +227,8 @@ impl<R: Runtime> Client<R> {
         self.shared().is_closed()
     }
 
-    /// A snapshot of the pool's counters.
+    /// A snapshot of the pool's counters. With the `metrics` feature, also publishes them
+    /// through the `metrics` facade (see the [crate docs](crate#metrics)).
     pub fn stats(&self) -> Stats {
         self.shared().stats()
     }

@@ -79,6 +79,23 @@
 //! timeout of its own beyond the one timer of the driver task. Tracing events report
 //! connects, disconnects with their reason, scheduled reconnects, exhausted attempts, skipped
 //! frames and dropped messages; the API key never appears in a log or an error.
+//!
+//! # Metrics
+//!
+//! With the optional `metrics` feature (off by default; the adapters pass it through), the
+//! client publishes its counters through the [`metrics`](https://docs.rs/metrics) facade to
+//! whatever recorder the application installs, such as `metrics-exporter-prometheus`:
+//! `usageflow_requests_total{outcome}`, `usageflow_request_duration_seconds{outcome}` (a
+//! histogram), `usageflow_messages_total{type,state}`, `usageflow_messages{type,state}`
+//! (queued and written now), `usageflow_message_confirm_seconds_count`/`_sum`,
+//! `usageflow_open_connections`, `usageflow_availability` (0 unavailable, 1 degraded,
+//! 2 available), `usageflow_dials_total`, `usageflow_reconnects_total`,
+//! `usageflow_handshakes_rejected_total`, `usageflow_disconnects_total` and a few more.
+//! They come from [`Client::stats`]'s counters, published by the driver task at most once a
+//! second, on every [`Client::stats`] call, and when the client stops; the only work added to
+//! a request is timing it. Message types in labels are bounded (64 named, the rest
+//! `"*other*"`). Gauges move by differences, so several clients in one process add up
+//! (except `usageflow_availability`: the last client to publish sets it).
 #![forbid(unsafe_code)]
 
 mod api;
@@ -90,6 +107,8 @@ mod handshake;
 mod io;
 mod live;
 mod log_limit;
+#[cfg(feature = "metrics")]
+mod metrics_bridge;
 mod options;
 mod proxy;
 mod runtime;

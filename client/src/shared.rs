@@ -189,6 +189,9 @@ pub(crate) struct Shared<R: Runtime> {
     driver: Mutex<Driver<Live<R>>>,
     signals: Signals,
     runtime: Arc<R>,
+    /// The `metrics` feature's publisher.
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics_bridge::Publisher,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -202,10 +205,14 @@ impl<R: Runtime> Shared<R> {
         );
         let pool = Pool::new(config.clone(), options.resolve_seed(), Instant::now());
         let runtime = Arc::clone(&live.runtime);
+        #[cfg(feature = "metrics")]
+        crate::metrics_bridge::describe();
         Self {
             driver: Mutex::new(Driver::new(pool, live)),
             signals,
             runtime,
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics_bridge::Publisher::new(),
         }
     }
 
@@ -336,6 +343,22 @@ impl<R: Runtime> Shared<R> {
         message: Outgoing,
         options: RequestOptions,
     ) -> Result<Incoming, ClientError> {
+        // The one per-request cost of the `metrics` feature: a clock read at each end and a
+        // histogram record (by outcome; `cancelled` if this future is dropped first).
+        #[cfg(feature = "metrics")]
+        let timer = crate::metrics_bridge::RequestTimer::start();
+        let result = self.request_untimed(message, options).await;
+        #[cfg(feature = "metrics")]
+        timer.finish(&result);
+        result
+    }
+
+    /// [`Shared::request`] without its timing.
+    async fn request_untimed(
+        &self,
+        message: Outgoing,
+        options: RequestOptions,
+    ) -> Result<Incoming, ClientError> {
         let (waiter, outcome) = oneshot::channel();
         // Encoding is the costliest part of a request: do it before taking the lock.
         let request = EncodedRequest::new(&message);
@@ -449,9 +472,23 @@ impl<R: Runtime> Shared<R> {
         self.lock().pool().is_closing()
     }
 
-    /// The pool's counters.
+    /// The pool's counters (with the `metrics` feature, also published).
     pub(crate) fn stats(&self) -> Stats {
+        #[cfg(feature = "metrics")]
+        if let Some(stats) = self.publish_metrics(true) {
+            return stats;
+        }
         self.lock().stats()
+    }
+
+    /// Publishes the counters through the `metrics` facade when `force` or when a periodic
+    /// publication is due; returns the snapshot published.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_metrics(&self, force: bool) -> Option<Stats> {
+        self.metrics.publish_with(force, || {
+            let driver = self.lock();
+            (driver.stats(), driver.availability())
+        })
     }
 
     /// The pool's availability.
@@ -469,6 +506,9 @@ impl<R: Runtime> Shared<R> {
     pub(crate) async fn close(&self) -> CloseReport {
         self.close_now();
         self.signals.wait_for(|s| s.stopped).await;
+        // The final counters (the driver task publishes them too, maybe not yet).
+        #[cfg(feature = "metrics")]
+        self.publish_metrics(true);
         let mut driver = self.lock();
         CloseReport {
             stats: driver.stats(),
@@ -564,7 +604,17 @@ pub(crate) async fn drive<R: Runtime>(shared: Arc<Shared<R>>, runtime: Arc<R>) {
     let mut armed: Option<Instant> = None;
     loop {
         let Turn::Sleep(deadline) = shared.turn() else {
+            // The final counters.
+            #[cfg(feature = "metrics")]
+            shared.publish_metrics(true);
             return;
+        };
+        // Publish when due, and wake for the next publication if nothing else would.
+        #[cfg(feature = "metrics")]
+        let deadline = {
+            shared.publish_metrics(false);
+            let due = shared.metrics.next_due(Instant::now());
+            Some(deadline.map_or(due, |d| d.min(due)))
         };
         // A new timer only when the deadline changed (or the old one already fired).
         if deadline != armed || (sleep.is_none() && deadline.is_some()) {
