@@ -847,6 +847,8 @@ pub async fn writes_keep_working_across_many_ping_periods<A: Adapter>() {
         counters.fire_and_forget_total() == n
     })
     .await;
+    // And confirmed: the last barrier comes within `confirm_after`.
+    client.flush(Duration::from_secs(2)).await.unwrap();
     let s = client.stats();
     assert_eq!(
         (s.disconnects, s.dials, s.replies, s.sends.confirmed),

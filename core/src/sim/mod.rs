@@ -41,14 +41,25 @@
 //!    count up from 0, the dial comes exactly when the delay ends, at most `attempts`
 //!    reconnects precede `AttemptsExhausted`, a request/send/connect re-arms exhausted
 //!    slots, handshake deadlines and rotations come on time;
-//! 5. pings go to live connections only, one period apart; a read deadline fires iff nothing
-//!    (frame or pong) came for `pong_wait`;
+//! 5. pings go to live connections only, each with the connection's next sequence number,
+//!    never while another is unanswered (with confirmation on); a ping is the keep-alive when
+//!    one is due, else a barrier for messages written since the last ping; a read deadline
+//!    fires iff nothing (frame or pong) came for `pong_wait`, a pong deadline iff a ping
+//!    stayed unanswered for `pong_wait`;
 //! 6. requests and sends go to the open slot with the fewest pending requests (ties go to a
 //!    request's preferred slot, or else rotate from the slot chosen last), never above
 //!    `max_in_flight` or `max_unflushed_writes`;
-//! 7. the outbox is FIFO and bounded; per message type, `sends = queued + unflushed + sent +
-//!    dropped + expired + lost + closed`, each counted as the shadow model counts it, with
-//!    a matching `MessageDropped` event; the server never counts more messages than went out;
+//! 7. delivery: per message type, `sends = queued + written + confirmed + unconfirmed +
+//!    dropped + expired + closed` at every step; `sends`, `dropped` and `confirmed` exactly as
+//!    the shadow model counts them (a pong confirms exactly the messages written on its
+//!    connection before its ping); final states never go back and move with the step's
+//!    `MessageDropped` events; a message goes only to an open connection with room in its
+//!    window; no barrier is overdue; the server never counts more messages than went out.
+//!    The simulation adds a per-message oracle: an at-most-once message reaches the server at
+//!    most once; a confirmed one reached it; an at-least-once message ends unconfirmed only
+//!    after `1 + max_rewrites` started writes; an expired or closed at-most-once message never
+//!    arrived; every message ends, and at most once the server's count lies within
+//!    `[confirmed, confirmed + unconfirmed]`;
 //! 8. the request conservation law holds and every counter of [`Pool::stats`] equals the
 //!    shadow model's;
 //! 9. after `handle_timeout(now)`, `poll_timeout()` is not before `now`;
@@ -58,8 +69,11 @@
 //! 11. one loss of a connection or dial leads to exactly one reconnect decision of its slot;
 //! 12. a request goes out twice only when idempotent, after its connection was lost, within
 //!     its deadline; never three times;
-//! 13. after `close`: no dial, every dial abandoned, every connection disconnected once
-//!     drained, requests fail as closed after `close_drain`, and `is_closed` agrees.
+//! 13. after `close`: during the drain, only slots that may still deliver messages dial (one
+//!     at once when nothing is open or dialing); the drain ends exactly at its deadline, when
+//!     nothing is left, when nothing can deliver, or on a rejected key; then every dial is
+//!     abandoned, every connection disconnected once drained, requests fail as closed, and
+//!     `is_closed` agrees.
 //! 14. availability: `Unavailable` exactly when no connection is open, `Available` only with
 //!     every slot open and the pool not closing, the getter agrees with the
 //!     `AvailabilityChanged` events, and once the pool has been `Available`, `Degraded` turns
