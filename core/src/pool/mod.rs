@@ -236,6 +236,18 @@ impl Pool {
         self.outbox.len() + written + self.limbo.iter().map(|l| l.flights.len()).sum::<usize>()
     }
 
+    /// Bytes of message frames the pool holds on its connections (tests: a flushed
+    /// at-most-once message's frame is let go).
+    #[cfg(test)]
+    fn held_frame_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flat_map(|s| s.open_conn().into_iter().chain(&s.retiring))
+            .flat_map(|c| c.flights.iter())
+            .map(|f| f.message.frame.len())
+            .sum()
+    }
+
     /// Whether [`Pool::close`] is draining: waiting up to `close_drain` for pending requests
     /// and undelivered messages before it closes the connections.
     pub fn is_draining(&self) -> bool {

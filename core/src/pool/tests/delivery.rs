@@ -422,3 +422,45 @@ fn a_message_back_past_its_ttl_expires_at_once() {
     assert_eq!(h.pool.outbox_len(), 0);
     assert!(h.pool.poll_timeout().is_none_or(|t| t >= h.now));
 }
+
+/// Found by mutation testing: the byte window's bound is inclusive, and a flushed
+/// at-most-once message's frame is let go (only an at-least-once one is kept for a rewrite).
+#[test]
+fn the_byte_window_is_inclusive_and_flushed_frames_are_let_go() {
+    let frame_len = |m: &Outgoing| crate::frame::EncodedSend::new(m).into_parts().1.len();
+    // Two messages of exactly half the (smallest) byte window each.
+    let half = |c: &str| {
+        let base = frame_len(&Outgoing::new("m", json!("")));
+        Outgoing::new("m", json!(c.repeat(512 - base)))
+    };
+    let (a, b) = (half("a"), half("b"));
+    assert_eq!(frame_len(&a) + frame_len(&b), 1024);
+    let mut h = H::new(|bld| bld.pool_size(1).max_unconfirmed_bytes(1024).confirm_every(1000));
+    h.up();
+    h.pool.send(h.now, &a).unwrap();
+    h.pool.send(h.now, &b).unwrap();
+    assert_eq!(
+        transmits(&h.drain()).len(),
+        2,
+        "a window filled exactly takes both"
+    );
+    h.pool.send(h.now, msg(9)).unwrap();
+    assert_eq!(h.pool.outbox_len(), 1, "and nothing more");
+
+    // Frames: held until flushed, then let go for at most once, kept for at least once.
+    let len = frame_len(&msg(0));
+    let mut h = H::new(|bld| bld.pool_size(1));
+    let c = h.up()[0];
+    h.pool.send(h.now, msg(0)).unwrap();
+    h.pool.send_with(h.now, msg(1), alo()).unwrap();
+    h.drain();
+    assert_eq!(h.pool.held_frame_bytes(), 2 * len);
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    assert_eq!(
+        h.pool.held_frame_bytes(),
+        len,
+        "the first is flushed: its frame is let go"
+    );
+    h.input(Input::Flushed { conn: c, writes: 2 });
+    assert_eq!(h.pool.held_frame_bytes(), len, "the at-least-once one is kept");
+}
