@@ -446,6 +446,31 @@ fn the_byte_window_is_inclusive_and_flushed_frames_are_let_go() {
     );
     h.pool.send(h.now, msg(9)).unwrap();
     assert_eq!(h.pool.outbox_len(), 1, "and nothing more");
+    // A pong frees the window's bytes: the queued one goes, and a half-window one beside it.
+    h.at(SEC);
+    h.drain();
+    let c = h.pool.open_conn(0).unwrap();
+    // Half the window made a barrier due after `a`; `b` needed a second one.
+    h.pong(c);
+    h.pong(c);
+    assert_eq!(h.pool.outbox_len(), 0);
+    assert_eq!(h.pool.stats().sends.confirmed, 2);
+    h.pool.send(h.now, &a).unwrap();
+    assert_eq!(h.pool.outbox_len(), 0, "the confirmed bytes left the window");
+    // The same with confirmation off: flushed messages leave the window.
+    let mut h = H::new(|bld| {
+        bld.pool_size(1)
+            .max_unconfirmed_bytes(1024)
+            .confirm_delivery(false)
+    });
+    let c = h.up()[0];
+    h.pool.send(h.now, &a).unwrap();
+    h.pool.send(h.now, &b).unwrap();
+    h.drain();
+    h.input(Input::Flushed { conn: c, writes: 2 });
+    h.pool.send(h.now, &a).unwrap();
+    h.pool.send(h.now, &b).unwrap();
+    assert_eq!(h.pool.outbox_len(), 0, "the flushed bytes left the window");
 
     // Frames: held until flushed, then let go for at most once, kept for at least once.
     let len = frame_len(&msg(0));
