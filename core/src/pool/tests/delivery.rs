@@ -489,3 +489,88 @@ fn the_byte_window_is_inclusive_and_flushed_frames_are_let_go() {
     h.input(Input::Flushed { conn: c, writes: 2 });
     assert_eq!(h.pool.held_frame_bytes(), len, "the at-least-once one is kept");
 }
+
+/// Found by mutation testing: messages back from dead connections are merged into the outbox
+/// by send order, written again at once on another open connection, and no empty drop event
+/// goes out.
+#[test]
+fn requeued_messages_merge_in_send_order_and_go_out_at_once() {
+    // Windows of one message: the third and fourth wait in the outbox.
+    let mut h = H::new(|b| b.pool_size(2).max_unconfirmed(1).close_drain(Duration::ZERO));
+    let conns = h.up();
+    for n in 1..=4 {
+        h.pool.send_with(h.now, msg(n), alo()).unwrap();
+    }
+    let outs = h.drain();
+    assert_eq!(transmits(&outs).len(), 2);
+    assert_eq!(h.pool.outbox_len(), 2);
+    for &c in &conns {
+        h.input(Input::Flushed { conn: c, writes: 1 });
+    }
+    // Both die, one after the other: 1 and 2 come back ahead of 3 and 4, in order.
+    for &c in &conns {
+        h.input(Input::Closed {
+            conn: c,
+            reason: CloseReason::Eof,
+        });
+    }
+    assert!(
+        !events(&h.out)
+            .iter()
+            .any(|e| matches!(e, Event::MessageDropped { count: 0, .. })),
+        "no empty drop event"
+    );
+    h.pool.close(h.now);
+    h.drain();
+    let back: Vec<String> = h.pool.take_undelivered().into_iter().map(|u| u.frame).collect();
+    assert_eq!(
+        back,
+        vec![
+            r#"{"type":"m","payload":1}"#,
+            r#"{"type":"m","payload":2}"#,
+            r#"{"type":"m","payload":3}"#,
+            r#"{"type":"m","payload":4}"#
+        ]
+    );
+
+    // With another connection open, a message back from a dead one goes out on it at once.
+    let mut h = H::new(|b| b.pool_size(2));
+    let conns = h.up();
+    h.pool.send_with(h.now, msg(0), alo()).unwrap();
+    let dead = transmits(&h.drain())[0].0;
+    let other = *conns.iter().find(|c| **c != dead).unwrap();
+    h.input(Input::Flushed {
+        conn: dead,
+        writes: 1,
+    });
+    let outs = h.input(Input::Closed {
+        conn: dead,
+        reason: CloseReason::Eof,
+    });
+    assert_eq!(
+        transmits(&outs),
+        vec![(other, r#"{"type":"m","payload":0}"#.to_owned())],
+        "rewritten at once on the other connection"
+    );
+}
+
+/// Found by mutation testing: `is_settled` looks at the oldest message still alive on any
+/// connection, not the newest.
+#[test]
+fn settled_means_every_older_message_ended() {
+    let mut h = H::new(|b| b.pool_size(2));
+    let _ = h.up();
+    h.pool.send(h.now, msg(1)).unwrap();
+    let first = transmits(&h.drain())[0].0;
+    h.pool.flush(h.now);
+    h.drain();
+    h.pong(first);
+    assert!(h.pool.is_settled(MessageId(1)));
+    // Two more, one on each connection; neither confirmed.
+    h.pool.send(h.now, msg(2)).unwrap();
+    h.pool.send(h.now, msg(3)).unwrap();
+    let on: Vec<ConnId> = transmits(&h.drain()).iter().map(|(c, _)| *c).collect();
+    assert_ne!(on[0], on[1], "spread over both connections");
+    assert!(!h.pool.is_settled(MessageId(2)));
+    assert!(!h.pool.is_settled(MessageId(3)));
+}
