@@ -6,6 +6,8 @@
 //! at a time (never more than can still belong to the head, so nothing after the head is read)
 //! and [`parse_status`] reads its status line. Credentials are only ever shown redacted.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -94,7 +96,7 @@ impl Proxy {
                 let mut plain = user;
                 plain.push(b':');
                 plain.extend_from_slice(&pass);
-                Some(format!("Basic {}", base64(&plain)))
+                Some(format!("Basic {}", BASE64.encode(&plain)))
             }
         };
         Ok(Self {
@@ -153,24 +155,6 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// Standard base64 with padding (RFC 4648 §4), for the Basic credentials.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The proxy URL the environment gives for a dial to `host:port` (`tls`: a `wss://` URL), the
@@ -467,7 +451,7 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
             ("Aladdin:open sesame", "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
         ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
+            assert_eq!(BASE64.encode(plain.as_bytes()), encoded);
         }
     }
 

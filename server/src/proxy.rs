@@ -15,6 +15,8 @@
 //! # Ok::<(), usageflow_socket_server::ServerError>(())
 //! ```
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -145,7 +147,7 @@ impl ProxyThread {
             expected_authorization: options
                 .credentials
                 .as_ref()
-                .map(|(user, pass)| format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()))),
+                .map(|(user, pass)| format!("Basic {}", BASE64.encode(format!("{user}:{pass}")))),
             options,
             counters: counters.clone(),
             status: status.clone(),
@@ -359,24 +361,6 @@ fn parse_connect(head: &[u8]) -> Option<(String, Option<String>)> {
     Some((target.to_owned(), authorization))
 }
 
-/// Standard base64 with padding, for the expected Basic credentials.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,7 +380,7 @@ mod tests {
         assert_eq!(parse_connect(b"GET / HTTP/1.1\r\n\r\n"), None);
         assert_eq!(parse_connect(b"CONNECT h HTTP/1.1\r\n\r\n"), None);
         assert_eq!(parse_connect(b"CONNECT h:99999 HTTP/1.1\r\n\r\n"), None);
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(BASE64.encode(b"user:pass"), "dXNlcjpwYXNz");
     }
 
     /// A blocking client of the proxy: sends `request`, returns the proxy's whole answer.

@@ -202,17 +202,9 @@ impl Mode {
     }
 }
 
-/// Runs the benchmark.
-pub(crate) fn run(args: BenchArgs) -> CmdResult {
-    if !args.sweep.is_empty() {
-        return run_sweep(args);
-    }
-    if args.runtime == RuntimeKind::Smol {
-        // Before any thread starts (the embedded server, the Tokio runtime).
-        pooled::smol_threads(args.threads);
-    }
-    let (client, workload) = args.mode.split();
-    let target = match &args.url {
+/// The server a bench measures against: `--url` (with its key), or one embedded here.
+fn target(args: &BenchArgs) -> Result<Target, Box<dyn std::error::Error>> {
+    Ok(match &args.url {
         Some(url) => Target {
             url: url.as_str().to_owned(),
             key: args
@@ -234,7 +226,20 @@ pub(crate) fn run(args: BenchArgs) -> CmdResult {
                 server: Some(server),
             }
         }
-    };
+    })
+}
+
+/// Runs the benchmark.
+pub(crate) fn run(args: BenchArgs) -> CmdResult {
+    if !args.sweep.is_empty() {
+        return run_sweep(args);
+    }
+    if args.runtime == RuntimeKind::Smol {
+        // Before any thread starts (the embedded server, the Tokio runtime).
+        pooled::smol_threads(args.threads);
+    }
+    let (client, workload) = args.mode.split();
+    let target = target(&args)?;
     let mut phases = Vec::new();
     if args.compare && client != ClientKind::Raw {
         phases.push(Mode::raw_twin(workload));
@@ -322,29 +327,7 @@ fn run_sweep(args: BenchArgs) -> CmdResult {
     if client != ClientKind::Pooled {
         return Err("--sweep measures the pooled client (--mode request or send) beside its raw twin".into());
     }
-    let key = "ufsock-bench-key".to_owned();
-    let target = match &args.url {
-        Some(url) => Target {
-            url: url.as_str().to_owned(),
-            key: args
-                .key
-                .as_ref()
-                .map(|key| key.expose().to_owned())
-                .ok_or("--url needs --key (or USAGEFLOW_API_KEY)")?,
-            server: None,
-        },
-        None => {
-            let server = ServerThread::spawn(ServerOptions {
-                key: Some(key.clone()),
-                ..ServerOptions::default()
-            })?;
-            Target {
-                url: server.url(),
-                key,
-                server: Some(server),
-            }
-        }
-    };
+    let target = target(&args)?;
     let rt = crate::shared::runtime(args.threads, "ufsock-bench")?;
     let phases = [
         (Mode::raw_twin(workload), RuntimeKind::Tokio),

@@ -16,7 +16,7 @@ impl Pool {
     /// (see `check_drain`).
     pub(super) fn begin_close(&mut self, now: Instant) {
         self.closing = true;
-        let messages = self.holds_messages();
+        let messages = self.live_messages() > 0;
         if self.config.close_drain.is_zero() || (!messages && self.pending.is_empty()) {
             self.finish_close(now);
             return;
@@ -64,16 +64,6 @@ impl Pool {
         self.update_availability(now);
     }
 
-    /// Whether any fire-and-forget message is still queued or awaiting confirmation.
-    pub(super) fn holds_messages(&self) -> bool {
-        !self.outbox.is_empty()
-            || !self.limbo.is_empty()
-            || self.slots.iter().any(|s| {
-                s.open_conn().is_some_and(|c| !c.flights.is_empty())
-                    || s.retiring.iter().any(|c| !c.flights.is_empty())
-            })
-    }
-
     /// During a close drain: finishes the close once nothing is left to wait for (every
     /// request completed and every message ended), once nothing can deliver any more (no
     /// connection open, dialing or due to dial), or when the key was rejected.
@@ -81,7 +71,7 @@ impl Pool {
         if self.drain_deadline.is_none() {
             return;
         }
-        let idle = self.pending.is_empty() && !self.holds_messages();
+        let idle = self.pending.is_empty() && self.live_messages() == 0;
         let stuck = self.slots.iter().all(|s| {
             !matches!(
                 s.phase,

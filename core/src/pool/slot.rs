@@ -314,7 +314,7 @@ impl Pool {
 
     fn schedule_reconnect(&mut self, slot: usize, now: Instant, retry_after: Option<Duration>) {
         // Closing: only a drain with messages to deliver dials again.
-        if self.closing && (self.drain_deadline.is_none() || !self.holds_messages()) {
+        if self.closing && (self.drain_deadline.is_none() || self.live_messages() == 0) {
             self.slots[slot].phase = Phase::Closed;
             return;
         }

@@ -603,7 +603,12 @@ impl Sim {
         self.observe(6, Call::Timeout)?;
         self.check_every_message_ended()?;
 
-        Ok(Report {
+        Ok(self.report())
+    }
+
+    /// What the run did, as of now.
+    fn report(&self) -> Report {
+        Report {
             seed: self.seed,
             steps: self.steps,
             elapsed: self.now - self.base,
@@ -611,7 +616,7 @@ impl Sim {
             stats: self.pool.stats(),
             server_requests: self.server_requests,
             server_sends: self.server_sends,
-        })
+        }
     }
 
     /// Sends `message` with `options` as the workload does, recording it for the oracle.
@@ -741,15 +746,7 @@ impl Sim {
             )));
         }
         self.check_every_message_ended()?;
-        Ok(Report {
-            seed: self.seed,
-            steps: self.steps,
-            elapsed: self.now - self.base,
-            trace_hash: self.hash.finish(),
-            stats: self.pool.stats(),
-            server_requests: self.server_requests,
-            server_sends: self.server_sends,
-        })
+        Ok(self.report())
     }
 
     // ----- the step loop -----
