@@ -108,6 +108,13 @@ impl Conn {
 
     /// Writes a ping: a barrier for everything written before it, and the keep-alive.
     pub(super) fn ping(&mut self, slot: usize, now: Instant, config: &Config) -> Output {
+        // Any ping written while the keep-alive is due is the keep-alive too.
+        if self.next_ping <= now {
+            self.next_ping += config.ping_period;
+            if self.next_ping <= now {
+                self.next_ping = now + config.ping_period;
+            }
+        }
         self.barrier.seq += 1;
         let seq = self.barrier.seq;
         let write = self.issue(now, config.write_wait);

@@ -249,19 +249,19 @@ impl Checker {
             "Ping on {conn} while ping {:?} is unanswered",
             c.unanswered
         );
-        let keep_alive = step == Step::Timeout && now >= c.next_ping;
+        // Any ping written while the keep-alive is due is the keep-alive too.
+        let keep_alive = now >= c.next_ping;
+        ensure!(
+            (keep_alive && step == Step::Timeout) || (confirm && c.since > 0),
+            5,
+            "Ping on {conn} in {step:?}: no keep-alive due ({:?} early) and no message to confirm",
+            c.next_ping.saturating_duration_since(now)
+        );
         if keep_alive {
             c.next_ping += period;
             if c.next_ping <= now {
                 c.next_ping = now + period;
             }
-        } else {
-            ensure!(
-                confirm && c.since > 0,
-                5,
-                "Ping on {conn} in {step:?}: no keep-alive due ({:?} early) and no message to confirm",
-                c.next_ping.saturating_duration_since(now)
-            );
         }
         c.ping_seq = seq;
         c.since = 0;
