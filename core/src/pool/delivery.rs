@@ -11,56 +11,12 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::outbox::Kinds;
+use super::kinds::Kinds;
+use super::message::{Flight, Message};
 use super::slot::{conn_id, Conn, Phase};
 use super::Pool;
 use crate::config::Config;
 use crate::{ConnId, DisconnectReason, DropReason, Event, MessageFate, MessageId, Output, UnconfirmedReason};
-
-/// A fire-and-forget message the pool holds: waiting in the outbox, or written and awaiting
-/// confirmation (then inside a [`Flight`]).
-#[derive(Debug)]
-pub(super) struct Message {
-    /// Its place in the send order (from 1).
-    pub(super) id: u64,
-    /// Its counters' index.
-    pub(super) kind: u16,
-    pub(super) frame: String,
-    /// The TTL, counted from the first send.
-    pub(super) expires: Instant,
-    pub(super) at_least_once: bool,
-    /// Report its end as `Output::Settled`.
-    pub(super) notify: bool,
-    /// Times written so far.
-    pub(super) writes: u32,
-}
-
-/// A message written on a connection, awaiting confirmation.
-#[derive(Debug)]
-pub(super) struct Flight {
-    pub(super) message: Message,
-    /// The connection's number of the write that carried it.
-    pub(super) write: u64,
-    pub(super) written_at: Instant,
-    /// Its frame's length (the frame of an at-most-once message is let go once flushed).
-    pub(super) bytes: u32,
-}
-
-/// A connection's ping state: every ping is a barrier.
-#[derive(Debug, Default)]
-pub(super) struct Barrier {
-    /// The sequence number of the last ping written (0: none yet).
-    pub(super) seq: u64,
-    /// The ping written and not yet answered: (sequence, write number, answer deadline).
-    pub(super) unanswered: Option<(u64, u64, Instant)>,
-    /// Messages written since the last ping, and their bytes.
-    pub(super) since: u32,
-    pub(super) since_bytes: usize,
-    /// When a barrier is due for the messages written since the last ping.
-    pub(super) due_at: Option<Instant>,
-    /// Whether any ping of this connection was answered.
-    pub(super) ever_answered: bool,
-}
 
 /// A dead connection's unflushed writes, waiting for the adapter to say which it never
 /// started ([`Input::Unwritten`](crate::Input)), until the deadline.

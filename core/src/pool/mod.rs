@@ -1,16 +1,20 @@
 //! The pool state machine: every decision of the client, no I/O.
 //!
 //! This file holds the [`Pool`] struct and its public methods, in the four families; each
-//! method is a thin entry that hands the work to the file of its behaviour:
+//! method is a thin entry that hands the work to the file of its behaviour. The files are
+//! layered: each imports only files above it in this table (and [`Pool`] from here), so no
+//! two of them import each other, directly or around a circle.
 //!
 //! | file | behaviour |
 //! | --- | --- |
+//! | `message.rs` | the messages the pool holds (waiting, or in flight on a connection) and a connection's ping state: plain data |
+//! | `kinds.rs` | the message types the application sends, each with its counters' index |
 //! | `slot.rs` | slots and their connections: dialing, dial failure, reconnection with backoff, re-arming resting slots, key rejection, losing a connection |
 //! | `select.rs` | which open connection takes the next write |
-//! | `pending.rs` | requests: sending, correlation of replies, completion (exactly once), timeouts, re-sending |
 //! | `deadlines.rs` | the pending requests' deadlines, in the order they fall due |
-//! | `outbox.rs` | fire-and-forget messages before they are written: the outbox, per-type counters, drops, expiry, handing back |
+//! | `pending.rs` | requests: sending, correlation of replies, completion (exactly once), timeouts, re-sending |
 //! | `delivery.rs` | written messages: the unconfirmed window, barrier pings and confirming pongs, at most / at least once when a connection dies |
+//! | `outbox.rs` | fire-and-forget messages before they are written: the outbox, per-type counters, drops, expiry, handing back |
 //! | `liveness.rs` | writes and flushes, write and read deadlines, keep-alive pings |
 //! | `rotation.rs` | replacing a connection that reached its maximum age |
 //! | `close.rs` | closing the pool (with its drain), and closing retiring connections gracefully |
@@ -33,7 +37,9 @@ mod close;
 mod counters;
 mod deadlines;
 mod delivery;
+mod kinds;
 mod liveness;
+mod message;
 mod outbox;
 mod pending;
 mod rotation;
@@ -43,14 +49,15 @@ mod slot;
 pub use availability::AVAILABILITY_HOLD;
 // The simulation's checker mirrors these bounds: it takes them from here, so they cannot drift.
 #[cfg(any(test, feature = "sim"))]
-pub(crate) use outbox::{MAX_TRACKED_KINDS, OTHER_KIND};
+pub(crate) use kinds::{MAX_TRACKED_KINDS, OTHER_KIND};
 #[cfg(any(test, feature = "sim"))]
 pub(crate) use pending::MAX_TIMEOUT;
 
 use counters::Counters;
 use deadlines::Deadlines;
-use delivery::{Limbo, Message};
-use outbox::Kinds;
+use delivery::Limbo;
+use kinds::Kinds;
+use message::Message;
 use pending::Pending;
 use slot::Slot;
 

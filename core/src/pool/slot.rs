@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::delivery::{Barrier, Flight};
+use super::message::{Barrier, Flight};
 use super::Pool;
 use crate::backoff::{jittered_delay, nominal_delay};
 use crate::config::Config;
