@@ -176,12 +176,14 @@ impl ClientOptionsBuilder {
 
     /// Whether to take the proxy from the environment as curl does (default false), when no
     /// explicit [`ClientOptionsBuilder::proxy`] is set: `https_proxy`/`HTTPS_PROXY` for
-    /// `wss://`, `http_proxy`/`HTTP_PROXY` for `ws://`, else `all_proxy`/`ALL_PROXY` (the
+    /// `wss://`, only lower-case `http_proxy` for `ws://` (never `HTTP_PROXY`, which a
+    /// CGI-style host sets from a request header), else `all_proxy`/`ALL_PROXY` (the
     /// lower-case name first; an empty value is unset; a value without a scheme is taken as
     /// `http://`). `no_proxy`/`NO_PROXY` exempts hosts: a comma-separated list of names
     /// (matching the name and its subdomains, with or without a leading dot), IP addresses,
-    /// CIDR ranges, each optionally with `:port`, or `*` for every host. The environment is
-    /// read once, when the client is built.
+    /// CIDR ranges, each optionally with `:port`, or `*` as the whole value for every host;
+    /// an IP host is matched only by addresses and ranges. The environment is read once,
+    /// when the client is built.
     pub fn proxy_from_env(mut self, enabled: bool) -> Self {
         self.options.proxy_from_env = enabled;
         self

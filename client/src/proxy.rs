@@ -161,8 +161,10 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 /// way curl reads it, through `lookup` (a variable's value, `None` when unset; empty values
 /// count as unset):
 ///
-/// - `https_proxy`, then `HTTPS_PROXY` for `wss://`; `http_proxy`, then `HTTP_PROXY` for
-///   `ws://`; then `all_proxy`, then `ALL_PROXY`.
+/// - `https_proxy`, then `HTTPS_PROXY` for `wss://`; only lower-case `http_proxy` for
+///   `ws://` (curl never reads `HTTP_PROXY`: a CGI-style host sets it from a request's
+///   `Proxy:` header, "httpoxy", and over plain `ws://` that proxy would see the API key);
+///   then `all_proxy`, then `ALL_PROXY`.
 /// - `no_proxy`, then `NO_PROXY`: if it matches the host ([`no_proxy_matches`]), no proxy.
 pub(crate) fn proxy_from_env(
     tls: bool,
@@ -171,13 +173,14 @@ pub(crate) fn proxy_from_env(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Option<String> {
     let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-    let scheme_vars: [&str; 2] = if tls {
-        ["https_proxy", "HTTPS_PROXY"]
+    let scheme_vars: &[&str] = if tls {
+        &["https_proxy", "HTTPS_PROXY"]
     } else {
-        ["http_proxy", "HTTP_PROXY"]
+        &["http_proxy"]
     };
     let proxy = scheme_vars
-        .into_iter()
+        .iter()
+        .copied()
         .chain(["all_proxy", "ALL_PROXY"])
         .find_map(get)?;
     let no_proxy = get("no_proxy").or_else(|| get("NO_PROXY"));
@@ -188,21 +191,23 @@ pub(crate) fn proxy_from_env(
 }
 
 /// Whether the `NO_PROXY` list `list` exempts `host:port`, as curl: entries separated by
-/// commas or white space; `*` exempts every host; a name matches itself and its subdomains
-/// (`example.com` and `.example.com` both match `example.com` and `api.example.com`, not
-/// `badexample.com`); an IP address matches itself, and `addr/bits` a CIDR range; an entry
+/// commas or white space; `*` as the whole value exempts every host (inside a list it matches
+/// nothing); a name matches itself and its subdomains (`example.com` and `.example.com` both
+/// match `example.com` and `api.example.com`, not `badexample.com`); an IP address matches
+/// itself, and `addr/bits` a CIDR range; a host that is an IP address is matched only by
+/// addresses and ranges, never by a name's tail (`0.1` does not match `10.0.0.1`); an entry
 /// with `:port` (`[v6]:port` for IPv6) matches that port only. Case and a trailing dot are
 /// ignored.
 pub(crate) fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let host_ip: Option<IpAddr> = host.parse().ok();
+    if list.trim() == "*" {
+        return true;
+    }
     list.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|e| !e.is_empty())
         .any(|entry| {
-            if entry == "*" {
-                return true;
-            }
             let (name, entry_port) = match split_host_port(entry) {
                 Some(split) => split,
                 None => return false,
@@ -216,8 +221,8 @@ pub(crate) fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
                     _ => false,
                 };
             }
-            if let (Some(ip), Ok(entry_ip)) = (host_ip, name.parse::<IpAddr>()) {
-                return ip == entry_ip;
+            if let Some(ip) = host_ip {
+                return name.parse::<IpAddr>().is_ok_and(|entry_ip| entry_ip == ip);
             }
             let name = name.trim_start_matches('.');
             let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
@@ -467,7 +472,14 @@ mod tests {
         assert_eq!(proxy_from_env(false, "h", 80, &e).as_deref(), Some("http://p:1"));
         let e = env(&[("HTTPS_PROXY", "http://S:1"), ("HTTP_PROXY", "http://P:1")]);
         assert_eq!(proxy_from_env(true, "h", 443, &e).as_deref(), Some("http://S:1"));
-        assert_eq!(proxy_from_env(false, "h", 80, &e).as_deref(), Some("http://P:1"));
+        // As curl: upper-case HTTP_PROXY is never read (a CGI host sets it from a request's
+        // `Proxy:` header, httpoxy), so a ws:// dial falls through to all_proxy or none.
+        assert_eq!(proxy_from_env(false, "h", 80, &e), None, "HTTP_PROXY is not read");
+        let e = env(&[("HTTP_PROXY", "http://P:1"), ("ALL_PROXY", "http://all:1")]);
+        assert_eq!(
+            proxy_from_env(false, "h", 80, &e).as_deref(),
+            Some("http://all:1")
+        );
         let e = env(&[
             ("https_proxy", ""),
             ("all_proxy", " http://a:1 "),
@@ -495,6 +507,16 @@ mod tests {
     fn no_proxy_rules() {
         let m = no_proxy_matches;
         assert!(m("*", "anything.example", 443));
+        assert!(m(" * ", "anything.example", 443));
+        // As curl: `*` is the whole value or nothing; inside a list it matches no host.
+        assert!(!m("foo, *", "anything.example", 443));
+        assert!(!m("*, foo", "anything.example", 443));
+        assert!(!m("*.example.com", "api.example.com", 443));
+        // A name entry never tail-matches an IP address, which is compared whole.
+        assert!(!m("0.1", "10.0.0.1", 443));
+        assert!(!m(".0.0.1", "10.0.0.1", 443));
+        assert!(!m("1", "10.0.0.1", 443));
+        assert!(!m("0.1", "::0.1", 443));
         assert!(!m("", "example.com", 443));
         assert!(m("example.com", "example.com", 443));
         assert!(m("example.com", "api.example.com", 443));
