@@ -51,6 +51,16 @@ impl Conn {
         }
     }
 
+    /// Whether, with confirmation on, the unanswered ping is past its pong deadline (the
+    /// connection dies of `PongTimeout`).
+    pub(super) fn pong_overdue(&self, config: &Config, now: Instant) -> bool {
+        config.confirm_delivery
+            && self
+                .barrier
+                .unanswered
+                .is_some_and(|(_, _, deadline)| deadline <= now)
+    }
+
     /// Whether a barrier ping is due now for the messages written since the last one.
     fn barrier_due(&self, config: &Config, now: Instant) -> bool {
         let b = &self.barrier;
@@ -182,8 +192,8 @@ impl Pool {
         let Some(conn) = self.slots[slot].conn_mut(generation) else {
             return false;
         };
-        if let Some((_, _, deadline)) = conn.barrier.unanswered {
-            if config.confirm_delivery && deadline <= now {
+        if conn.barrier.unanswered.is_some() {
+            if conn.pong_overdue(config, now) {
                 let never = !conn.barrier.ever_answered;
                 let id = conn_id(slot, generation);
                 if never && !self.pongs_missing_reported {

@@ -92,7 +92,9 @@ impl Pool {
             self.lose(now, id, DisconnectReason::WriteTimeout);
             return false;
         }
-        if conn.read_deadline <= now {
+        // A ping overdue in the same tick is the more specific diagnosis (the peer answers
+        // nothing, or with the wrong data): the barrier timer below reports it.
+        if conn.read_deadline <= now && !conn.pong_overdue(&self.config, now) {
             self.lose(now, id, DisconnectReason::ReadTimeout);
             return false;
         }

@@ -242,6 +242,39 @@ fn an_unanswered_ping_kills_the_connection_even_while_frames_arrive() {
 }
 
 #[test]
+fn a_pong_deadline_in_the_tick_of_the_read_deadline_is_reported_as_pong_timeout() {
+    let mut h = H::new(|b| b.pool_size(1).ping_period(10 * SEC).pong_wait(20 * SEC));
+    let c = h.up()[0];
+    h.at(10 * SEC);
+    assert_eq!(pings(&h.drain()).len(), 1);
+    h.input(Input::Flushed { conn: c, writes: 1 });
+    // The peer answers at once, but with the wrong payload: the read deadline moves to the
+    // instant of the pong deadline (10 s + 20 s), and both fall in one tick.
+    h.input(Input::Pong {
+        conn: c,
+        payload: b"wrong payload",
+    });
+    h.at(30 * SEC);
+    let outs = h.drain();
+    let reasons: Vec<DisconnectReason> = events(&outs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Disconnected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![DisconnectReason::PongTimeout],
+        "the more specific cause"
+    );
+    assert!(
+        events(&outs).contains(&Event::PongsMissing { conn: c }),
+        "no ping was ever answered"
+    );
+}
+
+#[test]
 fn with_confirmation_off_messages_end_written() {
     let mut h = H::new(|b| b.pool_size(1).confirm_delivery(false));
     let c = h.up()[0];

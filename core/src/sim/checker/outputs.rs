@@ -449,8 +449,11 @@ impl Checker {
         let step = &self.step;
         let ok = match reason {
             DisconnectReason::Closed(_) | DisconnectReason::WriteFailed(_) => *step == Step::Ends(conn),
+            // A pong deadline in the same tick is reported instead (the more specific cause).
             DisconnectReason::ReadTimeout => {
-                *step == Step::Timeout && c.read_deadline(self.config.pong_wait()) <= now
+                *step == Step::Timeout
+                    && c.read_deadline(self.config.pong_wait()) <= now
+                    && !(self.config.confirm_delivery() && c.unanswered.is_some_and(|(_, _, t)| t <= now))
             }
             DisconnectReason::WriteTimeout => {
                 *step == Step::Timeout && c.write_deadline.is_some_and(|t| t <= now)
