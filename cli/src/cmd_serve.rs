@@ -92,6 +92,10 @@ pub(crate) struct ServeArgs {
     /// Send a ping to every connection every MS milliseconds (0 = off).
     #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Faults")]
     ping_every_ms: u64,
+    /// Fault: send every connection, every MS milliseconds, unsolicited pongs carrying every
+    /// small counter in both byte orders (a peer guessing ping payloads; 0 = off).
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Faults")]
+    forge_pongs_every_ms: u64,
     /// Fault: accept TCP connections but never answer the upgrade.
     #[arg(long, help_heading = "Faults")]
     hang_handshake: bool,
@@ -143,6 +147,7 @@ impl ServeArgs {
             handshake_status: self.handshake_status,
             retry_after_secs: self.retry_after,
             ping_every_ms: self.ping_every_ms,
+            forge_pongs_every_ms: self.forge_pongs_every_ms,
             hang_handshakes: self.hang_handshake,
             drop_once_on: self.drop_once_on.clone(),
             push_frames: self.push,

@@ -36,7 +36,7 @@ pub(crate) enum WriteCommand {
     },
     /// Write a ping carrying this payload (the core's sequence number: its pong confirms
     /// every message written before it).
-    Ping([u8; 8]),
+    Ping([u8; 16]),
     /// Write a normal close frame (1000) after everything queued before it, then stop.
     Close,
 }

@@ -68,7 +68,7 @@ struct Core {
     conns: Vec<ConnId>,
     writes: u32,
     /// Barrier pings written and not yet answered.
-    pings: Vec<(ConnId, [u8; 8])>,
+    pings: Vec<(ConnId, [u8; 16])>,
 }
 
 impl Core {

@@ -578,7 +578,7 @@ struct Harness {
     checker: Option<Checker>,
     /// The latest ping sequence and write count per connection, for plausible pongs and
     /// unwritten reports.
-    pings: BTreeMap<ConnId, u64>,
+    pings: BTreeMap<ConnId, [u8; 16]>,
     writes: BTreeMap<ConnId, u64>,
 }
 
@@ -717,10 +717,16 @@ impl Harness {
                     }
                     OpInput::Binary(len) => Input::Binary { conn, len },
                     OpInput::Pong(pick) => {
-                        let seq = self.pings.get(&conn).copied().unwrap_or(0);
+                        let ping = self.pings.get(&conn).copied().unwrap_or_default();
+                        let seq = u64::from_be_bytes(ping[8..].try_into().expect("8 bytes"));
+                        let mut older = ping;
+                        older[8..].copy_from_slice(&seq.saturating_sub(1).to_be_bytes());
                         payload = match pick {
-                            0..=191 => seq.to_be_bytes().to_vec(),
-                            192..=223 => seq.saturating_sub(1).to_be_bytes().to_vec(),
+                            0..=191 => ping.to_vec(),
+                            192..=207 => older.to_vec(),
+                            // Guesses: the sequence alone, or after a zero token.
+                            208..=215 => seq.to_be_bytes().to_vec(),
+                            216..=223 => [[0; 8], seq.to_be_bytes()].concat(),
                             n => vec![n; usize::from(n % 10)],
                         };
                         Input::Pong {
@@ -847,7 +853,7 @@ impl Harness {
                 | Output::Ping { conn, .. }
                 | Output::Disconnect { conn, .. } => {
                     if let Output::Ping { payload, .. } = o {
-                        self.pings.insert(*conn, u64::from_be_bytes(*payload));
+                        self.pings.insert(*conn, *payload);
                     }
                     if matches!(o, Output::Transmit { .. } | Output::Ping { .. }) {
                         *self.writes.entry(*conn).or_default() += 1;

@@ -43,9 +43,12 @@ pub enum Output {
     Ping {
         /// The connection.
         conn: ConnId,
-        /// The ping's application data: the connection's ping sequence number, 8 bytes big
-        /// endian. Its pong confirms every message written before it.
-        payload: [u8; 8],
+        /// The ping's application data: the connection's random token (8 bytes, drawn from
+        /// the pool's seeded randomness when the connection opened) followed by its ping
+        /// sequence number (8 bytes big endian). Its pong, carrying exactly these bytes,
+        /// confirms every message written before it; the token makes the payload unguessable,
+        /// so an unsolicited pong (RFC 6455 allows them) or a guess confirms nothing.
+        payload: [u8; 16],
     },
     /// Stop using `conn`. Without `graceful`: drop the socket (or abandon the dial) and report
     /// nothing more about it. With `graceful`: send a normal close frame (1000) after the

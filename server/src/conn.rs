@@ -31,7 +31,7 @@ use usageflow_socket_core::messages::{
 use super::counters::Counters;
 use super::options::ReplyStyle;
 use super::pong_filter::PongFilter;
-use super::Shared;
+use super::{Shared, FORGED_PONG_MAX};
 
 /// Messages handled per wake-up before the replies are flushed anyway.
 const MAX_BATCH: usize = 256;
@@ -263,6 +263,7 @@ async fn upgrade<S>(
         dirty: false,
         closing_until: None,
         next_ping: None,
+        next_forge: None,
         read_resume_at: None,
     };
     // The connection is aborted wherever it is, even blocked on a write or frozen.
@@ -344,6 +345,8 @@ struct Conn<S> {
     closing_until: Option<Instant>,
     /// When the `ping_every_ms` fault sends its next ping.
     next_ping: Option<Instant>,
+    /// When the `forge_pongs_every_ms` fault sends its next round of forged pongs.
+    next_forge: Option<Instant>,
     /// With `read_delay_us`: reading resumes at this instant.
     read_resume_at: Option<Instant>,
 }
@@ -384,11 +387,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 0 => None,
                 ms => Some(self.next_ping.unwrap_or(now + Duration::from_millis(ms))),
             };
+            self.next_forge = match faults.forge_pongs_every_ms() {
+                0 => None,
+                ms => Some(self.next_forge.unwrap_or(now + Duration::from_millis(ms))),
+            };
             let wake = [
                 self.delayed.peek().map(|d| d.due),
                 freeze_at,
                 self.closing_until,
                 self.next_ping,
+                self.next_forge,
                 self.read_resume_at.filter(|_| read_paused),
             ]
             .into_iter()
@@ -417,7 +425,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Next::Abort => return true,
                 Next::Continue | Next::Freeze => {}
             }
-            if self.send_due().await.is_err() || self.ping_due().await.is_err() {
+            if self.send_due().await.is_err()
+                || self.ping_due().await.is_err()
+                || self.forge_due().await.is_err()
+            {
                 return false;
             }
             if self.dirty {
@@ -656,6 +667,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.next_ping = Some(now + Duration::from_millis(self.shared.faults.ping_every_ms().max(1)));
         self.ws.feed(Message::Ping(Default::default())).await?;
         Counters::add(&self.shared.counters.pings_sent);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Feeds the `forge_pongs_every_ms` fault's unsolicited pongs when they are due: every
+    /// counter `0..=FORGED_PONG_MAX` as 8 bytes big endian, then little endian.
+    async fn forge_due(&mut self) -> Result<(), WsError> {
+        let now = Instant::now();
+        if self.closing_until.is_some() || self.next_forge.is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        self.next_forge = Some(now + Duration::from_millis(self.shared.faults.forge_pongs_every_ms().max(1)));
+        for n in 0..=FORGED_PONG_MAX {
+            for payload in [n.to_be_bytes(), n.to_le_bytes()] {
+                self.ws.feed(Message::Pong(payload.to_vec().into())).await?;
+                Counters::add(&self.shared.counters.forged_pongs_sent);
+            }
+        }
         self.dirty = true;
         Ok(())
     }

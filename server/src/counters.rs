@@ -74,6 +74,7 @@ pub struct Counters {
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
     pub(crate) pings_sent: AtomicU64,
+    pub(crate) forged_pongs_sent: AtomicU64,
     pub(crate) handshakes_failed: AtomicU64,
     pub(crate) handshakes_hung: AtomicU64,
     pub(crate) open_connections: AtomicU64,
@@ -260,6 +261,11 @@ impl Counters {
     /// Pings the server sent so far (the `ping_every_ms` fault).
     pub fn pings_sent(&self) -> u64 {
         self.pings_sent.load(Relaxed)
+    }
+
+    /// Unsolicited pongs the server sent so far (the `forge_pongs_every_ms` fault).
+    pub fn forged_pongs_sent(&self) -> u64 {
+        self.forged_pongs_sent.load(Relaxed)
     }
 
     /// WebSocket connections open now.

@@ -35,6 +35,7 @@ pub struct Faults {
     handshake_status: AtomicU16,
     retry_after_secs: AtomicU64,
     ping_every_ms: AtomicU64,
+    forge_pongs_every_ms: AtomicU64,
     hang_handshakes: AtomicBool,
     /// Fast check for `drop_once_on`, so the hot path takes no lock while it is off.
     drop_once_armed: AtomicBool,
@@ -90,6 +91,7 @@ impl Faults {
             handshake_status: AtomicU16::new(0),
             retry_after_secs: AtomicU64::new(0),
             ping_every_ms: AtomicU64::new(0),
+            forge_pongs_every_ms: AtomicU64::new(0),
             hang_handshakes: AtomicBool::new(false),
             drop_once_armed: AtomicBool::new(false),
             drop_once_on: Mutex::new(None),
@@ -126,6 +128,7 @@ impl Faults {
         self.handshake_status.store(c.handshake_status, Relaxed);
         self.retry_after_secs.store(c.retry_after_secs, Relaxed);
         self.ping_every_ms.store(c.ping_every_ms, Relaxed);
+        self.forge_pongs_every_ms.store(c.forge_pongs_every_ms, Relaxed);
         self.hang_handshakes.store(c.hang_handshakes, Relaxed);
         self.set_drop_once_on(c.drop_once_on.clone());
         self.push_size.store(c.push_size, Relaxed);
@@ -163,6 +166,7 @@ impl Faults {
             handshake_status: self.handshake_status(),
             retry_after_secs: self.retry_after_secs(),
             ping_every_ms: self.ping_every_ms(),
+            forge_pongs_every_ms: self.forge_pongs_every_ms(),
             hang_handshakes: self.hang_handshakes(),
             drop_once_on: self.drop_once_on(),
             push_frames: self.push_frames(),
@@ -305,6 +309,9 @@ impl Faults {
         retry_after_secs / set_retry_after_secs: u64;
         /// Every connection gets a server ping this often, in ms (0 = off).
         ping_every_ms / set_ping_every_ms: u64;
+        /// Every connection gets unsolicited pongs with every small counter in both byte
+        /// orders this often, in ms (0 = off).
+        forge_pongs_every_ms / set_forge_pongs_every_ms: u64;
         /// Upgrades are never answered.
         hang_handshakes / set_hang_handshakes: bool;
         /// Unsolicited frames the next connection to wake pushes, once (0 = off). Set

@@ -161,6 +161,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use counters::{Counters, CountersSnapshot};
 pub use faults::Faults;
+
+/// The largest counter the `forge_pongs_every_ms` fault puts in its unsolicited pongs.
+pub const FORGED_PONG_MAX: u64 = 64;
 pub use options::{FaultConfig, ReplyData, ReplyStyle, ServerOptions, TlsOptions};
 pub use proxy::{ProxyCounters, ProxyOptions, ProxyThread};
 pub use tls::self_signed_localhost;

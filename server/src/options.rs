@@ -181,6 +181,11 @@ pub struct FaultConfig {
     /// Send a ping to every connection this often, in milliseconds (0 = off): a server that
     /// pings, as some gateways do.
     pub ping_every_ms: u64,
+    /// Send every connection, this often in milliseconds (0 = off), unsolicited pongs carrying
+    /// every small counter (0 to [`FORGED_PONG_MAX`](super::FORGED_PONG_MAX)) as 8 bytes in
+    /// both byte orders: a peer or middlebox that guesses ping payloads (RFC 6455 allows
+    /// unsolicited pongs). With `stop_reading`, none of them may confirm anything.
+    pub forge_pongs_every_ms: u64,
     /// Accept TCP connections but never answer the upgrade request.
     pub hang_handshakes: bool,
     /// One-shot: drop the TCP connection abruptly (no close frame, no reply) that receives the

@@ -1,6 +1,7 @@
 //! Delivery you can prove, over real sockets on every adapter: confirmation by ping barriers,
 //! at most once and at least once through abrupt aborts and slow reads, sends that wait for
-//! room, flush, a close that drains and hands back, and a server that stops answering pings.
+//! room, flush, a close that drains and hands back, a server that stops answering pings, and
+//! one whose unsolicited pongs guess the ping payload.
 //! Every test checks the client's accounting against the server's own count.
 
 use std::time::{Duration, Instant};
@@ -247,6 +248,41 @@ pub async fn a_server_that_stops_ponging_is_replaced<A: Adapter>() {
         "server {counted} vs {:?}",
         s.sends
     );
+    client.close().await;
+}
+
+/// (e) A pong that lies: a server that stops reading and sends unsolicited pongs carrying
+/// every small counter in both byte orders (a peer or middlebox guessing ping payloads)
+/// confirms nothing; the unanswered ping ends the connection as `PongTimeout`.
+pub async fn guessed_pongs_confirm_nothing<A: Adapter>() {
+    let server = server();
+    let client = connect::<A>(config(&server.url()).pool_size(1).confirm_after(MS(20))).await;
+    let mut sub = client.subscribe();
+    server.faults().set_stop_reading(true);
+    server.faults().set_forge_pongs_every_ms(10);
+    for n in 0..10 {
+        client.send(report(n, 10)).unwrap();
+    }
+    let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
+        matches!(e, ClientEvent::Pool(Event::Disconnected { .. }))
+    })
+    .await;
+    let forged = server.counters().forged_pongs_sent();
+    let s = client.stats();
+    assert!(forged >= 2 * 65, "{}: the fault sent {forged} pongs", A::NAME);
+    assert_eq!(
+        s.sends.confirmed,
+        0,
+        "{}: confirmed unread messages: {:?}",
+        A::NAME,
+        s.sends
+    );
+    assert_eq!(server_ff(&server), 0, "{}: the server read nothing", A::NAME);
+    let Some(ClientEvent::Pool(Event::Disconnected { reason, .. })) = event else {
+        panic!("{}: not replaced: {event:?}", A::NAME)
+    };
+    assert_eq!(reason, DisconnectReason::PongTimeout, "{}", A::NAME);
+    server.faults().clear();
     client.close().await;
 }
 

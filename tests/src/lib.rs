@@ -427,6 +427,7 @@ macro_rules! conformance {
             close_drains_when_the_server_returns,
             close_hands_back_what_it_could_not_deliver,
             a_server_that_stops_ponging_is_replaced,
+            guessed_pongs_confirm_nothing,
             a_slow_server_gets_everything_when_sends_wait_for_room,
         );
         $crate::conformance!(@proxy $adapter;

@@ -3,9 +3,11 @@
 //! written messages when their connection dies (unconfirmed, or back to the outbox), with
 //! the writes an adapter reports as never started ([`Input::Unwritten`](crate::Input)).
 //!
-//! Every ping carries the connection's next sequence number, so every ping is a barrier: its
-//! pong proves that the peer's WebSocket endpoint read every frame written before it (it
-//! reads in order and answers a ping with the ping's data). A connection keeps at most one
+//! Every ping carries the connection's random token and its next sequence number, so every
+//! ping is a barrier: its pong proves that the peer's WebSocket endpoint read every frame
+//! written before it (it reads in order and answers a ping with the ping's data). The token
+//! (from the pool's seeded randomness, so a simulation replays by seed) makes the payload
+//! unguessable: an unsolicited pong, or one carrying a counter, confirms nothing. A connection keeps at most one
 //! ping unanswered, because a peer may answer only the latest of several (RFC 6455 §5.5.3).
 
 use std::collections::VecDeque;
@@ -90,7 +92,7 @@ impl Conn {
         self.barrier.due_at = None;
         Output::Ping {
             conn: conn_id(slot, self.generation),
-            payload: seq.to_be_bytes(),
+            payload: self.barrier.payload(seq),
         }
     }
 
@@ -218,16 +220,12 @@ impl Pool {
         let Some(conn) = self.slots[slot].conn_mut(id.generation) else {
             return;
         };
-        let Ok(bytes) = <[u8; 8]>::try_from(payload) else {
-            return;
-        };
-        let seq = u64::from_be_bytes(bytes);
         let Some((expected, write, _)) = conn.barrier.unanswered else {
             return;
         };
-        // Pings are answered in order and only one is outstanding: an older sequence is a
-        // late duplicate, a newer one was never sent.
-        if seq != expected {
+        // Pings are answered in order and only one is outstanding: only its exact payload
+        // answers it (an older sequence is a late duplicate, anything else a guess).
+        if payload != conn.barrier.payload(expected) {
             return;
         }
         conn.barrier.unanswered = None;

@@ -36,6 +36,9 @@ pub(super) struct Flight {
 /// A connection's ping state: every ping is a barrier.
 #[derive(Debug, Default)]
 pub(super) struct Barrier {
+    /// The connection's random token, the first half of every ping payload: a peer that
+    /// did not read the ping cannot guess its pong.
+    pub(super) token: [u8; 8],
     /// The sequence number of the last ping written (0: none yet).
     pub(super) seq: u64,
     /// The ping written and not yet answered: (sequence, write number, answer deadline).
@@ -47,4 +50,14 @@ pub(super) struct Barrier {
     pub(super) due_at: Option<Instant>,
     /// Whether any ping of this connection was answered.
     pub(super) ever_answered: bool,
+}
+
+impl Barrier {
+    /// The payload of this connection's ping `seq`: the token, then the sequence.
+    pub(super) fn payload(&self, seq: u64) -> [u8; 16] {
+        let mut payload = [0; 16];
+        payload[..8].copy_from_slice(&self.token);
+        payload[8..].copy_from_slice(&seq.to_be_bytes());
+        payload
+    }
 }

@@ -55,7 +55,10 @@ impl Conn {
             flights: VecDeque::new(),
             window_bytes: 0,
             released: 0,
-            barrier: Barrier::default(),
+            barrier: Barrier {
+                token: rng.u64(..).to_be_bytes(),
+                ..Barrier::default()
+            },
             write_deadlines: VecDeque::new(),
             rotation_attempt: 0,
         }

@@ -94,6 +94,10 @@ pub struct Knobs {
     pub stray: f64,
     /// The server does not answer a ping.
     pub pong_suppress: f64,
+    /// Per ping, the server also sends an unsolicited pong that guesses its payload (the
+    /// sequence alone, in either byte order, or after a zero or wrong token), whether or not
+    /// it answers the ping: such a pong must confirm nothing.
+    pub guessed_pong: f64,
     /// The server closes the connection.
     pub close_mid_stream: f64,
     /// A write fails.
@@ -229,6 +233,7 @@ impl Knobs {
             binary: fault(&mut r, 0.1),
             stray: fault(&mut r, 0.1),
             pong_suppress: fault(&mut r, 0.5),
+            guessed_pong: fault(&mut r, 0.3),
             close_mid_stream: fault(&mut r, 0.05),
             write_fail: fault(&mut r, 0.03),
             write_stall: fault(&mut r, 0.03),
@@ -291,6 +296,7 @@ impl Knobs {
             binary: 0.0,
             stray: 0.0,
             pong_suppress: 0.0,
+            guessed_pong: 0.0,
             close_mid_stream: 0.0,
             write_fail: 0.0,
             write_stall: 0.0,

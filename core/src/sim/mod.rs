@@ -1082,7 +1082,7 @@ impl Sim {
         self.schedule(latency, event);
     }
 
-    fn write(&mut self, conn: ConnId, frame: Option<String>, ping: Option<[u8; 8]>) {
+    fn write(&mut self, conn: ConnId, frame: Option<String>, ping: Option<[u8; 16]>) {
         let k = self.knobs.clone();
         let sock = self.socks.entry(conn).or_default();
         sock.writes += 1;
@@ -1105,7 +1105,25 @@ impl Sim {
         self.schedule(after, Net::Flushed(conn, writes));
         match frame {
             None => {
-                let payload = ping.unwrap_or_default().to_vec();
+                let ping = ping.unwrap_or_default();
+                let payload = ping.to_vec();
+                let seq = u64::from_be_bytes(ping[8..].try_into().expect("8 bytes"));
+                // A peer or middlebox guessing the payload (RFC 6455 allows unsolicited
+                // pongs): answering or not, its pong confirms nothing.
+                if self.chance(k.guessed_pong) {
+                    let guess = match self.rng.u8(..4) {
+                        0 => seq.to_be_bytes().to_vec(),
+                        1 => seq.to_le_bytes().to_vec(),
+                        2 => [[0; 8], seq.to_be_bytes()].concat(),
+                        _ => {
+                            let mut wrong = ping;
+                            wrong[self.rng.usize(..8)] ^= 1 << self.rng.u8(..8);
+                            wrong.to_vec()
+                        }
+                    };
+                    let after = Duration::from_micros(self.rng.u64(0..=20_000));
+                    self.schedule(after, Net::Pong(conn, guess));
+                }
                 let mute = self.socks[&conn].mute;
                 if !mute && !self.chance(k.pong_suppress) {
                     // Pongs come late, sometimes very late (past the next barrier's turn).
@@ -1116,9 +1134,10 @@ impl Sim {
                     };
                     // Now and then an older pong comes again, or one nobody asked for.
                     if self.chance(k.stray) {
-                        let seq = u64::from_be_bytes(ping.unwrap_or_default()).wrapping_sub(1);
+                        let mut older = ping;
+                        older[8..].copy_from_slice(&seq.wrapping_sub(1).to_be_bytes());
                         let junk = match self.rng.u8(..3) {
-                            0 => seq.to_be_bytes().to_vec(),
+                            0 => older.to_vec(),
                             1 => Vec::new(),
                             _ => vec![7; 3],
                         };

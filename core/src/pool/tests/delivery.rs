@@ -26,7 +26,7 @@ fn transmits(outs: &[Output]) -> Vec<(ConnId, String)> {
 fn pings(outs: &[Output]) -> Vec<(ConnId, u64)> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Ping { conn, payload } => Some((*conn, u64::from_be_bytes(*payload))),
+            Output::Ping { conn, payload } => Some((*conn, ping_seq(payload))),
             _ => None,
         })
         .collect()
@@ -272,6 +272,64 @@ fn a_pong_deadline_in_the_tick_of_the_read_deadline_is_reported_as_pong_timeout(
         events(&outs).contains(&Event::PongsMissing { conn: c }),
         "no ping was ever answered"
     );
+}
+
+#[test]
+fn a_guessed_pong_confirms_nothing() {
+    let mut h = H::new(|b| b.pool_size(2).confirm_every(1));
+    h.up();
+    h.pool.send(h.now, msg(0)).unwrap();
+    let outs = h.drain();
+    let Some((conn, payload)) = outs.iter().find_map(|o| match o {
+        Output::Ping { conn, payload } => Some((*conn, *payload)),
+        _ => None,
+    }) else {
+        panic!("no barrier: {outs:?}")
+    };
+    assert_eq!(ping_seq(&payload), 1);
+    // Every small counter, as 8 bytes in both byte orders and after a zero token, and the
+    // right sequence after any other connection's token: none is this ping's payload.
+    let mut other = payload;
+    other[0] ^= 1;
+    for n in 0..=64u64 {
+        let mut zero_token = [0; 16];
+        zero_token[8..].copy_from_slice(&n.to_be_bytes());
+        for guess in [
+            &n.to_be_bytes()[..],
+            &n.to_le_bytes()[..],
+            &zero_token[..],
+            &other[..],
+        ] {
+            h.input(Input::Pong { conn, payload: guess });
+        }
+    }
+    let s = h.pool.stats();
+    assert_eq!((s.sends.confirmed, s.pongs), (0, 0), "{s:?}");
+    h.pong(conn);
+    assert_eq!(h.pool.stats().sends.confirmed, 1);
+}
+
+#[test]
+fn each_connection_has_its_own_ping_token_and_a_seed_replays_it() {
+    let tokens = || {
+        let mut h = H::new(|b| b.pool_size(2).ping_period(10 * SEC));
+        h.up();
+        h.at(10 * SEC);
+        let mut tokens: Vec<(ConnId, [u8; 8])> = h
+            .drain()
+            .iter()
+            .filter_map(|o| match o {
+                Output::Ping { conn, payload } => Some((*conn, payload[..8].try_into().unwrap())),
+                _ => None,
+            })
+            .collect();
+        tokens.sort();
+        tokens
+    };
+    let first = tokens();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_ne!(first[0].1, first[1].1, "one token per connection");
+    assert_eq!(tokens(), first, "the same seed draws the same tokens");
 }
 
 #[test]

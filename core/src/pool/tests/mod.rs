@@ -27,12 +27,19 @@ mod slot;
 
 const SEC: Duration = Duration::from_secs(1);
 
-/// The `n`th ping of connection `c`.
-fn ping(c: ConnId, n: u64) -> Output {
-    Output::Ping {
-        conn: c,
-        payload: n.to_be_bytes(),
-    }
+/// The sequence number of a ping's payload (after the connection's random token).
+fn ping_seq(payload: &[u8; 16]) -> u64 {
+    u64::from_be_bytes(payload[8..].try_into().expect("8 bytes"))
+}
+
+/// `outs`, which must all be pings, as (connection, sequence number).
+fn only_pings(outs: Vec<Output>) -> Vec<(ConnId, u64)> {
+    outs.into_iter()
+        .map(|o| match o {
+            Output::Ping { conn, payload } => (conn, ping_seq(&payload)),
+            other => panic!("expected only pings, got {other:?}"),
+        })
+        .collect()
 }
 
 struct H {

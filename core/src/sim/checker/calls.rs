@@ -292,9 +292,13 @@ impl Checker {
             }
             Input::Pong { payload, .. } => {
                 c.last_heard = now;
-                let seq = <[u8; 8]>::try_from(*payload).ok().map(u64::from_be_bytes);
+                // Only the exact payload of the unanswered ping answers it.
+                let answers = |seq: u64| {
+                    c.ping_token
+                        .is_some_and(|token| *payload == [token, seq.to_be_bytes()].concat())
+                };
                 let confirms = match c.unanswered {
-                    Some((expected, write, _)) if Some(expected) == seq => {
+                    Some((expected, write, _)) if answers(expected) => {
                         c.unanswered = None;
                         c.next_ping = c.next_ping.min(now + self.config.ping_period());
                         if self.config.confirm_delivery() {

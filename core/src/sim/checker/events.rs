@@ -274,6 +274,7 @@ impl Checker {
             flights: VecDeque::new(),
             last_ping: 0,
             ping_seq: 0,
+            ping_token: None,
             unanswered: None,
             since: 0,
             since_bytes: 0,

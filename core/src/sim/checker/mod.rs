@@ -103,8 +103,10 @@ struct ConnS {
     flights: VecDeque<(u64, u16, usize)>,
     /// Write number of the last ping (0: none yet).
     last_ping: u64,
-    /// Sequence number of the last ping (its payload).
+    /// Sequence number of the last ping (the second half of its payload).
     ping_seq: u64,
+    /// The connection's token, the first half of every ping payload (from its first ping).
+    ping_token: Option<[u8; 8]>,
     /// The ping not answered yet: (sequence, write number, answer deadline).
     unanswered: Option<(u64, u64, Instant)>,
     /// Messages (and their bytes) written since the last ping, and when a barrier falls due

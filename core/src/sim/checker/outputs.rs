@@ -220,10 +220,11 @@ impl Checker {
         Ok(())
     }
 
-    /// (5) A ping goes to a live connection with the next sequence number; with
+    /// (5) A ping goes to a live connection with its token (the same in every ping of the
+    /// connection) and the next sequence number; with
     /// confirmation on, never while another is unanswered. It is the keep-alive when one is
     /// due (in a timeout step), or else a barrier for messages written since the last ping.
-    pub(super) fn on_ping(&mut self, now: Instant, conn: ConnId, payload: [u8; 8]) -> Result<(), Violation> {
+    pub(super) fn on_ping(&mut self, now: Instant, conn: ConnId, payload: [u8; 16]) -> Result<(), Violation> {
         let period = self.config.ping_period();
         let confirm = self.config.confirm_delivery();
         let pong_wait = self.config.pong_wait();
@@ -236,7 +237,15 @@ impl Checker {
                 invariant: 5,
                 message: format!("Ping on {conn}, which is not live"),
             })?;
-        let seq = u64::from_be_bytes(payload);
+        let (token, seq) = payload.split_at(8);
+        let token: [u8; 8] = token.try_into().expect("8 bytes");
+        let seq = u64::from_be_bytes(seq.try_into().expect("8 bytes"));
+        ensure!(
+            *c.ping_token.get_or_insert(token) == token,
+            5,
+            "Ping on {conn} carries token {token:?}, its earlier pings {:?}",
+            c.ping_token
+        );
         ensure!(
             seq == c.ping_seq + 1,
             5,
