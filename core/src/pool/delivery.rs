@@ -20,12 +20,16 @@ use super::Pool;
 use crate::config::Config;
 use crate::{ConnId, DisconnectReason, DropReason, Event, MessageFate, MessageId, Output, UnconfirmedReason};
 
-/// A dead connection's unflushed writes, waiting for the adapter to say which it never
-/// started ([`Input::Unwritten`](crate::Input)), until the deadline.
+/// A dead connection's written messages while some of its writes were unflushed, waiting for
+/// the adapter to say which it never started ([`Input::Unwritten`](crate::Input)), until the
+/// deadline. The flushed ones wait too, so that none goes back ahead of an older one that
+/// never started (send order).
 #[derive(Debug)]
 pub(super) struct Limbo {
     pub(super) conn: ConnId,
     pub(super) deadline: Instant,
+    /// The connection's writes flushed when it died: these started, whatever the report.
+    pub(super) flushed: u64,
     pub(super) flights: Vec<Flight>,
 }
 
@@ -286,19 +290,28 @@ impl Pool {
 
     /// The written messages of connection `id` that just died (`flushed`: its writes
     /// flushed): flushed ones end unconfirmed (at most once) or go back to the outbox (at
-    /// least once); unflushed ones wait in limbo for the adapter's [`Input::Unwritten`](crate::Input).
+    /// least once). When some are unflushed, those and the flushed at-least-once ones wait in
+    /// limbo for the adapter's [`Input::Unwritten`](crate::Input), so that they go back in
+    /// send order.
     pub(super) fn lose_flights(&mut self, now: Instant, id: ConnId, flights: VecDeque<Flight>, flushed: u64) {
         if flights.is_empty() {
             return;
         }
-        let (done, unflushed): (Vec<Flight>, Vec<Flight>) =
-            flights.into_iter().partition(|f| f.write <= flushed);
-        self.settle_dead(now, done);
-        if !unflushed.is_empty() {
+        let (settled, waiting): (Vec<Flight>, Vec<Flight>) = if flights.iter().all(|f| f.write <= flushed) {
+            (flights.into(), Vec::new())
+        } else {
+            flights
+                .into_iter()
+                .partition(|f| f.write <= flushed && !f.message.at_least_once)
+        };
+        let back = self.settle_dead(settled);
+        self.requeue(now, back);
+        if !waiting.is_empty() {
             self.limbo.push(Limbo {
                 conn: id,
                 deadline: now + self.config.write_wait,
-                flights: unflushed,
+                flushed,
+                flights: waiting,
             });
         }
     }
@@ -312,6 +325,7 @@ impl Pool {
             return;
         };
         let limbo = self.limbo.swap_remove(i);
+        let first = first.max(limbo.flushed + 1);
         let (never, started): (Vec<Flight>, Vec<Flight>) =
             limbo.flights.into_iter().partition(|f| f.write >= first);
         let mut back = Vec::with_capacity(never.len());
@@ -323,7 +337,8 @@ impl Pool {
             flight.message.writes -= 1;
             back.push(flight.message);
         }
-        self.settle_dead(now, started);
+        // One requeue for both, so that they merge in send order.
+        back.extend(self.settle_dead(started));
         self.requeue(now, back);
     }
 
@@ -333,7 +348,8 @@ impl Pool {
         while i < self.limbo.len() {
             if self.limbo[i].deadline <= now {
                 let limbo = self.limbo.swap_remove(i);
-                self.settle_dead(now, limbo.flights);
+                let back = self.settle_dead(limbo.flights);
+                self.requeue(now, back);
             } else {
                 i += 1;
             }
@@ -341,8 +357,9 @@ impl Pool {
     }
 
     /// Flights of a dead connection that may have reached the server: unconfirmed (at most
-    /// once, or at least once with its rewrites used up) or back to the outbox.
-    fn settle_dead(&mut self, now: Instant, flights: Vec<Flight>) {
+    /// once, or at least once with its rewrites used up), or returned to go back to the outbox.
+    #[must_use]
+    fn settle_dead(&mut self, flights: Vec<Flight>) -> Vec<Message> {
         let mut back = Vec::new();
         let mut ended = vec![0u64; self.kinds.names.len() * 2];
         for flight in flights {
@@ -388,7 +405,7 @@ impl Pool {
                 }));
             }
         }
-        self.requeue(now, back);
+        back
     }
 
     /// Puts messages back into the outbox, ahead of newer ones, in their send order (the

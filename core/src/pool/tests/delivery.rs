@@ -645,6 +645,68 @@ fn requeued_messages_merge_in_send_order_and_go_out_at_once() {
     );
 }
 
+/// Issue 21 item 11: at-least-once messages that started on a dead connection must not jump
+/// ahead of never-started ones with lower ids: back in the outbox, all go out in send order.
+/// The started ones are known as such from a flush (`flushed`) or from the adapter's
+/// `Unwritten` report.
+#[test]
+fn started_messages_do_not_jump_ahead_of_never_started_older_ones() {
+    for flushed in [false, true] {
+        let mut h = H::new(|b| b.pool_size(2).confirm_every(1000).write_wait(60 * SEC));
+        let conns = h.up();
+        let closed = |h: &mut H, conn| {
+            h.input(Input::Closed {
+                conn,
+                reason: CloseReason::Eof,
+            })
+        };
+        // One connection open: 1, 2, 3 go out on it, unflushed, and it dies (limbo).
+        closed(&mut h, conns[1]);
+        for n in 1..=3 {
+            h.pool.send_with(h.now, msg(n), alo()).unwrap();
+        }
+        assert_eq!(transmits(&h.drain()).len(), 3);
+        closed(&mut h, conns[0]);
+        h.at(10 * SEC);
+        let dials = h.dials();
+        assert_eq!(dials.len(), 2, "{dials:?}");
+        // A new connection takes 4 and 5, then 1, 2, 3 once the adapter says they never
+        // started: its writes are 4, 5, 1, 2, 3.
+        h.input(Input::Connected { conn: dials[0] });
+        for n in 4..=5 {
+            h.pool.send_with(h.now, msg(n), alo()).unwrap();
+        }
+        h.drain();
+        let outs = h.input(Input::Unwritten {
+            conn: conns[0],
+            first: 1,
+        });
+        assert_eq!(transmits(&outs).len(), 3);
+        h.input(Input::Connected { conn: dials[1] });
+        // It dies having started 4 and 5 (flushed, or said so by the adapter), not 1, 2, 3.
+        if flushed {
+            h.input(Input::Flushed {
+                conn: dials[0],
+                writes: 2,
+            });
+        }
+        let mut outs = closed(&mut h, dials[0]);
+        outs.extend(h.input(Input::Unwritten {
+            conn: dials[0],
+            first: 3,
+        }));
+        let frames: Vec<String> = transmits(&outs).into_iter().map(|(_, f)| f).collect();
+        let expected: Vec<String> = (1..=5)
+            .map(|n| format!(r#"{{"type":"m","payload":{n}}}"#))
+            .collect();
+        assert_eq!(
+            frames, expected,
+            "flushed {flushed}: in send order on the other connection"
+        );
+        assert!(h.pool.stats().sends.conserved());
+    }
+}
+
 /// Found by mutation testing: `is_settled` looks at the oldest message still alive on any
 /// connection, not the newest.
 #[test]
