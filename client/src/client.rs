@@ -15,10 +15,11 @@ use usageflow_socket_core::{
 };
 
 use crate::driver::ClientEvent;
+use crate::events::EventPublisher;
 use crate::handshake::DialContext;
 use crate::live::{spawn_abortable, Live};
-use crate::shared::{drive, CloseReport, Shared, Signals};
-use crate::{events, ClientError, ClientOptions, Runtime, UsageFlowApi};
+use crate::shared::{drive, CloseReport, DirectReports, Shared, Signals};
+use crate::{ClientError, ClientOptions, Runtime, UsageFlowApi};
 
 /// A UsageFlow client on the runtime `R`: a cheap `Clone` handle on one pool of connections.
 /// When the last handle is dropped, the pool closes as by [`Client::close`], draining in the
@@ -105,13 +106,13 @@ impl<R: Runtime> Client<R> {
         let options = options.into();
         let runtime = Arc::new(runtime);
         let dial = Arc::new(DialContext::new(&options, R::USER_AGENT)?);
-        let (events, subscriber) = events::channel(&options);
+        let (events, subscriber) = EventPublisher::with_budget(options.max_unsolicited_bytes());
         let signals = Signals::new(subscriber);
         let shared = Arc::new_cyclic(|weak: &Weak<Shared<R>>| {
             let live = Live {
                 runtime: Arc::clone(&runtime),
                 dial,
-                shared: weak.clone(),
+                reports: DirectReports::new(weak.clone()),
                 events,
             };
             Shared::new(&options, live, signals)

@@ -24,11 +24,6 @@ use crate::io::{CancelOnDrop, Report, ReportSink};
 use crate::live::{Live, LiveWriter, Waiter};
 use crate::{ClientError, ClientOptions, Runtime};
 
-/// Most events the event stream holds for a subscriber; a subscriber that falls further
-/// behind loses the oldest events (and is told how many). The unsolicited frames among them
-/// are also bounded in bytes ([`ClientOptions::max_unsolicited_bytes`]).
-pub const EVENT_CAPACITY: usize = 1024;
-
 /// What the driver task tells the waiters of `connect` and `close`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct DriverState {
@@ -184,9 +179,12 @@ pub(crate) enum Turn {
     Stop,
 }
 
+/// The live effects of a client on `R`: its connection tasks report straight to its driver.
+pub(crate) type LiveOf<R> = Live<R, DirectReports<R>>;
+
 /// The driver behind its lock, and the client's signals. See the [module docs](self).
 pub(crate) struct Shared<R: Runtime> {
-    driver: Mutex<Driver<Live<R>>>,
+    driver: Mutex<Driver<LiveOf<R>>>,
     signals: Signals,
     runtime: Arc<R>,
     /// The `metrics` feature's publisher.
@@ -196,7 +194,7 @@ pub(crate) struct Shared<R: Runtime> {
 
 impl<R: Runtime> Shared<R> {
     /// Builds the pool of `options` (with its seed) over the live effects `live`.
-    pub(crate) fn new(options: &ClientOptions, live: Live<R>, signals: Signals) -> Self {
+    pub(crate) fn new(options: &ClientOptions, live: LiveOf<R>, signals: Signals) -> Self {
         let config = options.config();
         tracing::debug!(
             url = ?config.url_redacted(),
@@ -225,14 +223,14 @@ impl<R: Runtime> Shared<R> {
     /// make every later call panic too. For reading: calls that change the driver go through
     /// [`Shared::command`] or [`Shared::turn`], which hand completed outcomes to their waiters
     /// after unlocking.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<Live<R>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<LiveOf<R>>> {
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs an application command on the driver, hands the outcomes it completed to their
     /// waiters once the lock is released, then wakes the driver task if the command moved the
     /// next deadline earlier (or closed the pool).
-    pub(crate) fn command<T>(&self, f: impl FnOnce(&mut Driver<Live<R>>, Instant) -> T) -> T {
+    pub(crate) fn command<T>(&self, f: impl FnOnce(&mut Driver<LiveOf<R>>, Instant) -> T) -> T {
         self.command_with(&mut Vec::new(), f)
     }
 
@@ -241,7 +239,7 @@ impl<R: Runtime> Shared<R> {
     fn command_with<T>(
         &self,
         completed: &mut Vec<(Waiter, Outcome)>,
-        f: impl FnOnce(&mut Driver<Live<R>>, Instant) -> T,
+        f: impl FnOnce(&mut Driver<LiveOf<R>>, Instant) -> T,
     ) -> T {
         // The clock is read before the lock, to keep the lock short; a `now` a little older
         // than one another holder already gave the pool is taken as that one.
