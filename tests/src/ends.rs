@@ -128,11 +128,11 @@ pub async fn outage_drop_warnings_are_rate_limited<A: Adapter>() {
         1,
         "{}: the first refusal only: {:?}",
         A::NAME,
-        drop_lines()
+        drop_lines().first()
     );
     client.close().await;
     let lines = drop_lines();
-    assert!(lines.len() <= 3, "{}: {lines:?}", A::NAME);
+    assert!(lines.len() <= 3, "{}: {} lines", A::NAME, lines.len());
     // Every refusal is in a line: the first alone, the rest in the summary's counts.
     let outbox_full: u64 = lines
         .iter()
