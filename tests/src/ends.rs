@@ -151,6 +151,43 @@ pub async fn outage_drop_warnings_are_rate_limited<A: Adapter>() {
     assert_eq!(outbox_full, refused, "{}: {lines:?}", A::NAME);
 }
 
+/// Item 9: no line is written while the client's lock is held. A hook on the test subscriber
+/// takes the client's lock (`outbox_len`) while each of its lines is written: a line written
+/// under the lock would deadlock the sending thread (bounded here by the plain thread's wait).
+pub async fn lines_are_written_outside_the_lock<A: Adapter>() {
+    let server = server();
+    let url = server.url();
+    let client = connect::<A>(config(&url).outbox_capacity(4)).await;
+    let redacted = usageflow_socket_core::redact_url(&url);
+    let hooked = client.clone();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    on_line(
+        &redacted,
+        std::sync::Arc::new(move |_| {
+            let _ = hooked.outbox_len();
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }),
+    );
+    server.kill();
+    must_wait::<A>(SECS(5), "no open connection", || !client.is_connected()).await;
+    let sender = client.clone();
+    on_plain_thread::<A, _>(SECS(5), move || {
+        for n in 0..10 {
+            let _ = sender.send(report(n, 10));
+        }
+        // The close drain's hand-back and the drop summary are lines too.
+        smol::block_on(sender.close());
+    })
+    .await;
+    remove_line_hooks(&redacted);
+    assert!(
+        seen.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "{}",
+        A::NAME
+    );
+}
+
 /// Item 15: a receipt per message tells its end: delivered (confirmed by a pong) or how else
 /// it ended (here, handed back by a close whose drain could not deliver it).
 pub async fn receipts_tell_each_message_fate<A: Adapter>() {

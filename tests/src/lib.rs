@@ -180,6 +180,28 @@ pub fn abandoned(client: &str) -> (Vec<CapturedLine>, u64) {
     (lines, total)
 }
 
+/// Something to run on every captured line of one client, on the thread that writes it.
+pub type LineHook = std::sync::Arc<dyn Fn(&CapturedLine) + Send + Sync>;
+
+static HOOKS: std::sync::Mutex<Vec<(String, LineHook)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `hook` on every WARN or ERROR line of the client whose redacted URL is `client`, as
+/// it is written, until [`remove_line_hooks`].
+pub fn on_line(client: &str, hook: LineHook) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((client.to_owned(), hook));
+}
+
+/// Removes the hooks of `client`.
+pub fn remove_line_hooks(client: &str) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|(c, _)| c != client);
+}
+
 struct Capture;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
@@ -193,6 +215,19 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
             fields: Default::default(),
         };
         event.record(&mut line);
+        let hooks: Vec<LineHook> = match line.fields.get("client") {
+            Some(client) => HOOKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|(c, _)| c == client)
+                .map(|(_, hook)| std::sync::Arc::clone(hook))
+                .collect(),
+            None => Vec::new(),
+        };
+        for hook in hooks {
+            hook(&line);
+        }
         let mut captured = CAPTURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if captured.len() == CAPTURE_LINES {
             captured.pop_front();
@@ -539,6 +574,7 @@ macro_rules! conformance {
             waits_work_outside_the_runtime,
             huge_timeouts_saturate,
             outage_drop_warnings_are_rate_limited,
+            lines_are_written_outside_the_lock,
             receipts_tell_each_message_fate,
         );
         #[test]

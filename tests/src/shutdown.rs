@@ -389,6 +389,20 @@ pub fn runtime_dropped_with_the_client_alive<E: Ends>() {
     );
 }
 
+/// Row 2b (item 3's `#[tokio::main]` shape): the client dropped, then at once the runtime,
+/// in the middle of the close drain: the driver task is dropped, and what the client held is
+/// named as it goes.
+pub fn client_then_runtime_dropped<E: Ends>() {
+    let server = pongless_server();
+    let url = server.url();
+    let owner = E::multi_thread();
+    let runtime = E::runtime(&owner);
+    let client = E::block_on(&owner, connected_and_written(&runtime, &url));
+    drop(client);
+    drop(owner);
+    assert_eq!(account(&url, MESSAGES, 0, 0), MESSAGES, "{}", E::NAME);
+}
+
 /// Row 3: the client dropped from a plain thread while its runtime runs: the drain runs in the
 /// background, then names what it could not deliver.
 pub fn client_dropped_from_a_plain_thread<E: Ends>() {
@@ -505,6 +519,7 @@ macro_rules! shutdown_matrix {
         $crate::shutdown_matrix!(@rows $ends;
             current_thread_close,
             runtime_dropped_with_the_client_alive,
+            client_then_runtime_dropped,
             client_dropped_from_a_plain_thread,
             close_abandoned_then_dropped,
             runtime_stopped_before_the_driver_ran,
