@@ -86,11 +86,27 @@ impl Runtime for Tokio {
         })
     }
 
+    /// Tokio offers no query for its timer: creating one on a runtime built without
+    /// `enable_time()` panics, so the check creates one and catches that panic (the panic
+    /// hook still prints its message once). Under `panic = "abort"` this aborts instead, as
+    /// the driver task's first timer would.
+    fn check(&self) -> Result<(), ClientError> {
+        let _context = self.handle.enter();
+        std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).map_err(|_| {
+            ClientError::InvalidOptions(
+                "the Tokio runtime has no timers: build it with enable_time() (or enable_all())".into(),
+            )
+        })
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.handle.spawn(task);
     }
 
+    /// The timer is created in the client's runtime's context, so `flush`, `send_confirmed`
+    /// and `send_when_room` work from any thread.
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        let _context = self.handle.enter();
         tokio::time::sleep_until(deadline.into())
     }
 

@@ -8,21 +8,25 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use usageflow_socket_core::{
     redact_url, Availability, Incoming, MessageId, Outgoing, RequestOptions, SendOptions, Stats,
 };
 
 use crate::driver::ClientEvent;
+use crate::events::EventPublisher;
 use crate::handshake::DialContext;
 use crate::live::{spawn_abortable, Live};
-use crate::shared::{drive, CloseReport, Shared, Signals};
-use crate::{events, ClientError, ClientOptions, Runtime, UsageFlowApi};
+use crate::receipt::Receipt;
+use crate::shared::{deadline_after, drive, CloseReport, DirectReports, Shared, Signals};
+use crate::{ClientError, ClientOptions, Runtime, UsageFlowApi};
 
 /// A UsageFlow client on the runtime `R`: a cheap `Clone` handle on one pool of connections.
 /// When the last handle is dropped, the pool closes as by [`Client::close`], draining in the
-/// background, and logs (at WARN) what it could not deliver.
+/// background, and names what it could not deliver in one ERROR line (its counts per message
+/// type and state). If the runtime stops before that drain ends, the client's state names what
+/// it still held as it goes away. Call [`Client::close`] at shutdown to have it handed back.
 ///
 /// A clone is a new handle on the same pool that leans to the next slot: give each task its
 /// own clone, and each task's requests keep to one connection while the pool is balanced
@@ -103,15 +107,18 @@ impl<R: Runtime> Client<R> {
     /// [`Client::start`] on an explicit `runtime`.
     pub fn start_on(runtime: R, options: impl Into<ClientOptions>) -> Result<Self, ClientError> {
         let options = options.into();
+        // A runtime that cannot run the driver task (Tokio without timers) would leave a client
+        // that looks connected and never times anything out.
+        runtime.check()?;
         let runtime = Arc::new(runtime);
         let dial = Arc::new(DialContext::new(&options, R::USER_AGENT)?);
-        let (events, subscriber) = events::channel(&options);
+        let (events, subscriber) = EventPublisher::with_budget(options.max_unsolicited_bytes());
         let signals = Signals::new(subscriber);
         let shared = Arc::new_cyclic(|weak: &Weak<Shared<R>>| {
             let live = Live {
                 runtime: Arc::clone(&runtime),
                 dial,
-                shared: weak.clone(),
+                reports: DirectReports::new(weak.clone()),
                 events,
             };
             Shared::new(&options, live, signals)
@@ -177,6 +184,15 @@ impl<R: Runtime> Client<R> {
         self.shared().send(message, options)
     }
 
+    /// [`Client::send_with`], returning a [`Receipt`]: a future of this one message's end
+    /// (its id once delivered, [`ClientError::NotDelivered`] with its fate otherwise), as a
+    /// producer's delivery future. Refused at once as [`Client::send`] is. The receipt costs one
+    /// small channel per live message, freed when the message ends; dropping it changes
+    /// nothing for the message.
+    pub fn send_with_receipt(&self, message: Outgoing, options: SendOptions) -> Result<Receipt, ClientError> {
+        self.shared().send_with_receipt(message, options)
+    }
+
     /// Sends `message` and waits up to `timeout` until the server's WebSocket endpoint
     /// confirmed it (a pong for a ping written after it came back; with confirmation off,
     /// until it was written). Fails with [`ClientError::NotDelivered`] when it ended
@@ -189,8 +205,9 @@ impl<R: Runtime> Client<R> {
         options: SendOptions,
         timeout: Duration,
     ) -> Result<MessageId, ClientError> {
-        let deadline = Instant::now() + timeout;
-        self.shared().send_confirmed(message, options, deadline).await
+        self.shared()
+            .send_confirmed(message, options, deadline_after(timeout))
+            .await
     }
 
     /// [`Client::send_with`] for a producer that would rather slow down than drop: when the
@@ -203,8 +220,9 @@ impl<R: Runtime> Client<R> {
         options: SendOptions,
         timeout: Duration,
     ) -> Result<MessageId, ClientError> {
-        let deadline = Instant::now() + timeout;
-        self.shared().send_when_room(message, options, deadline).await
+        self.shared()
+            .send_when_room(message, options, deadline_after(timeout))
+            .await
     }
 
     /// Waits up to `timeout` until every message sent so far has ended (confirmed, or
@@ -212,8 +230,7 @@ impl<R: Runtime> Client<R> {
     /// nothing: for deploy hooks and hosts about to be frozen. Fails with
     /// [`ClientError::FlushTimeout`] saying how many are still queued or unconfirmed.
     pub async fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
-        let deadline = Instant::now() + timeout;
-        self.shared().flush(deadline).await
+        self.shared().flush(deadline_after(timeout)).await
     }
 
     /// Whether at least one connection is open.
@@ -260,6 +277,15 @@ impl<R: Runtime> Client<R> {
     /// Returns the final counters and the messages it could not deliver (see
     /// [`CloseReport`]). Idempotent; bounded by the drain, the core's deadlines and the
     /// write wait.
+    ///
+    /// The drain ends early when nothing can deliver any more: no connection open and no slot
+    /// due to dial (every slot used its dial attempts, or the key was rejected). Slots keep
+    /// their backoff schedule during the drain; none is re-armed by it.
+    ///
+    /// If this future is dropped before it returns (a timeout shorter than the drain), the
+    /// drain goes on in the background and what it could not deliver is named in one ERROR
+    /// line with its counts per type, since nobody can take it. When the driver task is gone
+    /// (its runtime stopped), returns at once with everything ended.
     pub async fn close(&self) -> CloseReport {
         self.shared().close().await
     }

@@ -13,18 +13,21 @@
 //! until [`Driver::poll_timeout`] and calls [`Driver::handle_timeout`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_channel::oneshot;
-use tracing::{debug, error, info, trace, warn};
+use tracing::{debug, trace};
 use usageflow_socket_core::{
-    Availability, CloseReason, ConnId, DialError, DisconnectReason, EncodedRequest, EncodedSend, Event,
-    FrameError, Incoming, Input, MessageFate, MessageId, Outcome, Output, Pool, RequestId,
+    Availability, CloseReason, ConnId, DialError, DropReason, EncodedRequest, EncodedSend, Event, FrameError,
+    Incoming, Input, MessageFate, MessageId, Outcome, Output, Pool, RequestError, RequestId,
     RequestIdBuildHasher, RequestOptions, SendOptions, SendRefusal, Stats, Undelivered,
 };
 
 use crate::io::{Report, WriteCommand};
-use crate::log_limit::{SkipLimiter, SkipLog, SkipSummary, SKIP_WARN_WINDOW};
+use crate::leftovers::{abandon, Ending, Leftovers};
+use crate::log_limit::{DropLimiter, DropLog, SkipLimiter, SkipLog, DROP_WARN_WINDOW, SKIP_WARN_WINDOW};
+use crate::logs::{LogLine, Logs};
 use crate::ClientError;
 
 /// What subscribers of a client receive.
@@ -100,10 +103,22 @@ pub(crate) struct Driver<R: Effects> {
     stopped: bool,
     /// The rate limit of skipped-frame warnings.
     skips: SkipLimiter,
-    /// Waiters of messages sent with `notify` ([`Driver::send_tracked`]), by message id.
+    /// The rate limit of dropped-message warnings.
+    drops: DropLimiter,
+    /// Log lines to write once the lock is released (see [`Driver::take_logs`]).
+    logs: Vec<LogLine>,
+    /// Waiters of messages sent with `notify` ([`Driver::send_tracked`]), by message id: at
+    /// most one per live message (each leaves when its message ends), so bounded as they are.
     settle_waiters: HashMap<u64, oneshot::Sender<MessageFate>>,
-    /// The client was dropped without `close`: log what the drain could not deliver.
-    log_undelivered: bool,
+    /// Nobody will take what the close drain could not deliver (the client was dropped, or
+    /// its `close` abandoned): name it in an ERROR line when the driver stops.
+    log_undelivered: Option<Ending>,
+    /// The driver task ended without the client closing (see [`Driver::abandon`]).
+    gone: bool,
+    /// Per slot, the HTTP proxy's refusal (4xx) of its most recent dial, if it was one.
+    proxy_refusals: Vec<Option<u16>>,
+    /// The client's URL, credentials redacted, for the lines that name a client.
+    url: Arc<str>,
 }
 
 impl<R: Effects> Driver<R> {
@@ -111,6 +126,8 @@ impl<R: Effects> Driver<R> {
     pub(crate) fn new(pool: Pool, rt: R) -> Self {
         let config = pool.config();
         let first_dials = (0..config.pool_size()).collect();
+        let proxy_refusals = vec![None; usize::from(config.pool_size())];
+        let url = Arc::from(config.url_redacted());
         Self {
             pool,
             rt,
@@ -124,8 +141,13 @@ impl<R: Effects> Driver<R> {
             settled_seen: false,
             stopped: false,
             skips: SkipLimiter::new(SKIP_WARN_WINDOW),
+            drops: DropLimiter::new(DROP_WARN_WINDOW),
+            logs: Vec::new(),
             settle_waiters: HashMap::new(),
-            log_undelivered: false,
+            log_undelivered: None,
+            gone: false,
+            proxy_refusals,
+            url,
         }
     }
 
@@ -176,7 +198,39 @@ impl<R: Effects> Driver<R> {
             self.waiters.insert(*id, waiter);
         }
         self.drain(now);
-        result.map_err(ClientError::from)
+        result.map_err(|e| self.refusal(e))
+    }
+
+    /// The error for a request the pool refused: why nothing is open, when that is known to
+    /// the driver (its task is gone, the proxy refuses every slot).
+    fn refusal(&self, e: RequestError) -> ClientError {
+        match e {
+            _ if self.gone => ClientError::DriverGone,
+            RequestError::NotConnected => match self.proxy_refusal() {
+                Some(status) => ClientError::ProxyRefused { status },
+                None => ClientError::NotConnected,
+            },
+            e => ClientError::from(e),
+        }
+    }
+
+    /// `Some(HTTP status)` while no connection is open because the HTTP proxy refused (4xx)
+    /// the most recent dial of every slot: a configuration error, not an outage. A proxy's
+    /// 5xx is an outage and never counts.
+    pub(crate) fn proxy_refusal(&self) -> Option<u16> {
+        if self.pool.is_connected() {
+            return None;
+        }
+        let mut latest = None;
+        for refusal in &self.proxy_refusals {
+            latest = Some((*refusal)?);
+        }
+        latest
+    }
+
+    /// Whether the driver task ended without the client closing: the client can do no more.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone
     }
 
     /// Sends a fire-and-forget message already encoded (outside the lock).
@@ -220,9 +274,94 @@ impl<R: Effects> Driver<R> {
         self.pool.take_undelivered()
     }
 
-    /// The client was dropped without `close`: the drain's leftovers are logged at the end.
-    pub(crate) fn log_undelivered_at_stop(&mut self) {
-        self.log_undelivered = true;
+    /// Nobody will take the close drain's leftovers (`ending` says why): they are named in an
+    /// ERROR line when the driver stops, or now if it already stopped.
+    pub(crate) fn log_undelivered_at_stop(&mut self, ending: Ending) {
+        if self.stopped {
+            self.abandon_undelivered(ending);
+        } else {
+            self.log_undelivered.get_or_insert(ending);
+        }
+    }
+
+    /// Hands what the close drain could not deliver to [`abandon`] (and its line to the logs).
+    fn abandon_undelivered(&mut self, ending: Ending) {
+        let ending = if self.gone { Ending::DriverGone } else { ending };
+        let left = Leftovers::handed_back(&self.pool.take_undelivered());
+        self.logs
+            .extend(abandon(left, ending, &self.url).map(LogLine::Abandoned));
+    }
+
+    /// The log lines decided since the last call, to write once the lock is released.
+    pub(crate) fn take_logs(&mut self) -> Logs {
+        if self.logs.is_empty() {
+            return Logs::default();
+        }
+        Logs {
+            client: Some(Arc::clone(&self.url)),
+            lines: std::mem::take(&mut self.logs),
+        }
+    }
+
+    /// The driver task ended without the client closing (its runtime stopped, dropped it before
+    /// it ran, or it panicked: a Tokio runtime without timers). Nothing will carry out the
+    /// pool's outputs or fire its deadlines any more, so the close happens now: the pool closes,
+    /// every connection is let go, and the pool's remaining deadlines (drain, linger) are
+    /// passed at once, so every message ends (handed back or unconfirmed) and every request
+    /// completes. New work is refused ([`ClientError::DriverGone`]).
+    pub(crate) fn abandon(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        self.gone = true;
+        self.pool.close(now);
+        self.drain(now);
+        let mut at = now;
+        // Each round ends a phase (the drain, then the lingering closes): a few suffice.
+        for _ in 0..16 {
+            for conn in self.closing.keys().copied().collect::<Vec<_>>() {
+                self.finish_closing(conn);
+                let reason = CloseReason::Error("the driver task is gone".into());
+                self.pool.handle_input(at, Input::Closed { conn, reason });
+            }
+            self.drain(at);
+            if self.check_stopped(at) {
+                return;
+            }
+            let Some(next) = self.pool.poll_timeout() else {
+                break;
+            };
+            at = at.max(next);
+            self.pool.handle_timeout(at);
+            self.drain(at);
+        }
+        // Not reached while the pool keeps its contract; never leave a waiter hanging anyway.
+        for (_, link) in std::mem::take(&mut self.open)
+            .into_iter()
+            .chain(std::mem::take(&mut self.closing))
+        {
+            self.abort_link(link);
+        }
+        self.check_stopped(at);
+    }
+
+    /// What the client's state still holds as it goes away (see [`crate::leftovers`]): the
+    /// lines naming every message not delivered and not handed to anybody, plus the lines not
+    /// yet written.
+    pub(crate) fn last_words(&mut self, now: Instant) -> Logs {
+        let mut left = Leftovers::live(&self.pool.stats());
+        left.merge(Leftovers::handed_back(&self.pool.take_undelivered()));
+        if let Some(summary) = self.drops.flush(now) {
+            self.logs.push(LogLine::DropSummary(summary));
+        }
+        let ending = if self.gone {
+            Ending::DriverGone
+        } else {
+            Ending::StateDropped
+        };
+        self.logs
+            .extend(abandon(left, ending, &self.url).map(LogLine::Abandoned));
+        self.take_logs()
     }
 
     /// Cancels a request whose caller went away; its waiter is dropped. Returns whether it
@@ -249,6 +388,7 @@ impl<R: Effects> Driver<R> {
             Report::Connected { conn, writer } => match self.dialing.remove(&conn) {
                 Some(task) => {
                     self.first_dials.remove(&conn.slot);
+                    self.note_dial(conn, None);
                     self.open.insert(conn, Link { task, writer });
                     self.pool.handle_input(now, Input::Connected { conn });
                 }
@@ -265,10 +405,15 @@ impl<R: Effects> Driver<R> {
             Report::Io(input) => {
                 let conn = input.conn();
                 let deliver = match input {
-                    Input::ConnectFailed { .. } => {
+                    Input::ConnectFailed { ref error, .. } => {
                         let dialing = self.dialing.remove(&conn).is_some();
                         if dialing {
                             self.first_dials.remove(&conn.slot);
+                            let refusal = match error {
+                                DialError::Proxy { status } if (400..500).contains(status) => Some(*status),
+                                _ => None,
+                            };
+                            self.note_dial(conn, refusal);
                         }
                         dialing
                     }
@@ -301,24 +446,39 @@ impl<R: Effects> Driver<R> {
         self.drain(now);
     }
 
+    /// Records how the latest dial of `conn`'s slot ended: refused by the proxy (its 4xx), or
+    /// not (`None`).
+    fn note_dial(&mut self, conn: ConnId, proxy_refusal: Option<u16>) {
+        if let Some(slot) = self.proxy_refusals.get_mut(usize::from(conn.slot)) {
+            *slot = proxy_refusal;
+        }
+    }
+
     /// Handles the passing of [`Driver::poll_timeout`] (spurious calls do nothing), and logs
-    /// the summary of the frames skipped since the last warning once its window has passed.
+    /// the summaries of the frames skipped and the messages dropped since the last warning
+    /// once their window has passed.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
         }
         self.drain(now);
         if let Some(summary) = self.skips.poll(now) {
-            log_skip_summary(&summary);
+            self.logs.push(LogLine::SkipSummary(summary));
+        }
+        if let Some(summary) = self.drops.poll(now) {
+            self.logs.push(LogLine::DropSummary(summary));
         }
     }
 
-    /// The pool's next deadline; `None` once stopped.
+    /// The next deadline (the pool's, or a drop summary's); `None` once stopped.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
         }
-        self.pool.poll_timeout()
+        match (self.pool.poll_timeout(), self.drops.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Records and returns the deadline the driver task is about to sleep until.
@@ -358,7 +518,7 @@ impl<R: Effects> Driver<R> {
     /// Stops the driver if the pool is closed and nothing is left to do: every request
     /// ended and every connection finished closing. Returns whether it is stopped; the
     /// driver task ends then.
-    pub(crate) fn check_stopped(&mut self) -> bool {
+    pub(crate) fn check_stopped(&mut self, now: Instant) -> bool {
         if self.stopped {
             return true;
         }
@@ -374,19 +534,11 @@ impl<R: Effects> Driver<R> {
         // Every request completed (pending is zero); any waiter left is dropped here.
         self.waiters.clear();
         self.settle_waiters.clear();
-        if self.log_undelivered {
-            let undelivered = self.pool.take_undelivered();
-            if !undelivered.is_empty() {
-                let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
-                for m in &undelivered {
-                    *kinds.entry(&m.kind).or_default() += 1;
-                }
-                warn!(
-                    count = undelivered.len(),
-                    ?kinds,
-                    "usageflow-socket: client dropped without close(); these messages were not delivered within the close drain and are discarded"
-                );
-            }
+        if let Some(summary) = self.drops.flush(now) {
+            self.logs.push(LogLine::DropSummary(summary));
+        }
+        if let Some(ending) = self.log_undelivered {
+            self.abandon_undelivered(ending);
         }
         self.first_dials.clear();
         self.stopped = true;
@@ -450,7 +602,10 @@ impl<R: Effects> Driver<R> {
                 Output::Event(event) => {
                     match &event {
                         Event::FrameSkipped { conn, error } => self.log_skipped(now, *conn, error),
-                        _ => log_event(&event),
+                        Event::MessageDropped { kind, reason, count } => {
+                            self.log_dropped(now, kind, *reason, *count)
+                        }
+                        _ => self.logs.push(LogLine::Event(event.clone())),
                     }
                     self.rt.publish(ClientEvent::Pool(event));
                 }
@@ -463,14 +618,27 @@ impl<R: Effects> Driver<R> {
     /// debug level and in one WARN summary per [`SKIP_WARN_WINDOW`].
     fn log_skipped(&mut self, now: Instant, conn: ConnId, error: &FrameError) {
         match self.skips.skipped(now, conn, error) {
-            SkipLog::Warn => warn!(
-                %conn,
-                %error,
-                "usageflow-socket: skipped a frame (more within {}s are summarized)",
-                SKIP_WARN_WINDOW.as_secs()
-            ),
+            SkipLog::Warn => self.logs.push(LogLine::Skipped {
+                conn,
+                error: error.clone(),
+            }),
             SkipLog::Quiet => debug!(%conn, %error, "usageflow-socket: skipped a frame"),
-            SkipLog::Summary(summary) => log_skip_summary(&summary),
+            SkipLog::Summary(summary) => self.logs.push(LogLine::SkipSummary(summary)),
+        }
+    }
+
+    /// Logs dropped messages under the rate limit: the first of a flood at WARN, the rest at
+    /// debug level and in one WARN summary (counts per type and reason) per
+    /// [`DROP_WARN_WINDOW`], and whatever is counted when the driver stops.
+    fn log_dropped(&mut self, now: Instant, kind: &str, reason: DropReason, count: u64) {
+        match self.drops.dropped(now, kind, reason, count) {
+            DropLog::Warn => self.logs.push(LogLine::Dropped {
+                kind: kind.to_owned(),
+                reason,
+                count,
+            }),
+            DropLog::Quiet => debug!(kind, %reason, count, "usageflow-socket: message not delivered"),
+            DropLog::Summary(summary) => self.logs.push(LogLine::DropSummary(summary)),
         }
     }
 
@@ -529,86 +697,6 @@ impl<R: Effects> Driver<R> {
     fn abort_link(&mut self, link: Link<R>) {
         self.rt.abort(link.task);
         self.rt.abort_writer(link.writer);
-    }
-}
-
-/// Logs the summary of the frames skipped since the last warning.
-fn log_skip_summary(summary: &SkipSummary) {
-    let SkipSummary {
-        count,
-        over,
-        conn,
-        error,
-    } = summary;
-    warn!(
-        count,
-        %conn,
-        %error,
-        "usageflow-socket: {count} frames skipped in the last {}s, last error: {error}",
-        over.as_secs()
-    );
-}
-
-/// Logs a pool event at a level that fits it. Never logs the API key (events do not hold it).
-///
-/// [`Event::FrameSkipped`] is logged at WARN each time here; the [`Driver`] does not call this
-/// for it but rate-limits its own warnings (the first of a flood, then one summary with the
-/// count every 10 s).
-pub(crate) fn log_event(event: &Event) {
-    match event {
-        Event::Connected { conn } => info!(%conn, "usageflow-socket: connected"),
-        Event::ConnectFailed { conn, error } => match error {
-            DialError::Rejected { status } if error.is_auth_rejection() => error!(
-                %conn,
-                status,
-                "usageflow-socket: the server rejected the API key; check the key (it is not logged)"
-            ),
-            DialError::Proxy { .. } => warn!(
-                %conn,
-                %error,
-                "usageflow-socket: the HTTP proxy refused the tunnel (not the server: the key was not sent)"
-            ),
-            _ => warn!(%conn, %error, "usageflow-socket: dial failed"),
-        },
-        Event::Disconnected { conn, reason } => match reason {
-            DisconnectReason::PoolClosing | DisconnectReason::Rotated => {
-                debug!(%conn, %reason, "usageflow-socket: disconnected")
-            }
-            _ => warn!(%conn, %reason, "usageflow-socket: disconnected"),
-        },
-        Event::ReconnectScheduled { slot, attempt, delay } => {
-            info!(slot, attempt, ?delay, "usageflow-socket: reconnect scheduled")
-        }
-        Event::SlotRearmed { slot, delay } => {
-            info!(slot, ?delay, "usageflow-socket: resting slot re-armed by demand")
-        }
-        Event::KeyRejected { status } => error!(
-            status,
-            "usageflow-socket: no connection is open because the server rejected the API key on every slot; check the key (it is not logged)"
-        ),
-        Event::RotationAbandoned { slot } => warn!(
-            slot,
-            "usageflow-socket: replacing an aged connection failed every attempt; it stays in service until it dies"
-        ),
-        Event::AttemptsExhausted { slot } => warn!(
-            slot,
-            "usageflow-socket: reconnect attempts exhausted; the slot rests until the next request, send or connect"
-        ),
-        Event::FrameSkipped { conn, error } => warn!(%conn, %error, "usageflow-socket: skipped a frame"),
-        Event::MessageDropped { kind, reason, count } => {
-            warn!(kind = %kind, %reason, count, "usageflow-socket: fire-and-forget message not delivered")
-        }
-        Event::ConfirmationOff => warn!(
-            "usageflow-socket: delivery confirmation is off; messages end as written, never confirmed"
-        ),
-        Event::PongsMissing { conn } => warn!(
-            %conn,
-            "usageflow-socket: the server never answered a ping, so no message can be confirmed; if it never answers pings, turn confirmation off"
-        ),
-        Event::AvailabilityChanged { availability } => {
-            info!(?availability, "usageflow-socket: availability changed")
-        }
-        other => debug!(?other, "usageflow-socket: event"),
     }
 }
 
@@ -750,7 +838,7 @@ mod tests {
         d.close(t0);
         assert!(d.needs_wake());
         assert_eq!(d.runtime().writes.last().unwrap(), &(70, WriteCommand::Close));
-        assert!(!d.check_stopped());
+        assert!(!d.check_stopped(t0));
         d.handle_report(t0, Report::CloseWritten { conn });
         d.handle_report(
             t0,
@@ -763,7 +851,7 @@ mod tests {
             }),
         );
         assert_eq!(d.runtime().aborted_writers, vec![70]);
-        assert!(d.check_stopped());
+        assert!(d.check_stopped(t0));
         assert_eq!(d.poll_timeout(), None);
         assert_eq!(d.runtime().events.last(), Some(&ClientEvent::Stopped));
     }
@@ -858,10 +946,10 @@ mod tests {
         d.handle_report(next, Report::Connected { conn, writer: 10 });
         assert!(d.is_connected());
         d.close(next);
-        assert!(!d.check_stopped());
+        assert!(!d.check_stopped(t0));
         let linger = d.poll_timeout().unwrap();
         d.handle_timeout(linger);
         assert!(d.runtime().aborted_writers.contains(&10));
-        assert!(d.check_stopped());
+        assert!(d.check_stopped(t0));
     }
 }

@@ -61,6 +61,22 @@ pub enum ClientError {
         /// The HTTP status of the latest refusal.
         status: u16,
     },
+    /// No connection is open because the HTTP proxy refused (407: credentials missing or
+    /// wrong; 403: the proxy forbids the host; any 4xx) the most recent dial of every slot:
+    /// fix the proxy settings. The key was never sent. Still *unavailable* for a fail-open
+    /// host; [`ClientError::is_proxy_refused`] tells it apart. A proxy's 5xx is an outage
+    /// ([`ClientError::NotConnected`]).
+    #[error("UsageFlow unavailable: the HTTP proxy refused the connection (HTTP {status}); check the proxy settings")]
+    ProxyRefused {
+        /// The HTTP status of the latest refusal.
+        status: u16,
+    },
+    /// The client's driver task is gone although the client was not closed: its runtime shut
+    /// down (or dropped the task before it ran), or cannot run it (a Tokio runtime without
+    /// timers). The client can do no more work; what it held was ended as by a close (handed
+    /// back to [`Client::close`](crate::Client::close), else named in an ERROR line).
+    #[error("UsageFlow unavailable: the client's driver task is gone (its runtime shut down or cannot run it); start a new client")]
+    DriverGone,
     /// The server answered with an error (`error` set, or `type` `"error"`). The whole reply
     /// is kept; [`ClientError::denial_text`] gives its text.
     #[error("denied by UsageFlow: {}", .0.denial_text())]
@@ -104,6 +120,8 @@ impl ClientError {
             ClientError::InvalidReply { .. } | ClientError::InvalidOptions(_) => ErrorClass::Invalid,
             ClientError::NotConnected
             | ClientError::Rejected { .. }
+            | ClientError::ProxyRefused { .. }
+            | ClientError::DriverGone
             | ClientError::Timeout
             | ClientError::ConnectionLost(_)
             | ClientError::Closed
@@ -125,6 +143,12 @@ impl ClientError {
     /// recent dial was answered 401 or 403 (a configuration error, not an outage).
     pub fn is_rejected(&self) -> bool {
         matches!(self, ClientError::Rejected { .. })
+    }
+
+    /// Whether the HTTP proxy refused every slot's most recent dial (a configuration error,
+    /// not an outage).
+    pub fn is_proxy_refused(&self) -> bool {
+        matches!(self, ClientError::ProxyRefused { .. })
     }
 
     /// Whether the server answered with a denial.
@@ -219,6 +243,12 @@ mod tests {
         assert!(ClientError::ConnectionLost(DisconnectReason::Closed(CloseReason::Eof)).is_unavailable());
         assert!(ClientError::Closed.is_unavailable());
         assert!(ClientError::Backpressure { max_in_flight: 3 }.is_unavailable());
+        let proxy = ClientError::ProxyRefused { status: 407 };
+        assert!(proxy.is_unavailable() && proxy.is_proxy_refused() && !proxy.is_rejected());
+        assert!(proxy
+            .to_string()
+            .contains("proxy refused the connection (HTTP 407)"));
+        assert!(ClientError::DriverGone.is_unavailable() && !ClientError::DriverGone.is_proxy_refused());
         assert!(ClientError::OutboxFull(Outgoing::new("x", Value::Null)).is_unavailable());
         let denied = ClientError::Denied(Box::new(reply("error", Some("limit reached"))));
         assert!(denied.is_denied() && !denied.is_unavailable());

@@ -22,19 +22,19 @@ use std::fmt;
 
 use async_broadcast::{InactiveReceiver, Receiver, Sender};
 
-use crate::shared::EVENT_CAPACITY;
-use crate::{ClientEvent, ClientOptions};
+use crate::ClientEvent;
+
+/// Most events the event stream holds for a subscriber; a subscriber that falls further
+/// behind loses the oldest events (and is told how many). The unsolicited frames among them
+/// are also bounded in bytes ([`ClientOptions::max_unsolicited_bytes`]).
+///
+/// [`ClientOptions::max_unsolicited_bytes`]: crate::ClientOptions::max_unsolicited_bytes
+pub const EVENT_CAPACITY: usize = 1024;
 
 /// The default of [`ClientOptions::max_unsolicited_bytes`]: 4 MiB.
 ///
 /// [`ClientOptions::max_unsolicited_bytes`]: crate::ClientOptions::max_unsolicited_bytes
 pub const DEFAULT_MAX_UNSOLICITED_BYTES: usize = 4 << 20;
-
-/// The event channel of a client with `options`: the publisher (for the driver's runtime) and
-/// the subscriber (for `Client::subscribe`).
-pub(crate) fn channel(options: &ClientOptions) -> (EventPublisher, EventSubscriber) {
-    EventPublisher::with_budget(options.max_unsolicited_bytes())
-}
 
 /// The sending end of the event channel, owned by the driver's runtime. See the
 /// [module docs](self).
@@ -53,7 +53,8 @@ pub(crate) struct EventPublisher {
 }
 
 impl EventPublisher {
-    /// A channel whose unsolicited frames hold at most `budget` bytes (plus one frame).
+    /// A channel whose unsolicited frames hold at most `budget` bytes (plus one frame): the
+    /// publisher (for the driver's runtime) and the subscriber (for `Client::subscribe`).
     pub(crate) fn with_budget(budget: usize) -> (Self, EventSubscriber) {
         let (mut sender, receiver) = async_broadcast::broadcast(EVENT_CAPACITY);
         // A subscriber that falls behind loses the oldest events (and is told how many).

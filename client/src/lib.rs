@@ -105,12 +105,15 @@ mod error;
 mod events;
 mod handshake;
 mod io;
+mod leftovers;
 mod live;
 mod log_limit;
+mod logs;
 #[cfg(feature = "metrics")]
 mod metrics_bridge;
 mod options;
 mod proxy;
+mod receipt;
 mod runtime;
 mod shared;
 
@@ -118,10 +121,11 @@ pub use api::{decode_reply, UsageFlowApi};
 pub use client::{Client, RecvError, Subscription, TryRecvError};
 pub use driver::ClientEvent;
 pub use error::{ClientError, ErrorClass};
-pub use events::DEFAULT_MAX_UNSOLICITED_BYTES;
+pub use events::{DEFAULT_MAX_UNSOLICITED_BYTES, EVENT_CAPACITY};
 pub use options::{ClientOptions, ClientOptionsBuilder};
+pub use receipt::Receipt;
 pub use runtime::Runtime;
-pub use shared::{CloseReport, EVENT_CAPACITY};
+pub use shared::CloseReport;
 pub use usageflow_socket_core::{
     messages, ApiKey, Availability, CloseReason, Config, ConfigBuilder, ConfigError, ConnId, Delivery,
     DialError, DisconnectReason, DropReason, Event, FrameError, Incoming, LatencySummary, MessageFate,

@@ -1,9 +1,12 @@
 //! [`Live`]: the driver's [`Effects`] on a real [`Runtime`] — connection tasks spawned on it
 //! (aborted through `futures` [`AbortHandle`]s), writers fed through `async-channel`, waiters
 //! completed through `futures-channel` oneshots, events published on the event stream.
+//!
+//! The connection tasks' reports go to a [`ReportSink`] given to [`Live`] (the client's
+//! shared state, one module up): this module knows nothing of what lies above it.
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use futures_channel::oneshot;
 use futures_util::future::{AbortHandle, Abortable};
@@ -12,8 +15,7 @@ use usageflow_socket_core::{ConnId, Outcome};
 use crate::driver::{ClientEvent, Effects};
 use crate::events::EventPublisher;
 use crate::handshake::{DialContext, MaybeTls};
-use crate::io::{run_connection, run_writer, FlushedWrites, WriteCommand, WriteQueue};
-use crate::shared::{DirectReports, Shared};
+use crate::io::{run_connection, run_writer, FlushedWrites, ReportSink, WriteCommand, WriteQueue};
 use crate::Runtime;
 
 /// The sending half of a request's oneshot channel.
@@ -30,11 +32,12 @@ pub(crate) struct LiveWriter {
     progress: FlushedWrites,
 }
 
-/// The driver's effects on the runtime `R`.
-pub(crate) struct Live<R: Runtime> {
+/// The driver's effects on the runtime `R`; connection tasks report to (clones of) `S`.
+pub(crate) struct Live<R: Runtime, S> {
     pub(crate) runtime: Arc<R>,
     pub(crate) dial: Arc<DialContext>,
-    pub(crate) shared: Weak<Shared<R>>,
+    /// Where every connection task (and its writer) sends its reports.
+    pub(crate) reports: S,
     pub(crate) events: EventPublisher,
 }
 
@@ -63,7 +66,7 @@ impl WriteQueue for Queue {
     }
 }
 
-impl<R: Runtime> Effects for Live<R> {
+impl<R: Runtime, S: ReportSink<LiveWriter> + Clone + 'static> Effects for Live<R, S> {
     type Waiter = Waiter;
     type Task = AbortHandle;
     type Writer = LiveWriter;
@@ -71,7 +74,7 @@ impl<R: Runtime> Effects for Live<R> {
     fn dial(&mut self, conn: ConnId) -> AbortHandle {
         let ctx = Arc::clone(&self.dial);
         let runtime = Arc::clone(&self.runtime);
-        let reports = DirectReports::new(Weak::clone(&self.shared));
+        let reports = self.reports.clone();
         spawn_abortable(&*self.runtime, async move {
             let writer_reports = reports.clone();
             let yields = runtime.writer_yields();

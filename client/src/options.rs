@@ -149,7 +149,7 @@ impl ClientOptionsBuilder {
     ///
     /// Before a frame would take the held bytes over `bytes`, the oldest events are dropped,
     /// and a subscriber that missed any is told how many on its next receive (as when it falls
-    /// more than [`crate::shared::EVENT_CAPACITY`] events behind). So a subscriber that stops
+    /// more than [`crate::EVENT_CAPACITY`] events behind). So a subscriber that stops
     /// reading makes the client hold at most `bytes` plus one frame (at most the configured
     /// `max_frame_size`), however large the frames; `0` keeps only the newest frame.
     pub fn max_unsolicited_bytes(mut self, bytes: usize) -> Self {

@@ -75,6 +75,13 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// runtime); `Client::start_on` takes an explicit runtime instead.
     fn current() -> Result<Self, ClientError>;
 
+    /// Whether this runtime can run a client, checked when a client starts: an error here
+    /// fails `Client::start` and `Client::connect` (Tokio: a runtime built without timers,
+    /// which would kill the driver task). The default accepts.
+    fn check(&self) -> Result<(), ClientError> {
+        Ok(())
+    }
+
     /// Runs `task` to completion in the background (detached: the client never joins it). The
     /// client spawns one driver task, and per connection a dial-then-read task and a writer
     /// task. It cancels them itself (they are wrapped in `futures` `Abortable`s and end at
@@ -83,7 +90,10 @@ pub trait Runtime: Send + Sync + Sized + 'static {
 
     /// A future that completes at `deadline` (at once if it passed): the driver task's one
     /// timer, which fires every deadline of the core (handshake, write, read, request,
-    /// backoff, ping). Created anew only when the next deadline moves.
+    /// backoff, ping). Created anew only when the next deadline moves. Also called from the
+    /// caller's context for the waits of `flush`, `send_confirmed` and `send_when_room`,
+    /// possibly outside the runtime (a plain thread): create the timer in the runtime's own
+    /// context. `deadline` may be decades away (a `Duration::MAX` timeout saturates).
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static;
 
     /// Opens a TCP connection to `host:port` (a name to resolve, or an IP address, IPv6

@@ -10,24 +10,32 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use usageflow_socket_core::{
     Availability, EncodedRequest, EncodedSend, Incoming, MessageId, Outcome, Outgoing, Pool, RequestOptions,
-    SendError, SendOptions, Stats, Undelivered,
+    SendError, SendOptions, SendRefusal, Stats, Undelivered,
 };
 
 use crate::driver::Driver;
 use crate::events::EventSubscriber;
 use crate::io::{CancelOnDrop, Report, ReportSink};
+use crate::leftovers::Ending;
 use crate::live::{Live, LiveWriter, Waiter};
+
+use crate::receipt::Receipt;
 use crate::{ClientError, ClientOptions, Runtime};
 
-/// Most events the event stream holds for a subscriber; a subscriber that falls further
-/// behind loses the oldest events (and is told how many). The unsolicited frames among them
-/// are also bounded in bytes ([`ClientOptions::max_unsolicited_bytes`]).
-pub const EVENT_CAPACITY: usize = 1024;
+/// The instant `timeout` from now, saturated: a huge timeout (`Duration::MAX`) means about
+/// thirty years, never an overflow.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(timeout.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(now)
+}
 
 /// What the driver task tells the waiters of `connect` and `close`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,9 +192,12 @@ pub(crate) enum Turn {
     Stop,
 }
 
+/// The live effects of a client on `R`: its connection tasks report straight to its driver.
+pub(crate) type LiveOf<R> = Live<R, DirectReports<R>>;
+
 /// The driver behind its lock, and the client's signals. See the [module docs](self).
 pub(crate) struct Shared<R: Runtime> {
-    driver: Mutex<Driver<Live<R>>>,
+    driver: Mutex<Driver<LiveOf<R>>>,
     signals: Signals,
     runtime: Arc<R>,
     /// The `metrics` feature's publisher.
@@ -196,7 +207,7 @@ pub(crate) struct Shared<R: Runtime> {
 
 impl<R: Runtime> Shared<R> {
     /// Builds the pool of `options` (with its seed) over the live effects `live`.
-    pub(crate) fn new(options: &ClientOptions, live: Live<R>, signals: Signals) -> Self {
+    pub(crate) fn new(options: &ClientOptions, live: LiveOf<R>, signals: Signals) -> Self {
         let config = options.config();
         tracing::debug!(
             url = ?config.url_redacted(),
@@ -225,14 +236,14 @@ impl<R: Runtime> Shared<R> {
     /// make every later call panic too. For reading: calls that change the driver go through
     /// [`Shared::command`] or [`Shared::turn`], which hand completed outcomes to their waiters
     /// after unlocking.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<Live<R>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<LiveOf<R>>> {
         self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs an application command on the driver, hands the outcomes it completed to their
     /// waiters once the lock is released, then wakes the driver task if the command moved the
     /// next deadline earlier (or closed the pool).
-    pub(crate) fn command<T>(&self, f: impl FnOnce(&mut Driver<Live<R>>, Instant) -> T) -> T {
+    pub(crate) fn command<T>(&self, f: impl FnOnce(&mut Driver<LiveOf<R>>, Instant) -> T) -> T {
         self.command_with(&mut Vec::new(), f)
     }
 
@@ -241,18 +252,19 @@ impl<R: Runtime> Shared<R> {
     fn command_with<T>(
         &self,
         completed: &mut Vec<(Waiter, Outcome)>,
-        f: impl FnOnce(&mut Driver<Live<R>>, Instant) -> T,
+        f: impl FnOnce(&mut Driver<LiveOf<R>>, Instant) -> T,
     ) -> T {
         // The clock is read before the lock, to keep the lock short; a `now` a little older
         // than one another holder already gave the pool is taken as that one.
         let now = Instant::now();
-        let (result, wake) = {
+        let (result, wake, logs) = {
             let mut driver = self.lock();
             let result = f(&mut driver, now);
             driver.swap_completed(completed);
-            (result, driver.needs_wake())
+            (result, driver.needs_wake(), driver.take_logs())
         };
         complete_all(completed.drain(..));
+        logs.write();
         if wake {
             self.signals.wake();
         }
@@ -263,19 +275,21 @@ impl<R: Runtime> Shared<R> {
     /// The driver task's turn: handles a passed deadline (trusting the clock, not the sleep),
     /// stops the driver if everything is done, publishes its state, and arms the next deadline.
     pub(crate) fn turn(&self) -> Turn {
-        let (state, deadline, completed) = {
+        let (state, deadline, completed, logs) = {
             let mut driver = self.lock();
             let now = Instant::now();
             if driver.poll_timeout().is_some_and(|t| t <= now) {
                 driver.handle_timeout(now);
             }
-            let stopped = driver.check_stopped();
+            let stopped = driver.check_stopped(now);
             let settled = driver.first_dials_settled();
             let mut completed = Vec::new();
             driver.swap_completed(&mut completed);
-            (DriverState { settled, stopped }, driver.arm(), completed)
+            let logs = driver.take_logs();
+            (DriverState { settled, stopped }, driver.arm(), completed, logs)
         };
         complete_all(completed);
+        logs.write();
         self.signals.progressed();
         self.signals.publish(state);
         if state.stopped {
@@ -321,15 +335,27 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Waits until every first dial settled, as [`Shared::settled`]; when every one of them
-    /// was refused because of the API key (401/403), closes the pool (the caller gets no
-    /// handle, so nothing may keep running) and fails with [`ClientError::Rejected`].
+    /// was refused because of the API key (401/403) or by the HTTP proxy (4xx), closes the
+    /// pool (the caller gets no handle, so nothing may keep running) and fails with
+    /// [`ClientError::Rejected`] or [`ClientError::ProxyRefused`]; fails with
+    /// [`ClientError::DriverGone`] when the driver task ended first (its runtime stopped).
     pub(crate) async fn settled_or_rejected(&self) -> Result<(), ClientError> {
         self.settled().await;
-        let rejection = self.lock().pool().rejection();
-        match rejection {
-            Some(status) => {
+        let refusal = {
+            let driver = self.lock();
+            if driver.is_gone() {
+                return Err(ClientError::DriverGone);
+            }
+            match (driver.pool().rejection(), driver.proxy_refusal()) {
+                (Some(status), _) => Some(ClientError::Rejected { status }),
+                (None, Some(status)) => Some(ClientError::ProxyRefused { status }),
+                (None, None) => None,
+            }
+        };
+        match refusal {
+            Some(error) => {
                 self.close().await;
-                Err(ClientError::Rejected { status })
+                Err(error)
             }
             None => Ok(()),
         }
@@ -383,8 +409,24 @@ impl<R: Runtime> Shared<R> {
     pub(crate) fn send(&self, message: Outgoing, options: SendOptions) -> Result<MessageId, ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
         let encoded = EncodedSend::new(&message);
-        let result = self.command(|driver, now| driver.send(now, encoded, options));
-        result.map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
+        let result = self.command(|driver, now| gone_or(driver.send(now, encoded, options), driver));
+        result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))
+    }
+
+    /// Sends a message whose end the returned [`Receipt`] resolves to.
+    pub(crate) fn send_with_receipt(
+        &self,
+        message: Outgoing,
+        options: SendOptions,
+    ) -> Result<Receipt, ClientError> {
+        let (waiter, fate) = oneshot::channel();
+        let encoded = EncodedSend::new(&message);
+        let result =
+            self.command(|driver, now| gone_or(driver.send_tracked(now, encoded, options, waiter), driver));
+        match result {
+            Ok(id) => Ok(Receipt::new(id, fate)),
+            Err((refusal, gone)) => Err(send_refused(refusal, message, gone)),
+        }
     }
 
     /// Sends a message and waits (until `deadline`) for its end: `Ok` once confirmed (or
@@ -395,18 +437,11 @@ impl<R: Runtime> Shared<R> {
         options: SendOptions,
         deadline: Instant,
     ) -> Result<MessageId, ClientError> {
-        let (waiter, fate) = oneshot::channel();
-        let encoded = EncodedSend::new(&message);
-        let id = self
-            .command(|driver, now| driver.send_tracked(now, encoded, options, waiter))
-            .map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))?;
-        let runtime = Arc::clone(&self.runtime);
-        let timer = runtime.sleep_until(deadline);
-        match futures_util::future::select(fate, pin!(timer)).await {
-            futures_util::future::Either::Left((Ok(fate), _)) if fate.is_delivered() => Ok(id),
-            futures_util::future::Either::Left((Ok(fate), _)) => Err(ClientError::NotDelivered(fate)),
-            // The driver stopped before the message ended.
-            futures_util::future::Either::Left((Err(_), _)) => Err(ClientError::Closed),
+        let receipt = self.send_with_receipt(message, options)?;
+        let id = receipt.id();
+        let timer = self.runtime.sleep_until(deadline);
+        match futures_util::future::select(receipt, pin!(timer)).await {
+            futures_util::future::Either::Left((result, _)) => result,
             futures_util::future::Either::Right(_) => Err(ClientError::NotYetConfirmed { id }),
         }
     }
@@ -423,21 +458,20 @@ impl<R: Runtime> Shared<R> {
             // Only a send with room counts as one: waiting is not dropping.
             let encoded = EncodedSend::new(&message);
             let sent = self.command(|driver, now| {
-                driver
-                    .pool()
-                    .has_room()
-                    .then(|| driver.send(now, encoded, options))
+                (driver.pool().has_room() || driver.is_stopped())
+                    .then(|| gone_or(driver.send(now, encoded, options), driver))
             });
             match sent {
                 Some(Ok(id)) => return Ok(id),
-                Some(Err(refusal)) => {
-                    return Err(ClientError::from(SendError::from_refusal(refusal, message)))
-                }
+                Some(Err((refusal, gone))) => return Err(send_refused(refusal, message, gone)),
                 None => {}
             }
             let room = self
                 .signals
-                .watch(&*self.runtime, deadline, || self.lock().pool().has_room())
+                .watch(&*self.runtime, deadline, || {
+                    let driver = self.lock();
+                    driver.pool().has_room() || driver.is_stopped()
+                })
                 .await;
             if !room {
                 // One last try: the room may have come with the deadline.
@@ -450,15 +484,21 @@ impl<R: Runtime> Shared<R> {
     /// barriers at once.
     pub(crate) async fn flush(&self, deadline: Instant) -> Result<(), ClientError> {
         let mark = self.command(|driver, now| driver.flush(now));
-        let settled = self
-            .signals
-            .watch(&*self.runtime, deadline, || self.lock().pool().is_settled(mark))
+        // A driver that stopped settles nothing more: its end (a close or its task gone) ended
+        // every message.
+        self.signals
+            .watch(&*self.runtime, deadline, || {
+                let driver = self.lock();
+                driver.pool().is_settled(mark) || driver.is_stopped()
+            })
             .await;
-        if settled {
-            Ok(())
-        } else {
-            let remaining = self.lock().pool().live_messages();
-            Err(ClientError::FlushTimeout { remaining })
+        let driver = self.lock();
+        if driver.is_gone() {
+            return Err(ClientError::DriverGone);
+        }
+        match driver.pool().live_messages() {
+            _ if driver.pool().is_settled(mark) => Ok(()),
+            remaining => Err(ClientError::FlushTimeout { remaining }),
         }
     }
 
@@ -502,10 +542,15 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Closes the pool and waits until the driver stopped; hands back the final counters
-    /// and what the drain could not deliver.
+    /// and what the drain could not deliver. If this future is dropped first, nobody will
+    /// take the hand-back: it is named in an ERROR line when the drain ends.
     pub(crate) async fn close(&self) -> CloseReport {
         self.close_now();
+        let abandoned = CancelOnDrop::new(|| {
+            self.command(|driver, _| driver.log_undelivered_at_stop(Ending::CloseAbandoned));
+        });
         self.signals.wait_for(|s| s.stopped).await;
+        abandoned.disarm();
         // The final counters (the driver task publishes them too, maybe not yet).
         #[cfg(feature = "metrics")]
         self.publish_metrics(true);
@@ -520,10 +565,61 @@ impl<R: Runtime> Shared<R> {
     /// what could not be delivered.
     pub(crate) fn close_dropped(&self) {
         self.command(|driver, now| {
-            driver.log_undelivered_at_stop();
+            driver.log_undelivered_at_stop(Ending::Dropped);
             driver.close(now);
         });
     }
+
+    /// The driver task ended (however: done, dropped by its runtime, panicked). If the client
+    /// was not done, nothing will drive it any more: it is ended now ([`Driver::abandon`]).
+    /// Then `connect`, `close` and every watcher are told.
+    fn driver_exited(&self) {
+        let (completed, logs) = {
+            let mut driver = self.lock();
+            if !driver.is_stopped() {
+                driver.abandon(Instant::now());
+            }
+            let mut completed = Vec::new();
+            driver.swap_completed(&mut completed);
+            (completed, driver.take_logs())
+        };
+        complete_all(completed);
+        logs.write();
+        self.signals.publish(DriverState {
+            settled: true,
+            stopped: true,
+        });
+        self.signals.progressed();
+    }
+}
+
+impl<R: Runtime> Drop for Shared<R> {
+    /// The last place that can see what the client could not deliver, however it ended (its
+    /// runtime stopped mid-drain, its driver task never ran): names it in one ERROR line
+    /// (see [`crate::leftovers`]) and publishes the final metrics.
+    fn drop(&mut self) {
+        let driver = self.driver.get_mut().unwrap_or_else(PoisonError::into_inner);
+        driver.last_words(Instant::now()).write();
+        #[cfg(feature = "metrics")]
+        {
+            let snapshot = (driver.stats(), driver.availability());
+            self.metrics.publish_with(true, || snapshot);
+        }
+    }
+}
+
+/// `result`, with whether the driver is gone beside a refusal.
+fn gone_or<R: Runtime, T, E>(result: Result<T, E>, driver: &Driver<LiveOf<R>>) -> Result<T, (E, bool)> {
+    result.map_err(|e| (e, driver.is_gone()))
+}
+
+/// The error for a refused send: [`ClientError::DriverGone`] when the driver task is gone
+/// (the pool, closed then, counted it as refused), else the refusal's own.
+fn send_refused(refusal: SendRefusal, message: Outgoing, gone: bool) -> ClientError {
+    if gone {
+        return ClientError::DriverGone;
+    }
+    ClientError::from(SendError::from_refusal(refusal, message))
 }
 
 /// Hands outcomes to their waiters (without the driver's lock).
@@ -587,10 +683,7 @@ pub(crate) struct StopOnExit<R: Runtime>(pub(crate) Arc<Shared<R>>);
 
 impl<R: Runtime> Drop for StopOnExit<R> {
     fn drop(&mut self) {
-        self.0.signals.publish(DriverState {
-            settled: true,
-            stopped: true,
-        });
+        self.0.driver_exited();
     }
 }
 
@@ -598,8 +691,19 @@ impl<R: Runtime> Drop for StopOnExit<R> {
 /// when the deadline moves) or a wake-up, and handles timeouts; ends when the client is closed
 /// and everything finished. Connection tasks feed their reports directly ([`DirectReports`]),
 /// so this task is off the request path.
-pub(crate) async fn drive<R: Runtime>(shared: Arc<Shared<R>>, runtime: Arc<R>) {
-    let _stop = StopOnExit(Arc::clone(&shared));
+///
+/// The task's stop guard exists before its first poll, so a task its runtime drops without
+/// ever running it (a runtime shutting down, a handle to a stopped one) still ends the client
+/// and wakes `connect` and `close`.
+pub(crate) fn drive<R: Runtime>(shared: Arc<Shared<R>>, runtime: Arc<R>) -> impl Future<Output = ()> + Send {
+    let stop = StopOnExit(Arc::clone(&shared));
+    async move {
+        let _stop = stop;
+        drive_until_stopped(shared, runtime).await;
+    }
+}
+
+async fn drive_until_stopped<R: Runtime>(shared: Arc<Shared<R>>, runtime: Arc<R>) {
     let mut sleep = pin!(None);
     let mut armed: Option<Instant> = None;
     loop {

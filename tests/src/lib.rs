@@ -18,8 +18,10 @@
 
 pub mod bodies;
 pub mod delivery;
+pub mod ends;
 pub mod proxy;
 pub mod resilience;
+pub mod shutdown;
 mod smol_adapter;
 mod tokio_adapter;
 
@@ -114,11 +116,143 @@ pub fn run_within<A: Adapter, F: Future<Output = ()>>(name: &str, limit: Duratio
     eprintln!("{}::{name} passed in {:?}", A::NAME, started.elapsed());
 }
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()))
+/// Installs the process's subscriber once: the test writer (filtered by `RUST_LOG`, off by
+/// default) and the [`captured`] lines (WARN and ERROR of the client, always).
+pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter =
+        tracing_subscriber::EnvFilter::new(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(filter),
+        )
+        .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
         .try_init();
+}
+
+/// Most lines [`captured`] keeps (the oldest go first).
+const CAPTURE_LINES: usize = 20_000;
+
+static CAPTURED: std::sync::Mutex<std::collections::VecDeque<CapturedLine>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// A WARN or ERROR line of the client, as the test subscriber saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedLine {
+    /// `ERROR` or `WARN`.
+    pub level: String,
+    /// The message.
+    pub message: String,
+    /// Every other field, by name, as displayed.
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl CapturedLine {
+    /// A field parsed as a number.
+    pub fn number(&self, field: &str) -> Option<u64> {
+        self.fields.get(field)?.parse().ok()
+    }
+}
+
+/// The captured WARN and ERROR lines of the client whose redacted URL is `client`
+/// (their `client` field), oldest first.
+pub fn captured(client: &str) -> Vec<CapturedLine> {
+    CAPTURED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .filter(|l| l.fields.get("client").map(String::as_str) == Some(client))
+        .cloned()
+        .collect()
+}
+
+/// The ERROR lines of `client` that name messages not delivered, and the sum of their counts.
+pub fn abandoned(client: &str) -> (Vec<CapturedLine>, u64) {
+    let lines: Vec<CapturedLine> = captured(client)
+        .into_iter()
+        .filter(|l| l.level == "ERROR" && l.message.contains("not delivered and discarded"))
+        .collect();
+    let total = lines.iter().map(|l| l.number("count").expect("a count")).sum();
+    (lines, total)
+}
+
+/// Something to run on every captured line of one client, on the thread that writes it.
+pub type LineHook = std::sync::Arc<dyn Fn(&CapturedLine) + Send + Sync>;
+
+static HOOKS: std::sync::Mutex<Vec<(String, LineHook)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `hook` on every WARN or ERROR line of the client whose redacted URL is `client`, as
+/// it is written, until [`remove_line_hooks`].
+pub fn on_line(client: &str, hook: LineHook) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((client.to_owned(), hook));
+}
+
+/// Removes the hooks of `client`.
+pub fn remove_line_hooks(client: &str) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|(c, _)| c != client);
+}
+
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if !event.metadata().target().starts_with("usageflow_socket") {
+            return;
+        }
+        let mut line = CapturedLine {
+            level: event.metadata().level().to_string(),
+            message: String::new(),
+            fields: Default::default(),
+        };
+        event.record(&mut line);
+        let hooks: Vec<LineHook> = match line.fields.get("client") {
+            Some(client) => HOOKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|(c, _)| c == client)
+                .map(|(_, hook)| std::sync::Arc::clone(hook))
+                .collect(),
+            None => Vec::new(),
+        };
+        for hook in hooks {
+            hook(&line);
+        }
+        let mut captured = CAPTURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if captured.len() == CAPTURE_LINES {
+            captured.pop_front();
+        }
+        captured.push_back(line);
+    }
+}
+
+impl tracing::field::Visit for CapturedLine {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let value = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = value;
+        } else {
+            self.fields.insert(field.name().to_owned(), value);
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.fields.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
 }
 
 /// `fut`, or `None` if `d` passes first.
@@ -435,6 +569,14 @@ macro_rules! conformance {
             proxy_tunnels_wss,
             proxy_requires_credentials,
             proxy_refuses_the_tunnel,
+            proxy_refusal_fails_connect_and_names_the_cause,
+        );
+        $crate::conformance!(@ends $adapter;
+            waits_work_outside_the_runtime,
+            huge_timeouts_saturate,
+            outage_drop_warnings_are_rate_limited,
+            lines_are_written_outside_the_lock,
+            receipts_tell_each_message_fate,
         );
         #[test]
         #[ignore = "soak: cargo test -p usageflow-socket-tests -- --ignored soak (SOAK_SECS, default 30)"]
@@ -442,6 +584,14 @@ macro_rules! conformance {
             let limit = $crate::soak_duration() + std::time::Duration::from_secs(30);
             $crate::run_within::<$adapter, _>("soak", limit, $crate::bodies::soak::<$adapter>());
         }
+    };
+    (@ends $adapter:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run::<$adapter, _>(stringify!($name), $crate::ends::$name::<$adapter>());
+            }
+        )*
     };
     (@proxy $adapter:ty; $($name:ident),* $(,)?) => {
         $(

@@ -47,11 +47,15 @@ async fn next_dial_error<A: Adapter>(sub: &mut Subscription) -> DialError {
     error
 }
 
-/// Waits until every slot failed a few dials, then checks the pool reports no key rejection.
-async fn not_a_rejection<A: Adapter>(client: &ClientOf<A>) {
+/// Waits until every slot failed a few dials, then checks the pool reports no key rejection
+/// (requests name the proxy's refusal `status`, or the outage when `None`).
+async fn not_a_rejection<A: Adapter>(client: &ClientOf<A>, status: Option<u16>) {
     must_wait::<A>(SECS(5), "four failed dials", || client.stats().dial_failures >= 4).await;
     let err = client.request(policies()).await.unwrap_err();
-    assert_eq!(err, ClientError::NotConnected, "{}", A::NAME);
+    match status {
+        Some(status) => assert_eq!(err, ClientError::ProxyRefused { status }, "{}", A::NAME),
+        None => assert_eq!(err, ClientError::NotConnected, "{}", A::NAME),
+    }
     assert!(!err.is_rejected());
     let s = client.stats();
     assert_eq!(s.rejections, 0, "{s:?}");
@@ -114,15 +118,13 @@ pub async fn proxy_requires_credentials<A: Adapter>() {
     let server = server();
     let proxy = proxy_with(|o| o.credentials = Some(("proxy-user".into(), "proxy-Secr3t".into())));
     for proxy_url in [proxy.url(), proxy.url_with_credentials("proxy-user", "wrong")] {
-        let client = ClientOf::<A>::connect(through(&server.url(), &proxy_url))
-            .await
-            .unwrap();
+        let client = ClientOf::<A>::start(through(&server.url(), &proxy_url)).unwrap();
         let mut sub = client.subscribe();
         let error = next_dial_error::<A>(&mut sub).await;
         assert_eq!(error, DialError::Proxy { status: 407 }, "{}", A::NAME);
         assert!(!error.is_auth_rejection());
         assert_eq!(error.to_string(), "the proxy requires credentials (HTTP 407)");
-        not_a_rejection::<A>(&client).await;
+        not_a_rejection::<A>(&client, Some(407)).await;
         close_within::<A>(&client).await;
     }
     let c = proxy.counters();
@@ -149,14 +151,12 @@ pub async fn proxy_requires_credentials<A: Adapter>() {
 pub async fn proxy_refuses_the_tunnel<A: Adapter>() {
     let server = server();
     let proxy = proxy_with(|o| o.status = Some(403));
-    let client = ClientOf::<A>::connect(through(&server.url(), &proxy.url()))
-        .await
-        .unwrap();
+    let client = ClientOf::<A>::start(through(&server.url(), &proxy.url())).unwrap();
     let mut sub = client.subscribe();
     let error = next_dial_error::<A>(&mut sub).await;
     assert_eq!(error, DialError::Proxy { status: 403 }, "{}", A::NAME);
     assert_eq!(error.to_string(), "the proxy refused the tunnel (HTTP 403)");
-    not_a_rejection::<A>(&client).await;
+    not_a_rejection::<A>(&client, Some(403)).await;
 
     proxy.set_status(Some(502));
     let error = loop {
@@ -167,9 +167,64 @@ pub async fn proxy_refuses_the_tunnel<A: Adapter>() {
     };
     assert_eq!(error, DialError::Proxy { status: 502 });
     assert_eq!(error.to_string(), "the proxy is unavailable (HTTP 502)");
+    // A proxy's 5xx is an outage, not a refusal.
+    not_a_rejection::<A>(&client, None).await;
     assert_eq!(server.counters().snapshot().tcp_accepted, 0);
 
     // The proxy lets tunnels through again: the slots recover.
+    proxy.set_status(None);
+    wait_open::<A>(&client, 2, SECS(5)).await;
+    client.get_application_policies().await.unwrap();
+    close_within::<A>(&client).await;
+}
+
+/// Item 17: a proxy that refuses (407 without or with wrong credentials, 403 for the host) on
+/// every first dial makes `connect` fail with a typed proxy error (the client is shut down);
+/// `start` keeps retrying, requests name the cause while it lasts, and the slots recover
+/// once the proxy lets tunnels through. A proxy's 5xx stays "unavailable".
+pub async fn proxy_refusal_fails_connect_and_names_the_cause<A: Adapter>() {
+    let server = server();
+    let proxy = proxy_with(|o| o.credentials = Some(("proxy-user".into(), "proxy-Secr3t".into())));
+    let wrong = proxy.url_with_credentials("proxy-user", "wrong");
+    let started = std::time::Instant::now();
+    let error = ClientOf::<A>::connect(through(&server.url(), &wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(error, ClientError::ProxyRefused { status: 407 }, "{}", A::NAME);
+    assert!(error.is_proxy_refused() && error.is_unavailable() && !error.is_rejected());
+    assert!(error.to_string().contains("HTTP proxy refused"), "{error}");
+    assert!(
+        started.elapsed() < SECS(3),
+        "connect returns once the first dials settled"
+    );
+    let dials = proxy.counters().auth_required();
+    A::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        proxy.counters().auth_required(),
+        dials,
+        "a refused connect leaves nothing retrying"
+    );
+
+    proxy.set_status(Some(403));
+    let right = proxy.url_with_credentials("proxy-user", "proxy-Secr3t");
+    let error = ClientOf::<A>::connect(through(&server.url(), &right))
+        .await
+        .unwrap_err();
+    assert_eq!(error, ClientError::ProxyRefused { status: 403 }, "{}", A::NAME);
+
+    // `start` keeps retrying with the cause visible; a 502 is an outage; then it recovers.
+    let client = ClientOf::<A>::start(through(&server.url(), &right)).unwrap();
+    not_a_rejection::<A>(&client, Some(403)).await;
+    proxy.set_status(Some(502));
+    let deadline = std::time::Instant::now() + SECS(5);
+    while client.request(policies()).await != Err(ClientError::NotConnected) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: a 502 never read as an outage",
+            A::NAME
+        );
+        A::sleep(Duration::from_millis(20)).await;
+    }
     proxy.set_status(None);
     wait_open::<A>(&client, 2, SECS(5)).await;
     client.get_application_policies().await.unwrap();

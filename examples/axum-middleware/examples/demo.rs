@@ -13,6 +13,12 @@
 //! ```
 //!
 //! `DEMO_ADDR` changes the listening address (default `127.0.0.1:3000`).
+//!
+//! Graceful shutdown on SIGTERM (what an orchestrator sends) or Ctrl-C: stop taking requests,
+//! let the ones in flight finish, then `close()` the client while the runtime still runs, and
+//! keep what it hands back. Returning from `main` without that would leave the client's drain
+//! to a runtime that is about to stop: the client would still name the messages it lost in an
+//! ERROR line, but could no longer deliver or hand them back.
 
 use std::time::Duration;
 
@@ -88,13 +94,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("demo app on http://{}, Ctrl-C to stop", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
 
+    // Every request has been answered: close the client now, while the runtime runs. `close`
+    // gives queued and unconfirmed messages up to `close_drain` (3 s by default) and returns
+    // what it could not deliver.
     refresh.abort();
     let report = client.close().await;
+    for message in &report.undelivered {
+        // A real service would write these somewhere durable (a file, its own queue) to send
+        // them again after the restart; the demo only says which.
+        tracing::error!(
+            id = %message.id,
+            kind = %message.kind,
+            written_before = message.written_before,
+            "usage not delivered before shutdown"
+        );
+    }
     println!(
         "closed: {} requests ({} denied), {} use_allocation confirmed, {} undelivered",
         report.stats.requests,
@@ -110,4 +127,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Resolves on SIGTERM (Unix) or Ctrl-C, whichever comes first.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            // No SIGTERM handler: Ctrl-C still works.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => println!("Ctrl-C: shutting down"),
+        () = terminate => println!("SIGTERM: shutting down"),
+    }
 }
