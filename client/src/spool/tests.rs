@@ -497,3 +497,94 @@ fn a_copy_left_by_a_crash_during_compaction_is_recovered_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The reader's seed corpus, kept in the crate (the fuzz target `spool_read` starts from a
+/// copy in `fuzz/corpus/spool_read`): each seed with what the reader must make of it.
+const READER_SEEDS: &[(&str, &[u8])] = &[
+    ("valid", include_bytes!("seeds/valid")),
+    ("torn", include_bytes!("seeds/torn")),
+    ("flipped", include_bytes!("seeds/flipped")),
+    ("other_version", include_bytes!("seeds/other_version")),
+    ("malformed", include_bytes!("seeds/malformed")),
+    ("garbage", include_bytes!("seeds/garbage")),
+];
+
+fn reader_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let (valid, entries) = segment(12);
+    let mut torn = valid.clone();
+    torn.truncate(entries[9].0.start + 17);
+    let mut flipped = valid.clone();
+    flipped[3] ^= 0x20;
+    flipped[entries[5].0.start + 30] ^= 0x01;
+    let mut other_version = Vec::new();
+    format::encode_header(&mut other_version, 0);
+    other_version[8] = 9;
+    let crc = crc32fast::hash(&other_version[..20]);
+    other_version[20..24].copy_from_slice(&crc.to_le_bytes());
+    let mut malformed = Vec::new();
+    format::encode_header(&mut malformed, 0);
+    format::encode_release(&mut malformed, SpoolKey(1));
+    let at = malformed.len();
+    format::encode_release(&mut malformed, SpoolKey(2));
+    malformed[at + 12] = 9; // an unknown record type, checksum made to hold below
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&malformed[at + 4..at + 8]);
+    hasher.update(&malformed[at + 12..]);
+    let crc = hasher.finalize();
+    malformed[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+    let mut rng = fastrand::Rng::with_seed(7);
+    let garbage: Vec<u8> = (0..300).map(|_| rng.u8(..)).collect();
+    vec![
+        ("valid", valid),
+        ("torn", torn),
+        ("flipped", flipped),
+        ("other_version", other_version),
+        ("malformed", malformed),
+        ("garbage", garbage),
+    ]
+}
+
+/// Rewrites `client/src/spool/seeds/`; copy them to `fuzz/corpus/spool_read/` after:
+/// `cargo test -p usageflow-socket-client --features spool --lib write_reader_seeds -- --ignored`
+#[test]
+#[ignore = "rewrites the committed seed files"]
+fn write_reader_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/spool/seeds");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in reader_seeds() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn the_reader_seeds_replay_with_their_expected_outcomes() {
+    let expected = reader_seeds();
+    assert_eq!(READER_SEEDS.len(), expected.len());
+    for ((name, bytes), (want_name, want)) in READER_SEEDS.iter().zip(&expected) {
+        assert_eq!(
+            (name, bytes.to_vec()),
+            (want_name, want.clone()),
+            "seed {name} is stale: rewrite the seeds"
+        );
+        check_reader(bytes);
+    }
+    let scan = |name: &str| scan_segment(READER_SEEDS.iter().find(|(n, _)| *n == name).unwrap().1);
+    let valid = scan("valid").unwrap();
+    assert_eq!((valid.entries.len(), valid.damage), (12, Damage::default()));
+    let torn = scan("torn").unwrap();
+    assert_eq!((torn.entries.len(), torn.damage.torn_tails), (9, 1));
+    let flipped = scan("flipped").unwrap();
+    assert_eq!(flipped.entries.len(), 11);
+    assert_eq!(
+        (flipped.damage.damaged_headers, flipped.damage.corrupt_regions),
+        (1, 1)
+    );
+    assert_eq!(scan("other_version"), Err(UnsupportedVersion { found: 9 }));
+    let malformed = scan("malformed").unwrap();
+    assert_eq!(
+        (malformed.entries.len(), malformed.damage.malformed_records),
+        (1, 1)
+    );
+    let garbage = scan("garbage").unwrap();
+    assert!(garbage.entries.is_empty() && garbage.damage.damaged_headers == 1);
+}
