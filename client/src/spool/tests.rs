@@ -43,7 +43,7 @@ fn appended_records_survive_a_reopen_in_order_and_released_ones_do_not() {
         assert!(spool.release(*key));
     }
     assert!(!spool.release(keys[0]), "a second release is a no-op");
-    spool.close_blocking().unwrap();
+    smol::block_on(spool.close(deadline(Duration::from_secs(10)))).unwrap();
     let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
     let got: Vec<_> = recovery.records.iter().map(|r| r.record.clone()).collect();
     let want: Vec<_> = (0..100).filter(|i| i % 2 == 1).map(record).collect();

@@ -415,33 +415,19 @@ impl Spool {
     /// came first; `Err`: the writer failed (the records up to `mark` may not be on disk)
     /// or the spool closed before making them durable.
     pub async fn wait_durable(&self, mark: DurableMark, deadline: impl Future) -> Result<bool, SpoolError> {
-        let mut deadline = pin!(deadline);
-        loop {
-            let listener = self.shared.progress.listen();
+        let settled = progress_or_deadline(&self.shared.progress, deadline, || {
             if self.is_durable(mark) {
-                return Ok(true);
+                return Some(Ok(true));
             }
-            {
-                let st = self.shared.lock();
-                if let Some(failure) = &st.failure {
-                    return Err(failure.clone());
-                }
-                if st.stopped {
-                    return Err(SpoolError::Closed);
-                }
+            let st = self.shared.lock();
+            match &st.failure {
+                Some(failure) => Some(Err(failure.clone())),
+                None if st.stopped => Some(Err(SpoolError::Closed)),
+                None => None,
             }
-            let mut listener = pin!(listener);
-            let timed_out = poll_fn(|cx| {
-                if listener.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                deadline.as_mut().poll(cx).map(|_| true)
-            })
-            .await;
-            if timed_out {
-                return Ok(self.is_durable(mark));
-            }
-        }
+        })
+        .await;
+        settled.unwrap_or_else(|| Ok(self.is_durable(mark)))
     }
 
     /// A snapshot of the counters.
@@ -468,24 +454,12 @@ impl Spool {
     /// [`SpoolError::CloseTimedOut`] (the writer still finishes on its own).
     pub async fn close(mut self, deadline: impl Future) -> Result<(), SpoolError> {
         self.begin_close();
-        let mut deadline = pin!(deadline);
-        loop {
-            let listener = self.shared.progress.listen();
-            if self.shared.lock().stopped {
-                break;
-            }
-            let mut listener = pin!(listener);
-            let timed_out = poll_fn(|cx| {
-                if listener.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                deadline.as_mut().poll(cx).map(|_| true)
-            })
-            .await;
-            if timed_out && !self.shared.lock().stopped {
-                self.thread = None;
-                return Err(SpoolError::CloseTimedOut(self.close_timeout));
-            }
+        let shared = self.shared.clone();
+        let stopped =
+            progress_or_deadline(&shared.progress, deadline, || shared.lock().stopped.then_some(())).await;
+        if stopped.is_none() {
+            self.thread = None;
+            return Err(SpoolError::CloseTimedOut);
         }
         self.finish()
     }
@@ -495,7 +469,7 @@ impl Spool {
         self.begin_close();
         if !self.wait_stopped() {
             self.thread = None;
-            return Err(SpoolError::CloseTimedOut(self.close_timeout));
+            return Err(SpoolError::CloseTimedOut);
         }
         self.finish()
     }
@@ -810,6 +784,33 @@ impl Writer {
         st.reclaim();
         // Deleted (queued) unless a live record could not be read back from it.
         !st.segs.contains_key(&seg)
+    }
+}
+
+/// Waits until `check` gives an answer (looked at after every notification of `progress`)
+/// or `deadline` fires (then one last look).
+async fn progress_or_deadline<T>(
+    progress: &event_listener::Event,
+    deadline: impl Future,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let mut deadline = pin!(deadline);
+    loop {
+        let listener = progress.listen();
+        if let Some(answer) = check() {
+            return Some(answer);
+        }
+        let mut listener = pin!(listener);
+        let timed_out = poll_fn(|cx| {
+            if listener.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            deadline.as_mut().poll(cx).map(|_| true)
+        })
+        .await;
+        if timed_out {
+            return check();
+        }
     }
 }
 
