@@ -589,3 +589,46 @@ fn the_reader_seeds_replay_with_their_expected_outcomes() {
     let garbage = scan("garbage").unwrap();
     assert!(garbage.entries.is_empty() && garbage.damage.damaged_headers == 1);
 }
+
+#[test]
+fn a_stalled_writer_refuses_appends_with_a_typed_counted_error_until_it_catches_up() {
+    let dir = tmp_dir("backlog");
+    let big = SpoolRecord {
+        frame: "x".repeat(64 << 10),
+        ..record(0)
+    };
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).max_bytes(1 << 20)).unwrap();
+    spool.pause_writer(true);
+    let mut refused = None;
+    for _ in 0..200 {
+        match spool.append(&big) {
+            Ok(appended) => assert!(spool.release(appended.key)),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(SpoolError::Backlogged { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(spool.stats().refused_backlogged, 1);
+    let written = spool.written_mark();
+    assert!(!spool.is_durable(written));
+    spool.pause_writer(false);
+    assert_eq!(
+        smol::block_on(spool.wait_durable(written, deadline(Duration::from_secs(10)))),
+        Ok(true)
+    );
+    spool.append(&big).unwrap();
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_handle_can_be_shared_between_threads_and_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Spool>();
+    shareable::<SpoolError>();
+}

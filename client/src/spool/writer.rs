@@ -112,6 +112,9 @@ pub(crate) struct State {
     stats: SpoolStats,
     #[cfg(test)]
     pub(crate) inject_write_error: Option<io::ErrorKind>,
+    /// Tests stall the writer with it (a disk that does not keep up).
+    #[cfg(test)]
+    pub(crate) writer_paused: bool,
 }
 
 impl State {
@@ -140,6 +143,8 @@ impl State {
             stats: SpoolStats::default(),
             #[cfg(test)]
             inject_write_error: None,
+            #[cfg(test)]
+            writer_paused: false,
         };
         for (key, seg, bytes, first_sent_unix_ms) in live {
             state.live_bytes += u64::from(bytes);
@@ -504,6 +509,12 @@ impl Spool {
     pub(crate) fn inject_write_error(&self, kind: io::ErrorKind) {
         self.shared.lock().inject_write_error = Some(kind);
     }
+
+    #[cfg(test)]
+    pub(crate) fn pause_writer(&self, paused: bool) {
+        self.shared.lock().writer_paused = paused;
+        self.shared.wake_writer.notify_one();
+    }
 }
 
 impl Drop for Spool {
@@ -584,7 +595,11 @@ impl Writer {
         let shared = self.shared.clone();
         let mut st = shared.lock();
         loop {
-            if !st.ops.is_empty() || st.closing {
+            #[cfg(test)]
+            let paused = st.writer_paused && !st.closing;
+            #[cfg(not(test))]
+            let paused = false;
+            if (!st.ops.is_empty() && !paused) || st.closing {
                 break;
             }
             match self.sync_deadline() {
