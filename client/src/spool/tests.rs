@@ -616,7 +616,17 @@ fn a_stalled_writer_refuses_appends_with_a_typed_counted_error_until_it_catches_
     assert_eq!(spool.stats().refused_backlogged, 1);
     let written = spool.written_mark();
     assert!(!spool.is_durable(written));
+    let soon = std::time::Instant::now() + Duration::from_millis(50);
+    assert_eq!(
+        spool.wait_durable_blocking(written, soon),
+        Ok(false),
+        "the deadline comes first"
+    );
     spool.pause_writer(false);
+    assert_eq!(
+        spool.wait_durable_blocking(written, std::time::Instant::now() + Duration::from_secs(10)),
+        Ok(true)
+    );
     assert_eq!(
         smol::block_on(spool.wait_durable(written, deadline(Duration::from_secs(10)))),
         Ok(true)

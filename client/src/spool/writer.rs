@@ -420,19 +420,39 @@ impl Spool {
     /// came first; `Err`: the writer failed (the records up to `mark` may not be on disk)
     /// or the spool closed before making them durable.
     pub async fn wait_durable(&self, mark: DurableMark, deadline: impl Future) -> Result<bool, SpoolError> {
-        let settled = progress_or_deadline(&self.shared.progress, deadline, || {
-            if self.is_durable(mark) {
-                return Some(Ok(true));
-            }
-            let st = self.shared.lock();
-            match &st.failure {
-                Some(failure) => Some(Err(failure.clone())),
-                None if st.stopped => Some(Err(SpoolError::Closed)),
-                None => None,
-            }
-        })
-        .await;
+        let settled =
+            progress_or_deadline(&self.shared.progress, deadline, || self.durable_answer(mark)).await;
         settled.unwrap_or_else(|| Ok(self.is_durable(mark)))
+    }
+
+    /// [`Spool::wait_durable`] for synchronous callers (a `send` under
+    /// [`SyncPolicy::EverySend`]): blocks the calling thread until everything up to `mark`
+    /// is durable or `deadline` passes.
+    pub fn wait_durable_blocking(&self, mark: DurableMark, deadline: Instant) -> Result<bool, SpoolError> {
+        use event_listener::Listener;
+        loop {
+            let listener = self.shared.progress.listen();
+            if let Some(answer) = self.durable_answer(mark) {
+                return answer;
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                return Ok(self.is_durable(mark));
+            }
+        }
+    }
+
+    /// What a wait for `mark` ends with now, if it ends: durable, the writer failed, or it
+    /// stopped first.
+    fn durable_answer(&self, mark: DurableMark) -> Option<Result<bool, SpoolError>> {
+        if self.is_durable(mark) {
+            return Some(Ok(true));
+        }
+        let st = self.shared.lock();
+        match &st.failure {
+            Some(failure) => Some(Err(failure.clone())),
+            None if st.stopped => Some(Err(SpoolError::Closed)),
+            None => None,
+        }
     }
 
     /// A snapshot of the counters.
