@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 secs="${1:-45}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frame_decode pool_ops config)
+[ ${#targets[@]} -gt 0 ] || targets=(frame_decode pool_ops config spool_read)
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
@@ -27,7 +27,11 @@ for t in "${targets[@]}"; do
             echo "--- $f ($(wc -c <"$f") bytes), hex:"
             od -An -tx1 -v "$f" | head -64
             echo "--- reproduce: (cd fuzz && cargo +nightly fuzz run $t $f)"
-            echo "--- or add it to fuzz/corpus/$t/ and run: cargo test -p usageflow-socket-core --lib fuzzing"
+            if [ "$t" = spool_read ]; then
+                echo "--- or add it to the seeds in client/src/spool/tests.rs and run: cargo test -p usageflow-socket-client --features spool --lib spool"
+            else
+                echo "--- or add it to fuzz/corpus/$t/ and run: cargo test -p usageflow-socket-core --lib fuzzing"
+            fi
         done
     fi
 done

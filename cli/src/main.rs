@@ -11,6 +11,7 @@ mod bench;
 mod cmd_demo;
 mod cmd_request;
 mod cmd_serve;
+mod cmd_spool;
 mod procstat;
 mod shared;
 
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Start a local server, drive a pool through a workload, an outage and a recovery.
     Demo(cmd_demo::DemoArgs),
+    /// Look into an on-disk spool (`spool inspect DIR`).
+    Spool(cmd_spool::SpoolArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd_request::run_send(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Spool(args) => cmd_spool::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! End-to-end tests of the `ufsock` binary: `demo`, `request`, `send` and `bench`, each
+//! End-to-end tests of the `ufsock` binary: `demo`, `request`, `send`, `bench` and `spool`, each
 //! bounded in time.
 
 use std::net::TcpListener;
@@ -59,6 +59,54 @@ fn dead_port() -> u16 {
 }
 
 const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn spool_inspect_prints_a_spool_and_fails_for_a_missing_directory() {
+    use usageflow_socket_client::spool::{Spool, SpoolOptions, SpoolRecord};
+    let dir = std::env::temp_dir().join(format!("ufsock-bin-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    for i in 0..5u64 {
+        let record = SpoolRecord {
+            message_id: i,
+            kind: "use_allocation".into(),
+            frame: format!(r#"{{"type":"use_allocation","payload":{{"allocationId":"a-{i}"}}}}"#),
+            at_least_once: true,
+            first_sent_unix_ms: 0,
+            rewrites: 0,
+        };
+        spool.append(&record).unwrap();
+    }
+    let written = spool.written_mark();
+    let durable = smol::block_on(spool.wait_durable(written, smol::Timer::after(Duration::from_secs(10))));
+    assert_eq!(durable, Ok(true));
+    // While a client owns the spool, inspect still reads it (without its lock) and says so.
+    let dir_arg = dir.to_str().unwrap();
+    let out = ufsock(&["spool", "inspect", "--json", dir_arg], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["records"], 5);
+    assert_eq!(json["in_use"], true);
+    assert_eq!(json["by_type"]["use_allocation"]["unsent"], 5);
+    spool.close_blocking().unwrap();
+
+    let out = ufsock(&["spool", "inspect", dir_arg], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("5 records") && text.contains("use_allocation") && text.contains("damage: none"),
+        "{text}"
+    );
+
+    let missing = dir.join("missing");
+    let out = ufsock(
+        &["spool", "inspect", missing.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("spool"), "a clear error: {}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
 #[test]
 fn demo_ends_by_itself_and_its_accounting_matches() {

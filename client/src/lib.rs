@@ -116,6 +116,8 @@ mod proxy;
 mod receipt;
 mod runtime;
 mod shared;
+#[cfg(feature = "spool")]
+pub mod spool;
 
 pub use api::{decode_reply, UsageFlowApi};
 pub use client::{Client, RecvError, Subscription, TryRecvError};
