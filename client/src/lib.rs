@@ -78,7 +78,10 @@
 //! Every deadline (handshake, write, read, request, backoff) is the core's; the client has no
 //! timeout of its own beyond the one timer of the driver task. Tracing events report
 //! connects, disconnects with their reason, scheduled reconnects, exhausted attempts, skipped
-//! frames and dropped messages; the API key never appears in a log or an error.
+//! frames and dropped messages (these two rate-limited: the first, then one summary per 10 s),
+//! and, in one ERROR line, whatever a client that ended without `close` could not deliver;
+//! they are written after the client's lock is released, and the API key never appears in a
+//! log or an error.
 //!
 //! # Metrics
 //!

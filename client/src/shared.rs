@@ -170,7 +170,8 @@ pub struct CloseReport {
     /// The messages still held when the drain ended, in send order: those that never left
     /// the outbox, and at-least-once messages written but not confirmed
     /// ([`Undelivered::written_before`]). Written at-most-once messages are not kept; they
-    /// count as `unconfirmed`. Only the first `close` call that returns gets them.
+    /// count as `unconfirmed`. Only the first `close` call that returns gets them; when no call
+    /// returns (every one abandoned), they are named in an ERROR line instead.
     pub undelivered: Vec<Undelivered>,
 }
 

@@ -304,6 +304,16 @@ async fn connected_and_written<R: Runtime + Clone>(runtime: &R, url: &str) -> Cl
     client
 }
 
+/// A pongless server, and a client on a new multi-thread runtime with [`MESSAGES`] written to it.
+fn written_on_multi_thread<E: Ends>() -> (ServerThread, String, E::Owner, Client<E::Runtime>) {
+    let server = pongless_server();
+    let url = server.url();
+    let owner = E::multi_thread();
+    let runtime = E::runtime(&owner);
+    let client = E::block_on(&owner, connected_and_written(&runtime, &url));
+    (server, url, owner, client)
+}
+
 /// Checks that the `accepted` messages of the client of `url` ended confirmed, handed back, or
 /// named in ERROR lines (waiting up to 5 s for the lines of a drain in the background), and
 /// that the lines name none too many. Returns the lines' count.
@@ -359,11 +369,8 @@ pub fn current_thread_close<E: Ends>() {
 /// Row 2: a multi-thread runtime dropped with the client alive: the client refuses new work
 /// with a clear error, and when it is dropped it names every message it held.
 pub fn runtime_dropped_with_the_client_alive<E: Ends>() {
-    let server = pongless_server();
-    let url = server.url();
-    let owner = E::multi_thread();
-    let runtime = E::runtime(&owner);
-    let client = E::block_on(&owner, connected_and_written(&runtime, &url));
+    // The server lives to the end of the row.
+    let (_server, url, owner, client) = written_on_multi_thread::<E>();
     drop(owner);
     assert_eq!(
         client.send(report(99, 10)),
@@ -393,11 +400,8 @@ pub fn runtime_dropped_with_the_client_alive<E: Ends>() {
 /// in the middle of the close drain: the driver task is dropped, and what the client held is
 /// named as it goes.
 pub fn client_then_runtime_dropped<E: Ends>() {
-    let server = pongless_server();
-    let url = server.url();
-    let owner = E::multi_thread();
-    let runtime = E::runtime(&owner);
-    let client = E::block_on(&owner, connected_and_written(&runtime, &url));
+    // The server lives to the end of the row.
+    let (_server, url, owner, client) = written_on_multi_thread::<E>();
     drop(client);
     drop(owner);
     assert_eq!(account(&url, MESSAGES, 0, 0), MESSAGES, "{}", E::NAME);
@@ -406,11 +410,8 @@ pub fn client_then_runtime_dropped<E: Ends>() {
 /// Row 3: the client dropped from a plain thread while its runtime runs: the drain runs in the
 /// background, then names what it could not deliver.
 pub fn client_dropped_from_a_plain_thread<E: Ends>() {
-    let server = pongless_server();
-    let url = server.url();
-    let owner = E::multi_thread();
-    let runtime = E::runtime(&owner);
-    let client = E::block_on(&owner, connected_and_written(&runtime, &url));
+    // The server lives to the end of the row.
+    let (_server, url, owner, client) = written_on_multi_thread::<E>();
     thread::spawn(move || drop(client)).join().unwrap();
     assert_eq!(account(&url, MESSAGES, 0, 0), MESSAGES, "{}", E::NAME);
     assert!(error_messages(&url)[0].contains("dropped without close()"));
