@@ -616,10 +616,14 @@ impl Writer {
         let mut st = shared.lock();
         loop {
             #[cfg(test)]
-            let paused = st.writer_paused && !st.closing;
-            #[cfg(not(test))]
-            let paused = false;
-            if (!st.ops.is_empty() && !paused) || st.closing {
+            if st.writer_paused && !st.closing {
+                st = shared
+                    .wake_writer
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if !st.ops.is_empty() || st.closing {
                 break;
             }
             match self.sync_deadline() {
