@@ -14,8 +14,8 @@
 //!
 //! Space: a segment file is deleted once it and every older segment hold no live record;
 //! when the dead bytes on disk outgrow the live ones, the writer copies the live remainder
-//! of the oldest segment forward and deletes it. On disk the spool stays below about
-//! `2 x live bytes + 3 x segment_bytes`; the live bytes never exceed `max_bytes`.
+//! of the oldest segment forward and deletes it. Once the writer caught up, the spool on disk
+//! stays below `2 x live bytes + 4 x segment_bytes`; the live bytes never exceed `max_bytes`.
 
 mod format;
 mod store;

@@ -415,13 +415,26 @@ impl Spool {
         self.shared.durable.load(Ordering::Acquire) >= mark.0
     }
 
+    /// `Some` once waiting for `mark` is over: durable (`Ok(true)`), or the writer failed or
+    /// stopped first.
+    fn durable_or_failed(&self, mark: DurableMark) -> Option<Result<bool, SpoolError>> {
+        if self.is_durable(mark) {
+            return Some(Ok(true));
+        }
+        let st = self.shared.lock();
+        if let Some(failure) = &st.failure {
+            return Some(Err(failure.clone()));
+        }
+        st.stopped.then_some(Err(SpoolError::Closed))
+    }
+
     /// Waits until everything up to `mark` is durable or `deadline` (any runtime's timer,
     /// e.g. `runtime.sleep_until(t)`) fires. `Ok(true)`: durable; `Ok(false)`: the deadline
     /// came first; `Err`: the writer failed (the records up to `mark` may not be on disk)
     /// or the spool closed before making them durable.
     pub async fn wait_durable(&self, mark: DurableMark, deadline: impl Future) -> Result<bool, SpoolError> {
         let settled =
-            progress_or_deadline(&self.shared.progress, deadline, || self.durable_answer(mark)).await;
+            progress_or_deadline(&self.shared.progress, deadline, || self.durable_or_failed(mark)).await;
         settled.unwrap_or_else(|| Ok(self.is_durable(mark)))
     }
 
@@ -432,26 +445,12 @@ impl Spool {
         use event_listener::Listener;
         loop {
             let listener = self.shared.progress.listen();
-            if let Some(answer) = self.durable_answer(mark) {
-                return answer;
+            if let Some(done) = self.durable_or_failed(mark) {
+                return done;
             }
             if listener.wait_deadline(deadline).is_none() {
                 return Ok(self.is_durable(mark));
             }
-        }
-    }
-
-    /// What a wait for `mark` ends with now, if it ends: durable, the writer failed, or it
-    /// stopped first.
-    fn durable_answer(&self, mark: DurableMark) -> Option<Result<bool, SpoolError>> {
-        if self.is_durable(mark) {
-            return Some(Ok(true));
-        }
-        let st = self.shared.lock();
-        match &st.failure {
-            Some(failure) => Some(Err(failure.clone())),
-            None if st.stopped => Some(Err(SpoolError::Closed)),
-            None => None,
         }
     }
 
@@ -616,10 +615,14 @@ impl Writer {
         let mut st = shared.lock();
         loop {
             #[cfg(test)]
-            let paused = st.writer_paused && !st.closing;
-            #[cfg(not(test))]
-            let paused = false;
-            if (!st.ops.is_empty() && !paused) || st.closing {
+            if st.writer_paused && !st.closing {
+                st = shared
+                    .wake_writer
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if !st.ops.is_empty() || st.closing {
                 break;
             }
             match self.sync_deadline() {
