@@ -1,4 +1,4 @@
-//! Pool configuration: every knob of PROTOCOL.md with its default, validated once.
+//! Pool configuration: every knob of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md) with its default, validated once.
 
 use std::fmt;
 use std::time::Duration;
@@ -202,7 +202,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Starts a builder with PROTOCOL.md's defaults for `url` and `api_key`.
+    /// Starts a builder with [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s defaults for `url` and `api_key`.
     pub fn builder(url: impl Into<String>, api_key: impl Into<String>) -> ConfigBuilder {
         ConfigBuilder {
             url: RedactedUrl(url.into()),

@@ -249,7 +249,7 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     Ok(())
 }
 
-/// Decoding is liberal (PROTOCOL.md): whatever `serde_json` reads as a [`Value`] decodes as
+/// Decoding is liberal ([PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)): whatever `serde_json` reads as a [`Value`] decodes as
 /// that value says. An object whose last `type` is a string is a frame whose string fields
 /// are the object's (last occurrence wins, as in the `Value`), a field of another type being
 /// `None`; its `error` denies as the object's does. Any other value is not an object. (Text

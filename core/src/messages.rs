@@ -1,4 +1,4 @@
-//! Typed payloads for every message type of PROTOCOL.md's table. Field names are camelCase on
+//! Typed payloads for every message type of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s table. Field names are camelCase on
 //! the wire; unknown fields are ignored when reading.
 
 use serde::{Deserialize, Serialize};

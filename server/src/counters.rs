@@ -10,7 +10,7 @@ use usageflow_socket_core::messages::{
     REQUEST_FOR_ALLOCATION, USE_ALLOCATION,
 };
 
-/// The message types of PROTOCOL.md, counted with plain atomics; others go to a locked map.
+/// The message types of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md), counted with plain atomics; others go to a locked map.
 const KNOWN: [&str; 6] = [
     REQUEST_FOR_ALLOCATION,
     USE_ALLOCATION,

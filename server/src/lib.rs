@@ -6,7 +6,7 @@
 //! client runs, and [`kill`](ServerHandle::kill) and [`restart`](ServerHandle::restart) it on
 //! the same port to test reconnection. Nothing is global: each test starts its own server.
 //!
-//! It speaks PROTOCOL.md: it checks the `x-usage-key` header of the upgrade (401 when it is
+//! It speaks [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md): it checks the `x-usage-key` header of the upgrade (401 when it is
 //! missing, empty, or not the configured key), answers every message type, counts
 //! fire-and-forget messages, and injects faults that can be switched at run time.
 //!
