@@ -72,6 +72,7 @@ impl fmt::Display for DropReason {
 
 /// The pool's availability, for fail-open hosts (one value instead of error strings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Availability {
     /// Every slot is open and requests are not timing out.
     Available,
