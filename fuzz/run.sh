@@ -27,7 +27,7 @@ for t in "${targets[@]}"; do
             echo "--- $f ($(wc -c <"$f") bytes), hex:"
             od -An -tx1 -v "$f" | head -64
             echo "--- reproduce: (cd fuzz && cargo +nightly fuzz run $t $f)"
-            echo "--- or add it to fuzz/corpus/$t/ and run: cargo test -p usageflow-socket-core --lib fuzzing"
+            echo "--- or add it to fuzz/corpus/$t/ and run: cargo test -p usageflow-socket-tests --test fuzz_corpus"
         done
     fi
 done

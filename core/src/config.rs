@@ -7,6 +7,9 @@ use thiserror::Error;
 
 use crate::delivery::Delivery;
 
+mod env;
+pub use env::{EnvError, ENV_PREFIX};
+
 /// The production endpoint.
 pub const PRODUCTION_URL: &str = "wss://api.usageflow.io/ws";
 /// The local development endpoint (what `ufsock serve` listens on by default).

@@ -129,7 +129,7 @@
 //! [`Server::start`] runs on the calling Tokio runtime; [`ServerThread::spawn`] runs it on a
 //! runtime of its own, for callers without Tokio (smol-based tests) — both share one
 //! implementation. `wss://` is served with [`ServerOptions::tls`]
-//! ([`TlsOptions::self_signed`] makes a certificate for `localhost`).
+//! ([`TlsOptions::self_signed`], with the `tls` feature, makes a certificate for `localhost`).
 //!
 //! # An HTTP proxy
 //!
@@ -138,12 +138,15 @@
 //! otherwise) or answer a fixed status ([`ProxyOptions`]), and counts what it did
 //! ([`ProxyCounters`]).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod conn;
 mod counters;
 mod faults;
 mod options;
 mod pong_filter;
 mod proxy;
+mod recording;
 mod tls;
 
 use std::future::Future;
@@ -163,6 +166,8 @@ pub use counters::{Counters, CountersSnapshot};
 pub use faults::Faults;
 pub use options::{FaultConfig, ReplyData, ReplyStyle, ServerOptions, TlsOptions};
 pub use proxy::{ProxyCounters, ProxyOptions, ProxyThread};
+pub use recording::ReceivedFrame;
+#[cfg(feature = "tls")]
 pub use tls::self_signed_localhost;
 
 /// How long [`ServerHandle::kill`] waits for the aborted connection tasks to be gone.
