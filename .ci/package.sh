@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Packages every published crate as crates.io would receive it, builds each package on its own
-# (`cargo package` verifies), then runs the packaged crates' tests from the unpacked packages,
-# so a test that needs a file outside its crate fails here.
+# Packages every published crate as crates.io would receive it, then builds and tests the
+# unpacked packages, so a test (or a build step) that needs a file outside its crate fails
+# here. Usage: .ci/package.sh [--allow-dirty]
 #
-# Usage: .ci/package.sh [--no-test]   (--allow-dirty is passed through for local runs)
-#
-# `cargo package --workspace` (cargo >= 1.90) packages the interdependent crates together
-# through a temporary local registry, so dependents verify against the packaged dependencies.
-# The unpacked packages are then tested as one workspace in target/package/, with
-# `[patch.crates-io]` pointing each crate name at its unpacked package and the repository's
-# Cargo.lock, so no crate comes from anything but the packages and the locked registry versions.
+# `cargo package` runs with --no-verify: its own verification of interdependent crates
+# (`cargo package --workspace`) builds the dependents against a temporary local registry
+# whose crates cargo extracts once into CARGO_HOME and then reuses by name and version, so
+# a second run can verify against a stale copy. Instead, the unpacked packages in
+# target/package/ become one workspace, with `[patch.crates-io]` pointing every crate name at
+# its unpacked package and the repository's Cargo.lock, and `cargo test --all-features` there
+# builds every package from its own files alone and runs its tests, doc tests and examples.
+# (--all-features: the crates' own tests turn on test-only features, `sim` and `tls`,
+# through a self dev-dependency, which packaging strips.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-run_tests=1
 dirty=()
 for arg in "$@"; do
     case "$arg" in
-        --no-test) run_tests=0 ;;
         --allow-dirty) dirty=(--allow-dirty) ;;
         *) echo "unknown argument $arg" >&2; exit 2 ;;
     esac
@@ -36,9 +36,10 @@ packages=()
 for c in "${crates[@]}"; do packages+=(-p "${c%% *}"); done
 echo "== cargo package ${packages[*]}"
 rm -rf target/package
-cargo package "${dirty[@]}" "${packages[@]}"
-
-[ "$run_tests" = 1 ] || exit 0
+cargo package --no-verify "${dirty[@]}" "${packages[@]}"
+for c in "${crates[@]}"; do
+    tar -xzf "target/package/${c%% *}-${c##* }.crate" -C target/package
+done
 
 ws=target/package
 {

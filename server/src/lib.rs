@@ -24,6 +24,7 @@
 //! // Port 0 (the default address, 127.0.0.1:0): the system picks a free port.
 //! let server = Server::start(ServerOptions { key: Some("test-key".into()), ..Default::default() }).await?;
 //! let url = server.url(); // ws://127.0.0.1:PORT/ws — give it to the client under test.
+//! server.counters().record_frames(1000); // keep what the client sends (off by default)
 //!
 //! // The client under test would be a `usageflow_socket_tokio::Client`; a bare WebSocket
 //! // keeps this example self-contained.
@@ -37,6 +38,10 @@
 //! let counters = server.counters();
 //! assert!(counters.wait_until(Duration::from_secs(5), |s| s.fire_and_forget.len() == 1).await);
 //! assert_eq!(counters.fire_and_forget("report_call_chain"), 1);
+//! // The frames themselves, in the order the server read them, as wiremock's received_requests.
+//! let frames = counters.received_frames();
+//! assert_eq!(frames[0].kind.as_deref(), Some("report_call_chain"));
+//! assert_eq!(frames[0].payload, serde_json::json!({}));
 //!
 //! // An outage: kill drops every connection without a close frame and frees the port...
 //! server.kill().await;
