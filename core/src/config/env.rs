@@ -255,7 +255,7 @@ mod file {
         }
     }
 
-    /// Deserializes a map of settings (see [the module docs](super)): `url` (default
+    /// Deserializes a map of settings, named as for [`Config::from_env`]: `url` (default
     /// [`PRODUCTION_URL`](crate::config::PRODUCTION_URL)), `api_key` (required) and the
     /// builder's settings by name, durations as `<name>_ms`. An unknown name is an error, so a
     /// misspelt setting does not pass silently; every value is checked as
