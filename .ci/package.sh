@@ -37,8 +37,10 @@ for c in "${crates[@]}"; do packages+=(-p "${c%% *}"); done
 echo "== cargo package ${packages[*]}"
 rm -rf target/package
 cargo package --no-verify "${dirty[@]}" "${packages[@]}"
+# -m: the files get the time of extraction, not the archive's fixed 2006 date, so cargo
+# rebuilds them instead of taking an earlier run's artifacts for fresh.
 for c in "${crates[@]}"; do
-    tar -xzf "target/package/${c%% *}-${c##* }.crate" -C target/package
+    tar -xzmf "target/package/${c%% *}-${c##* }.crate" -C target/package
 done
 
 ws=target/package
