@@ -30,7 +30,7 @@ for t in "${targets[@]}"; do
             if [ "$t" = spool_read ]; then
                 echo "--- or add it to the seeds in client/src/spool/tests.rs and run: cargo test -p usageflow-socket-client --features spool --lib spool"
             else
-                echo "--- or add it to fuzz/corpus/$t/ and run: cargo test -p usageflow-socket-core --lib fuzzing"
+                echo "--- or add it to fuzz/corpus/$t/ and run: cargo test -p usageflow-socket-tests --test fuzz_corpus"
             fi
         done
     fi

@@ -47,6 +47,7 @@
 //! WebSocket upgrade, the reader, writer and driver tasks — is `usageflow-socket-client`'s,
 //! re-exported here.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::future::Future;
 use std::io;

@@ -47,6 +47,7 @@
 //! The driver task sleeps until the core's next deadline; connection tasks hand their frames
 //! straight to the core, so no task sits between a reply and its request.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::future::Future;
 use std::io;

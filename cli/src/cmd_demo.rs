@@ -105,7 +105,8 @@ async fn event_log(mut events: Subscription, clock: Clock, summary: Arc<Mutex<Ev
                 clock.say("event", format!("({n} events missed)"));
                 continue;
             }
-            Err(RecvError::Closed) => return,
+            // Closed, or a reason added later: no event will come.
+            Err(_) => return,
         };
         let mut s = summary.lock().unwrap_or_else(|e| e.into_inner());
         match event {
@@ -157,6 +158,7 @@ fn availability_name(a: Availability) -> &'static str {
         Availability::Available => "AVAILABLE",
         Availability::Degraded => "DEGRADED",
         Availability::Unavailable => "UNAVAILABLE",
+        _ => "OTHER",
     }
 }
 

@@ -78,7 +78,7 @@ pub(crate) fn run_request(args: RequestArgs) -> CmdResult {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = match Client::connect(config).await {
+        let client = match Client::connect(args.conn.proxy.client_options(config)).await {
             Ok(client) => client,
             // A refused key: the library says so itself ("the server rejected the API key").
             Err(e) => {
@@ -121,7 +121,7 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
         .build()?;
     rt.block_on(async move {
         let started = Instant::now();
-        let client = match Client::connect(config).await {
+        let client = match Client::connect(args.conn.proxy.client_options(config)).await {
             Ok(client) => client,
             // A refused key: the library says so itself ("the server rejected the API key").
             Err(e) => {
@@ -166,6 +166,8 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
 
 #[cfg(test)]
 mod tests {
+    use clap::Args as _;
+
     use super::*;
     use crate::shared::tests::{assert_hidden, parse, SECRET_URL};
 
@@ -185,6 +187,70 @@ mod tests {
         let config = config(&args.conn, Duration::from_secs(1)).unwrap();
         assert_eq!(config.url(), SECRET_URL);
         assert_eq!(config.api_key().expose(), "secret-123");
+    }
+
+    /// `--proxy` sends `request` and `send` through the proxy (a tunnel each), and its
+    /// credentials stay out of `Debug`.
+    #[test]
+    fn request_and_send_go_through_the_proxy() {
+        use usageflow_socket_server::{ProxyOptions, ProxyThread, ServerOptions, ServerThread};
+        let server = ServerThread::spawn(ServerOptions {
+            key: Some("k-1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let proxy = ProxyThread::spawn(ProxyOptions {
+            credentials: Some(("alice".into(), "hunter2".into())),
+            ..Default::default()
+        })
+        .unwrap();
+        let proxy_url = proxy.url_with_credentials("alice", "hunter2");
+        let url = server.url();
+        let common = [
+            "--url",
+            url.as_str(),
+            "--key",
+            "k-1",
+            "--proxy",
+            proxy_url.as_str(),
+        ];
+        let args: RequestArgs = parse(&[&common[..], &["get_application_policies"]].concat());
+        assert!(!format!("{args:?}").contains("hunter2"), "{args:?}");
+        assert_eq!(run_request(args).unwrap(), ExitCode::from(EXIT_OK));
+        let args: SendArgs = parse(&[&common[..], &["report_call_chain", "{}"]].concat());
+        assert_eq!(run_send(args).unwrap(), ExitCode::from(EXIT_OK));
+        assert_eq!(proxy.counters().tunnels_opened(), 2);
+        assert_eq!(server.counters().requests("get_application_policies"), 1);
+        assert_eq!(server.counters().fire_and_forget("report_call_chain"), 1);
+    }
+
+    /// Without `--proxy` the environment's proxy applies (the library's rules), unless
+    /// `--no-proxy-env`; the two flags exclude each other.
+    #[test]
+    fn the_proxy_environment_applies_unless_turned_off() {
+        let config = || Config::builder("ws://127.0.0.1:9/ws", "k").build().unwrap();
+        let args: RequestArgs = parse(&["--key", "k", "get_application_policies"]);
+        assert!(args.conn.proxy.client_options(config()).proxy_from_env());
+        let args: RequestArgs = parse(&["--key", "k", "--no-proxy-env", "get_application_policies"]);
+        let options = args.conn.proxy.client_options(config());
+        assert!(!options.proxy_from_env());
+        assert_eq!(options.resolve_proxy_redacted().unwrap(), None);
+        let args: RequestArgs = parse(&["--key", "k", "--proxy", "http://u:p@proxy:3128", "x"]);
+        let options = args.conn.proxy.client_options(config());
+        assert_eq!(
+            options.resolve_proxy_redacted().unwrap().as_deref(),
+            Some("http://***@proxy:3128")
+        );
+        let both = RequestArgs::augment_args(clap::Command::new("t")).try_get_matches_from([
+            "t",
+            "--key",
+            "k",
+            "--proxy",
+            "http://proxy:3128",
+            "--no-proxy-env",
+            "x",
+        ]);
+        assert!(both.is_err(), "--proxy and --no-proxy-env together");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use usageflow_socket_core::redact_url;
-use usageflow_socket_tokio::ClientError;
+use usageflow_socket_tokio::{ClientError, ClientOptions, Config};
 
 /// Exit code: success.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -108,6 +108,37 @@ pub(crate) struct ConnArgs {
     /// Handshake timeout, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub(crate) connect_timeout_ms: u64,
+    #[command(flatten)]
+    pub(crate) proxy: ProxyArgs,
+}
+
+/// How the client reaches the server: directly or through an HTTP proxy, with the library's
+/// rules (`ClientOptionsBuilder::proxy` and `proxy_from_env`). `Debug` hides the proxy's
+/// credentials.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ProxyArgs {
+    /// HTTP proxy to tunnel through (CONNECT): `http://[user:pass@]host[:port]`, credentials
+    /// never printed. Without it the proxy environment applies, as curl reads it:
+    /// https_proxy / HTTPS_PROXY for wss://, http_proxy / HTTP_PROXY for ws://, then
+    /// all_proxy / ALL_PROXY, except the hosts in no_proxy / NO_PROXY.
+    #[arg(long, value_name = "URL")]
+    pub(crate) proxy: Option<UrlArg>,
+    /// Ignore the proxy environment variables: connect directly unless --proxy is given.
+    #[arg(long, conflicts_with = "proxy")]
+    pub(crate) no_proxy_env: bool,
+}
+
+impl ProxyArgs {
+    /// The client options for `config`: through `--proxy`, else through the environment's
+    /// proxy for the URL (unless `--no-proxy-env`); the library applies its rules.
+    pub(crate) fn client_options(&self, config: Config) -> ClientOptions {
+        let builder = ClientOptions::builder(config);
+        match &self.proxy {
+            Some(url) => builder.proxy(url.as_str()),
+            None => builder.proxy_from_env(!self.no_proxy_env),
+        }
+        .build()
+    }
 }
 
 impl ConnArgs {

@@ -1,4 +1,4 @@
-//! [`UsageFlowApi`]: typed helpers for every message type of PROTOCOL.md, provided over two
+//! [`UsageFlowApi`]: typed helpers for every message type of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md), provided over two
 //! required methods (`request_with` and `send`), which the `Client` implements on every runtime.
 
 use std::future::Future;

@@ -307,6 +307,7 @@ impl<R: Runtime> UsageFlowApi for Client<R> {
 
 /// Why [`Subscription::recv`] returned no event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The subscriber fell behind and lost this many events (the oldest); the next receive
     /// returns the oldest event still held.
@@ -317,6 +318,7 @@ pub enum RecvError {
 
 /// Why [`Subscription::try_recv`] returned no event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TryRecvError {
     /// The subscriber fell behind and lost this many events (the oldest).
     Lagged(u64),

@@ -9,6 +9,7 @@ use usageflow_socket_core::{
 
 /// The three families of [`ClientError`], for hosts that decide by family rather than by variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// The service could not be asked or did not answer in time: a fail-open host lets the
     /// call through (not connected, timeout, connection lost, closed, backpressure, outbox full).

@@ -23,7 +23,7 @@ use usageflow_socket_core::{CloseReason, Config, DialError};
 use crate::proxy::{self, Proxy};
 use crate::{ClientError, ClientOptions, Runtime};
 
-/// The header that carries the API key (PROTOCOL.md).
+/// The header that carries the API key ([PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)).
 pub(crate) const API_KEY_HEADER: &str = "x-usage-key";
 
 /// Where to open the TCP connection for a dial.

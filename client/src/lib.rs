@@ -100,6 +100,7 @@
 //! `"*other*"`). Gauges move by differences, so several clients in one process add up
 //! (except `usageflow_availability`: the last client to publish sets it).
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api;
 mod client;

@@ -226,6 +226,8 @@ fn publish(old: &Stats, new: &Stats, availability: Availability, first: bool) {
         Availability::Unavailable => 0.0,
         Availability::Degraded => 1.0,
         Availability::Available => 2.0,
+        // `Availability` is non-exhaustive: a state added later is neither fully up nor down.
+        _ => 1.0,
     });
 
     publish_messages(&old.sends_by_type, &new.sends_by_type);

@@ -86,6 +86,17 @@ impl ClientOptions {
         self.proxy_from_env
     }
 
+    /// The proxy the client's dials would go through, with its credentials redacted: the
+    /// explicit one, else (with [`ClientOptionsBuilder::proxy_from_env`]) the one the
+    /// environment gives for the configured URL, by the rules described there, read now;
+    /// `None` for direct connections. Fails as building the client would on an unusable
+    /// proxy URL. For tools that must know whether a proxy is in the way (`ufsock bench`
+    /// refuses to compare against its direct bare clients through one).
+    pub fn resolve_proxy_redacted(&self) -> Result<Option<String>, crate::ClientError> {
+        let proxy = crate::handshake::resolve_proxy(self, |name| std::env::var(name).ok())?;
+        Ok(proxy.map(|proxy| proxy.redacted().to_owned()))
+    }
+
     /// The seed to build the pool with: the override, or a fresh random one (from the
     /// process's OS-seeded generator), logged at debug level so a run can be replayed.
     pub fn resolve_seed(&self) -> u64 {

@@ -65,7 +65,7 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// A connected TCP stream, read and written through the `futures-io` traits.
     type Tcp: AsyncRead + AsyncWrite + Send + Unpin + 'static;
 
-    /// The `User-Agent` the client's upgrade requests carry, `crate/version` (PROTOCOL.md):
+    /// The `User-Agent` the client's upgrade requests carry, `crate/version` ([PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)):
     /// an adapter names itself so the service can tell its clients apart.
     const USER_AGENT: &'static str = concat!("usageflow-socket-client/", env!("CARGO_PKG_VERSION"));
 

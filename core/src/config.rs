@@ -1,4 +1,4 @@
-//! Pool configuration: every knob of PROTOCOL.md with its default, validated once.
+//! Pool configuration: every knob of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md) with its default, validated once.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,6 +6,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::delivery::Delivery;
+
+mod env;
+pub use env::{EnvError, ENV_PREFIX};
 
 /// The production endpoint.
 pub const PRODUCTION_URL: &str = "wss://api.usageflow.io/ws";
@@ -202,7 +205,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Starts a builder with PROTOCOL.md's defaults for `url` and `api_key`.
+    /// Starts a builder with [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s defaults for `url` and `api_key`.
     pub fn builder(url: impl Into<String>, api_key: impl Into<String>) -> ConfigBuilder {
         ConfigBuilder {
             url: RedactedUrl(url.into()),

@@ -18,6 +18,7 @@ use crate::frame::Outgoing;
 /// the message is confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Delivery {
     /// Never written twice if it may have arrived. Written and unconfirmed when its connection
     /// dies, it ends as [`MessageFate::Unconfirmed`] (its fate is unknown); a frame that
@@ -124,6 +125,7 @@ impl MessageFate {
 
 /// A message a closing pool could not deliver, handed back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Undelivered {
     /// Its number.
     pub id: MessageId,

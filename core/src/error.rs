@@ -84,6 +84,7 @@ impl SendError {
 /// Why [`Pool::send`](crate::Pool::send) refused a message; counted as dropped. A caller that
 /// kept the message turns it into a [`SendError`] with [`SendError::from_refusal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum SendRefusal {
     /// No connection could take it and the outbox is full.
     #[error("outbox full: message dropped")]

@@ -26,7 +26,7 @@ pub enum DisconnectReason {
     #[error("no frame or pong within the read deadline")]
     ReadTimeout,
     /// A ping was not answered within the pong wait, even if other frames arrived (the
-    /// "ping failure" of PROTOCOL.md): messages written on it would never be confirmed.
+    /// "ping failure" of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)): messages written on it would never be confirmed.
     #[error("a ping was not answered within the pong wait")]
     PongTimeout,
     /// A write did not complete within the write wait.
@@ -72,6 +72,7 @@ impl fmt::Display for DropReason {
 
 /// The pool's availability, for fail-open hosts (one value instead of error strings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Availability {
     /// Every slot is open and requests are not timing out.
     Available,

@@ -1,4 +1,4 @@
-//! Wire types and the JSON codec of PROTOCOL.md: one text frame, one JSON object.
+//! Wire types and the JSON codec of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md): one text frame, one JSON object.
 
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -38,7 +38,7 @@ impl Outgoing {
         Ok(Self::new(kind, serde_json::to_value(payload)?))
     }
 
-    /// The idempotency key of this message, if its payload carries one: PROTOCOL.md's
+    /// The idempotency key of this message, if its payload carries one: [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s
     /// client-made `allocationId` of `request_for_allocation` and `use_allocation`.
     pub fn idempotency_key(&self) -> Option<&str> {
         match self.kind.as_str() {
@@ -268,7 +268,7 @@ impl fmt::Display for Payload {
 
 /// A frame from the server. Unknown fields are ignored; only `type` is required.
 ///
-/// Decoding is liberal (PROTOCOL.md: a field of an unexpected type never makes a frame
+/// Decoding is liberal ([PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md): a field of an unexpected type never makes a frame
 /// unreadable): only a string `id` or `replyTo` is kept, `message` and `error` of any JSON
 /// type are read as described on each field, and when a key appears more than once its last
 /// occurrence wins (as with [`serde_json::Value`]). `Deserialize` follows the same rules as
@@ -300,7 +300,7 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// The id this frame answers by PROTOCOL.md's rule: `replyTo` when it is a non-empty
+    /// The id this frame answers by [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s rule: `replyTo` when it is a non-empty
     /// string, otherwise `id` when it is one.
     pub fn correlation_id(&self) -> Option<&str> {
         match self.reply_to.as_deref() {

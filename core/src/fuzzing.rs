@@ -1,12 +1,12 @@
 //! Fuzz entry points, shared by the cargo-fuzz targets in `fuzz/` and by the corpus replay
-//! under plain `cargo test` (the tests at the bottom of this file read `fuzz/corpus/<target>/`).
+//! under plain `cargo test` (`tests/tests/fuzz_corpus.rs` in the repository reads
+//! `fuzz/corpus/<target>/`).
 //!
 //! Each function takes arbitrary bytes and panics only when it finds a bug: a panic in the
 //! core, or a broken invariant (conservation of requests and sends, exactly-once completion,
 //! outputs only to dialed connections, deadlines never in the past, bounded output per step).
 //!
-//! Compiled with the `fuzzing` feature, and in the crate's own unit tests, so that
-//! `cargo test` replays the committed corpora without extra flags.
+//! Compiled with the `fuzzing` feature, and in the crate's own unit tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -249,7 +249,7 @@ fn config_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     Ok(())
 }
 
-/// Decoding is liberal (PROTOCOL.md): whatever `serde_json` reads as a [`Value`] decodes as
+/// Decoding is liberal ([PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)): whatever `serde_json` reads as a [`Value`] decodes as
 /// that value says. An object whose last `type` is a string is a frame whose string fields
 /// are the object's (last occurrence wins, as in the `Value`), a field of another type being
 /// `None`; its `error` denies as the object's does. Any other value is not an object. (Text
@@ -953,58 +953,9 @@ impl Harness {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "empty corpus {}", dir.display());
-        files
-            .into_iter()
-            .map(|p| {
-                let data = std::fs::read(&p).expect("read corpus file");
-                (p, data)
-            })
-            .collect()
-    }
-
-    fn replay(target: &str, f: fn(&[u8])) {
-        for (path, data) in corpus(target) {
-            let r = std::panic::catch_unwind(|| f(&data));
-            assert!(r.is_ok(), "fuzz/corpus/{target}/{} fails", path.display());
-        }
-    }
-
-    #[test]
-    fn replay_frame_decode_corpus() {
-        replay("frame_decode", super::frame_decode);
-    }
-
-    #[test]
-    fn replay_pool_ops_corpus() {
-        replay("pool_ops", super::pool_ops);
-    }
-
-    #[test]
-    fn replay_config_corpus() {
-        replay("config", super::config);
-    }
-
-    /// `cargo test -p usageflow-socket-core --lib show_pool_ops_corpus -- --ignored --nocapture`
-    #[test]
-    #[ignore = "prints what each pool_ops seed exercises"]
-    fn show_pool_ops_corpus() {
-        for (path, data) in corpus("pool_ops") {
-            println!("{}: {:?}", path.display(), super::run_pool_ops(&data));
-        }
-    }
+    // The committed corpora (`fuzz/corpus/<target>/`) are replayed by the workspace's
+    // `usageflow-socket-tests` crate (tests/tests/fuzz_corpus.rs), so that this crate's
+    // packaged tests need no file outside it.
 
     #[test]
     fn empty_and_tiny_inputs() {

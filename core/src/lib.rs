@@ -64,6 +64,7 @@
 //! Fire-and-forget messages are confirmed by ping barriers and sent at most or at least once:
 //! see the [`delivery`] module for what "confirmed" proves.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 pub mod config;
@@ -72,6 +73,7 @@ mod error;
 mod event;
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 pub mod fuzzing;
 mod input;
 pub mod messages;
@@ -79,10 +81,11 @@ mod output;
 mod pool;
 mod request;
 #[cfg(any(test, feature = "sim"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stats;
 
-pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
+pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError, EnvError};
 pub use delivery::{Delivery, MessageFate, MessageId, SendOptions, UnconfirmedReason, Undelivered};
 pub use error::{RequestError, RequestFailure, SendError, SendRefusal};
 pub use event::{Availability, DisconnectReason, DropReason, Event};

@@ -1,4 +1,4 @@
-//! Typed payloads for every message type of PROTOCOL.md's table. Field names are camelCase on
+//! Typed payloads for every message type of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s table. Field names are camelCase on
 //! the wire; unknown fields are ignored when reading.
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,7 @@ pub struct RequestForAllocation {
 /// Reply payload of `request_for_allocation`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct AllocationReply {
     /// The allocation's id.
     pub allocation_id: String,
@@ -64,6 +65,7 @@ pub struct UseAllocation {
 /// Reply payload of `use_allocation`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct UseAllocationReply {
     /// The recorded event's id.
     pub event_id: String,
@@ -72,6 +74,7 @@ pub struct UseAllocationReply {
 /// Reply payload of `get_application_policies`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct PoliciesReply {
     /// The policies, as the server sends them.
     #[serde(default)]
@@ -87,6 +90,7 @@ pub struct PoliciesReply {
 /// Reply payload of `get_application_config`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ApplicationConfigReply {
     /// Paths to monitor.
     #[serde(default)]
@@ -108,6 +112,7 @@ pub struct ApplicationConfigReply {
 /// One blocked endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct BlockedEndpoint {
     /// URL pattern.
     #[serde(default)]
@@ -123,6 +128,7 @@ pub struct BlockedEndpoint {
 /// Reply payload of `get_blocked_endpoints`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct BlockedEndpointsReply {
     /// The blocked endpoints.
     #[serde(default)]

@@ -74,6 +74,7 @@ const LATENCY_BUCKETS: usize = 32;
 /// A summary of latencies (count, mean, maximum, and a log2 histogram for quantiles), as
 /// the confirmation latency: the time from a message's write to its confirmation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct LatencySummary {
     /// Latencies recorded.
     pub count: u64,

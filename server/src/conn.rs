@@ -494,6 +494,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         match msg {
             Message::Text(text) => {
                 Counters::add(&counters.text_frames_received);
+                counters.recorder.record(text.as_str());
                 self.msgs += 1;
                 self.read_resume_at = match self.shared.faults.read_delay_us() {
                     0 => None,

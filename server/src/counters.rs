@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::recording::{ReceivedFrame, Recorder};
+
 use usageflow_socket_core::messages::{
     GET_APPLICATION_CONFIG, GET_APPLICATION_POLICIES, GET_BLOCKED_ENDPOINTS, REPORT_CALL_CHAIN,
     REQUEST_FOR_ALLOCATION, USE_ALLOCATION,
 };
 
-/// The message types of PROTOCOL.md, counted with plain atomics; others go to a locked map.
+/// The message types of [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md), counted with plain atomics; others go to a locked map.
 const KNOWN: [&str; 6] = [
     REQUEST_FOR_ALLOCATION,
     USE_ALLOCATION,
@@ -102,6 +104,8 @@ pub struct Counters {
     /// Whether fire-and-forget `allocationId`s are recorded (off: no lock on the hot path).
     recording_ids: AtomicBool,
     allocation_ids: Mutex<BTreeMap<String, u64>>,
+    /// The received frames, when a test asked for them ([`Counters::record_frames`]).
+    pub(crate) recorder: Recorder,
     pub(crate) last_key_present: AtomicBool,
     last_user_agent: Mutex<Option<String>>,
     /// Server-wide reply sequence, the clock of the every-n faults.
@@ -110,6 +114,7 @@ pub struct Counters {
 
 /// A copy of every counter at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CountersSnapshot {
     /// TCP connections accepted (before any handshake).
     pub tcp_accepted: u64,
@@ -212,6 +217,30 @@ impl Counters {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Starts recording every text frame received from now on, at most `limit` of them
+    /// (beyond it they are only counted, [`Counters::frames_not_recorded`]), so a test can
+    /// assert on what its client sent: [`Counters::received_frames`]. Off by default: it
+    /// takes a lock and an allocation per frame. Calling it again starts a new record.
+    pub fn record_frames(&self, limit: usize) {
+        self.recorder.start(limit);
+    }
+
+    /// The text frames received since [`Counters::record_frames`], in the order the server
+    /// read them (across all connections), each with its `type`, `id` and `payload`.
+    pub fn received_frames(&self) -> Vec<ReceivedFrame> {
+        self.recorder.frames()
+    }
+
+    /// [`Counters::received_frames`], leaving the record empty; recording goes on.
+    pub fn take_received_frames(&self) -> Vec<ReceivedFrame> {
+        self.recorder.take()
+    }
+
+    /// Frames received while recording but not kept, because the record was full.
+    pub fn frames_not_recorded(&self) -> u64 {
+        self.recorder.not_recorded.load(Relaxed)
     }
 
     pub(crate) fn record_close(&self, code: Option<u16>) {

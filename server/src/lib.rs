@@ -6,7 +6,7 @@
 //! client runs, and [`kill`](ServerHandle::kill) and [`restart`](ServerHandle::restart) it on
 //! the same port to test reconnection. Nothing is global: each test starts its own server.
 //!
-//! It speaks PROTOCOL.md: it checks the `x-usage-key` header of the upgrade (401 when it is
+//! It speaks [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md): it checks the `x-usage-key` header of the upgrade (401 when it is
 //! missing, empty, or not the configured key), answers every message type, counts
 //! fire-and-forget messages, and injects faults that can be switched at run time.
 //!
@@ -24,6 +24,7 @@
 //! // Port 0 (the default address, 127.0.0.1:0): the system picks a free port.
 //! let server = Server::start(ServerOptions { key: Some("test-key".into()), ..Default::default() }).await?;
 //! let url = server.url(); // ws://127.0.0.1:PORT/ws — give it to the client under test.
+//! server.counters().record_frames(1000); // keep what the client sends (off by default)
 //!
 //! // The client under test would be a `usageflow_socket_tokio::Client`; a bare WebSocket
 //! // keeps this example self-contained.
@@ -37,6 +38,10 @@
 //! let counters = server.counters();
 //! assert!(counters.wait_until(Duration::from_secs(5), |s| s.fire_and_forget.len() == 1).await);
 //! assert_eq!(counters.fire_and_forget("report_call_chain"), 1);
+//! // The frames themselves, in the order the server read them, as wiremock's received_requests.
+//! let frames = counters.received_frames();
+//! assert_eq!(frames[0].kind.as_deref(), Some("report_call_chain"));
+//! assert_eq!(frames[0].payload, serde_json::json!({}));
 //!
 //! // An outage: kill drops every connection without a close frame and frees the port...
 //! server.kill().await;
@@ -129,7 +134,7 @@
 //! [`Server::start`] runs on the calling Tokio runtime; [`ServerThread::spawn`] runs it on a
 //! runtime of its own, for callers without Tokio (smol-based tests) — both share one
 //! implementation. `wss://` is served with [`ServerOptions::tls`]
-//! ([`TlsOptions::self_signed`] makes a certificate for `localhost`).
+//! ([`TlsOptions::self_signed`], with the `tls` feature, makes a certificate for `localhost`).
 //!
 //! # An HTTP proxy
 //!
@@ -138,12 +143,15 @@
 //! otherwise) or answer a fixed status ([`ProxyOptions`]), and counts what it did
 //! ([`ProxyCounters`]).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod conn;
 mod counters;
 mod faults;
 mod options;
 mod pong_filter;
 mod proxy;
+mod recording;
 mod tls;
 
 use std::future::Future;
@@ -166,6 +174,8 @@ pub use faults::Faults;
 pub const FORGED_PONG_MAX: u64 = 64;
 pub use options::{FaultConfig, ReplyData, ReplyStyle, ServerOptions, TlsOptions};
 pub use proxy::{ProxyCounters, ProxyOptions, ProxyThread};
+pub use recording::ReceivedFrame;
+#[cfg(feature = "tls")]
 pub use tls::self_signed_localhost;
 
 /// How long [`ServerHandle::kill`] waits for the aborted connection tasks to be gone.

@@ -6,8 +6,9 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 
-/// How a reply names the request it answers (PROTOCOL.md's correlation rule accepts all three).
+/// How a reply names the request it answers ([PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s correlation rule accepts all three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
 pub enum ReplyStyle {
     /// `replyTo` = the request id, `id` = a fresh UUID of the server's own. The default.
     #[default]

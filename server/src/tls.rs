@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::options::TlsOptions;
 use super::ServerError;
@@ -20,6 +20,8 @@ pub(crate) fn server_config(tls: &TlsOptions) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 /// A freshly generated self-signed certificate for `localhost` and `127.0.0.1`, with its
 /// private key (PKCS#8), both DER. A client that trusts the certificate (adds it as its only
 /// root) can connect to `wss://localhost:PORT/ws` or `wss://127.0.0.1:PORT/ws`.
@@ -28,11 +30,15 @@ pub fn self_signed_localhost() -> Result<(CertificateDer<'static>, PrivateKeyDer
     let certified =
         rcgen::generate_simple_self_signed(names).map_err(|e| ServerError::Certificate(e.to_string()))?;
     let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let key = PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
     Ok((cert, key))
 }
 
 impl TlsOptions {
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     /// A self-signed `localhost` certificate, from [`self_signed_localhost`]. Returns the
     /// options and the certificate (for the client's trust store).
     pub fn self_signed() -> Result<(Self, CertificateDer<'static>), ServerError> {

@@ -155,7 +155,7 @@ async fn each_reply_style_correlates_as_documented() {
                     assert!(r.get("replyTo").is_none());
                     assert_eq!(r["id"], "req-1");
                 }
-                ReplyStyle::Hostile => unreachable!("not in this loop"),
+                _ => unreachable!("not in this loop"),
             }
             // The core's decoder agrees on the correlation.
             let f = usageflow_socket_core::frame::decode(&r.to_string(), 1 << 20).unwrap();

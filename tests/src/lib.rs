@@ -75,7 +75,8 @@ pub async fn recv_event(sub: &mut Subscription) -> Option<Result<ClientEvent, u6
     match sub.recv().await {
         Ok(event) => Some(Ok(event)),
         Err(RecvError::Lagged(n)) => Some(Err(n)),
-        Err(RecvError::Closed) => None,
+        // Closed, or a reason added later: either way no event will come.
+        Err(_) => None,
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) async fn measure_bare(
     kind: BareClient,
     ctx: &RunCtx<'_>,
 ) -> Result<Measured, Box<dyn std::error::Error>> {
+    ctx.target.check_direct()?;
     let windows = windows(ctx.pool, ctx.concurrency);
     let sockets = raw::connect(&ctx.target.url, &ctx.target.key, windows.len()).await?;
     let run = Arc::new(RawRun {

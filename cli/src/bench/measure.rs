@@ -11,11 +11,12 @@ use std::time::Duration;
 use futures_util::future::{select, Either};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use usageflow_socket_server::ServerThread;
-use usageflow_socket_tokio::Stats;
+use usageflow_socket_tokio::{ClientOptions, Config, Stats};
 
 use crate::bench::report::Errors;
 use crate::bench::workload::Workload;
 use crate::procstat;
+use crate::shared::ProxyArgs;
 
 /// Where the runs go.
 pub(crate) struct Target {
@@ -25,6 +26,31 @@ pub(crate) struct Target {
     pub(crate) key: String,
     /// The embedded server, when there is no --url.
     pub(crate) server: Option<ServerThread>,
+    /// How the pooled client reaches it (the bare clients always connect directly).
+    pub(crate) proxy: ProxyArgs,
+}
+
+impl Target {
+    /// The pooled client's options for `config`, with the target's proxy.
+    pub(crate) fn client_options(&self, config: Config) -> ClientOptions {
+        self.proxy.client_options(config)
+    }
+
+    /// Refuses a bare client's run when the pooled client would go through a proxy: the bare
+    /// clients connect directly, and a comparison across a proxy would measure the proxy.
+    pub(crate) fn check_direct(&self) -> Result<(), String> {
+        let config = Config::builder(&self.url, &self.key)
+            .build()
+            .map_err(|e| e.to_string())?;
+        match self.client_options(config).resolve_proxy_redacted() {
+            Ok(None) => Ok(()),
+            Ok(Some(proxy)) => Err(format!(
+                "the bare clients (raw, raw-send, minimal, --compare, --sweep) connect directly and cannot go \
+                 through the proxy {proxy}; use --no-proxy-env or measure the pooled client alone"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// What every run shares: its settings, the counters its tasks bump, its limit, the server's
@@ -144,4 +170,36 @@ impl Progress {
 /// limit came first.
 pub(crate) async fn within(limit: impl Future<Output = ()>, work: impl Future<Output = ()>) -> bool {
     matches!(select(pin!(work), pin!(limit)).await, Either::Left(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bare clients connect directly: a run through a proxy refuses them, naming the
+    /// proxy without its credentials.
+    #[test]
+    fn bare_clients_refuse_a_proxy() {
+        let target = |proxy: ProxyArgs| Target {
+            url: "ws://127.0.0.1:9/ws".into(),
+            key: "k".into(),
+            server: None,
+            proxy,
+        };
+        let direct = ProxyArgs {
+            no_proxy_env: true,
+            ..Default::default()
+        };
+        assert_eq!(target(direct).check_direct(), Ok(()));
+        let through = ProxyArgs {
+            proxy: Some("http://u:secret@proxy:3128".parse().unwrap()),
+            no_proxy_env: false,
+        };
+        let err = target(through).check_direct().unwrap_err();
+        assert!(
+            err.contains("cannot go through the proxy http://***@proxy:3128"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+    }
 }

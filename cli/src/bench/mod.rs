@@ -27,7 +27,7 @@ use usageflow_socket_core::redact_url;
 use usageflow_socket_server::{ServerOptions, ServerThread};
 
 use crate::procstat;
-use crate::shared::{CmdResult, SecretArg, UrlArg, EXIT_OK, EXIT_OTHER};
+use crate::shared::{CmdResult, ProxyArgs, SecretArg, UrlArg, EXIT_OK, EXIT_OTHER};
 use bare::BareClient;
 use measure::{Measured, RunCtx, Target};
 use pooled::{Adapter, Smol, Tokio};
@@ -78,6 +78,10 @@ pub(crate) struct BenchArgs {
     /// API key for --url (never printed); the embedded server uses its own.
     #[arg(long, env = "USAGEFLOW_API_KEY", hide_env_values = true)]
     key: Option<SecretArg>,
+    // The pooled client's proxy (the proxy environment applies only with --url: the
+    // embedded server is dialed directly unless --proxy is given).
+    #[command(flatten)]
+    proxy: ProxyArgs,
     /// Connections in the pool (and raw connections).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=64))]
     pool: u16,
@@ -213,6 +217,7 @@ fn target(args: &BenchArgs) -> Result<Target, Box<dyn std::error::Error>> {
                 .map(|key| key.expose().to_owned())
                 .ok_or("--url needs --key (or USAGEFLOW_API_KEY)")?,
             server: None,
+            proxy: args.proxy.clone(),
         },
         None => {
             let key = "ufsock-bench-key".to_owned();
@@ -224,6 +229,10 @@ fn target(args: &BenchArgs) -> Result<Target, Box<dyn std::error::Error>> {
                 url: server.url(),
                 key,
                 server: Some(server),
+                proxy: ProxyArgs {
+                    no_proxy_env: true,
+                    ..args.proxy.clone()
+                },
             }
         }
     })

@@ -107,7 +107,7 @@ pub(crate) async fn measure_pooled<A: Adapter>(
         .pool_size(ctx.pool)
         .request_timeout(ctx.request_timeout)
         .build()?;
-    let client = Client::<A::Runtime>::connect(config).await?;
+    let client = Client::<A::Runtime>::connect(ctx.target.client_options(config)).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.stats().open_connections < u32::from(ctx.pool) {
         if Instant::now() >= deadline {

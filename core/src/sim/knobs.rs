@@ -252,7 +252,7 @@ impl Knobs {
         knobs
     }
 
-    /// Knobs without faults: PROTOCOL.md's defaults shrunk to simulation scale (pool of 3),
+    /// Knobs without faults: [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s defaults shrunk to simulation scale (pool of 3),
     /// fast replies, a small workload. A base for hand-written scenarios.
     pub fn calm() -> Knobs {
         let ms = Duration::from_millis;

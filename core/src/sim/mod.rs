@@ -8,7 +8,7 @@
 //!   testing: every seed gets its own subset of faults at its own rates).
 //! - [`Sim`]: the harness. It plays the adapter (dials, writes, flushes, or withholds
 //!   [`Input::Flushed`] when writes stall) and the server (answers
-//!   requests after a latency per PROTOCOL.md's correlation rule, counts fire-and-forget
+//!   requests after a latency per [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md)'s correlation rule, counts fire-and-forget
 //!   messages, refuses or rejects dials, hangs handshakes, drops and duplicates replies,
 //!   sends garbage, binary and stray frames, ignores pings, closes mid-stream), and runs a
 //!   workload of requests (with and without per-call timeouts, idempotent or not), sends,
@@ -1195,7 +1195,7 @@ impl Sim {
         }
     }
 
-    /// The server receives one frame: counts it, or answers it per PROTOCOL.md.
+    /// The server receives one frame: counts it, or answers it per [PROTOCOL.md](https://github.com/usageflow/usageflow-socket/blob/main/docs/PROTOCOL.md).
     fn server_receive(&mut self, conn: ConnId, frame: &str) {
         let Ok(msg) = frame::decode(frame, usize::MAX) else {
             return;
