@@ -103,6 +103,7 @@ mod client;
 mod driver;
 mod error;
 mod events;
+mod eyeballs;
 mod handshake;
 mod io;
 mod live;
@@ -119,7 +120,10 @@ pub use client::{Client, RecvError, Subscription, TryRecvError};
 pub use driver::ClientEvent;
 pub use error::{ClientError, ErrorClass};
 pub use events::DEFAULT_MAX_UNSOLICITED_BYTES;
-pub use options::{ClientOptions, ClientOptionsBuilder};
+pub use eyeballs::ConnectAttemptsFailed;
+pub use options::{
+    ClientOptions, ClientOptionsBuilder, DEFAULT_CONNECT_ATTEMPT_DELAY, DEFAULT_CONNECT_ATTEMPT_TIMEOUT,
+};
 pub use runtime::Runtime;
 pub use shared::{CloseReport, EVENT_CAPACITY};
 pub use usageflow_socket_core::{

@@ -163,7 +163,7 @@ pub use counters::{Counters, CountersSnapshot};
 pub use faults::Faults;
 pub use options::{FaultConfig, ReplyData, ReplyStyle, ServerOptions, TlsOptions};
 pub use proxy::{ProxyCounters, ProxyOptions, ProxyThread};
-pub use tls::self_signed_localhost;
+pub use tls::{self_signed_localhost, TestCa};
 
 /// How long [`ServerHandle::kill`] waits for the aborted connection tasks to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(2);
