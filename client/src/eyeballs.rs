@@ -85,15 +85,15 @@ impl std::error::Error for ConnectAttemptsFailed {
     }
 }
 
-/// Resolves `host` on `runtime` and connects to one of its addresses with Happy Eyeballs.
-/// One address is one attempt (its error as is); several that all fail give an error of the
+/// Resolves `host` on `runtime` and connects to one of its addresses with Happy Eyeballs:
+/// the stream and the address it reached. One address is one attempt (its error as is); several that all fail give an error of the
 /// last failure's kind carrying [`ConnectAttemptsFailed`].
 pub(crate) async fn connect<R: Runtime>(
     runtime: &R,
     host: &str,
     port: u16,
     timing: Eyeballs,
-) -> io::Result<R::Tcp> {
+) -> io::Result<(R::Tcp, SocketAddr)> {
     let addrs = runtime.resolve(host, port).await?;
     if addrs.is_empty() {
         return Err(io::Error::new(
@@ -126,7 +126,7 @@ pub(crate) async fn connect<R: Runtime>(
             }
         };
         match ended {
-            Some((_, Ok(tcp))) => return Ok(tcp),
+            Some((addr, Ok(tcp))) => return Ok((tcp, addr)),
             Some((addr, Err(error))) => {
                 tracing::debug!(%addr, %error, "usageflow-socket: connect attempt failed");
                 failed.push((addr, error));

@@ -22,7 +22,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
 use tungstenite::http::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use tungstenite::protocol::WebSocketConfig;
-use usageflow_socket_core::{CloseReason, Config, DialError};
+use usageflow_socket_core::{CloseReason, Config, DialError, DialIoError, DialStage};
 
 use crate::eyeballs::{self, Eyeballs};
 use crate::proxy::{self, Proxy};
@@ -96,17 +96,19 @@ impl DialContext {
         let request = upgrade_request(&self.config, self.user_agent)?;
         let target = dial_target(&request)?;
         let tcp = match &self.proxy {
-            None => eyeballs::connect(runtime, &target.host, target.port, self.eyeballs)
-                .await
-                .map_err(|e| connect_error(&target, &e))?,
+            None => {
+                let (tcp, peer) = eyeballs::connect(runtime, &target.host, target.port, self.eyeballs)
+                    .await
+                    .map_err(|e| io_error(DialStage::Connect, &target.host, target.port, e))?;
+                tracing::Span::current().record("peer", tracing::field::display(peer));
+                tcp
+            }
             Some(proxy) => {
                 let connect = eyeballs::connect(runtime, &proxy.host, proxy.port, self.eyeballs);
-                let mut tcp = connect.await.map_err(|e| {
-                    DialError::Network(format!(
-                        "TCP connect to the proxy {}:{} failed: {e}",
-                        proxy.host, proxy.port
-                    ))
-                })?;
+                let (mut tcp, peer) = connect
+                    .await
+                    .map_err(|e| io_error(DialStage::Proxy, &proxy.host, proxy.port, e))?;
+                tracing::Span::current().record("peer", tracing::field::display(peer));
                 proxy::connect_tunnel(&mut tcp, proxy, &target.host, target.port).await?;
                 tcp
             }
@@ -117,12 +119,11 @@ impl DialContext {
         let stream = if target.tls {
             let name = ServerName::try_from(target.host.clone())
                 .map_err(|e| DialError::Network(format!("invalid TLS server name {:?}: {e}", target.host)))?;
-            let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-                DialError::Network(format!(
-                    "TLS handshake with {}:{} failed: {e}",
-                    target.host, target.port
-                ))
-            })?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| io_error(DialStage::Tls, &target.host, target.port, e))?;
             MaybeTls::Tls(Box::new(tls))
         } else {
             MaybeTls::Plain(tcp)
@@ -130,7 +131,10 @@ impl DialContext {
         let (socket, _response) =
             async_tungstenite::client_async_with_config(request, stream, Some(self.websocket))
                 .await
-                .map_err(dial_error)?;
+                .map_err(|e| match e {
+                    tungstenite::Error::Io(e) => io_error(DialStage::Upgrade, &target.host, target.port, e),
+                    other => dial_error(other),
+                })?;
         Ok(socket.split())
     }
 }
@@ -401,12 +405,18 @@ pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Maps a TCP connect failure.
-pub(crate) fn connect_error(target: &DialTarget, error: &std::io::Error) -> DialError {
-    DialError::Network(format!(
-        "TCP connect to {}:{} failed: {error}",
-        target.host, target.port
-    ))
+/// A dial's I/O failure at `stage` towards `host:port`, kept whole ([`DialError::Io`]).
+pub(crate) fn io_error(stage: DialStage, host: &str, port: u16, error: io::Error) -> DialError {
+    DialError::Io(DialIoError::new(stage, host_port(host, port), error))
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Maps a read error to how the connection ended.

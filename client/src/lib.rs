@@ -128,7 +128,7 @@ pub use runtime::Runtime;
 pub use shared::{CloseReport, EVENT_CAPACITY};
 pub use usageflow_socket_core::{
     messages, ApiKey, Availability, CloseReason, Config, ConfigBuilder, ConfigError, ConnId, Delivery,
-    DialError, DisconnectReason, DropReason, Event, FrameError, Incoming, LatencySummary, MessageFate,
-    MessageId, Outgoing, Payload, RequestOptions, SendOptions, SendStats, Stats, UnconfirmedReason,
-    Undelivered,
+    DialError, DialIoError, DialStage, DisconnectReason, DropReason, Event, FrameError, Incoming,
+    LatencySummary, MessageFate, MessageId, Outgoing, Payload, RequestOptions, SendOptions, SendStats, Stats,
+    UnconfirmedReason, Undelivered,
 };

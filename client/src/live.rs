@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 
 use futures_channel::oneshot;
 use futures_util::future::{AbortHandle, Abortable};
+use tracing::Instrument;
 use usageflow_socket_core::{ConnId, Outcome};
 
 use crate::driver::{ClientEvent, Effects};
@@ -72,7 +73,15 @@ impl<R: Runtime> Effects for Live<R> {
         let ctx = Arc::clone(&self.dial);
         let runtime = Arc::clone(&self.runtime);
         let reports = DirectReports::new(Weak::clone(&self.shared));
-        spawn_abortable(&*self.runtime, async move {
+        // The connection's span, carried by its reader and writer tasks; the dial records
+        // the address it reached as `peer`.
+        let span = tracing::info_span!(
+            "usageflow_connection",
+            slot = conn.slot,
+            generation = conn.generation,
+            peer = tracing::field::Empty,
+        );
+        let task = async move {
             let writer_reports = reports.clone();
             let yields = runtime.writer_yields();
             let spawner = Arc::clone(&runtime);
@@ -81,10 +90,8 @@ impl<R: Runtime> Effects for Live<R> {
                                      flushed: FlushedWrites| {
                 let (commands, queue) = async_channel::unbounded();
                 let progress = flushed.clone();
-                let task = spawn_abortable(
-                    &*spawner,
-                    run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields),
-                );
+                let writer = run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields);
+                let task = spawn_abortable(&*spawner, writer.instrument(tracing::Span::current()));
                 LiveWriter {
                     commands,
                     task,
@@ -93,7 +100,8 @@ impl<R: Runtime> Effects for Live<R> {
             };
             let max_frame_size = ctx.config().max_frame_size();
             run_connection(conn, ctx.dial(&*runtime), max_frame_size, spawn_writer, reports).await;
-        })
+        };
+        spawn_abortable(&*self.runtime, task.instrument(span))
     }
 
     fn abort(&mut self, task: AbortHandle) {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use usageflow_socket_server::{ServerOptions, ServerThread, TestCa, TlsOptions};
-use usageflow_socket_tokio::{Client, ClientOptions, Config, UsageFlowApi};
+use usageflow_socket_tokio::{
+    Client, ClientEvent, ClientOptions, Config, DialError, DialStage, Event, UsageFlowApi,
+};
 
 const KEY: &str = "tls-test-key";
 
@@ -40,6 +42,23 @@ async fn works(options: ClientOptions) -> bool {
     ok
 }
 
+/// The first dial error of a client with `options`.
+async fn first_dial_error(options: ClientOptions) -> DialError {
+    let client = Client::start(options).unwrap();
+    let mut events = client.subscribe();
+    let error = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ClientEvent::Pool(Event::ConnectFailed { error, .. })) = events.recv().await {
+                return error;
+            }
+        }
+    })
+    .await
+    .expect("no ConnectFailed within 5 s");
+    client.close().await;
+    error
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_roots_platform_verifier_and_mtls() {
     let ca = TestCa::generate().unwrap();
@@ -51,8 +70,22 @@ async fn platform_roots_platform_verifier_and_mtls() {
     std::env::set_var("SSL_CERT_FILE", &pem_file);
     std::env::remove_var("SSL_CERT_DIR");
 
-    // webpki roots alone do not know the private CA.
+    // webpki roots alone do not know the private CA: the dial error says so, typed.
     assert!(!works(ClientOptions::from(config(&server))).await);
+    let error = first_dial_error(ClientOptions::from(config(&server))).await;
+    let DialError::Io(failure) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(failure.stage(), DialStage::Tls);
+    let rustls_error = failure
+        .io_error()
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .unwrap_or_else(|| panic!("no rustls error in the chain: {error:?}"));
+    assert_eq!(
+        rustls_error,
+        &rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+    );
     // The platform's roots (SSL_CERT_FILE) do.
     let native = ClientOptions::builder(config(&server))
         .webpki_roots(false)
