@@ -58,6 +58,8 @@ use tokio::runtime::Handle;
 
 pub use usageflow_socket_client::*;
 
+pub mod blocking;
+
 /// The client on Tokio: `usageflow_socket_client::Client<Tokio>`. `Client::connect` and
 /// `Client::start` must be called within a Tokio runtime; the client's tasks run on it.
 pub type Client = usageflow_socket_client::Client<Tokio>;
