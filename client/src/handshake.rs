@@ -508,9 +508,17 @@ mod tests {
         assert!(DialContext::new(&ClientOptions::from(config("ws://127.0.0.1:9/ws")), "ua").is_ok());
     }
 
-    #[cfg(feature = "ring")]
+    #[cfg(any(feature = "ring", feature = "aws-lc-rs"))]
     #[test]
-    fn tls_config_builds_with_ring() {
+    fn tls_config_builds_on_the_features_provider() {
+        // aws-lc-rs when its feature is on (it offers post-quantum key exchange first), else ring.
+        let provider = crypto_provider().unwrap();
+        let first_group = format!("{:?}", provider.kx_groups[0].name());
+        if cfg!(feature = "aws-lc-rs") {
+            assert!(first_group.contains("MLKEM"), "{first_group}");
+        } else {
+            assert_eq!(first_group, "X25519", "ring");
+        }
         let options = ClientOptions::from(config("wss://api.usageflow.io/ws"));
         assert!(tls_client_config(&options).is_ok());
         let options = ClientOptions::builder(config("wss://x/ws"))
