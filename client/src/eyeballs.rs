@@ -64,6 +64,7 @@ pub(crate) fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
 /// Every attempt of a dial failed: each address with its error. As an [`io::Error`] it has
 /// the kind of the last failure, and that failure as its `source()`.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ConnectAttemptsFailed {
     /// Each address tried, with why it failed, in the order the attempts ended.
     pub attempts: Vec<(SocketAddr, io::Error)>,
