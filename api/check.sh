@@ -4,7 +4,7 @@
 # listing changed unnoticed; after a deliberate change, run `api/check.sh --bless` and commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-crates=(usageflow-socket-core usageflow-socket-client usageflow-socket-tokio usageflow-socket-smol usageflow-socket-server)
+crates=(usageflow-socket-core usageflow-socket-client usageflow-socket-tokio usageflow-socket-smol usageflow-socket-server usageflow-tower)
 version=0.52.0
 if ! cargo public-api --version 2>/dev/null | grep -q "$version"; then
     cargo install --locked cargo-public-api --version "$version"

@@ -59,6 +59,8 @@ use tokio::runtime::Handle;
 
 pub use usageflow_socket_client::*;
 
+pub mod blocking;
+
 /// The client on Tokio: `usageflow_socket_client::Client<Tokio>`. `Client::connect` and
 /// `Client::start` must be called within a Tokio runtime; the client's tasks run on it.
 pub type Client = usageflow_socket_client::Client<Tokio>;
@@ -115,6 +117,10 @@ impl Runtime for Tokio {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
         Ok(TokioAdapter::new(tcp))
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
     }
 
     /// Tokio re-polls a yielding task cheaply, after the other ready tasks: 8 was level with

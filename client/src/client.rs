@@ -8,7 +8,8 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use usageflow_socket_core::{
     redact_url, Availability, Incoming, MessageId, Outgoing, RequestOptions, SendOptions, Stats,
@@ -165,7 +166,14 @@ impl<R: Runtime> Client<R> {
         mut options: RequestOptions,
     ) -> Result<Incoming, ClientError> {
         options.affinity.get_or_insert(self.affinity);
-        self.shared().request(message, options).await
+        // A span per request at debug level (its id recorded once the core assigned it);
+        // nothing but a level check when debug is off.
+        let span =
+            tracing::debug_span!("usageflow_request", r#type = %message.kind, id = tracing::field::Empty);
+        if span.is_disabled() {
+            return self.shared().request(message, options).await;
+        }
+        self.shared().request(message, options).instrument(span).await
     }
 
     /// Sends `message` fire-and-forget with the configured guarantee. It goes out at once on

@@ -111,6 +111,12 @@ pub enum ClientError {
     /// The client options cannot work (for example an unparsable root certificate).
     #[error("invalid client options: {0}")]
     InvalidOptions(String),
+    /// A blocking call (of a blocking client, such as `usageflow_socket_tokio::blocking::Client`)
+    /// was made on an async runtime's thread, where blocking would stall the executor (or
+    /// deadlock it). Nothing was done: use the async client there, or call from a plain
+    /// thread (Tokio's `spawn_blocking`).
+    #[error("a blocking UsageFlow call was made inside an async runtime; use the async client there, or spawn_blocking")]
+    BlockingInAsyncContext,
 }
 
 impl ClientError {
@@ -118,7 +124,9 @@ impl ClientError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ClientError::Denied(_) => ErrorClass::Denied,
-            ClientError::InvalidReply { .. } | ClientError::InvalidOptions(_) => ErrorClass::Invalid,
+            ClientError::InvalidReply { .. }
+            | ClientError::InvalidOptions(_)
+            | ClientError::BlockingInAsyncContext => ErrorClass::Invalid,
             ClientError::NotConnected
             | ClientError::Rejected { .. }
             | ClientError::ProxyRefused { .. }

@@ -3,23 +3,28 @@
 
 use std::io;
 use std::pin::Pin;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_io::{AsyncRead, AsyncWrite};
+#[cfg(feature = "tls")]
 use futures_rustls::client::TlsStream;
+#[cfg(feature = "tls")]
 use futures_rustls::TlsConnector;
+#[cfg(feature = "tls")]
 use rustls::pki_types::ServerName;
-
+#[cfg(feature = "tls")]
 use rustls::{ClientConfig, RootCertStore};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
 use tungstenite::http::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use tungstenite::protocol::WebSocketConfig;
-use usageflow_socket_core::{CloseReason, Config, DialError};
+use usageflow_socket_core::{CloseReason, Config, DialError, DialIoError, DialStage};
 
+use crate::eyeballs::{self, Eyeballs};
 use crate::proxy::{self, Proxy};
 use crate::{ClientError, ClientOptions, Runtime};
 
@@ -41,10 +46,12 @@ pub(crate) struct DialTarget {
 /// (made from [`tls_client_config`]), the WebSocket limits and the `User-Agent`.
 pub(crate) struct DialContext {
     config: Config,
+    #[cfg(feature = "tls")]
     tls: TlsConnector,
     websocket: WebSocketConfig,
     user_agent: &'static str,
     proxy: Option<Proxy>,
+    eyeballs: Eyeballs,
 }
 
 impl DialContext {
@@ -63,12 +70,23 @@ impl DialContext {
                 "usageflow-socket: dialing through an HTTP CONNECT proxy"
             );
         }
+        #[cfg(not(feature = "tls"))]
+        if config.url().starts_with("wss://") {
+            return Err(ClientError::InvalidOptions(
+                "wss:// needs TLS: build usageflow-socket with its `tls` feature".into(),
+            ));
+        }
         Ok(Self {
+            #[cfg(feature = "tls")]
             tls: TlsConnector::from(tls_client_config(options)?),
             websocket: websocket_config(&config),
             config,
             user_agent,
             proxy,
+            eyeballs: Eyeballs {
+                delay: options.connect_attempt_delay(),
+                attempt_timeout: options.connect_attempt_timeout(),
+            },
         })
     }
 
@@ -78,30 +96,34 @@ impl DialContext {
         let request = upgrade_request(&self.config, self.user_agent)?;
         let target = dial_target(&request)?;
         let tcp = match &self.proxy {
-            None => runtime
-                .connect(&target.host, target.port)
-                .await
-                .map_err(|e| connect_error(&target, &e))?,
+            None => {
+                let (tcp, peer) = eyeballs::connect(runtime, &target.host, target.port, self.eyeballs)
+                    .await
+                    .map_err(|e| io_error(DialStage::Connect, &target.host, target.port, e))?;
+                tracing::Span::current().record("peer", tracing::field::display(peer));
+                tcp
+            }
             Some(proxy) => {
-                let mut tcp = runtime.connect(&proxy.host, proxy.port).await.map_err(|e| {
-                    DialError::Network(format!(
-                        "TCP connect to the proxy {}:{} failed: {e}",
-                        proxy.host, proxy.port
-                    ))
-                })?;
+                let connect = eyeballs::connect(runtime, &proxy.host, proxy.port, self.eyeballs);
+                let (mut tcp, peer) = connect
+                    .await
+                    .map_err(|e| io_error(DialStage::Proxy, &proxy.host, proxy.port, e))?;
+                tracing::Span::current().record("peer", tracing::field::display(peer));
                 proxy::connect_tunnel(&mut tcp, proxy, &target.host, target.port).await?;
                 tcp
             }
         };
+        #[cfg(not(feature = "tls"))]
+        let stream = MaybeTls::Plain(tcp);
+        #[cfg(feature = "tls")]
         let stream = if target.tls {
             let name = ServerName::try_from(target.host.clone())
                 .map_err(|e| DialError::Network(format!("invalid TLS server name {:?}: {e}", target.host)))?;
-            let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-                DialError::Network(format!(
-                    "TLS handshake with {}:{} failed: {e}",
-                    target.host, target.port
-                ))
-            })?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| io_error(DialStage::Tls, &target.host, target.port, e))?;
             MaybeTls::Tls(Box::new(tls))
         } else {
             MaybeTls::Plain(tcp)
@@ -109,7 +131,10 @@ impl DialContext {
         let (socket, _response) =
             async_tungstenite::client_async_with_config(request, stream, Some(self.websocket))
                 .await
-                .map_err(dial_error)?;
+                .map_err(|e| match e {
+                    tungstenite::Error::Io(e) => io_error(DialStage::Upgrade, &target.host, target.port, e),
+                    other => dial_error(other),
+                })?;
         Ok(socket.split())
     }
 }
@@ -122,6 +147,7 @@ pub(crate) enum MaybeTls<S> {
     /// `ws://`.
     Plain(S),
     /// `wss://`.
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream<S>>),
 }
 
@@ -129,6 +155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
             MaybeTls::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -138,6 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
             MaybeTls::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -149,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "tls")]
             MaybeTls::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -156,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
             MaybeTls::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -163,6 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_close(cx),
+            #[cfg(feature = "tls")]
             MaybeTls::Tls(s) => Pin::new(s).poll_close(cx),
         }
     }
@@ -233,13 +264,77 @@ pub(crate) fn dial_target(request: &Request) -> Result<DialTarget, DialError> {
     Ok(DialTarget { host, port, tls })
 }
 
-/// The rustls client configuration for `wss://`: built explicitly on the `ring` provider (never
-/// a process-wide default provider, which may be absent), trusting the webpki roots (if
-/// enabled) and the options' extra roots.
+/// The crypto provider the client builds its TLS configuration on: `aws-lc-rs` when that
+/// feature is on, else `ring` when that one is; with neither, the process-wide default that
+/// the application installed (`CryptoProvider::install_default`), so a host that already
+/// links one compiles no second. Never a provider picked implicitly from whatever is linked.
+#[cfg(feature = "tls")]
+fn crypto_provider() -> Result<Arc<rustls::crypto::CryptoProvider>, ClientError> {
+    #[cfg(feature = "aws-lc-rs")]
+    return Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return Ok(Arc::new(rustls::crypto::ring::default_provider()));
+    #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .ok_or_else(|| {
+            ClientError::InvalidOptions(
+                "TLS needs a crypto provider: enable the `ring` or `aws-lc-rs` feature, or install a process default with rustls::crypto::CryptoProvider::install_default".into(),
+            )
+        })
+}
+
+/// The rustls client configuration for `wss://`: the one given with
+/// [`crate::ClientOptionsBuilder::tls_config`] as is; else, on [`crypto_provider`], the
+/// platform's verifier (feature `platform-verifier`, when chosen) or webpki over the trusted
+/// roots (webpki roots, the platform's roots, the options' extra roots), without client
+/// authentication.
+#[cfg(feature = "tls")]
 pub(crate) fn tls_client_config(options: &ClientOptions) -> Result<Arc<ClientConfig>, ClientError> {
+    if let Some(config) = options.tls_config() {
+        return Ok(Arc::clone(config));
+    }
+    let provider = crypto_provider()?;
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::InvalidOptions(format!("TLS configuration: {e}")))?;
+    #[cfg(feature = "platform-verifier")]
+    if options.platform_verifier() {
+        let extra = options.root_certificates().iter().cloned();
+        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider)
+            .map_err(|e| ClientError::InvalidOptions(format!("the platform verifier: {e}")))?;
+        let config = builder
+            .dangerous() // Not dangerous: the platform's own verification replaces webpki's.
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        return Ok(Arc::new(config));
+    }
+    let roots = root_store(options)?;
+    Ok(Arc::new(
+        builder.with_root_certificates(roots).with_no_client_auth(),
+    ))
+}
+
+/// The roots webpki trusts: the webpki roots (if enabled), the platform's (if chosen), and the
+/// options' extra roots. Empty is an error for a `wss://` URL.
+#[cfg(feature = "tls")]
+fn root_store(options: &ClientOptions) -> Result<RootCertStore, ClientError> {
     let mut roots = RootCertStore::empty();
     if options.webpki_roots() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    #[cfg(feature = "native-roots")]
+    if options.native_roots() {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::warn!(%error, "usageflow-socket: a platform root certificate store could not be read");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(
+            added,
+            ignored,
+            "usageflow-socket: trusting the platform's root certificates"
+        );
     }
     for (i, der) in options.root_certificates().iter().enumerate() {
         roots
@@ -248,16 +343,10 @@ pub(crate) fn tls_client_config(options: &ClientOptions) -> Result<Arc<ClientCon
     }
     if roots.is_empty() && options.config().url().starts_with("wss://") {
         return Err(ClientError::InvalidOptions(
-            "wss:// needs trusted roots: enable webpki roots or add a root certificate".into(),
+            "wss:// needs trusted roots: enable webpki or platform roots, or add a root certificate".into(),
         ));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::InvalidOptions(format!("TLS configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(roots)
 }
 
 /// Size of a connection's read buffer. tungstenite zero-fills the free part of this buffer
@@ -316,12 +405,18 @@ pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Maps a TCP connect failure.
-pub(crate) fn connect_error(target: &DialTarget, error: &std::io::Error) -> DialError {
-    DialError::Network(format!(
-        "TCP connect to {}:{} failed: {error}",
-        target.host, target.port
-    ))
+/// A dial's I/O failure at `stage` towards `host:port`, kept whole ([`DialError::Io`]).
+pub(crate) fn io_error(stage: DialStage, host: &str, port: u16, error: io::Error) -> DialError {
+    DialError::Io(DialIoError::new(stage, host_port(host, port), error))
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Maps a read error to how the connection ended.
@@ -403,8 +498,27 @@ mod tests {
         assert_eq!(dial_target(&r).unwrap().port, 80);
     }
 
+    #[cfg(not(feature = "tls"))]
     #[test]
-    fn tls_config_builds_with_ring() {
+    fn without_tls_wss_is_refused_and_ws_builds() {
+        let err = DialContext::new(&ClientOptions::from(config("wss://api.usageflow.io/ws")), "ua")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+        assert!(DialContext::new(&ClientOptions::from(config("ws://127.0.0.1:9/ws")), "ua").is_ok());
+    }
+
+    #[cfg(any(feature = "ring", feature = "aws-lc-rs"))]
+    #[test]
+    fn tls_config_builds_on_the_features_provider() {
+        // aws-lc-rs when its feature is on (it offers a post-quantum hybrid key exchange, which
+        // ring has not), else ring.
+        let provider = crypto_provider().unwrap();
+        let post_quantum = provider
+            .kx_groups
+            .iter()
+            .any(|g| format!("{:?}", g.name()).contains("MLKEM"));
+        assert_eq!(post_quantum, cfg!(feature = "aws-lc-rs"));
         let options = ClientOptions::from(config("wss://api.usageflow.io/ws"));
         assert!(tls_client_config(&options).is_ok());
         let options = ClientOptions::builder(config("wss://x/ws"))

@@ -107,6 +107,7 @@ mod client;
 mod driver;
 mod error;
 mod events;
+mod eyeballs;
 mod handshake;
 mod io;
 mod leftovers;
@@ -128,13 +129,16 @@ pub use client::{Client, RecvError, Subscription, TryRecvError};
 pub use driver::ClientEvent;
 pub use error::{ClientError, ErrorClass};
 pub use events::{DEFAULT_MAX_UNSOLICITED_BYTES, EVENT_CAPACITY};
-pub use options::{ClientOptions, ClientOptionsBuilder};
+pub use eyeballs::ConnectAttemptsFailed;
+pub use options::{
+    ClientOptions, ClientOptionsBuilder, DEFAULT_CONNECT_ATTEMPT_DELAY, DEFAULT_CONNECT_ATTEMPT_TIMEOUT,
+};
 pub use receipt::Receipt;
 pub use runtime::Runtime;
 pub use shared::CloseReport;
 pub use usageflow_socket_core::{
     messages, ApiKey, Availability, CloseReason, Config, ConfigBuilder, ConfigError, ConnId, Delivery,
-    DialError, DisconnectReason, DropReason, Event, FrameError, Incoming, LatencySummary, MessageFate,
-    MessageId, Outgoing, Payload, RequestOptions, SendOptions, SendStats, Stats, UnconfirmedReason,
-    Undelivered,
+    DialError, DialIoError, DialStage, DisconnectReason, DropReason, Event, FrameError, Incoming,
+    LatencySummary, MessageFate, MessageId, Outgoing, Payload, RequestOptions, SendOptions, SendStats, Stats,
+    UnconfirmedReason, Undelivered,
 };

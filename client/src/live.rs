@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use futures_channel::oneshot;
 use futures_util::future::{AbortHandle, Abortable};
+use tracing::Instrument;
 use usageflow_socket_core::{ConnId, Outcome};
 
 use crate::driver::{ClientEvent, Effects};
@@ -75,7 +76,15 @@ impl<R: Runtime, S: ReportSink<LiveWriter> + Clone + 'static> Effects for Live<R
         let ctx = Arc::clone(&self.dial);
         let runtime = Arc::clone(&self.runtime);
         let reports = self.reports.clone();
-        spawn_abortable(&*self.runtime, async move {
+        // The connection's span, carried by its reader and writer tasks; the dial records
+        // the address it reached as `peer`.
+        let span = tracing::info_span!(
+            "usageflow_connection",
+            slot = conn.slot,
+            generation = conn.generation,
+            peer = tracing::field::Empty,
+        );
+        let task = async move {
             let writer_reports = reports.clone();
             let yields = runtime.writer_yields();
             let spawner = Arc::clone(&runtime);
@@ -84,10 +93,8 @@ impl<R: Runtime, S: ReportSink<LiveWriter> + Clone + 'static> Effects for Live<R
                                      flushed: FlushedWrites| {
                 let (commands, queue) = async_channel::unbounded();
                 let progress = flushed.clone();
-                let task = spawn_abortable(
-                    &*spawner,
-                    run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields),
-                );
+                let writer = run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields);
+                let task = spawn_abortable(&*spawner, writer.instrument(tracing::Span::current()));
                 LiveWriter {
                     commands,
                     task,
@@ -96,7 +103,8 @@ impl<R: Runtime, S: ReportSink<LiveWriter> + Clone + 'static> Effects for Live<R
             };
             let max_frame_size = ctx.config().max_frame_size();
             run_connection(conn, ctx.dial(&*runtime), max_frame_size, spawn_writer, reports).await;
-        })
+        };
+        spawn_abortable(&*self.runtime, task.instrument(span))
     }
 
     fn abort(&mut self, task: AbortHandle) {

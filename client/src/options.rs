@@ -1,10 +1,20 @@
-//! [`ClientOptions`]: the core [`Config`] plus what only the client needs (TLS roots, seed,
-//! the event stream's byte budget).
+//! [`ClientOptions`]: the core [`Config`] plus what only the client needs (TLS trust, seed,
+//! the event stream's byte budget, the proxy, Happy Eyeballs).
 
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(feature = "tls")]
 use rustls_pki_types::CertificateDer;
 use usageflow_socket_core::Config;
 
 use crate::events::DEFAULT_MAX_UNSOLICITED_BYTES;
+
+/// Default of [`ClientOptionsBuilder::connect_attempt_delay`] (RFC 8305's recommended 250 ms).
+pub const DEFAULT_CONNECT_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+/// Default of [`ClientOptionsBuilder::connect_attempt_timeout`].
+pub const DEFAULT_CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything a client needs: the pool's [`Config`] and the client-level options.
 ///
@@ -13,8 +23,18 @@ use crate::events::DEFAULT_MAX_UNSOLICITED_BYTES;
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     config: Config,
+    #[cfg(feature = "tls")]
     root_certificates: Vec<CertificateDer<'static>>,
+    #[cfg(feature = "tls")]
     webpki_roots: bool,
+    #[cfg(feature = "native-roots")]
+    native_roots: bool,
+    #[cfg(feature = "platform-verifier")]
+    platform_verifier: bool,
+    #[cfg(feature = "tls")]
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    connect_attempt_delay: Duration,
+    connect_attempt_timeout: Duration,
     seed: Option<u64>,
     max_unsolicited_bytes: usize,
     proxy: Option<ProxyUrl>,
@@ -45,13 +65,47 @@ impl ClientOptions {
     }
 
     /// Extra trusted root certificates (DER) for `wss://`.
+    #[cfg(feature = "tls")]
     pub fn root_certificates(&self) -> &[CertificateDer<'static>] {
         &self.root_certificates
     }
 
     /// Whether the Mozilla roots of `webpki-roots` are trusted too (default yes).
+    #[cfg(feature = "tls")]
     pub fn webpki_roots(&self) -> bool {
         self.webpki_roots
+    }
+
+    /// Whether the platform's root certificates are trusted too (default no; feature
+    /// `native-roots`); see [`ClientOptionsBuilder::native_roots`].
+    #[cfg(feature = "native-roots")]
+    pub fn native_roots(&self) -> bool {
+        self.native_roots
+    }
+
+    /// Whether server certificates are verified by the platform's verifier (default no;
+    /// feature `platform-verifier`); see [`ClientOptionsBuilder::platform_verifier`].
+    #[cfg(feature = "platform-verifier")]
+    pub fn platform_verifier(&self) -> bool {
+        self.platform_verifier
+    }
+
+    /// The rustls configuration given with [`ClientOptionsBuilder::tls_config`], if any.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls_config.as_ref()
+    }
+
+    /// How long a dial waits for one address before it also tries the next (default
+    /// 250 ms); see [`ClientOptionsBuilder::connect_attempt_delay`].
+    pub fn connect_attempt_delay(&self) -> Duration {
+        self.connect_attempt_delay
+    }
+
+    /// How long one TCP connect attempt to one address may take (default 2 s); see
+    /// [`ClientOptionsBuilder::connect_attempt_timeout`].
+    pub fn connect_attempt_timeout(&self) -> Duration {
+        self.connect_attempt_timeout
     }
 
     /// The seed override, if any (default: a random seed per client).
@@ -118,8 +172,18 @@ impl From<Config> for ClientOptions {
     fn from(config: Config) -> Self {
         Self {
             config,
+            #[cfg(feature = "tls")]
             root_certificates: Vec::new(),
+            #[cfg(feature = "tls")]
             webpki_roots: true,
+            #[cfg(feature = "native-roots")]
+            native_roots: false,
+            #[cfg(feature = "platform-verifier")]
+            platform_verifier: false,
+            #[cfg(feature = "tls")]
+            tls_config: None,
+            connect_attempt_delay: DEFAULT_CONNECT_ATTEMPT_DELAY,
+            connect_attempt_timeout: DEFAULT_CONNECT_ATTEMPT_TIMEOUT,
             seed: None,
             max_unsolicited_bytes: DEFAULT_MAX_UNSOLICITED_BYTES,
             proxy: None,
@@ -137,14 +201,67 @@ pub struct ClientOptionsBuilder {
 
 impl ClientOptionsBuilder {
     /// Trusts one more root certificate (DER), for example a test server's self-signed one.
+    #[cfg(feature = "tls")]
     pub fn add_root_certificate(mut self, der: impl Into<CertificateDer<'static>>) -> Self {
         self.options.root_certificates.push(der.into());
         self
     }
 
     /// Whether to trust the Mozilla roots of `webpki-roots` as well (default true).
+    #[cfg(feature = "tls")]
     pub fn webpki_roots(mut self, enabled: bool) -> Self {
         self.options.webpki_roots = enabled;
+        self
+    }
+
+    /// Whether to trust the platform's root certificates as well (default false): the
+    /// system's trust store as `rustls-native-certs` finds it, where a TLS-inspecting proxy's
+    /// (Zscaler-style) root is usually installed; on Linux and other Unix systems the files
+    /// named by `SSL_CERT_FILE` and `SSL_CERT_DIR` when set. Read once, when the client is
+    /// built; a store that yields no certificate while nothing else is trusted fails the build
+    /// with [`crate::ClientError::InvalidOptions`].
+    #[cfg(feature = "native-roots")]
+    pub fn native_roots(mut self, enabled: bool) -> Self {
+        self.options.native_roots = enabled;
+        self
+    }
+
+    /// Whether to verify server certificates with the platform's verifier
+    /// (`rustls-platform-verifier`: the OS's own certificate verification on Windows, macOS,
+    /// iOS and Android, the system's roots through webpki elsewhere), the way browsers do, so
+    /// enterprise roots and policies apply. Default false. The certificates of
+    /// [`ClientOptionsBuilder::add_root_certificate`] are trusted too; `webpki-roots` is not
+    /// consulted then.
+    #[cfg(feature = "platform-verifier")]
+    pub fn platform_verifier(mut self, enabled: bool) -> Self {
+        self.options.platform_verifier = enabled;
+        self
+    }
+
+    /// Uses this rustls configuration for `wss://` as given, instead of building one from the
+    /// other TLS options (roots, verifier): for client certificates (mTLS), a custom
+    /// verifier, pinned protocol versions or a crypto provider of your own. Its ALPN list
+    /// should be empty (the WebSocket upgrade is HTTP/1.1).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.options.tls_config = Some(config);
+        self
+    }
+
+    /// How long a dial waits for a TCP connect to one of the host's addresses before it also
+    /// tries the next, in parallel (Happy Eyeballs, RFC 8305: addresses alternate between
+    /// IPv6 and IPv4, IPv6 first). Default 250 ms, bounded to 10 ms–2 s. A failed attempt starts the
+    /// next one at once.
+    pub fn connect_attempt_delay(mut self, delay: Duration) -> Self {
+        self.options.connect_attempt_delay = delay.clamp(Duration::from_millis(10), Duration::from_secs(2));
+        self
+    }
+
+    /// How long one TCP connect attempt to one address may take before it counts as failed
+    /// (default 2 s, at least 10 ms), so a black-holed address does not take the whole
+    /// handshake timeout. The handshake timeout still bounds the dial as a whole.
+    pub fn connect_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.options.connect_attempt_timeout = timeout.max(Duration::from_millis(10));
         self
     }
 

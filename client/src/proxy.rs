@@ -15,7 +15,9 @@ use std::net::IpAddr;
 use std::pin::Pin;
 
 use futures_io::{AsyncRead, AsyncWrite};
-use usageflow_socket_core::{redact_url, DialError};
+use usageflow_socket_core::{redact_url, DialError, DialStage};
+
+use crate::handshake::io_error;
 
 /// The largest response head accepted from a proxy (status line and headers).
 pub(crate) const MAX_HEAD: usize = 8 << 10;
@@ -361,7 +363,7 @@ async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, mut buf: &[u8]) -> io:
 /// Opens a tunnel to `host:port` through `proxy` over `stream` (a TCP connection to the
 /// proxy): writes the `CONNECT`, reads the response head (bounded, nothing past it), and
 /// succeeds on 2xx. A non-2xx answer is [`DialError::Proxy`]; anything else is
-/// [`DialError::Network`]. No deadline here: the core's handshake deadline abandons the dial.
+/// [`DialError::Io`] for an I/O error, [`DialError::Network`] for a malformed answer. No deadline here: the core's handshake deadline abandons the dial.
 pub(crate) async fn connect_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     proxy: &Proxy,
@@ -372,14 +374,14 @@ pub(crate) async fn connect_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     let request = connect_request(proxy, host, port);
     write_all(stream, request.as_bytes())
         .await
-        .map_err(|e| DialError::Network(format!("writing CONNECT to the proxy {} failed: {e}", at())))?;
+        .map_err(|e| io_error(DialStage::Proxy, &proxy.host, proxy.port, e))?;
     let mut reader = HeadReader::default();
     let mut buf = [0u8; 4];
     loop {
         let want = reader.want();
         let n = read_some(stream, &mut buf[..want])
             .await
-            .map_err(|e| DialError::Network(format!("reading the proxy {}'s answer failed: {e}", at())))?;
+            .map_err(|e| io_error(DialStage::Proxy, &proxy.host, proxy.port, e))?;
         if n == 0 {
             return Err(DialError::Network(format!(
                 "the proxy {} closed the connection before answering CONNECT",

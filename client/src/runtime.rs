@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use futures_io::{AsyncRead, AsyncWrite};
@@ -101,6 +102,18 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// go out at once. No timeout is needed: the core's handshake deadline abandons a dial that
     /// takes too long.
     fn connect(&self, host: &str, port: u16) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
+
+    /// Resolves `host` (a name, or an IP address, IPv6 without brackets) to the addresses to
+    /// try for `port`, in the resolver's order. The client then connects to them with Happy
+    /// Eyeballs (RFC 8305), through [`Runtime::connect`] with each IP address, so a host with
+    /// a black-holed address still connects through another.
+    ///
+    /// The default reads an IP address as is and resolves a name with the system's resolver
+    /// (`ToSocketAddrs`) on a thread of its own, so the executor never blocks; an adapter
+    /// overrides it with its runtime's resolver (Tokio's `lookup_host`, smol's `resolve`).
+    fn resolve(&self, host: &str, port: u16) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send {
+        crate::eyeballs::resolve_on_thread(host, port)
+    }
 
     /// Most times a connection's writer yields to the executor, while other tasks may still
     /// queue frames, before it flushes (one syscall for many requests). Worth tuning per

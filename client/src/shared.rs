@@ -393,6 +393,9 @@ impl<R: Runtime> Shared<R> {
         // keep it in this future's state until the reply.
         drop(message);
         let id = self.command(|driver, now| driver.request(now, request, options, waiter))?;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("id", tracing::field::display(id));
+        }
         // If this future is dropped before the outcome, cancel the request in the core.
         let guard = CancelOnDrop::new(|| {
             self.command(|driver, now| driver.cancel(now, id));

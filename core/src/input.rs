@@ -7,6 +7,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::request::ConnId;
+use crate::DialIoError;
 #[cfg(doc)]
 use crate::{Output, RequestError};
 
@@ -34,9 +35,13 @@ pub enum DialError {
         /// core has no wall clock).
         retry_after: Option<Duration>,
     },
-    /// TCP, TLS or the upgrade failed for a transient reason.
+    /// TCP, TLS or the upgrade failed for a transient reason (described in words).
     #[error("network error: {0}")]
     Network(String),
+    /// TCP, the proxy exchange, TLS or the upgrade failed with an I/O error, kept whole: its
+    /// [`std::io::ErrorKind`] and its `source()` chain (for TLS, the rustls error).
+    #[error(transparent)]
+    Io(DialIoError),
     /// The dial did not finish within the handshake timeout (the pool decides this itself).
     #[error("handshake did not finish within the handshake timeout")]
     Timeout,

@@ -69,6 +69,7 @@
 mod backoff;
 pub mod config;
 pub mod delivery;
+mod dial_io;
 mod error;
 mod event;
 pub mod frame;
@@ -87,6 +88,7 @@ pub mod stats;
 
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError, EnvError};
 pub use delivery::{Delivery, MessageFate, MessageId, SendOptions, UnconfirmedReason, Undelivered};
+pub use dial_io::{DialIoError, DialStage};
 pub use error::{RequestError, RequestFailure, SendError, SendRefusal};
 pub use event::{Availability, DisconnectReason, DropReason, Event};
 pub use frame::{EncodedRequest, EncodedSend, FrameError, Incoming, Outgoing, Payload};

@@ -176,7 +176,7 @@ pub use options::{FaultConfig, ReplyData, ReplyStyle, ServerOptions, TlsOptions}
 pub use proxy::{ProxyCounters, ProxyOptions, ProxyThread};
 pub use recording::ReceivedFrame;
 #[cfg(feature = "tls")]
-pub use tls::self_signed_localhost;
+pub use tls::{self_signed_localhost, TestCa};
 
 /// How long [`ServerHandle::kill`] waits for the aborted connection tasks to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(2);

@@ -64,6 +64,10 @@ pub struct TlsOptions {
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
+    /// When not empty, the server requires a client certificate (mTLS) issued by one of these
+    /// roots, and refuses the TLS handshake without one. Empty by default: no client
+    /// authentication.
+    pub client_auth_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Clone for TlsOptions {
@@ -71,6 +75,7 @@ impl Clone for TlsOptions {
         Self {
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone_key(),
+            client_auth_roots: self.client_auth_roots.clone(),
         }
     }
 }

@@ -1028,7 +1028,11 @@ pub async fn tls_self_signed<A: Adapter>() {
     let ClientEvent::Pool(Event::ConnectFailed { error, .. }) = event else {
         unreachable!()
     };
-    assert!(matches!(error, DialError::Network(_)), "{error:?}");
+    // The TLS failure, kept whole: an I/O error of the TLS stage.
+    let DialError::Io(failure) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(failure.stage(), usageflow_socket_core::DialStage::Tls, "{error}");
     assert_eq!(
         client.request(policies()).await.unwrap_err(),
         ClientError::NotConnected

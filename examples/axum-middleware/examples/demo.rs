@@ -1,4 +1,4 @@
-//! A demo axum app metered by [`UsageFlow::middleware`], on 127.0.0.1.
+//! A demo axum app metered by the [`UsageFlow`] layer, on 127.0.0.1.
 //!
 //! Without `USAGEFLOW_URL` it starts the local UsageFlow-compatible server in process (one
 //! blocked endpoint: `GET /admin/*`); with it, it talks to that server with
@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use axum::routing::get;
-use axum::{middleware, Router};
+use axum::Router;
 use usageflow_axum_example::{Meter, UsageFlow};
 use usageflow_socket_server::{ReplyData, ServerOptions, ServerThread};
 use usageflow_socket_tokio::{Client, Config};
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(n) => println!("{n} blocked endpoints"),
         Err(e) => println!("blocked endpoints not fetched yet ({e}); retried every 30 s"),
     }
-    let refresh = usageflow.spawn_blocked_refresh(Duration::from_secs(30));
+    let refresh = usageflow.spawn_blocked_refresh(Duration::from_secs(30))?;
 
     let app = Router::new()
         .route(
@@ -88,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/deny", get(|| async { "never served\n" }))
         .route("/admin/{page}", get(|| async { "never served\n" }))
         .route("/health", get(|| async { "ok\n" }))
-        .layer(middleware::from_fn_with_state(usageflow, UsageFlow::middleware));
+        .layer(usageflow);
 
     let addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
@@ -100,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Every request has been answered: close the client now, while the runtime runs. `close`
     // gives queued and unconfirmed messages up to `close_drain` (3 s by default) and returns
     // what it could not deliver.
-    refresh.abort();
+    refresh.stop();
     let report = client.close().await;
     for message in &report.undelivered {
         // A real service would write these somewhere durable (a file, its own queue) to send

@@ -1,4 +1,4 @@
-//! The middleware end to end: the local UsageFlow-compatible server, the axum app on
+//! The layer in axum, end to end: the local UsageFlow-compatible server, the axum app on
 //! 127.0.0.1:0, and a few hundred plain HTTP/1.1 requests through it. Everything is bounded
 //! in count and time.
 
@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use axum::routing::get;
-use axum::{middleware, Router};
+use axum::Router;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use usageflow_axum_example::{Meter, UsageFlow};
 use usageflow_socket_server::{ReplyData, ServerOptions, ServerThread};
 use usageflow_socket_tokio::messages::{REQUEST_FOR_ALLOCATION, USE_ALLOCATION};
-use usageflow_socket_tokio::{Client, Config, Delivery};
+use usageflow_socket_tokio::{Client, Config, Delivery, Tokio};
+use usageflow_tower::{Meter, UsageFlowLayer};
+
+type UsageFlow = UsageFlowLayer<Tokio>;
 
 const KEY: &str = "axum-test-key";
 /// Concurrent HTTP requests in flight.
@@ -67,7 +69,7 @@ async fn serve(usageflow: UsageFlow) -> SocketAddr {
         .route("/deny", get(|| async { "never\n" }))
         .route("/health", get(|| async { "ok\n" }))
         .route("/blocked/{thing}", get(|| async { "never\n" }))
-        .layer(middleware::from_fn_with_state(usageflow, UsageFlow::middleware));
+        .layer(usageflow);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -135,7 +137,7 @@ async fn healthy(dedup: bool) {
     };
     assert_eq!(usageflow.delivery(), expected);
     assert_eq!(usageflow.refresh_blocked().await.unwrap(), 2);
-    let refresh = usageflow.spawn_blocked_refresh(Duration::from_secs(30));
+    let refresh = usageflow.spawn_blocked_refresh(Duration::from_secs(30)).unwrap();
     let addr = serve(usageflow).await;
 
     // Every metered request is served, with one allocation each.
@@ -169,7 +171,7 @@ async fn healthy(dedup: bool) {
     assert_eq!(ids.len() as u64, served);
     assert!(ids.values().all(|n| *n == 1), "{ids:?}");
 
-    refresh.abort();
+    refresh.stop();
     client.close().await;
     server.kill();
 }
@@ -195,7 +197,9 @@ async fn fails_open_when_the_server_is_gone() {
         .meter(meter)
         .identity_header("x-user-id");
     // The background refresh fetches the list (every 50 ms here, 30 s in a real service).
-    let refresh = usageflow.spawn_blocked_refresh(Duration::from_millis(50));
+    let refresh = usageflow
+        .spawn_blocked_refresh(Duration::from_millis(50))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while usageflow.blocked_endpoints().len() != 2 {
         assert!(
@@ -230,10 +234,11 @@ async fn fails_open_when_the_server_is_gone() {
         .await
         .expect("close took more than 10 s");
     // The refresh task ends by itself once the client is closed.
-    tokio::time::timeout(Duration::from_secs(2), refresh)
-        .await
-        .expect("the refresh task outlived the client")
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !refresh.is_finished() {
+        assert!(Instant::now() < deadline, "the refresh task outlived the client");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
