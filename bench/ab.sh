@@ -17,13 +17,15 @@
 #   --concurrency LIST  comma-separated concurrencies (default 16,64)
 #   --requests N        requests per run (default 400000)
 #   --pool N            connections (default 10)
-#   --runtime R         tokio or smol (default tokio)
+#   --runtime R         tokio or smol for both sides (default: ufsock's, tokio; or per side
+#                       through --a-args/--b-args, e.g. --b-args "--runtime smol")
 #   --mode M            ufsock bench mode (default request)
 #   --a-args "..."      extra `ufsock bench` args for A only (e.g. "--runtime tokio")
 #   --b-args "..."      extra `ufsock bench` args for B only (e.g. "--runtime smol")
 #   --server-bin PATH   the reply server binary (`PATH serve`; default: A's ufsock)
 #   --url URL --key K   use a running server instead of starting one
 #   --json FILE         also write every run (side, round, concurrency, figures) as JSON lines
+#   --build-only        build (or find cached) the binaries, print their paths, and stop
 #
 # The server is started once and shared by both sides, so a change to the server between the
 # revisions cannot show up as a change of the client. By default it is A's `ufsock serve`: the
@@ -33,7 +35,7 @@
 # rebuilding another revision is incremental), CARGO (default cargo).
 set -euo pipefail
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 [[ $# -ge 1 ]] || usage
 case "$1" in -h | --help) usage 0 ;; esac
@@ -44,7 +46,7 @@ rounds=5
 concurrencies=16,64
 requests=400000
 pool=10
-runtime=tokio
+runtime=""
 mode=request
 a_args=""
 b_args=""
@@ -52,6 +54,7 @@ server_bin=""
 url=""
 key=""
 json_out=""
+build_only=""
 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -68,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --url) url=$2; shift 2 ;;
     --key) key=$2; shift 2 ;;
     --json) json_out=$2; shift 2 ;;
+    --build-only) build_only=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h | --help) usage 0 ;;
     *) echo "ab.sh: unknown option $1" >&2; usage ;;
@@ -115,6 +119,11 @@ else
         label_b="worktree+changes"
 fi
 label_a=$(git -C "$root" rev-parse --short "$rev_a")
+if [[ -n $build_only ]]; then
+    echo "$bin_a"
+    echo "$bin_b"
+    exit 0
+fi
 
 tmp=$(mktemp -d)
 server_pid=""
@@ -143,7 +152,7 @@ fi
 
 echo "ab.sh: A = $label_a ($bin_a) ${a_args}" >&2
 echo "ab.sh: B = $label_b ($bin_b) ${b_args}" >&2
-echo "ab.sh: server ${url%%\?*}, $rounds rounds, concurrency $concurrencies, $requests requests, pool $pool, $mode on $runtime" >&2
+echo "ab.sh: server ${url%%\?*}, $rounds rounds, concurrency $concurrencies, $requests requests, pool $pool, $mode on ${runtime:-the default runtime}" >&2
 
 results=$tmp/results # lines: concurrency side round req/s cpu_us_per_request errors
 : >"$results"
@@ -154,7 +163,7 @@ run_side() {
     if [[ $side == A ]]; then bin=$bin_a args=$a_args; else bin=$bin_b args=$b_args; fi
     # shellcheck disable=SC2086 # the per-side args are meant to split into words
     if ! /usr/bin/time -f '%U %S' -o "$times" "$bin" bench --url "$url" --key "$key" --json \
-        --mode "$mode" --runtime "$runtime" --pool "$pool" --concurrency "$c" \
+        --mode "$mode" ${runtime:+--runtime "$runtime"} --pool "$pool" --concurrency "$c" \
         --requests "$requests" "${extra[@]}" $args >"$out" 2>"$tmp/run.err"; then
         # Exit code 1 = the run had errors (still a measurement); anything else is fatal.
         if ! jq -e '.runs[0]' "$out" >/dev/null 2>&1; then
@@ -192,7 +201,7 @@ done
 echo
 echo "A = $label_a ${a_args}"
 echo "B = $label_b ${b_args}"
-echo "$mode on $runtime, pool $pool, $requests requests per run, $rounds interleaved rounds, medians:"
+echo "$mode on ${runtime:-the default runtime}, pool $pool, $requests requests per run, $rounds interleaved rounds, medians:"
 echo
 printf '| %-11s | %-27s | %-7s | %-27s | %-7s | %-17s | %-17s |\n' \
     concurrency "req/s A -> B" "B/A" "CPU us/request A -> B" "B/A" "B faster (rounds)" "B less CPU (rounds)"
