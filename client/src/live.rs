@@ -1,5 +1,5 @@
 //! [`Live`]: the driver's [`Effects`] on a real [`Runtime`] — connection tasks spawned on it
-//! (aborted through `futures` [`AbortHandle`]s), writers fed through `async-channel`, waiters
+//! (aborted through `futures` [`AbortHandle`]s), writers fed through `futures-channel` mpsc, waiters
 //! completed through `futures-channel` oneshots, events published on the event stream.
 //!
 //! The connection tasks' reports go to a [`ReportSink`] given to [`Live`] (the client's
@@ -8,8 +8,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_channel::oneshot;
+use futures_channel::{mpsc, oneshot};
 use futures_util::future::{AbortHandle, Abortable};
+use futures_util::StreamExt;
 use tracing::Instrument;
 use usageflow_socket_core::{ConnId, Outcome};
 
@@ -27,7 +28,11 @@ pub(crate) struct LiveWriter {
     // Unbounded is safe here only because the core bounds what it hands one connection:
     // at most `max_unflushed_writes` Transmit/Ping outputs are outstanding (not yet reported
     // flushed) per connection, so this queue never holds more than that plus a close.
-    commands: async_channel::Sender<WriteCommand>,
+    //
+    // `futures-channel`'s mpsc, not `async-channel`: one write per request goes through it,
+    // and its single-waker hand-off costs less than async-channel's concurrent queue plus
+    // event-listener notification (callgrind: 634 fewer instructions per request, 22,286 -> 21,652, memset aside).
+    commands: mpsc::UnboundedSender<WriteCommand>,
     task: AbortHandle,
     /// Its progress: the stop switch and the count of writes started.
     progress: FlushedWrites,
@@ -55,11 +60,11 @@ pub(crate) fn spawn_abortable<R: Runtime>(
     handle
 }
 
-struct Queue(async_channel::Receiver<WriteCommand>);
+struct Queue(mpsc::UnboundedReceiver<WriteCommand>);
 
 impl WriteQueue for Queue {
     async fn recv(&mut self) -> Option<WriteCommand> {
-        self.0.recv().await.ok()
+        self.0.next().await
     }
 
     fn try_recv(&mut self) -> Option<WriteCommand> {
@@ -91,7 +96,7 @@ impl<R: Runtime, S: ReportSink<LiveWriter> + Clone + 'static> Effects for Live<R
             let spawn_writer = move |conn: ConnId,
                                      sink: async_tungstenite::WebSocketSender<MaybeTls<R::Tcp>>,
                                      flushed: FlushedWrites| {
-                let (commands, queue) = async_channel::unbounded();
+                let (commands, queue) = mpsc::unbounded();
                 let progress = flushed.clone();
                 let writer = run_writer(conn, sink, Queue(queue), flushed, writer_reports, yields);
                 let task = spawn_abortable(&*spawner, writer.instrument(tracing::Span::current()));
@@ -112,7 +117,7 @@ impl<R: Runtime, S: ReportSink<LiveWriter> + Clone + 'static> Effects for Live<R
     }
 
     fn write(&mut self, writer: &LiveWriter, command: WriteCommand) -> bool {
-        writer.commands.try_send(command).is_ok()
+        writer.commands.unbounded_send(command).is_ok()
     }
 
     fn abort_writer(&mut self, writer: LiveWriter) {

@@ -102,6 +102,7 @@ impl Conn {
 
     /// Hands the instants of this connection's barrier to `consider`: the pending barrier
     /// (only while no ping is unanswered: the pong brings the next one) and the pong deadline.
+    #[inline] // On the request path: see `Conn::timers`.
     pub(super) fn barrier_timers(&self, config: &Config, consider: &mut impl FnMut(Instant)) {
         match self.barrier.unanswered {
             Some((_, _, deadline)) if config.confirm_delivery => consider(deadline),

@@ -22,6 +22,9 @@ impl Conn {
     }
 
     /// Hands this connection's deadlines (write, read, next ping, barrier) to `consider`.
+    // Inlined: `Pool::poll_timeout` walks every slot after every command (the driver asks
+    // whether its sleep must be cut short), so this runs pool-size times per request.
+    #[inline]
     pub(super) fn timers(&self, config: &Config, consider: &mut impl FnMut(Instant)) {
         if let Some(t) = self.write_deadline() {
             consider(t);

@@ -65,6 +65,7 @@ impl Conn {
     }
 
     /// When the oldest unflushed write must be flushed by, if any is unflushed.
+    #[inline]
     pub(super) fn write_deadline(&self) -> Option<Instant> {
         self.write_deadlines.front().map(|&(_, deadline)| deadline)
     }
@@ -172,6 +173,7 @@ impl Slot {
     }
 
     /// Hands every instant at which this slot's timers fire to `consider`.
+    #[inline] // On the request path: see `Conn::timers`.
     pub(super) fn timers(&self, config: &Config, consider: &mut impl FnMut(Instant)) {
         match &self.phase {
             Phase::Idle { dial_at: Some(t) } => consider(*t),
