@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::Instrument;
 
 use usageflow_socket_core::{

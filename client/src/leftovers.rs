@@ -182,12 +182,7 @@ mod tests {
     use usageflow_socket_core::{MessageId, SendStats};
 
     fn undelivered(kind: &str, written_before: bool) -> Undelivered {
-        Undelivered {
-            id: MessageId(1),
-            kind: kind.into(),
-            frame: String::new(),
-            written_before,
-        }
+        Undelivered::new(MessageId(1), kind, String::new(), written_before)
     }
 
     #[test]

@@ -138,6 +138,22 @@ pub struct Undelivered {
 }
 
 impl Undelivered {
+    /// A handed-back message (for code that builds them outside this crate, such as tests of
+    /// what a service does with a `CloseReport`).
+    pub fn new(
+        id: MessageId,
+        kind: impl Into<String>,
+        frame: impl Into<String>,
+        written_before: bool,
+    ) -> Self {
+        Self {
+            id,
+            kind: kind.into(),
+            frame: frame.into(),
+            written_before,
+        }
+    }
+
     /// The message itself, decoded from its frame.
     pub fn to_outgoing(&self) -> Result<Outgoing, serde_json::Error> {
         serde_json::from_str(&self.frame)

@@ -516,11 +516,10 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let e = BlockedEndpoint {
-            url: "/api/orders".into(),
-            method: "delete".into(),
-            identity: "user-9".into(),
-        };
+        let mut e = BlockedEndpoint::default();
+        e.url = "/api/orders".into();
+        e.method = "delete".into();
+        e.identity = "user-9".into();
         assert!(endpoint_matches(
             &e,
             &Method::DELETE,
@@ -535,10 +534,8 @@ mod tests {
         ));
         assert!(!endpoint_matches(&e, &Method::DELETE, "/api/orders", None));
         assert!(!endpoint_matches(&e, &Method::GET, "/api/orders", Some("user-9")));
-        let any = BlockedEndpoint {
-            url: "/blocked/*".into(),
-            ..Default::default()
-        };
+        let mut any = BlockedEndpoint::default();
+        any.url = "/blocked/*".into();
         assert!(endpoint_matches(&any, &Method::POST, "/blocked/a", None));
     }
 
