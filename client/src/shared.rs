@@ -422,10 +422,11 @@ impl<R: Runtime> Shared<R> {
         loop {
             // Only a send with room counts as one: waiting is not dropping.
             let encoded = EncodedSend::new(&message);
+            let len = encoded.frame_len();
             let sent = self.command(|driver, now| {
                 driver
                     .pool()
-                    .has_room()
+                    .has_room_for(len)
                     .then(|| driver.send(now, encoded, options))
             });
             match sent {
@@ -437,7 +438,7 @@ impl<R: Runtime> Shared<R> {
             }
             let room = self
                 .signals
-                .watch(&*self.runtime, deadline, || self.lock().pool().has_room())
+                .watch(&*self.runtime, deadline, || self.lock().pool().has_room_for(len))
                 .await;
             if !room {
                 // One last try: the room may have come with the deadline.

@@ -417,6 +417,7 @@ impl Pool {
         }
         for m in &back {
             self.kinds.stats[usize::from(m.kind)].queued += 1;
+            self.outbox_bytes += m.frame.len();
         }
         back.sort_unstable_by_key(|m| m.id);
         if self
