@@ -357,7 +357,9 @@ impl Checker {
                     if !self.config.confirm_delivery() {
                         // Without confirmation, a flushed message has ended (as written).
                         while c.flights.front().is_some_and(|&(n, _, _)| n <= writes) {
-                            c.flights.pop_front();
+                            if let Some((_, kind, _)) = c.flights.pop_front() {
+                                self.sends[usize::from(kind)].written_final += 1;
+                            }
                         }
                     }
                 }
