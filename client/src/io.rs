@@ -505,17 +505,16 @@ mod tests {
         Ok(Message::text(format!(r#"{{"type":"push","payload":"{pad}"}}"#)))
     }
 
-    /// Issue 21 item 12: a flood of large frames already delivered is handed over in batches
-    /// bounded in bytes (at most one frame past the bound), not 64 frames at a time.
-    #[test]
-    fn a_read_batch_is_bounded_by_bytes_as_well_as_count() {
+    /// The batches (frames, bytes) a reader hands over for `count` frames of `len` bytes
+    /// already delivered.
+    fn batches(count: usize, len: usize) -> Vec<(usize, usize)> {
         let conn = ConnId {
             slot: 0,
             generation: 0,
         };
-        let frames: Vec<_> = (0..40).map(|_| text(100 << 10)).collect();
-        let stream = futures_util::stream::iter(frames);
+        let frames: Vec<_> = (0..count).map(|_| text(len)).collect();
         let sink = Batches::default();
+        let stream = futures_util::stream::iter(frames);
         smol::block_on(run_reader(
             conn,
             stream,
@@ -523,26 +522,24 @@ mod tests {
             FlushedWrites::default(),
             sink.clone(),
         ));
-        let batches = sink.0.lock().unwrap().clone();
-        assert_eq!(batches.iter().map(|b| b.0).sum::<usize>(), 40, "{batches:?}");
-        for &(count, bytes) in &batches {
+        let recorded = sink.0.lock().unwrap().clone();
+        recorded
+    }
+
+    /// Issue 21 item 12: a flood of large frames already delivered is handed over in batches
+    /// bounded in bytes (at most one frame past the bound), not 64 frames at a time.
+    #[test]
+    fn a_read_batch_is_bounded_by_bytes_as_well_as_count() {
+        let large = batches(40, 100 << 10);
+        assert_eq!(large.iter().map(|b| b.0).sum::<usize>(), 40, "{large:?}");
+        for &(count, bytes) in &large {
             assert!(
                 bytes < MAX_BYTES_PER_BATCH + (100 << 10) && count <= 3,
-                "a batch of {count} frames, {bytes} bytes: {batches:?}"
+                "a batch of {count} frames, {bytes} bytes: {large:?}"
             );
         }
         // Small frames still go many to a batch (one lock for a burst of replies).
-        let frames: Vec<_> = (0..128).map(|_| text(100)).collect();
-        let sink = Batches::default();
-        let stream = futures_util::stream::iter(frames);
-        smol::block_on(run_reader(
-            conn,
-            stream,
-            1 << 20,
-            FlushedWrites::default(),
-            sink.clone(),
-        ));
-        let counts: Vec<usize> = sink.0.lock().unwrap().iter().map(|b| b.0).collect();
+        let counts: Vec<usize> = batches(128, 100).iter().map(|b| b.0).collect();
         assert_eq!(counts, vec![64, 64]);
     }
 }
