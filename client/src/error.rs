@@ -54,6 +54,22 @@ pub enum ClientError {
     /// message is handed back; the drop is counted in the stats.
     #[error("UsageFlow unavailable: outbox full, message of type {:?} dropped", .0.kind)]
     OutboxFull(Outgoing),
+    /// A fire-and-forget message found no open connection and the outbox held
+    /// `max_outbox_bytes` already. The message is handed back; the drop is counted.
+    #[error("UsageFlow unavailable: outbox full (bytes), message of type {:?} dropped", .0.kind)]
+    OutboxBytesFull(Outgoing),
+    /// A fire-and-forget message whose frame is larger than `max_frame_size`: no peer would
+    /// read it, so it is refused up front (handed back, counted as dropped). A caller error,
+    /// not an outage.
+    #[error("message of type {:?} too large: {len} bytes, limit {max}", .message.kind)]
+    TooLarge {
+        /// The message, handed back.
+        message: Outgoing,
+        /// Its frame's length in bytes.
+        len: usize,
+        /// The limit (`max_frame_size`).
+        max: usize,
+    },
     /// No connection is open because the server refused the API key (HTTP 401 or 403) on
     /// every slot's most recent dial: fix the key. Still *unavailable* for a fail-open host
     /// (the service could not be asked); [`ClientError::is_rejected`] tells it apart.
@@ -126,7 +142,8 @@ impl ClientError {
             ClientError::Denied(_) => ErrorClass::Denied,
             ClientError::InvalidReply { .. }
             | ClientError::InvalidOptions(_)
-            | ClientError::BlockingInAsyncContext => ErrorClass::Invalid,
+            | ClientError::BlockingInAsyncContext
+            | ClientError::TooLarge { .. } => ErrorClass::Invalid,
             ClientError::NotConnected
             | ClientError::Rejected { .. }
             | ClientError::ProxyRefused { .. }
@@ -136,6 +153,7 @@ impl ClientError {
             | ClientError::Closed
             | ClientError::Backpressure { .. }
             | ClientError::OutboxFull(_)
+            | ClientError::OutboxBytesFull(_)
             | ClientError::NotDelivered(_)
             | ClientError::NotYetConfirmed { .. }
             | ClientError::FlushTimeout { .. } => ErrorClass::Unavailable,
@@ -221,6 +239,8 @@ impl From<SendError> for ClientError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::OutboxFull(message) => ClientError::OutboxFull(message),
+            SendError::OutboxBytesFull(message) => ClientError::OutboxBytesFull(message),
+            SendError::TooLarge { message, len, max } => ClientError::TooLarge { message, len, max },
             SendError::Closed(_) => ClientError::Closed,
             #[allow(unreachable_patterns)]
             other => ClientError::OutboxFull(other.into_message()),

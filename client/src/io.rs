@@ -189,9 +189,14 @@ impl FlushedWrites {
 /// Most frames a reader hands the driver in one report batch (one lock).
 pub(crate) const MAX_FRAMES_PER_BATCH: usize = 64;
 
+/// Most bytes of frames a reader gathers in one batch before handing it over: a batch holds
+/// at most this plus one frame (of up to the socket layer's limit), not 64 frames of that
+/// limit each (64 MiB per connection with the default 1 MiB `max_frame_size`).
+pub(crate) const MAX_BYTES_PER_BATCH: usize = 256 << 10;
+
 /// Reads frames and reports them. Every frame the socket has already delivered (up to
-/// [`MAX_FRAMES_PER_BATCH`]) is decoded and handed over in one batch, so a burst of replies
-/// costs one lock, not one each. Pings are answered by tungstenite itself and reported as
+/// [`MAX_FRAMES_PER_BATCH`] frames or [`MAX_BYTES_PER_BATCH`] bytes) is decoded and handed
+/// over in one batch, so a burst of replies costs one lock, not one each. Pings are answered by tungstenite itself and reported as
 /// signs of life. The first close
 /// frame, read error or end of stream is reported once as `Input::Closed`, preceded by the
 /// writer's final `Input::Flushed` count; after a close frame the loop keeps reading so
@@ -211,8 +216,13 @@ pub(crate) async fn run_reader<St, W, R>(
     let mut batch: Vec<Report<W>> = Vec::new();
     'read: while let Some(first) = stream.next().await {
         let mut item = Some(first);
+        let mut bytes = 0usize;
         // Take every item already delivered, without waiting, until the batch is full.
         while let Some(next) = item.take() {
+            bytes += match &next {
+                Ok(message) => message.len(),
+                Err(_) => 0,
+            };
             match read_item(conn, next, max_frame_size) {
                 Read::Report(report) => batch.push(report),
                 Read::Skip => {}
@@ -233,7 +243,7 @@ pub(crate) async fn run_reader<St, W, R>(
                     continue 'read;
                 }
             }
-            if batch.len() < MAX_FRAMES_PER_BATCH {
+            if batch.len() < MAX_FRAMES_PER_BATCH && bytes < MAX_BYTES_PER_BATCH {
                 item = ready_now(&mut stream).await;
             }
         }
@@ -458,5 +468,78 @@ impl<F: FnOnce()> Drop for CancelOnDrop<F> {
         if let Some(f) = self.on_drop.take() {
             f();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the size (frames, bytes) of every batch handed over.
+    #[derive(Clone, Default)]
+    struct Batches(Arc<std::sync::Mutex<Vec<(usize, usize)>>>);
+
+    impl ReportSink<()> for Batches {
+        async fn report(&mut self, _report: Report<()>) -> bool {
+            true
+        }
+
+        async fn report_all(&mut self, batch: &mut Vec<Report<()>>) -> bool {
+            let bytes = batch
+                .iter()
+                .map(|r| match r {
+                    Report::Frame { frame: Ok(f), .. } => f.text_len(),
+                    _ => 0,
+                })
+                .sum();
+            if !batch.is_empty() {
+                self.0.lock().unwrap().push((batch.len(), bytes));
+            }
+            batch.clear();
+            true
+        }
+    }
+
+    fn text(len: usize) -> Result<Message, tungstenite::Error> {
+        let pad = "x".repeat(len.saturating_sub(40));
+        Ok(Message::text(format!(r#"{{"type":"push","payload":"{pad}"}}"#)))
+    }
+
+    /// The batches (frames, bytes) a reader hands over for `count` frames of `len` bytes
+    /// already delivered.
+    fn batches(count: usize, len: usize) -> Vec<(usize, usize)> {
+        let conn = ConnId {
+            slot: 0,
+            generation: 0,
+        };
+        let frames: Vec<_> = (0..count).map(|_| text(len)).collect();
+        let sink = Batches::default();
+        let stream = futures_util::stream::iter(frames);
+        smol::block_on(run_reader(
+            conn,
+            stream,
+            1 << 20,
+            FlushedWrites::default(),
+            sink.clone(),
+        ));
+        let recorded = sink.0.lock().unwrap().clone();
+        recorded
+    }
+
+    /// Issue 21 item 12: a flood of large frames already delivered is handed over in batches
+    /// bounded in bytes (at most one frame past the bound), not 64 frames at a time.
+    #[test]
+    fn a_read_batch_is_bounded_by_bytes_as_well_as_count() {
+        let large = batches(40, 100 << 10);
+        assert_eq!(large.iter().map(|b| b.0).sum::<usize>(), 40, "{large:?}");
+        for &(count, bytes) in &large {
+            assert!(
+                bytes < MAX_BYTES_PER_BATCH + (100 << 10) && count <= 3,
+                "a batch of {count} frames, {bytes} bytes: {large:?}"
+            );
+        }
+        // Small frames still go many to a batch (one lock for a burst of replies).
+        let counts: Vec<usize> = batches(128, 100).iter().map(|b| b.0).collect();
+        assert_eq!(counts, vec![64, 64]);
     }
 }

@@ -90,7 +90,7 @@
 //! whatever recorder the application installs, such as `metrics-exporter-prometheus`:
 //! `usageflow_requests_total{outcome}`, `usageflow_request_duration_seconds{outcome}` (a
 //! histogram), `usageflow_messages_total{type,state}`, `usageflow_messages{type,state}`
-//! (queued and written now), `usageflow_message_confirm_seconds_count`/`_sum`,
+//! (queued and written now), `usageflow_message_confirm_seconds` (a histogram),
 //! `usageflow_open_connections`, `usageflow_availability` (0 unavailable, 1 degraded,
 //! 2 available), `usageflow_dials_total`, `usageflow_reconnects_total`,
 //! `usageflow_handshakes_rejected_total`, `usageflow_disconnects_total` and a few more.

@@ -18,7 +18,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
-use usageflow_socket_core::{Availability, Incoming, SendStats, Stats};
+use usageflow_socket_core::{Availability, Incoming, LatencySummary, SendStats, Stats};
 
 use crate::ClientError;
 
@@ -33,8 +33,7 @@ const MESSAGES: &str = "usageflow_messages_total";
 const MESSAGES_LIVE: &str = "usageflow_messages";
 const MESSAGES_REWRITTEN: &str = "usageflow_messages_rewritten_total";
 const OUTBOX: &str = "usageflow_outbox_messages";
-const CONFIRM_COUNT: &str = "usageflow_message_confirm_seconds_count";
-const CONFIRM_SUM: &str = "usageflow_message_confirm_seconds_sum";
+const CONFIRM: &str = "usageflow_message_confirm_seconds";
 const OPEN: &str = "usageflow_open_connections";
 const AVAILABILITY: &str = "usageflow_availability";
 const DIALS: &str = "usageflow_dials_total";
@@ -59,11 +58,11 @@ pub(crate) fn describe() {
         Unit::Seconds,
         "Time from a request call to its outcome, by outcome (as usageflow_requests_total, plus rejected)."
     );
-    describe_counter!(MESSAGES, Unit::Count, "Fire-and-forget messages in a final state, by type and state: confirmed, unconfirmed, dropped, expired, closed.");
+    describe_counter!(MESSAGES, Unit::Count, "Fire-and-forget messages in a final state, by type and state: confirmed, unconfirmed, dropped, expired, closed, and written (with confirmation off, once flushed).");
     describe_gauge!(
         MESSAGES_LIVE,
         Unit::Count,
-        "Fire-and-forget messages in a live state now, by type and state: queued, written."
+        "Fire-and-forget messages in a live state now, by type and state: queued, written (awaiting confirmation, or with confirmation off not yet flushed)."
     );
     describe_counter!(
         MESSAGES_REWRITTEN,
@@ -71,15 +70,10 @@ pub(crate) fn describe() {
         "Writes of at-least-once messages again after their connection died before confirming them, by type."
     );
     describe_gauge!(OUTBOX, Unit::Count, "Messages waiting in the outbox now.");
-    describe_counter!(
-        CONFIRM_COUNT,
-        Unit::Count,
-        "Messages confirmed (with a measured write-to-confirmation latency)."
-    );
-    describe_gauge!(
-        CONFIRM_SUM,
+    describe_histogram!(
+        CONFIRM,
         Unit::Seconds,
-        "Sum of the write-to-confirmation latencies of the confirmed messages (only grows)."
+        "Write-to-confirmation latency of confirmed messages (each recorded at the mean of its power-of-two microsecond bucket, so the sum is exact)."
     );
     describe_gauge!(OPEN, Unit::Count, "Open connections now.");
     describe_gauge!(
@@ -191,11 +185,6 @@ fn publish(old: &Stats, new: &Stats, availability: Availability, first: bool) {
     );
     outcome("backpressure", old.refused_backpressure, new.refused_backpressure);
     inc(REQUESTS_RESENT, old.resent, new.resent);
-    inc(
-        CONFIRM_COUNT,
-        old.confirm_latency.count,
-        new.confirm_latency.count,
-    );
     inc(DIALS, old.dials, new.dials);
     inc(DIAL_FAILURES, old.dial_failures, new.dial_failures);
     inc(REJECTED, old.rejections, new.rejections);
@@ -215,13 +204,7 @@ fn publish(old: &Stats, new: &Stats, availability: Availability, first: bool) {
         u64::from(old.open_connections),
         u64::from(new.open_connections),
     );
-    if first || new.confirm_latency.total_micros != old.confirm_latency.total_micros {
-        let micros = new
-            .confirm_latency
-            .total_micros
-            .saturating_sub(old.confirm_latency.total_micros);
-        gauge!(CONFIRM_SUM).increment(micros as f64 / 1e6);
-    }
+    publish_confirm_latency(&old.confirm_latency, &new.confirm_latency, first);
     gauge!(AVAILABILITY).set(match availability {
         Availability::Unavailable => 0.0,
         Availability::Degraded => 1.0,
@@ -231,6 +214,30 @@ fn publish(old: &Stats, new: &Stats, availability: Availability, first: bool) {
     });
 
     publish_messages(&old.sends_by_type, &new.sends_by_type);
+}
+
+/// The confirmations since `old` into the histogram: the core keeps power-of-two buckets
+/// with their sums, so each new latency is recorded at the mean of its bucket's new ones
+/// (within its bucket, and the histogram's sum stays exact).
+fn publish_confirm_latency(old: &LatencySummary, new: &LatencySummary, first: bool) {
+    let histogram = histogram!(CONFIRM);
+    if first {
+        // Registered (and rendered) before the first confirmation.
+        histogram.record_many(0.0, 0);
+    }
+    let zero = (0, 0);
+    for (i, (&count, &micros)) in new.buckets.iter().zip(&new.bucket_micros).enumerate() {
+        let (old_count, old_micros) = old
+            .buckets
+            .get(i)
+            .zip(old.bucket_micros.get(i))
+            .map_or(zero, |(&c, &m)| (c, m));
+        let n = count.saturating_sub(old_count);
+        if n > 0 {
+            let mean_micros = micros.saturating_sub(old_micros) as f64 / n as f64;
+            histogram.record_many(mean_micros / 1e6, n as usize);
+        }
+    }
 }
 
 /// The per-type message series (at most 65 types: 64 named and `"*other*"`).
@@ -244,6 +251,7 @@ fn publish_messages(old: &BTreeMap<String, SendStats>, new: &BTreeMap<String, Se
             ("dropped", o.dropped, n.dropped),
             ("expired", o.expired, n.expired),
             ("closed", o.closed, n.closed),
+            ("written", o.written_final, n.written_final),
         ];
         for (state, o, n) in finals {
             if !seen || n != o {
@@ -254,7 +262,11 @@ fn publish_messages(old: &BTreeMap<String, SendStats>, new: &BTreeMap<String, Se
             counter!(MESSAGES_REWRITTEN, "type" => ty.clone())
                 .increment(n.rewritten.saturating_sub(o.rewritten));
         }
-        for (state, o, n) in [("queued", o.queued, n.queued), ("written", o.written, n.written)] {
+        let in_flight = |s: &SendStats| s.written - s.written_final;
+        for (state, o, n) in [
+            ("queued", o.queued, n.queued),
+            ("written", in_flight(o), in_flight(n)),
+        ] {
             if !seen || n != o {
                 gauge!(MESSAGES_LIVE, "type" => ty.clone(), "state" => state).increment(n as f64 - o as f64);
             }

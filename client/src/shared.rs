@@ -461,8 +461,9 @@ impl<R: Runtime> Shared<R> {
         loop {
             // Only a send with room counts as one: waiting is not dropping.
             let encoded = EncodedSend::new(&message);
+            let len = encoded.frame_len();
             let sent = self.command(|driver, now| {
-                (driver.pool().has_room() || driver.is_stopped())
+                (driver.pool().has_room_for(len) || driver.is_stopped())
                     .then(|| gone_or(driver.send(now, encoded, options), driver))
             });
             match sent {
@@ -474,7 +475,7 @@ impl<R: Runtime> Shared<R> {
                 .signals
                 .watch(&*self.runtime, deadline, || {
                     let driver = self.lock();
-                    driver.pool().has_room() || driver.is_stopped()
+                    driver.pool().has_room_for(len) || driver.is_stopped()
                 })
                 .await;
             if !room {

@@ -188,6 +188,7 @@ pub struct Config {
     pub(crate) max_in_flight: u32,
     pub(crate) max_unflushed_writes: u32,
     pub(crate) outbox_capacity: u32,
+    pub(crate) max_outbox_bytes: usize,
     pub(crate) outbox_ttl: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) close_drain: Duration,
@@ -225,6 +226,7 @@ impl Config {
             max_in_flight: 1024,
             max_unflushed_writes: 4096,
             outbox_capacity: 10_000,
+            max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
             outbox_ttl: Duration::from_secs(60),
             max_frame_size: 1 << 20,
             close_drain: DEFAULT_CLOSE_DRAIN,
@@ -313,6 +315,11 @@ impl Config {
     pub fn outbox_capacity(&self) -> u32 {
         self.outbox_capacity
     }
+    /// Largest number of bytes (frame lengths) of fire-and-forget messages waiting for a
+    /// connection.
+    pub fn max_outbox_bytes(&self) -> usize {
+        self.max_outbox_bytes
+    }
     /// How long a fire-and-forget message may wait in the outbox.
     pub fn outbox_ttl(&self) -> Duration {
         self.outbox_ttl
@@ -376,6 +383,10 @@ impl Config {
     }
 }
 
+/// The default [`Config::max_outbox_bytes`]: 64 MiB, room for the default 10,000 queued
+/// messages at over 6 KiB each, so the count cap binds first for ordinary metering messages.
+pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 64 << 20;
+
 /// The default [`Config::close_drain`]: long enough for a request within its default 2 s
 /// timeout and for a pong round trip, short enough for a host's shutdown grace period.
 pub const DEFAULT_CLOSE_DRAIN: Duration = Duration::from_secs(3);
@@ -402,6 +413,7 @@ pub struct ConfigBuilder {
     max_in_flight: u32,
     max_unflushed_writes: u32,
     outbox_capacity: u32,
+    max_outbox_bytes: usize,
     outbox_ttl: Duration,
     max_frame_size: usize,
     close_drain: Duration,
@@ -522,6 +534,11 @@ impl ConfigBuilder {
         max_unflushed_writes: u32;
         /// Outbox capacity (0..=1,000,000; default 10,000; 0 disables queueing).
         outbox_capacity: u32;
+        /// Outbox bytes, the frames' lengths summed (0..=16 GiB; default 64 MiB,
+        /// [`DEFAULT_MAX_OUTBOX_BYTES`]; 0 disables queueing). A send that would pass it is
+        /// refused and counted like one past `outbox_capacity`
+        /// ([`SendRefusal::OutboxBytesFull`](crate::SendRefusal::OutboxBytesFull)).
+        max_outbox_bytes: usize;
         /// Outbox time-to-live (1 ms..=1 day; default 60 s).
         outbox_ttl: Duration;
         /// Largest incoming frame in bytes (64 B..=64 MiB; default 1 MiB).
@@ -644,6 +661,13 @@ impl ConfigBuilder {
             1_000_000,
             "0..=1000000",
         )?;
+        check_int(
+            "max_outbox_bytes",
+            self.max_outbox_bytes as u64,
+            0,
+            16 << 30,
+            "0..=17179869184",
+        )?;
         check_duration("outbox_ttl", self.outbox_ttl, ms, DAY, "1ms..=1d")?;
         check_int(
             "max_frame_size",
@@ -691,6 +715,7 @@ impl ConfigBuilder {
             max_in_flight: self.max_in_flight,
             max_unflushed_writes: self.max_unflushed_writes,
             outbox_capacity: self.outbox_capacity,
+            max_outbox_bytes: self.max_outbox_bytes,
             outbox_ttl: self.outbox_ttl,
             max_frame_size: self.max_frame_size,
             close_drain: self.close_drain,

@@ -62,13 +62,29 @@ pub enum SendError {
     /// The pool is closed (counted as dropped).
     #[error("client closed: message of type {:?} not sent", .0.kind)]
     Closed(Outgoing),
+    /// No connection could take it and the outbox holds `max_outbox_bytes` already (counted
+    /// as dropped).
+    #[error("outbox full (bytes): message of type {:?} dropped", .0.kind)]
+    OutboxBytesFull(Outgoing),
+    /// Its frame is larger than the frame limit (`max_frame_size`), so no peer would read it;
+    /// refused up front (counted as dropped).
+    #[error("message of type {:?} too large: {len} bytes, limit {max}", .message.kind)]
+    TooLarge {
+        /// The message.
+        message: Outgoing,
+        /// Its frame's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl SendError {
     /// The message that was not sent.
     pub fn into_message(self) -> Outgoing {
         match self {
-            SendError::OutboxFull(m) | SendError::Closed(m) => m,
+            SendError::OutboxFull(m) | SendError::Closed(m) | SendError::OutboxBytesFull(m) => m,
+            SendError::TooLarge { message, .. } => message,
         }
     }
 
@@ -77,6 +93,8 @@ impl SendError {
         match refusal {
             SendRefusal::OutboxFull => SendError::OutboxFull(message),
             SendRefusal::Closed => SendError::Closed(message),
+            SendRefusal::OutboxBytesFull => SendError::OutboxBytesFull(message),
+            SendRefusal::TooLarge { len, max } => SendError::TooLarge { message, len, max },
         }
     }
 }
@@ -92,4 +110,15 @@ pub enum SendRefusal {
     /// The pool is closed.
     #[error("client closed: message not sent")]
     Closed,
+    /// No connection could take it and the outbox holds `max_outbox_bytes` already.
+    #[error("outbox full (bytes): message dropped")]
+    OutboxBytesFull,
+    /// Its frame is larger than `max_frame_size`.
+    #[error("message too large: {len} bytes, limit {max}")]
+    TooLarge {
+        /// Its frame's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }

@@ -56,6 +56,10 @@ pub enum DropReason {
     RewritesExhausted,
     /// The pool closed before it was delivered (handed back by close).
     Closed,
+    /// The outbox held `max_outbox_bytes` already (the message was handed back).
+    OutboxBytesFull,
+    /// Its frame was larger than `max_frame_size` (refused up front, handed back).
+    TooLarge,
 }
 
 impl fmt::Display for DropReason {
@@ -66,6 +70,8 @@ impl fmt::Display for DropReason {
             DropReason::Unconfirmed => "unconfirmed when its connection died",
             DropReason::RewritesExhausted => "unconfirmed after every rewrite",
             DropReason::Closed => "client closed",
+            DropReason::OutboxBytesFull => "outbox full (bytes)",
+            DropReason::TooLarge => "larger than the frame limit",
         })
     }
 }

@@ -168,6 +168,11 @@ impl<'a> EncodedSend<'a> {
         self.keyed
     }
 
+    /// Its frame's length in bytes.
+    pub fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+
     pub(crate) fn into_parts(self) -> (Cow<'a, str>, String, bool) {
         (self.kind, self.frame, self.keyed)
     }

@@ -18,8 +18,12 @@ pub struct SendStats {
     /// Waiting in the outbox now (including messages back from a dead connection).
     pub queued: u64,
     /// Written on a connection and awaiting confirmation now; with confirmation off, also
-    /// every message written and flushed (their final state).
+    /// every message written and flushed (their final state, counted in `written_final`).
     pub written: u64,
+    /// Of `written`, with confirmation off: the messages flushed, which ended as written (a
+    /// final state, so it only grows; `written - written_final` are in flight now). Always 0
+    /// with confirmation on.
+    pub written_final: u64,
     /// Confirmed: a pong answered a ping written after them, so the server's WebSocket
     /// endpoint read them.
     pub confirmed: u64,
@@ -58,6 +62,7 @@ impl SendStats {
         self.sends += other.sends;
         self.queued += other.queued;
         self.written += other.written;
+        self.written_final += other.written_final;
         self.confirmed += other.confirmed;
         self.unconfirmed += other.unconfirmed;
         self.dropped += other.dropped;
@@ -85,6 +90,9 @@ pub struct LatencySummary {
     /// `buckets[i]`: latencies in `[2^(i-1), 2^i)` µs (bucket 0: under 1 µs); the last
     /// bucket also holds everything longer.
     pub buckets: Vec<u64>,
+    /// `bucket_micros[i]`: the sum of the latencies in `buckets[i]`, in microseconds (so a
+    /// histogram exported from the buckets keeps the exact sum).
+    pub bucket_micros: Vec<u64>,
 }
 
 impl Default for LatencySummary {
@@ -94,6 +102,7 @@ impl Default for LatencySummary {
             total_micros: 0,
             max_micros: 0,
             buckets: vec![0; LATENCY_BUCKETS],
+            bucket_micros: vec![0; LATENCY_BUCKETS],
         }
     }
 }
@@ -105,8 +114,9 @@ impl LatencySummary {
         self.count += n;
         self.total_micros = self.total_micros.saturating_add(micros.saturating_mul(n));
         self.max_micros = self.max_micros.max(micros);
-        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
-        self.buckets[bucket.min(LATENCY_BUCKETS - 1)] += n;
+        let bucket = ((u64::BITS - micros.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
+        self.buckets[bucket] += n;
+        self.bucket_micros[bucket] = self.bucket_micros[bucket].saturating_add(micros.saturating_mul(n));
     }
 
     /// The mean, or `None` when nothing was recorded.

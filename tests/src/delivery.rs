@@ -257,10 +257,16 @@ pub async fn a_server_that_stops_ponging_is_replaced<A: Adapter>() {
 pub async fn guessed_pongs_confirm_nothing<A: Adapter>() {
     let server = server();
     let client = connect::<A>(config(&server.url()).pool_size(1).confirm_after(MS(20))).await;
+    // One message confirmed the honest way first.
+    client.send(report(0, 10)).unwrap();
+    client.flush(Duration::from_secs(3)).await.unwrap();
     let mut sub = client.subscribe();
     server.faults().set_stop_reading(true);
     server.faults().set_forge_pongs_every_ms(10);
-    for n in 0..10 {
+    // Let the server's connection task see the switch before anything else arrives.
+    A::sleep(MS(100)).await;
+    let read_before = server_ff(&server);
+    for n in 1..=10 {
         client.send(report(n, 10)).unwrap();
     }
     let event = wait_event::<A>(&mut sub, Duration::from_secs(3), |e| {
@@ -272,17 +278,73 @@ pub async fn guessed_pongs_confirm_nothing<A: Adapter>() {
     assert!(forged >= 2 * 65, "{}: the fault sent {forged} pongs", A::NAME);
     assert_eq!(
         s.sends.confirmed,
-        0,
+        1,
         "{}: confirmed unread messages: {:?}",
         A::NAME,
         s.sends
     );
-    assert_eq!(server_ff(&server), 0, "{}: the server read nothing", A::NAME);
+    assert_eq!(
+        server_ff(&server),
+        read_before,
+        "{}: the server read nothing more",
+        A::NAME
+    );
     let Some(ClientEvent::Pool(Event::Disconnected { reason, .. })) = event else {
         panic!("{}: not replaced: {event:?}", A::NAME)
     };
     assert_eq!(reason, DisconnectReason::PongTimeout, "{}", A::NAME);
     server.faults().clear();
+    client.close().await;
+}
+
+/// (f) Bounds the client promises: a message larger than the frame limit is refused up
+/// front with a typed error (by `send` and at once by `send_when_room`: waiting would not
+/// help) and never reaches the server; with the server down, the outbox is bounded in bytes
+/// and refuses with its own error; every refusal is counted as dropped.
+pub async fn oversized_and_byte_capped_sends_are_refused<A: Adapter>() {
+    let server = server();
+    server.kill();
+    let builder = config(&server.url())
+        .max_frame_size(1_024)
+        .max_outbox_bytes(2_000);
+    let client = connect::<A>(builder).await;
+    let too_large = report(0, 2_000);
+    let e = client.send(too_large.clone()).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::TooLarge { message, len, max: 1_024 } if *message == too_large && *len > 2_000),
+        "{}: {e:?}",
+        A::NAME
+    );
+    assert!(!e.is_unavailable(), "a caller error, not an outage");
+    let t = Instant::now();
+    let e = client
+        .send_when_room(too_large, SendOptions::default(), Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::TooLarge { .. }), "{}: {e:?}", A::NAME);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "refused without waiting for room"
+    );
+    // About 560 bytes each: three fit in 2,000 bytes, the fourth does not.
+    for n in 1..=3 {
+        client.send(report(n, 500)).unwrap();
+    }
+    let e = client.send(report(4, 500)).unwrap_err();
+    assert!(matches!(e, ClientError::OutboxBytesFull(_)), "{}: {e:?}", A::NAME);
+    assert!(e.is_unavailable());
+    let s = client.stats().sends;
+    assert_eq!((s.sends, s.dropped, s.queued), (6, 3, 3), "{}: {s:?}", A::NAME);
+    assert!(s.conserved());
+    server.restart().expect("restart");
+    let flushed = client.flush(Duration::from_secs(15)).await;
+    assert!(flushed.is_ok(), "{}: {flushed:?}", A::NAME);
+    assert_eq!(
+        server_ff(&server),
+        3,
+        "{}: only the accepted ones arrive",
+        A::NAME
+    );
     client.close().await;
 }
 

@@ -563,6 +563,7 @@ macro_rules! conformance {
             close_hands_back_what_it_could_not_deliver,
             a_server_that_stops_ponging_is_replaced,
             guessed_pongs_confirm_nothing,
+            oversized_and_byte_capped_sends_are_refused,
             a_slow_server_gets_everything_when_sends_wait_for_room,
         );
         $crate::conformance!(@proxy $adapter;

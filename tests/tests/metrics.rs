@@ -35,6 +35,8 @@ fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 fn recorder() -> PrometheusHandle {
     PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0])
+        .expect("buckets")
         .install_recorder()
         .expect("the only recorder of this test binary")
 }
@@ -113,8 +115,22 @@ async fn body(handle: PrometheusHandle) {
     };
     assert_eq!(live("queued"), sends.queued as f64);
     assert_eq!(live("written"), sends.written as f64);
+    // The confirmation latency is a real histogram (the facade's), not a hand-made counter
+    // and gauge: the exporter renders it with its buckets, count and exact sum.
+    assert!(
+        text.contains("# TYPE usageflow_message_confirm_seconds histogram"),
+        "not a histogram:\n{text}"
+    );
     assert_eq!(
         must(&text, "usageflow_message_confirm_seconds_count", &[]),
+        stats.confirm_latency.count as f64
+    );
+    assert_eq!(
+        must(
+            &text,
+            "usageflow_message_confirm_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
         stats.confirm_latency.count as f64
     );
     let sum = must(&text, "usageflow_message_confirm_seconds_sum", &[]);
@@ -146,13 +162,35 @@ async fn body(handle: PrometheusHandle) {
     .await;
 
     // Closing publishes the final counters: no connection is left open.
-    let report = client.close().await;
-    assert!(report.is_clean(), "{report:?}");
+    let closed = client.close().await;
+    assert!(closed.is_clean(), "{closed:?}");
     let text = handle.render();
     assert_eq!(must(&text, "usageflow_open_connections", &[]), 0.0);
     assert_eq!(
         must(&text, "usageflow_disconnects_total", &[]),
-        report.stats.disconnects as f64
+        closed.stats.disconnects as f64
     );
     assert_eq!(must(&text, "usageflow_availability", &[]), 0.0);
+
+    // With confirmation off, messages end as written once flushed: the gauge of messages
+    // written *now* goes back to 0, and the final state is a counter.
+    let client = connect::<TokioAdapter>(config(&server.url()).confirm_delivery(false)).await;
+    for n in 0..10 {
+        client.send(report(100 + n, 16)).expect("room in the outbox");
+    }
+    client.flush(Duration::from_secs(10)).await.expect("flushed");
+    let stats = client.stats();
+    let sends = &stats.sends_by_type["report_call_chain"];
+    assert_eq!((sends.written, sends.written_final), (10, 10), "{sends:?}");
+    let text = handle.render();
+    let written = |name| {
+        must(
+            &text,
+            name,
+            &[("type", "report_call_chain"), ("state", "written")],
+        )
+    };
+    assert_eq!(written("usageflow_messages"), 0.0, "none is in flight now");
+    assert_eq!(written("usageflow_messages_total"), 10.0);
+    client.close().await;
 }

@@ -125,7 +125,7 @@ impl Pool {
                 }
             }
         }
-        while let Some(m) = self.outbox.pop_front() {
+        while let Some(m) = self.pop_outbox() {
             self.hand_back(m, false, &mut by_kind);
         }
         self.report_drops(&unconfirmed, DropReason::Unconfirmed);

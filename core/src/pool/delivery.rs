@@ -270,7 +270,7 @@ impl Pool {
 
     /// With confirmation off, messages end as written once flushed (they stay counted in
     /// `written`).
-    pub(super) fn flights_flushed(outputs: &mut VecDeque<Output>, conn: &mut Conn) {
+    pub(super) fn flights_flushed(outputs: &mut VecDeque<Output>, kinds: &mut Kinds, conn: &mut Conn) {
         while conn
             .flights
             .front()
@@ -280,6 +280,7 @@ impl Pool {
                 break;
             };
             conn.window_bytes -= flight.bytes as usize;
+            kinds.stats[usize::from(flight.message.kind)].written_final += 1;
             if flight.message.notify {
                 outputs.push_back(Output::Settled {
                     id: MessageId(flight.message.id),
@@ -418,6 +419,7 @@ impl Pool {
         }
         for m in &back {
             self.kinds.stats[usize::from(m.kind)].queued += 1;
+            self.outbox_bytes += m.frame.len();
         }
         back.sort_unstable_by_key(|m| m.id);
         if self

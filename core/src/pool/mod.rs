@@ -86,6 +86,8 @@ pub struct Pool {
     /// Messages waiting for a connection, sorted by id (messages back from a dead
     /// connection are merged in by id).
     outbox: VecDeque<Message>,
+    /// The outbox's bytes (its frames' lengths summed), against `max_outbox_bytes`.
+    outbox_bytes: usize,
     /// The id of the last message accepted.
     last_message: u64,
     /// Dead connections' unflushed messages, until the adapter says which never started.
@@ -135,6 +137,7 @@ impl Pool {
             pending: HashMap::default(),
             deadlines: Deadlines::default(),
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
             last_message: 0,
             limbo: Vec::new(),
             undelivered: Vec::new(),
@@ -214,12 +217,22 @@ impl Pool {
 
     /// Whether a new message has room: in the outbox, or (with the outbox empty) in an open
     /// connection's window; a send now would not be refused as [`SendRefusal::OutboxFull`]
-    /// (short of a message larger than that window's free bytes with no outbox capacity).
+    /// or [`SendRefusal::OutboxBytesFull`] (short of a message larger than that window's free
+    /// bytes, or than the outbox's free bytes). [`Pool::has_room_for`] knows the length.
     pub fn has_room(&self) -> bool {
+        self.has_room_for(1)
+    }
+
+    /// Whether a new message whose frame is `frame_len` bytes has room, as [`Pool::has_room`]
+    /// (one too large for any frame, [`SendRefusal::TooLarge`], has room: waiting would not
+    /// help, its send is refused at once).
+    pub fn has_room_for(&self, frame_len: usize) -> bool {
         let writable = |c: &slot::Conn| {
             !c.window_full(&self.config, 0) && c.unflushed() < u64::from(self.config.max_unflushed_writes)
         };
-        self.outbox.len() < self.config.outbox_capacity as usize
+        frame_len > self.config.max_frame_size
+            || (self.outbox.len() < self.config.outbox_capacity as usize
+                && self.outbox_bytes + frame_len <= self.config.max_outbox_bytes)
             || (self.outbox.is_empty() && self.slots.iter().any(|s| s.open_conn().is_some_and(writable)))
     }
 

@@ -28,6 +28,14 @@ impl Pool {
             self.kinds.stats[usize::from(index)].closed += 1;
             return Err(SendRefusal::Closed);
         }
+        // No peer reads a frame past the limit: refuse it before it takes any room.
+        if frame.len() > self.config.max_frame_size {
+            let refusal = SendRefusal::TooLarge {
+                len: frame.len(),
+                max: self.config.max_frame_size,
+            };
+            return Err(self.refuse(index, refusal, DropReason::TooLarge));
+        }
         self.rearm_resting(now);
         let delivery =
             options
@@ -65,19 +73,35 @@ impl Pool {
             }
         }
         if self.outbox.len() >= self.config.outbox_capacity as usize {
-            self.kinds.stats[usize::from(index)].dropped += 1;
-            // The counters' name for it (`*other*` past the tracked types), as in every
-            // other drop event.
-            self.outputs.push_back(Output::Event(Event::MessageDropped {
-                kind: self.kinds.names[usize::from(index)].clone(),
-                reason: DropReason::OutboxFull,
-                count: 1,
-            }));
-            return Err(SendRefusal::OutboxFull);
+            return Err(self.refuse(index, SendRefusal::OutboxFull, DropReason::OutboxFull));
+        }
+        if self.outbox_bytes + message.frame.len() > self.config.max_outbox_bytes {
+            return Err(self.refuse(index, SendRefusal::OutboxBytesFull, DropReason::OutboxBytesFull));
         }
         self.kinds.stats[usize::from(index)].queued += 1;
+        self.outbox_bytes += message.frame.len();
         self.outbox.push_back(message);
         Ok(id)
+    }
+
+    /// Counts a refused send of type `index` as dropped, with its event.
+    fn refuse(&mut self, index: u16, refusal: SendRefusal, reason: DropReason) -> SendRefusal {
+        self.kinds.stats[usize::from(index)].dropped += 1;
+        // The counters' name for it (`*other*` past the tracked types), as in every other
+        // drop event.
+        self.outputs.push_back(Output::Event(Event::MessageDropped {
+            kind: self.kinds.names[usize::from(index)].clone(),
+            reason,
+            count: 1,
+        }));
+        refusal
+    }
+
+    /// Takes the outbox's front message, keeping its byte count.
+    pub(super) fn pop_outbox(&mut self) -> Option<Message> {
+        let m = self.outbox.pop_front()?;
+        self.outbox_bytes -= m.frame.len();
+        Some(m)
     }
 
     /// Writes queued messages, in order, while a connection can take them.
@@ -91,6 +115,7 @@ impl Pool {
             let Some(message) = self.outbox.pop_front() else {
                 return;
             };
+            self.outbox_bytes -= message.frame.len();
             self.kinds.stats[usize::from(message.kind)].queued -= 1;
             write_message(
                 &mut self.outputs,
@@ -112,7 +137,7 @@ impl Pool {
     pub(super) fn expire_outbox(&mut self, now: Instant) {
         let mut by_kind: Vec<u64> = Vec::new();
         while self.outbox.front().is_some_and(|q| q.expires <= now) {
-            let Some(m) = self.outbox.pop_front() else { break };
+            let Some(m) = self.pop_outbox() else { break };
             let s = &mut self.kinds.stats[usize::from(m.kind)];
             s.queued -= 1;
             s.expired += 1;

@@ -43,6 +43,8 @@ pub struct Knobs {
     pub max_unflushed_writes: u32,
     /// Outbox capacity (sometimes tiny).
     pub outbox_capacity: u32,
+    /// Outbox bytes (sometimes a few messages' worth).
+    pub max_outbox_bytes: usize,
     /// Outbox time-to-live.
     pub outbox_ttl: Duration,
     /// How long `close` waits for replies.
@@ -204,6 +206,11 @@ impl Knobs {
             max_in_flight: if r.u8(..3) == 0 { r.u32(1..=4) } else { 1024 },
             max_unflushed_writes: if r.u8(..4) == 0 { r.u32(1..=8) } else { 4096 },
             outbox_capacity: if r.u8(..3) == 0 { r.u32(0..=5) } else { 10_000 },
+            max_outbox_bytes: if r.u8(..3) == 0 {
+                r.usize(0..=2_048)
+            } else {
+                crate::config::DEFAULT_MAX_OUTBOX_BYTES
+            },
             outbox_ttl: ms(&mut r, 50, 60_000),
             close_drain: if r.bool() {
                 ms(&mut r, 1, 3_000)
@@ -271,6 +278,7 @@ impl Knobs {
             max_in_flight: 1024,
             max_unflushed_writes: 4096,
             outbox_capacity: 100,
+            max_outbox_bytes: crate::config::DEFAULT_MAX_OUTBOX_BYTES,
             outbox_ttl: ms(10_000),
             close_drain: Duration::ZERO,
             max_connection_age: None,
@@ -335,6 +343,7 @@ impl Knobs {
             .max_in_flight(self.max_in_flight)
             .max_unflushed_writes(self.max_unflushed_writes)
             .outbox_capacity(self.outbox_capacity)
+            .max_outbox_bytes(self.max_outbox_bytes)
             .outbox_ttl(self.outbox_ttl)
             .close_drain(self.close_drain)
             .max_connection_age(self.max_connection_age)

@@ -145,3 +145,71 @@ fn sixty_four_named_types_then_other_everywhere() {
         .sum();
     assert_eq!(expired, 64);
 }
+
+/// Issue 21 item 13: the outbox is bounded in bytes too, counted and refused like its count
+/// cap, with its own reason.
+#[test]
+fn the_outbox_is_bounded_in_bytes_and_refuses_with_its_own_reason() {
+    // Nothing open: every send waits in the outbox. Each frame is about 530 bytes.
+    let mut h = H::new(|b| b.pool_size(1).max_outbox_bytes(1_200));
+    let big = |n: u64| Outgoing::new("m", json!({"n": n, "pad": "x".repeat(500)}));
+    let len = crate::frame::EncodedSend::new(&big(0)).frame_len();
+    assert!((500..600).contains(&len), "{len}");
+    for n in 0..2 {
+        h.pool.send(h.now, big(n)).unwrap();
+    }
+    assert!(!h.pool.has_room_for(len), "a third would pass 1,200 bytes");
+    assert!(h.pool.has_room_for(100), "a small one still fits");
+    assert_eq!(h.pool.send(h.now, big(2)), Err(SendRefusal::OutboxBytesFull));
+    let outs = h.drain();
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "m".into(),
+        reason: DropReason::OutboxBytesFull,
+        count: 1
+    }));
+    let st = h.pool.stats().sends;
+    assert_eq!((st.sends, st.queued, st.dropped), (3, 2, 1), "{st:?}");
+    assert!(st.conserved());
+    // A small one fits beside them; once they leave, big ones fit again.
+    h.pool.send(h.now, Outgoing::new("m", json!(1))).unwrap();
+    h.up();
+    assert_eq!(h.pool.outbox_len(), 0);
+    for n in 3..5 {
+        h.pool.send(h.now, big(n)).unwrap();
+    }
+}
+
+/// Issue 21 item 13: a message whose frame is larger than the frame limit is refused up
+/// front with a typed refusal, counted as dropped, and never written.
+#[test]
+fn a_message_larger_than_the_frame_limit_is_refused_up_front() {
+    let mut h = H::new(|b| b.pool_size(1).max_frame_size(1_024));
+    h.up();
+    let message = Outgoing::new("m", json!({"pad": "x".repeat(2_000)}));
+    let len = crate::frame::EncodedSend::new(&message).frame_len();
+    assert!(
+        h.pool.has_room_for(len),
+        "waiting would not help: refused at once"
+    );
+    assert_eq!(
+        h.pool.send(h.now, &message),
+        Err(SendRefusal::TooLarge { len, max: 1_024 })
+    );
+    let outs = h.drain();
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Transmit { .. })),
+        "{outs:?}"
+    );
+    assert!(events(&outs).contains(&Event::MessageDropped {
+        kind: "m".into(),
+        reason: DropReason::TooLarge,
+        count: 1
+    }));
+    let st = h.pool.stats().sends;
+    assert_eq!((st.sends, st.dropped, st.written), (1, 1, 0), "{st:?}");
+    assert!(st.conserved());
+    // One at the limit goes.
+    let fits = Outgoing::new("m", json!({"pad": "x".repeat(900)}));
+    assert!(crate::frame::EncodedSend::new(&fits).frame_len() <= 1_024);
+    h.pool.send(h.now, fits).unwrap();
+}

@@ -114,6 +114,20 @@ impl Checker {
             return Ok(Step::Send { open_was_zero: false });
         }
         let open_was_zero = self.open_count() == 0;
+        // Exactly the frames past the limit are refused as too large, before anything else.
+        let frame_len = crate::frame::EncodedSend::new(message).frame_len();
+        let max = self.config.max_frame_size();
+        ensure!(
+            matches!(result, Err(SendRefusal::TooLarge { .. })) == (frame_len > max),
+            7,
+            "a send of a {frame_len}-byte frame (limit {max}) returned {result:?}"
+        );
+        let refused = |checker: &mut Self, reason: DropReason| {
+            checker.sends[usize::from(kind)].dropped += 1;
+            // Named as its counters are (`*other*` past the tracked types).
+            let name = checker.kind_names[usize::from(kind)].clone();
+            checker.expected_drops.insert((name, reason), 1);
+        };
         match result {
             Ok(id) => {
                 // Ids count up from 1, one per accepted send.
@@ -139,10 +153,24 @@ impl Checker {
                     self.outbox_len,
                     self.config.outbox_capacity()
                 );
-                self.sends[usize::from(kind)].dropped += 1;
-                // Named as its counters are (`*other*` past the tracked types).
-                let name = self.kind_names[usize::from(kind)].clone();
-                self.expected_drops.insert((name, DropReason::OutboxFull), 1);
+                refused(self, DropReason::OutboxFull);
+            }
+            Err(SendRefusal::OutboxBytesFull) => {
+                // Only behind queued messages, or alone past the byte cap.
+                ensure!(
+                    self.outbox_len > 0 || frame_len > self.config.max_outbox_bytes(),
+                    7,
+                    "send of {frame_len} bytes refused as OutboxBytesFull with an empty outbox"
+                );
+                refused(self, DropReason::OutboxBytesFull);
+            }
+            Err(SendRefusal::TooLarge { len, max: limit }) => {
+                ensure!(
+                    (*len, *limit) == (frame_len, max),
+                    7,
+                    "TooLarge names {len} of {limit}, the frame is {frame_len} of {max}"
+                );
+                refused(self, DropReason::TooLarge);
             }
             Err(other) => {
                 return Err(Violation {
@@ -329,7 +357,9 @@ impl Checker {
                     if !self.config.confirm_delivery() {
                         // Without confirmation, a flushed message has ended (as written).
                         while c.flights.front().is_some_and(|&(n, _, _)| n <= writes) {
-                            c.flights.pop_front();
+                            if let Some((_, kind, _)) = c.flights.pop_front() {
+                                self.sends[usize::from(kind)].written_final += 1;
+                            }
                         }
                     }
                 }

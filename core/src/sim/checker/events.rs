@@ -205,7 +205,10 @@ impl Checker {
                 Ok(())
             }
             Event::MessageDropped { kind, reason, count } => {
-                if *reason == DropReason::OutboxFull {
+                if matches!(
+                    reason,
+                    DropReason::OutboxFull | DropReason::OutboxBytesFull | DropReason::TooLarge
+                ) {
                     let expected = self.expected_drops.remove(&(kind.clone(), *reason));
                     ensure!(
                         expected == Some(*count),
