@@ -62,13 +62,16 @@ pub enum SendError {
     /// The pool is closed (counted as dropped).
     #[error("client closed: message of type {:?} not sent", .0.kind)]
     Closed(Outgoing),
+    /// The spool holds `max_spool_bytes` already (counted as dropped and as `spool_full`).
+    #[error("spool full: message of type {:?} not sent", .0.kind)]
+    SpoolFull(Outgoing),
 }
 
 impl SendError {
     /// The message that was not sent.
     pub fn into_message(self) -> Outgoing {
         match self {
-            SendError::OutboxFull(m) | SendError::Closed(m) => m,
+            SendError::OutboxFull(m) | SendError::Closed(m) | SendError::SpoolFull(m) => m,
         }
     }
 
@@ -77,6 +80,7 @@ impl SendError {
         match refusal {
             SendRefusal::OutboxFull => SendError::OutboxFull(message),
             SendRefusal::Closed => SendError::Closed(message),
+            SendRefusal::SpoolFull => SendError::SpoolFull(message),
         }
     }
 }
@@ -91,4 +95,8 @@ pub enum SendRefusal {
     /// The pool is closed.
     #[error("client closed: message not sent")]
     Closed,
+    /// The spool is open and holds `max_spool_bytes` already: keeping this message would
+    /// pass the limit.
+    #[error("spool full: message not sent")]
+    SpoolFull,
 }

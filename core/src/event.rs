@@ -56,6 +56,8 @@ pub enum DropReason {
     RewritesExhausted,
     /// The pool closed before it was delivered (handed back by close).
     Closed,
+    /// The spool was full (`max_spool_bytes`): the message was refused and handed back.
+    SpoolFull,
 }
 
 impl fmt::Display for DropReason {
@@ -66,6 +68,7 @@ impl fmt::Display for DropReason {
             DropReason::Unconfirmed => "unconfirmed when its connection died",
             DropReason::RewritesExhausted => "unconfirmed after every rewrite",
             DropReason::Closed => "client closed",
+            DropReason::SpoolFull => "spool full",
         })
     }
 }

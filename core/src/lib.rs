@@ -80,6 +80,7 @@ mod pool;
 mod request;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod spool;
 pub mod stats;
 
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError};
@@ -91,4 +92,5 @@ pub use input::{CloseReason, DialError, Input};
 pub use output::{Outcome, Output};
 pub use pool::{Pool, AVAILABILITY_HOLD};
 pub use request::{ConnId, RequestId, RequestIdBuildHasher, RequestIdHasher, RequestOptions, SlotState};
+pub use spool::{Restored, SpoolOpenError, SpoolOpened, SpoolRecord};
 pub use stats::{LatencySummary, SendStats, Stats};

@@ -75,7 +75,7 @@ impl Pool {
         if self.config.confirm_delivery {
             conn.release_flushed();
         } else {
-            Pool::flights_flushed(&mut self.outputs, conn);
+            Pool::flights_flushed(&mut self.outputs, &mut self.spool, conn);
         }
         self.retire_drained(slot);
         self.flush_outbox(now);

@@ -1344,5 +1344,7 @@ fn hash_output(h: &mut DefaultHasher, output: &Output) {
         }
         Output::Unsolicited { conn, frame } => (6u8, conn, &frame.kind).hash(h),
         Output::Event(e) => (7u8, format!("{e:?}")).hash(h),
+        Output::Keep { record, .. } => (9u8, record.id, &record.frame, record.writes).hash(h),
+        Output::Release { id, fate } => (10u8, id, fate).hash(h),
     }
 }
