@@ -129,6 +129,7 @@
 
 mod checker;
 mod knobs;
+pub mod spool;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
