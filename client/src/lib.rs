@@ -113,6 +113,8 @@ mod options;
 mod proxy;
 mod runtime;
 mod shared;
+#[cfg(feature = "spool")]
+pub mod spool;
 
 pub use api::{decode_reply, UsageFlowApi};
 pub use client::{Client, RecvError, Subscription, TryRecvError};
