@@ -116,6 +116,10 @@ impl<R: Runtime> Client<R> {
             };
             Shared::new(&options, live, signals)
         });
+        #[cfg(feature = "spool")]
+        if let Some(spool) = options.spool() {
+            shared.lock().open_spool(spool, std::time::Instant::now())?;
+        }
         // The driver task is never aborted: it ends by itself once the client closed.
         drop(spawn_abortable(
             &*runtime,
@@ -138,6 +142,12 @@ impl<R: Runtime> Client<R> {
 
     fn shared(&self) -> &Shared<R> {
         &self.inner.shared
+    }
+
+    /// The spool's counters (records, bytes, syncs...), when the client has a spool.
+    #[cfg(feature = "spool")]
+    pub fn spool_stats(&self) -> Option<crate::spool::SpoolStats> {
+        self.shared().lock().spool().map(|s| s.spool().stats())
     }
 
     /// Sends `message` as a request with the configured timeout and waits for its reply.

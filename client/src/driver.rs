@@ -104,6 +104,9 @@ pub(crate) struct Driver<R: Effects> {
     settle_waiters: HashMap<u64, oneshot::Sender<MessageFate>>,
     /// The client was dropped without `close`: log what the drain could not deliver.
     log_undelivered: bool,
+    /// The spool, once opened: carries out the pool's keeps and releases.
+    #[cfg(feature = "spool")]
+    spool: Option<crate::spooling::SpoolLink>,
 }
 
 impl<R: Effects> Driver<R> {
@@ -126,7 +129,34 @@ impl<R: Effects> Driver<R> {
             skips: SkipLimiter::new(SKIP_WARN_WINDOW),
             settle_waiters: HashMap::new(),
             log_undelivered: false,
+            #[cfg(feature = "spool")]
+            spool: None,
         }
+    }
+
+    /// Opens the spool of `options` and hands what an earlier process left to the pool,
+    /// which sends it first. Before the first send and before `connect`.
+    #[cfg(feature = "spool")]
+    pub(crate) fn open_spool(
+        &mut self,
+        options: &crate::spool::SpoolOptions,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        self.spool = Some(crate::spooling::SpoolLink::open(options, &mut self.pool, now)?);
+        self.drain(now);
+        Ok(())
+    }
+
+    /// The spool, if open.
+    #[cfg(feature = "spool")]
+    pub(crate) fn spool(&self) -> Option<&crate::spooling::SpoolLink> {
+        self.spool.as_ref()
+    }
+
+    /// Lets go of the spool (the client stopped): the last handle to it closes it.
+    #[cfg(feature = "spool")]
+    pub(crate) fn take_spool(&mut self) -> Option<crate::spooling::SpoolLink> {
+        self.spool.take()
     }
 
     /// The pool, for its getters.
@@ -453,6 +483,18 @@ impl<R: Effects> Driver<R> {
                         _ => log_event(&event),
                     }
                     self.rt.publish(ClientEvent::Pool(event));
+                }
+                #[cfg(feature = "spool")]
+                Output::Keep { record, first_sent } => {
+                    if let Some(spool) = &mut self.spool {
+                        spool.keep(record, first_sent, now);
+                    }
+                }
+                #[cfg(feature = "spool")]
+                Output::Release { id, .. } => {
+                    if let Some(spool) = &mut self.spool {
+                        spool.release(id);
+                    }
                 }
                 other => debug!(?other, "usageflow-socket: ignoring an unknown output"),
             }

@@ -94,6 +94,23 @@ pub enum ClientError {
     /// The client options cannot work (for example an unparsable root certificate).
     #[error("invalid client options: {0}")]
     InvalidOptions(String),
+    /// The spool holds `max_spool_bytes` of messages not yet confirmed: the message is
+    /// handed back, counted as dropped (`spool_full`). Room comes back as confirmations
+    /// release records.
+    #[error("UsageFlow unavailable: spool full, message of type {:?} not sent", .0.kind)]
+    SpoolFull(Outgoing),
+    /// The spool failed: it could not be opened (locked by another process, not writable,
+    /// written by an incompatible version) or its disk failed.
+    #[cfg(feature = "spool")]
+    #[error("spool: {0}")]
+    Spool(crate::spool::SpoolError),
+    /// Under the `EverySend` sync policy, the message was accepted and goes out, but its
+    /// record was not durable within the wait.
+    #[error("the message was accepted but its spool record was not durable within {waited:?}")]
+    SpoolNotDurable {
+        /// How long the send waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl ClientError {
@@ -102,6 +119,8 @@ impl ClientError {
         match self {
             ClientError::Denied(_) => ErrorClass::Denied,
             ClientError::InvalidReply { .. } | ClientError::InvalidOptions(_) => ErrorClass::Invalid,
+            #[cfg(feature = "spool")]
+            ClientError::Spool(_) => ErrorClass::Invalid,
             ClientError::NotConnected
             | ClientError::Rejected { .. }
             | ClientError::Timeout
@@ -111,7 +130,9 @@ impl ClientError {
             | ClientError::OutboxFull(_)
             | ClientError::NotDelivered(_)
             | ClientError::NotYetConfirmed { .. }
-            | ClientError::FlushTimeout { .. } => ErrorClass::Unavailable,
+            | ClientError::FlushTimeout { .. }
+            | ClientError::SpoolFull(_)
+            | ClientError::SpoolNotDurable { .. } => ErrorClass::Unavailable,
         }
     }
 
@@ -189,6 +210,7 @@ impl From<SendError> for ClientError {
         match e {
             SendError::OutboxFull(message) => ClientError::OutboxFull(message),
             SendError::Closed(_) => ClientError::Closed,
+            SendError::SpoolFull(message) => ClientError::SpoolFull(message),
             #[allow(unreachable_patterns)]
             other => ClientError::OutboxFull(other.into_message()),
         }

@@ -162,8 +162,12 @@ pub struct CloseReport {
     /// The messages still held when the drain ended, in send order: those that never left
     /// the outbox, and at-least-once messages written but not confirmed
     /// ([`Undelivered::written_before`]). Written at-most-once messages are not kept; they
-    /// count as `unconfirmed`. Only the first `close` call that returns gets them.
+    /// count as `unconfirmed`. Only the first `close` call that returns gets them. Empty with
+    /// a spool: those messages stay in the spool instead (see `spooled`).
     pub undelivered: Vec<Undelivered>,
+    /// With a spool: per message type, the messages the drain could not deliver, left in the
+    /// spool for the next process to send (also `stats.sends.spooled`).
+    pub spooled: std::collections::BTreeMap<String, u64>,
 }
 
 impl CloseReport {
@@ -383,8 +387,27 @@ impl<R: Runtime> Shared<R> {
     pub(crate) fn send(&self, message: Outgoing, options: SendOptions) -> Result<MessageId, ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
         let encoded = EncodedSend::new(&message);
-        let result = self.command(|driver, now| driver.send(now, encoded, options));
-        result.map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
+        #[cfg(feature = "spool")]
+        {
+            let (result, durable) = self.command(|driver, now| {
+                let result = driver.send(now, encoded, options);
+                let durable = result
+                    .is_ok()
+                    .then(|| driver.spool().and_then(|s| s.every_send_mark()));
+                (result, durable.flatten())
+            });
+            let id =
+                result.map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))?;
+            if let Some((spool, mark)) = durable {
+                crate::spooling::wait_every_send(&spool, mark)?;
+            }
+            Ok(id)
+        }
+        #[cfg(not(feature = "spool"))]
+        {
+            let result = self.command(|driver, now| driver.send(now, encoded, options));
+            result.map_err(|refusal| ClientError::from(SendError::from_refusal(refusal, message)))
+        }
     }
 
     /// Sends a message and waits (until `deadline`) for its end: `Ok` once confirmed (or
@@ -454,12 +477,25 @@ impl<R: Runtime> Shared<R> {
             .signals
             .watch(&*self.runtime, deadline, || self.lock().pool().is_settled(mark))
             .await;
-        if settled {
-            Ok(())
-        } else {
+        if !settled {
             let remaining = self.lock().pool().live_messages();
-            Err(ClientError::FlushTimeout { remaining })
+            return Err(ClientError::FlushTimeout { remaining });
         }
+        // With a spool, what is left in it (records kept again, releases) is durable too.
+        #[cfg(feature = "spool")]
+        {
+            let spool = self.lock().spool().map(|s| std::sync::Arc::clone(s.spool()));
+            if let Some(spool) = spool {
+                let durable = spool
+                    .wait_durable(spool.written_mark(), self.runtime.sleep_until(deadline))
+                    .await
+                    .map_err(ClientError::Spool)?;
+                if !durable {
+                    return Err(ClientError::FlushTimeout { remaining: 0 });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether at least one connection is open.
@@ -509,11 +545,30 @@ impl<R: Runtime> Shared<R> {
         // The final counters (the driver task publishes them too, maybe not yet).
         #[cfg(feature = "metrics")]
         self.publish_metrics(true);
-        let mut driver = self.lock();
-        CloseReport {
-            stats: driver.stats(),
-            undelivered: driver.take_undelivered(),
+        let report = {
+            let mut driver = self.lock();
+            let stats = driver.stats();
+            let spooled = stats
+                .sends_by_type
+                .iter()
+                .filter(|(_, s)| s.spooled > 0)
+                .map(|(kind, s)| (kind.clone(), s.spooled))
+                .collect();
+            CloseReport {
+                stats,
+                undelivered: driver.take_undelivered(),
+                spooled,
+            }
+        };
+        // What the drain left in the spool is made durable, and the directory let go.
+        #[cfg(feature = "spool")]
+        {
+            let link = self.lock().take_spool();
+            if let Some(link) = link {
+                crate::spooling::close(link, &*self.runtime).await;
+            }
         }
+        report
     }
 
     /// The last handle went away without `close`: close, drain in the background, and log

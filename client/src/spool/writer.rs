@@ -429,6 +429,31 @@ impl Spool {
         }
     }
 
+    /// [`Spool::wait_durable`] for synchronous callers (a `send` under
+    /// [`SyncPolicy::EverySend`]): blocks the calling thread until everything up to `mark`
+    /// is durable or `deadline` passes.
+    pub fn wait_durable_blocking(&self, mark: DurableMark, deadline: Instant) -> Result<bool, SpoolError> {
+        use event_listener::Listener;
+        loop {
+            let listener = self.shared.progress.listen();
+            if self.is_durable(mark) {
+                return Ok(true);
+            }
+            {
+                let st = self.shared.lock();
+                if let Some(failure) = &st.failure {
+                    return Err(failure.clone());
+                }
+                if st.stopped {
+                    return Err(SpoolError::Closed);
+                }
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                return Ok(self.is_durable(mark));
+            }
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> SpoolStats {
         let st = self.shared.lock();
