@@ -150,6 +150,20 @@ impl<R: Runtime> Client<R> {
         self.shared().lock().spool().map(|s| s.spool().stats())
     }
 
+    /// Waits until every message accepted so far is durable in the spool (under its sync
+    /// policy: on disk with group commit or `EverySend`, written to the OS with `Never`),
+    /// without waiting for confirmations; bounded by `timeout`
+    /// ([`ClientError::FlushTimeout`]). Returns at once without a spool.
+    #[cfg(feature = "spool")]
+    pub async fn sync_spool(&self, timeout: Duration) -> Result<(), ClientError> {
+        // Saturates: a huge timeout waits "forever" (a year) instead of overflowing.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        self.shared().spool_durable(deadline).await
+    }
+
     /// Sends `message` as a request with the configured timeout and waits for its reply.
     ///
     /// Fails at once with [`ClientError::NotConnected`], [`ClientError::Backpressure`] or

@@ -483,16 +483,22 @@ impl<R: Runtime> Shared<R> {
         }
         // With a spool, what is left in it (records kept again, releases) is durable too.
         #[cfg(feature = "spool")]
-        {
-            let spool = self.lock().spool().map(|s| std::sync::Arc::clone(s.spool()));
-            if let Some(spool) = spool {
-                let durable = spool
-                    .wait_durable(spool.written_mark(), self.runtime.sleep_until(deadline))
-                    .await
-                    .map_err(ClientError::Spool)?;
-                if !durable {
-                    return Err(ClientError::FlushTimeout { remaining: 0 });
-                }
+        self.spool_durable(deadline).await?;
+        Ok(())
+    }
+
+    /// Waits (until `deadline`) until everything appended to the spool so far is durable
+    /// (under its sync policy); at once without a spool.
+    #[cfg(feature = "spool")]
+    pub(crate) async fn spool_durable(&self, deadline: Instant) -> Result<(), ClientError> {
+        let spool = self.lock().spool().map(|s| Arc::clone(s.spool()));
+        if let Some(spool) = spool {
+            let durable = spool
+                .wait_durable(spool.written_mark(), self.runtime.sleep_until(deadline))
+                .await
+                .map_err(ClientError::Spool)?;
+            if !durable {
+                return Err(ClientError::FlushTimeout { remaining: 0 });
             }
         }
         Ok(())

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod proxy;
 pub mod resilience;
 mod smol_adapter;
+pub mod spool;
 mod tokio_adapter;
 
 use std::future::Future;
