@@ -144,7 +144,7 @@ pub struct Damage {
     pub corrupt_regions: u64,
     /// Records whose checksum held but whose content did not decode.
     pub malformed_records: u64,
-    /// Bytes skipped in torn tails and corrupt regions.
+    /// Bytes skipped in torn tails, corrupt regions and malformed records.
     pub skipped_bytes: u64,
 }
 
@@ -214,7 +214,10 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, UnsupportedVersion> {
             let body = &bytes[pos + RECORD_HEADER_LEN..pos + RECORD_HEADER_LEN + len];
             match decode_body(body) {
                 Some(entry) => scan.entries.push(entry),
-                None => scan.damage.malformed_records += 1,
+                None => {
+                    scan.damage.malformed_records += 1;
+                    scan.damage.skipped_bytes += (RECORD_HEADER_LEN + len) as u64;
+                }
             }
             pos += RECORD_HEADER_LEN + len;
             continue;
@@ -319,4 +322,66 @@ fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
+}
+
+/// The encoded size of `entry`.
+fn entry_len(entry: &SegmentEntry) -> usize {
+    match entry {
+        SegmentEntry::Append(_, record) => append_len(record),
+        SegmentEntry::Release(_) => RELEASE_LEN,
+    }
+}
+
+/// The reader's invariants on arbitrary bytes, asserted (panics on a violation): the body of
+/// the `spool_read` fuzz target and of the seed replay test.
+///
+/// - [`scan_segment`] never panics;
+/// - every byte is accounted for: header + records read + bytes skipped = input length;
+/// - what was read re-encodes to a segment that reads back the same, with no damage;
+/// - that segment cut short anywhere reads back as a prefix of its records.
+pub fn check_reader(bytes: &[u8]) {
+    let Ok(scan) = scan_segment(bytes) else { return };
+    let header = if bytes.is_empty() {
+        0
+    } else {
+        bytes.len().min(HEADER_LEN)
+    };
+    let read: usize = scan.entries.iter().map(entry_len).sum();
+    assert_eq!(
+        header + read + scan.damage.skipped_bytes as usize,
+        bytes.len(),
+        "bytes unaccounted for: {:?}",
+        scan.damage
+    );
+
+    let mut clean = Vec::with_capacity(HEADER_LEN + read);
+    encode_header(&mut clean, scan.base_key.unwrap_or(0));
+    for entry in &scan.entries {
+        match entry {
+            SegmentEntry::Append(key, record) => encode_append(&mut clean, *key, record),
+            SegmentEntry::Release(key) => encode_release(&mut clean, *key),
+        }
+    }
+    let again = scan_segment(&clean).expect("re-encoded with this version");
+    assert_eq!(
+        again.entries, scan.entries,
+        "re-encoded records read back differently"
+    );
+    assert!(
+        again.damage.is_clean(),
+        "re-encoded segment reads as damaged: {:?}",
+        again.damage
+    );
+
+    let cut = HEADER_LEN + bytes.len() % (clean.len() - HEADER_LEN + 1);
+    let prefix = scan_segment(&clean[..cut]).expect("re-encoded with this version");
+    assert!(
+        scan.entries.starts_with(&prefix.entries),
+        "a cut segment read records it does not hold"
+    );
+    assert!(
+        prefix.damage.corrupt_regions == 0 && prefix.damage.torn_tails <= 1,
+        "{:?}",
+        prefix.damage
+    );
 }

@@ -29,7 +29,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-pub use format::{scan_segment, Damage, SegmentEntry, SegmentScan, UnsupportedVersion, FORMAT_VERSION};
+pub use format::{
+    check_reader, scan_segment, Damage, SegmentEntry, SegmentScan, UnsupportedVersion, FORMAT_VERSION,
+};
 pub use store::{inspect, Inspection, KindSummary};
 pub use writer::{Appended, DurableMark, Spool, SpoolStats};
 
@@ -201,6 +203,15 @@ pub enum SpoolError {
         live_bytes: u64,
         /// The refused record's encoded size.
         record_bytes: u64,
+        /// The bound.
+        max_bytes: u64,
+    },
+    /// The writer thread is `max_bytes` (at least 8 MiB) behind (the disk stalls): refused, nothing written,
+    /// so memory stays bounded.
+    #[error("spool writer backlogged: {pending_bytes} bytes not yet written (max {max_bytes})")]
+    Backlogged {
+        /// Bytes queued for the writer.
+        pending_bytes: u64,
         /// The bound.
         max_bytes: u64,
     },

@@ -1,5 +1,6 @@
 //! Unit tests of the spool's store: round trips, recovery, bounds, locks, damage.
 
+use super::format::SegmentEntry;
 use super::*;
 use std::time::Duration;
 
@@ -15,6 +16,14 @@ pub(crate) fn record(i: u64) -> SpoolRecord {
         at_least_once: i % 2 == 0,
         first_sent_unix_ms: 1_700_000_000_000 + i,
         rewrites: (i % 4) as u32,
+    }
+}
+
+/// Records of one size (for tests that compute offsets).
+fn fixed(i: u64) -> SpoolRecord {
+    SpoolRecord {
+        message_id: i,
+        ..record(0)
     }
 }
 
@@ -90,5 +99,401 @@ fn a_failing_disk_is_a_typed_error_and_keeps_what_was_durable() {
     assert_eq!(recovery.records.len(), 1, "the durable record survives");
     assert_eq!(recovery.records[0].record, record(1));
     drop(_spool);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A segment built in memory, with the byte range of each record.
+fn segment(n: u64) -> (Vec<u8>, Vec<(std::ops::Range<usize>, SegmentEntry)>) {
+    let mut bytes = Vec::new();
+    format::encode_header(&mut bytes, 0);
+    let mut entries = Vec::new();
+    for i in 0..n {
+        let start = bytes.len();
+        let entry = if i % 5 == 4 {
+            format::encode_release(&mut bytes, SpoolKey(i - 2));
+            SegmentEntry::Release(SpoolKey(i - 2))
+        } else {
+            format::encode_append(&mut bytes, SpoolKey(i), &record(i));
+            SegmentEntry::Append(SpoolKey(i), record(i))
+        };
+        entries.push((start..bytes.len(), entry));
+    }
+    (bytes, entries)
+}
+
+#[test]
+fn a_segment_cut_at_any_byte_reads_every_complete_record_and_counts_the_torn_one() {
+    let (bytes, entries) = segment(40);
+    for cut in 0..=bytes.len() {
+        let scan = scan_segment(&bytes[..cut]).unwrap();
+        let complete: Vec<_> = entries
+            .iter()
+            .filter(|(r, _)| r.end <= cut)
+            .map(|(_, e)| e.clone())
+            .collect();
+        assert_eq!(scan.entries, complete, "cut at {cut}");
+        let on_boundary = cut == 0 || cut == format::HEADER_LEN || entries.iter().any(|(r, _)| r.end == cut);
+        let expect_torn = u64::from(!on_boundary && cut > format::HEADER_LEN);
+        assert_eq!(
+            scan.damage.torn_tails, expect_torn,
+            "cut at {cut}: {:?}",
+            scan.damage
+        );
+        assert_eq!(scan.damage.corrupt_regions, 0, "cut at {cut}");
+        assert_eq!(
+            scan.damage.damaged_headers,
+            u64::from(cut > 0 && cut < format::HEADER_LEN)
+        );
+        check_reader(&bytes[..cut]);
+    }
+}
+
+#[test]
+fn flipped_bytes_lose_only_the_records_they_hit_and_are_counted() {
+    let (bytes, entries) = segment(60);
+    let mut rng = fastrand::Rng::with_seed(0x5b001);
+    for round in 0..400 {
+        let mut damaged = bytes.clone();
+        let flips: Vec<usize> = (0..rng.usize(1..=3)).map(|_| rng.usize(..bytes.len())).collect();
+        for &at in &flips {
+            damaged[at] ^= rng.u8(1..=255);
+        }
+        let scan = scan_segment(&damaged).unwrap();
+        let hit = |r: &std::ops::Range<usize>| flips.iter().any(|f| r.contains(f));
+        for (range, entry) in &entries {
+            if !hit(range) {
+                assert!(
+                    scan.entries.contains(entry),
+                    "round {round}: intact record at {range:?} lost"
+                );
+            }
+        }
+        for entry in &scan.entries {
+            assert!(
+                entries.iter().any(|(_, e)| e == entry),
+                "round {round}: a record never written"
+            );
+        }
+        let records_hit = entries.iter().filter(|(r, _)| hit(r)).count() as u64;
+        let header_hit = flips.iter().any(|&f| f < format::HEADER_LEN);
+        assert_eq!(
+            scan.damage.damaged_headers,
+            u64::from(header_hit),
+            "round {round}"
+        );
+        if records_hit > 0 {
+            let d = scan.damage;
+            assert!(
+                d.corrupt_regions + d.torn_tails >= 1 && d.skipped_bytes > 0,
+                "round {round}: {d:?}"
+            );
+        }
+        check_reader(&damaged);
+    }
+}
+
+#[test]
+fn truncating_the_last_segment_at_every_byte_of_its_last_records_keeps_the_others() {
+    let dir = tmp_dir("truncate");
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).sync(SyncPolicy::Never)).unwrap();
+    for i in 0..30 {
+        spool.append(&fixed(i)).unwrap();
+    }
+    spool.close_blocking().unwrap();
+    let seg = store::segment_path(&dir, 0);
+    let full = std::fs::read(&seg).unwrap();
+    let last_three = 3 * format::append_len(&fixed(29));
+    let work = tmp_dir("truncate-work");
+    for cut in full.len() - last_three..=full.len() {
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(store::segment_path(&work, 0), &full[..cut]).unwrap();
+        let (spool, recovery) = Spool::open(SpoolOptions::new(&work)).unwrap();
+        let got: Vec<_> = recovery.records.iter().map(|r| r.record.message_id).collect();
+        let complete = (cut - format::HEADER_LEN) / format::append_len(&fixed(0));
+        assert_eq!(got, (0..complete as u64).collect::<Vec<_>>(), "cut at {cut}");
+        let torn = (cut - format::HEADER_LEN) % format::append_len(&fixed(0)) != 0;
+        assert_eq!(recovery.damage.torn_tails, u64::from(torn), "cut at {cut}");
+        // The next key never reuses a key of a record that may have been torn.
+        assert!(spool.append(&record(99)).unwrap().key.0 >= complete as u64);
+        spool.close_blocking().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_segment_of_another_version_is_refused_and_left_untouched() {
+    let dir = tmp_dir("version");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut header = Vec::new();
+    format::encode_header(&mut header, 7);
+    header[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&header[..20]);
+    header[20..24].copy_from_slice(&crc.to_le_bytes());
+    header.extend_from_slice(b"records of a future format");
+    let path = store::segment_path(&dir, 3);
+    std::fs::write(&path, &header).unwrap();
+    let err = Spool::open(SpoolOptions::new(&dir)).unwrap_err();
+    assert_eq!(
+        err,
+        SpoolError::IncompatibleVersion {
+            path: path.clone(),
+            found: 2,
+            supported: FORMAT_VERSION
+        }
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), header);
+    assert_eq!(
+        list_files(&dir),
+        vec!["0000000000000003.seg".to_string(), "spool.lock".to_string()]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn list_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_second_opener_gets_locked_until_the_first_closes() {
+    let dir = tmp_dir("lock");
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    assert_eq!(
+        Spool::open(SpoolOptions::new(&dir)).unwrap_err(),
+        SpoolError::Locked { dir: dir.clone() }
+    );
+    assert!(inspect(&dir).unwrap().in_use);
+    spool.append(&record(1)).unwrap();
+    drop(spool);
+    let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    assert_eq!(
+        recovery.records.len(),
+        1,
+        "a drop without close keeps what was appended"
+    );
+    assert!(inspect(&dir).unwrap().in_use);
+    spool.close_blocking().unwrap();
+    assert!(!inspect(&dir).unwrap().in_use);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unwritable_directory_is_a_typed_error() {
+    // A regular file where the directory should be: nothing can be created in it (this holds
+    // for root too, unlike permission bits).
+    let path = tmp_dir("not-a-dir");
+    std::fs::write(&path, b"x").unwrap();
+    let err = Spool::open(SpoolOptions::new(path.join("spool"))).unwrap_err();
+    assert!(
+        matches!(err, SpoolError::Io { .. } | SpoolError::NotWritable { .. }),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_file(&path);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp_dir("read-only");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let probe = std::fs::File::create(dir.join("probe"));
+        if probe.is_err() {
+            let err = Spool::open(SpoolOptions::new(&dir)).unwrap_err();
+            assert!(matches!(err, SpoolError::NotWritable { .. }), "{err:?}");
+        } else {
+            eprintln!("running as root: permission bits do not stop writes; read-only case not exercised");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_full_spool_refuses_with_a_typed_counted_error_and_recovers_as_records_are_released() {
+    let dir = tmp_dir("full");
+    let one = format::append_len(&fixed(0)) as u64;
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).max_bytes(10 * one)).unwrap();
+    let keys: Vec<_> = (0..10).map(|i| spool.append(&fixed(i)).unwrap().key).collect();
+    let err = spool.append(&fixed(10)).unwrap_err();
+    assert_eq!(
+        err,
+        SpoolError::Full {
+            live_bytes: 10 * one,
+            record_bytes: one,
+            max_bytes: 10 * one
+        }
+    );
+    assert_eq!(spool.stats().refused_full, 1);
+    assert!(spool.release(keys[3]));
+    spool.append(&fixed(10)).unwrap();
+    assert!(spool.append(&fixed(11)).is_err());
+    assert_eq!(spool.stats().refused_full, 2);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn disk_stays_bounded_under_a_confirmed_stream_even_with_one_record_pinned() {
+    let dir = tmp_dir("bounded");
+    let segment_bytes = 16 << 10;
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(segment_bytes)
+        .sync(SyncPolicy::Never);
+    let (spool, _) = Spool::open(options.clone()).unwrap();
+    let pinned = spool.append(&record(0)).unwrap().key;
+    let mut window = std::collections::VecDeque::new();
+    let mut peak = 0;
+    for i in 1..20_000 {
+        window.push_back(spool.append(&record(i)).unwrap().key);
+        if window.len() > 50 {
+            assert!(spool.release(window.pop_front().unwrap()));
+        }
+        if i % 500 == 0 {
+            // Once the writer caught up (compaction is its work), the bound holds.
+            let written = spool.written_mark();
+            assert_eq!(
+                smol::block_on(spool.wait_durable(written, deadline(Duration::from_secs(10)))),
+                Ok(true)
+            );
+            let stats = spool.stats();
+            peak = peak.max(stats.disk_bytes);
+            assert!(
+                stats.disk_bytes <= 2 * stats.live_bytes + 4 * segment_bytes,
+                "at {i}: {stats:?}"
+            );
+        }
+    }
+    let stats = spool.stats();
+    assert!(stats.compacted > 0 && stats.segments_deleted > 50, "{stats:?}");
+    let written = spool.written_mark();
+    assert_eq!(
+        smol::block_on(spool.wait_durable(written, deadline(Duration::from_secs(10)))),
+        Ok(true)
+    );
+    let on_disk: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= 2 * stats.live_bytes + 4 * segment_bytes,
+        "{on_disk} bytes on disk, peak {peak}"
+    );
+    spool.close_blocking().unwrap();
+    let (spool, recovery) = Spool::open(options).unwrap();
+    assert_eq!(recovery.records.len(), 51);
+    assert_eq!(recovery.records[0].key, pinned);
+    assert_eq!(recovery.records[0].record, record(0));
+    assert!(recovery.damage.is_clean());
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_policy_reports_durability_and_keeps_appends_from_many_threads_in_key_order() {
+    for sync in [
+        SyncPolicy::Group(Duration::from_millis(2)),
+        SyncPolicy::EverySend,
+        SyncPolicy::Never,
+    ] {
+        let dir = tmp_dir("threads");
+        let (spool, _) = Spool::open(SpoolOptions::new(&dir).sync(sync)).unwrap();
+        let spool = std::sync::Arc::new(spool);
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|i| {
+                            let appended = spool.append(&record(t * 1000 + i)).unwrap();
+                            let durable = smol::block_on(
+                                spool.wait_durable(appended.mark, deadline(Duration::from_secs(10))),
+                            );
+                            assert_eq!(durable, Ok(true), "{sync:?}");
+                            (appended.key, t * 1000 + i)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        all.sort();
+        std::sync::Arc::try_unwrap(spool)
+            .unwrap()
+            .close_blocking()
+            .unwrap();
+        let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+        let got: Vec<_> = recovery
+            .records
+            .iter()
+            .map(|r| (r.key, r.record.message_id))
+            .collect();
+        assert_eq!(got, all, "{sync:?}");
+        spool.close_blocking().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn inspect_counts_records_per_type_and_state_without_changing_the_spool() {
+    let dir = tmp_dir("inspect");
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    let mut unsent = record(3);
+    unsent.first_sent_unix_ms = 0;
+    unsent.rewrites = 0;
+    spool.append(&unsent).unwrap(); // use_allocation, unsent
+    spool.append(&record(1)).unwrap(); // report_call_chain, resent (rewrites 1)
+    let k = spool.append(&record(4)).unwrap().key; // report_call_chain, released below
+    spool.append(&record(6)).unwrap(); // use_allocation, resent (rewrites 2)
+    spool.release(k);
+    spool.close_blocking().unwrap();
+    let before = list_files(&dir);
+    let seen = inspect(&dir).unwrap();
+    assert_eq!(list_files(&dir), before);
+    assert_eq!(seen.records, 3);
+    assert!(!seen.in_use);
+    let ua = &seen.by_kind["use_allocation"];
+    assert_eq!((ua.records, ua.unsent, ua.sent, ua.resent), (2, 1, 0, 1));
+    let rc = &seen.by_kind["report_call_chain"];
+    assert_eq!((rc.records, rc.unsent, rc.sent, rc.resent), (1, 0, 0, 1));
+    assert_eq!(seen.oldest_first_sent_unix_ms, Some(record(1).first_sent_unix_ms));
+    assert_eq!(
+        seen.live_bytes,
+        [unsent, record(1), record(6)]
+            .iter()
+            .map(|r| format::append_len(r) as u64)
+            .sum::<u64>()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_copy_left_by_a_crash_during_compaction_is_recovered_once() {
+    let dir = tmp_dir("dupcopy");
+    std::fs::create_dir_all(&dir).unwrap();
+    for seq in [0, 1] {
+        let mut bytes = Vec::new();
+        format::encode_header(&mut bytes, 5);
+        format::encode_append(&mut bytes, SpoolKey(5), &record(5));
+        std::fs::write(store::segment_path(&dir, seq), bytes).unwrap();
+    }
+    let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    assert_eq!(recovery.records.len(), 1);
+    assert!(spool.release(SpoolKey(5)));
+    spool.close_blocking().unwrap();
+    let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    assert!(recovery.records.is_empty());
+    spool.close_blocking().unwrap();
+    let files = list_files(&dir);
+    assert_eq!(
+        files,
+        vec!["0000000000000003.seg".to_string(), "spool.lock".into()],
+        "released segments deleted"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,6 +19,10 @@ use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The writer may fall this far behind even when `max_bytes` is smaller (release records
+/// and segment headers are not live bytes).
+const MIN_BACKLOG_BYTES: u64 = 8 << 20;
+
 /// A point in the spool's stream of appends and releases: once [`Spool::is_durable`] holds
 /// for it, everything appended or released up to it is durable (as the policy defines).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +57,8 @@ pub struct SpoolStats {
     pub released: u64,
     /// Appends refused because the spool was full.
     pub refused_full: u64,
+    /// Appends refused because the writer fell `max_bytes` behind (a stalled disk).
+    pub refused_backlogged: u64,
     /// `fdatasync` rounds made by the writer.
     pub syncs: u64,
     /// Live records copied forward out of an old segment (compaction).
@@ -97,6 +103,8 @@ pub(crate) struct State {
     live_bytes: u64,
     disk_bytes: u64,
     ops: Vec<Op>,
+    /// Bytes in `ops` (the writer has not taken them yet): bounded by `max_bytes`.
+    pending_bytes: u64,
     failure: Option<SpoolError>,
     closing: bool,
     stopped: bool,
@@ -124,6 +132,7 @@ impl State {
             live_bytes: 0,
             disk_bytes: 0,
             ops: Vec::new(),
+            pending_bytes: 0,
             failure: None,
             closing: false,
             stopped: false,
@@ -190,6 +199,7 @@ impl State {
             acct.bytes += len;
         }
         self.disk_bytes += len;
+        self.pending_bytes += len;
         self.mark += 1;
     }
 
@@ -307,7 +317,8 @@ impl Spool {
 
     /// Appends a record: assigns its key and queues its bytes for the writer, at once.
     /// Refused with [`SpoolError::Full`] when its encoded size would take the live bytes past
-    /// `max_bytes` (counted in [`SpoolStats::refused_full`]), with
+    /// `max_bytes` (counted in [`SpoolStats::refused_full`]), with [`SpoolError::Backlogged`]
+    /// when the writer is `max_bytes` (at least 8 MiB) behind (counted in [`SpoolStats::refused_backlogged`]), with
     /// [`SpoolError::WriteFailed`] once the writer failed, [`SpoolError::Closed`] after close.
     pub fn append(&self, record: &SpoolRecord) -> Result<Appended, SpoolError> {
         let len = format::append_len(record) as u64;
@@ -320,6 +331,14 @@ impl Spool {
                 live_bytes: st.live_bytes,
                 record_bytes: len,
                 max_bytes: shared.max_bytes,
+            });
+        }
+        let max_pending = shared.max_bytes.max(MIN_BACKLOG_BYTES);
+        if st.pending_bytes + len > max_pending {
+            st.stats.refused_backlogged += 1;
+            return Err(SpoolError::Backlogged {
+                pending_bytes: st.pending_bytes,
+                max_bytes: max_pending,
             });
         }
         format::check_append(record).map_err(|e| SpoolError::RecordTooLarge(e.to_string()))?;
@@ -395,11 +414,7 @@ impl Spool {
     /// e.g. `runtime.sleep_until(t)`) fires. `Ok(true)`: durable; `Ok(false)`: the deadline
     /// came first; `Err`: the writer failed (the records up to `mark` may not be on disk)
     /// or the spool closed before making them durable.
-    pub async fn wait_durable(
-        &self,
-        mark: DurableMark,
-        deadline: impl Future<Output = ()>,
-    ) -> Result<bool, SpoolError> {
+    pub async fn wait_durable(&self, mark: DurableMark, deadline: impl Future) -> Result<bool, SpoolError> {
         let mut deadline = pin!(deadline);
         loop {
             let listener = self.shared.progress.listen();
@@ -420,7 +435,7 @@ impl Spool {
                 if listener.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
-                deadline.as_mut().poll(cx).map(|()| true)
+                deadline.as_mut().poll(cx).map(|_| true)
             })
             .await;
             if timed_out {
@@ -476,7 +491,7 @@ impl Spool {
     /// Closes the spool: the writer writes and syncs everything queued, then releases the
     /// directory's lock. Waits until `deadline` (any runtime's timer) at most; then
     /// [`SpoolError::CloseTimedOut`] (the writer still finishes on its own).
-    pub async fn close(mut self, deadline: impl Future<Output = ()>) -> Result<(), SpoolError> {
+    pub async fn close(mut self, deadline: impl Future) -> Result<(), SpoolError> {
         self.begin_close();
         let mut deadline = pin!(deadline);
         loop {
@@ -489,7 +504,7 @@ impl Spool {
                 if listener.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
-                deadline.as_mut().poll(cx).map(|()| true)
+                deadline.as_mut().poll(cx).map(|_| true)
             })
             .await;
             if timed_out && !self.shared.lock().stopped {
@@ -582,6 +597,9 @@ impl Writer {
                 continue;
             };
             let result = self.write_all(&mut ops).and_then(|()| {
+                if !closing {
+                    self.compact();
+                }
                 if self.sync_due(closing) {
                     self.sync()?;
                 }
@@ -605,7 +623,6 @@ impl Writer {
             if closing {
                 break;
             }
-            self.compact();
         }
         self.shared.lock().stopped = true;
         self.shared.stopped.notify_all();
@@ -654,6 +671,7 @@ impl Writer {
         }
         st.writer_idle = false;
         std::mem::swap(&mut st.ops, ops);
+        st.pending_bytes = 0;
         Some((st.mark, st.closing))
     }
 
@@ -762,6 +780,16 @@ impl Writer {
     /// forward (same keys) so that it can be deleted: disk stays bounded even when one old
     /// record outlives a steady, confirmed stream.
     fn compact(&mut self) {
+        // A few segments per round: each copy usually lets a run of released segments go.
+        for _ in 0..16 {
+            if !self.compact_oldest() {
+                break;
+            }
+        }
+    }
+
+    /// Compacts the oldest segment if dead bytes outgrew live ones; whether it did.
+    fn compact_oldest(&mut self) -> bool {
         let seg = {
             let st = self.shared.lock();
             let budget = 2 * st.live_bytes + 2 * self.shared.segment_bytes;
@@ -771,13 +799,15 @@ impl Writer {
                 {
                     seg
                 }
-                _ => return,
+                _ => return false,
             }
         };
         let path = segment_path(&self.shared.dir, seg);
-        let Ok(bytes) = std::fs::read(&path) else { return };
+        let Ok(bytes) = std::fs::read(&path) else {
+            return false;
+        };
         let Ok(scan) = format::scan_segment(&bytes) else {
-            return;
+            return false;
         };
         let mut st = self.shared.lock();
         for entry in scan.entries {
@@ -803,6 +833,8 @@ impl Writer {
             st.stats.compacted += 1;
         }
         st.reclaim();
+        // Deleted (queued) unless a live record could not be read back from it.
+        !st.segs.contains_key(&seg)
     }
 }
 
