@@ -51,6 +51,9 @@ pub(crate) struct RunCtx<'a> {
     pub(crate) wait_for_room: bool,
     /// Send mode: every message at least once.
     pub(crate) at_least_once: bool,
+    /// The pooled client keeps its messages in a spool under this directory (a fresh
+    /// subdirectory per run).
+    pub(crate) spool: Option<&'a std::path::Path>,
 }
 
 impl RunCtx<'_> {
