@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd_demo;
+mod cmd_demo_spool;
 mod cmd_request;
 mod cmd_serve;
 mod procstat;
@@ -39,6 +40,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Start a local server, drive a pool through a workload, an outage and a recovery.
     Demo(cmd_demo::DemoArgs),
+    /// The demo's child process for its spool phase (streams until killed).
+    #[command(hide = true)]
+    SpoolChild(cmd_demo_spool::ChildArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd_request::run_send(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::SpoolChild(args) => cmd_demo_spool::run_child(args),
     };
     match result {
         Ok(code) => code,
