@@ -410,6 +410,19 @@ impl Spool {
         self.shared.durable.load(Ordering::Acquire) >= mark.0
     }
 
+    /// `Some` once waiting for `mark` is over: durable (`Ok(true)`), or the writer failed or
+    /// stopped first.
+    fn durable_or_failed(&self, mark: DurableMark) -> Option<Result<bool, SpoolError>> {
+        if self.is_durable(mark) {
+            return Some(Ok(true));
+        }
+        let st = self.shared.lock();
+        if let Some(failure) = &st.failure {
+            return Some(Err(failure.clone()));
+        }
+        st.stopped.then_some(Err(SpoolError::Closed))
+    }
+
     /// Waits until everything up to `mark` is durable or `deadline` (any runtime's timer,
     /// e.g. `runtime.sleep_until(t)`) fires. `Ok(true)`: durable; `Ok(false)`: the deadline
     /// came first; `Err`: the writer failed (the records up to `mark` may not be on disk)
@@ -418,17 +431,8 @@ impl Spool {
         let mut deadline = pin!(deadline);
         loop {
             let listener = self.shared.progress.listen();
-            if self.is_durable(mark) {
-                return Ok(true);
-            }
-            {
-                let st = self.shared.lock();
-                if let Some(failure) = &st.failure {
-                    return Err(failure.clone());
-                }
-                if st.stopped {
-                    return Err(SpoolError::Closed);
-                }
+            if let Some(done) = self.durable_or_failed(mark) {
+                return done;
             }
             let mut listener = pin!(listener);
             let timed_out = poll_fn(|cx| {
@@ -451,17 +455,8 @@ impl Spool {
         use event_listener::Listener;
         loop {
             let listener = self.shared.progress.listen();
-            if self.is_durable(mark) {
-                return Ok(true);
-            }
-            {
-                let st = self.shared.lock();
-                if let Some(failure) = &st.failure {
-                    return Err(failure.clone());
-                }
-                if st.stopped {
-                    return Err(SpoolError::Closed);
-                }
+            if let Some(done) = self.durable_or_failed(mark) {
+                return done;
             }
             if listener.wait_deadline(deadline).is_none() {
                 return Ok(self.is_durable(mark));
