@@ -452,7 +452,18 @@ impl<R: Runtime> Shared<R> {
                     .then(|| driver.send(now, encoded, options))
             });
             match sent {
-                Some(Ok(id)) => return Ok(id),
+                Some(Ok(id)) => {
+                    // Under `EverySend`, durable before it returns, as `send`.
+                    #[cfg(feature = "spool")]
+                    {
+                        // Bound first: the driver's lock is not held while waiting.
+                        let durable = self.lock().spool().and_then(|s| s.every_send_mark());
+                        if let Some((spool, mark)) = durable {
+                            crate::spooling::wait_every_send(&spool, mark)?;
+                        }
+                    }
+                    return Ok(id);
+                }
                 Some(Err(refusal)) => {
                     return Err(ClientError::from(SendError::from_refusal(refusal, message)))
                 }
