@@ -22,7 +22,7 @@ use usageflow_socket_tokio::{
     UsageFlowApi,
 };
 
-use crate::shared::{error_kind, CmdResult, EXIT_OK, EXIT_OTHER};
+use crate::shared::{error_kind, CmdResult, EXIT_OTHER};
 
 /// The demo server's key (a throwaway; never printed anyway).
 const KEY: &str = "ufsock-demo-key";
@@ -258,7 +258,12 @@ async fn demo(args: DemoArgs) -> CmdResult {
     demo.outage(Duration::from_millis(args.outage_ms)).await;
     demo.recovery().await?;
     let ok = demo.close().await;
-    Ok(ExitCode::from(if ok { EXIT_OK } else { EXIT_OTHER }))
+    clock.heading("a crash, and the spool");
+    let spool_ok = crate::cmd_demo_spool::phase(|tag, line| clock.say(tag, line)).await?;
+    if !ok {
+        return Ok(ExitCode::from(EXIT_OTHER));
+    }
+    Ok(crate::cmd_demo_spool::exit_code(spool_ok))
 }
 
 /// What the phases share: the local server, the pooled client and its event log, and what the

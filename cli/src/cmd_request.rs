@@ -39,6 +39,11 @@ pub(crate) struct SendArgs {
     /// How long to wait for the message to be written and flushed, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
+    /// Keep the message in a spool in this directory until the server confirms it: what is
+    /// not confirmed within the timeout stays there, and the next `ufsock send --spool DIR`
+    /// sends it first.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<std::path::PathBuf>,
 }
 
 /// A one-connection pool that does not linger on reconnects (the command ends soon anyway).
@@ -121,7 +126,11 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
         .build()?;
     rt.block_on(async move {
         let started = Instant::now();
-        let client = match Client::connect(args.conn.proxy.client_options(config)).await {
+        let mut options = args.conn.proxy.client_options_builder(config);
+        if let Some(dir) = &args.spool {
+            options = options.spool(usageflow_socket_client::spool::SpoolOptions::new(dir));
+        }
+        let client = match Client::connect(options.build()).await {
             Ok(client) => client,
             // A refused key: the library says so itself ("the server rejected the API key").
             Err(e) => {
@@ -142,9 +151,22 @@ pub(crate) fn run_send(args: SendArgs) -> CmdResult {
             .flush(deadline.saturating_duration_since(Instant::now()))
             .await;
         let stats = client.stats();
-        client.close().await;
+        let report = client.close().await;
         let s = &stats.sends;
-        if s.confirmed == 1 {
+        if s.replayed > 0 {
+            eprintln!("ufsock: replayed {} messages an earlier run left in the spool", s.replayed);
+        }
+        let spooled: u64 = report.spooled.values().sum();
+        if spooled > 0 {
+            if let Some(dir) = &args.spool {
+                eprintln!(
+                    "ufsock: UsageFlow unavailable: {spooled} messages stay in the spool {}; the next `ufsock send --spool` sends them first",
+                    dir.display()
+                );
+            }
+            return Ok(ExitCode::from(EXIT_UNAVAILABLE));
+        }
+        if s.confirmed == s.sends && s.sends > 0 {
             eprintln!("ufsock: sent (confirmed by the server's WebSocket endpoint)");
             Ok(ExitCode::from(EXIT_OK))
         } else if s.queued + s.written > 0 {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd_demo;
+mod cmd_demo_spool;
 mod cmd_request;
 mod cmd_serve;
 mod cmd_spool;
@@ -42,6 +43,9 @@ enum Command {
     Demo(cmd_demo::DemoArgs),
     /// Look into an on-disk spool (`spool inspect DIR`).
     Spool(cmd_spool::SpoolArgs),
+    /// The demo's child process for its spool phase (streams until killed).
+    #[command(hide = true)]
+    SpoolChild(cmd_demo_spool::ChildArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Spool(args) => cmd_spool::run(args),
+        Command::SpoolChild(args) => cmd_demo_spool::run_child(args),
     };
     match result {
         Ok(code) => code,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use usageflow_socket_core::redact_url;
-use usageflow_socket_tokio::{ClientError, ClientOptions, Config};
+use usageflow_socket_tokio::{ClientError, ClientOptions, ClientOptionsBuilder, Config};
 
 /// Exit code: success.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -132,12 +132,16 @@ impl ProxyArgs {
     /// The client options for `config`: through `--proxy`, else through the environment's
     /// proxy for the URL (unless `--no-proxy-env`); the library applies its rules.
     pub(crate) fn client_options(&self, config: Config) -> ClientOptions {
+        self.client_options_builder(config).build()
+    }
+
+    /// The client options' builder with these proxy settings, for callers that add more.
+    pub(crate) fn client_options_builder(&self, config: Config) -> ClientOptionsBuilder {
         let builder = ClientOptions::builder(config);
         match &self.proxy {
             Some(url) => builder.proxy(url.as_str()),
             None => builder.proxy_from_env(!self.no_proxy_env),
         }
-        .build()
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use usageflow_socket_core::{
@@ -124,6 +124,10 @@ impl<R: Runtime> Client<R> {
             };
             Shared::new(&options, live, signals)
         });
+        #[cfg(feature = "spool")]
+        if let Some(spool) = options.spool() {
+            shared.lock().open_spool(spool, std::time::Instant::now())?;
+        }
         // The driver task is never aborted: it ends by itself once the client closed.
         drop(spawn_abortable(
             &*runtime,
@@ -146,6 +150,26 @@ impl<R: Runtime> Client<R> {
 
     fn shared(&self) -> &Shared<R> {
         &self.inner.shared
+    }
+
+    /// The spool's counters (records, bytes, syncs...), when the client has a spool.
+    #[cfg(feature = "spool")]
+    pub fn spool_stats(&self) -> Option<crate::spool::SpoolStats> {
+        self.shared().lock().spool().map(|s| s.spool().stats())
+    }
+
+    /// Waits until every message accepted so far is durable in the spool (under its sync
+    /// policy: on disk with group commit or `EverySend`, written to the OS with `Never`),
+    /// without waiting for confirmations; bounded by `timeout`
+    /// ([`ClientError::FlushTimeout`]). Returns at once without a spool.
+    #[cfg(feature = "spool")]
+    pub async fn sync_spool(&self, timeout: Duration) -> Result<(), ClientError> {
+        // Saturates: a huge timeout waits "forever" (a year) instead of overflowing.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        self.shared().spool_durable(deadline).await
     }
 
     /// Sends `message` as a request with the configured timeout and waits for its reply.

@@ -119,6 +119,11 @@ pub(crate) struct Driver<R: Effects> {
     proxy_refusals: Vec<Option<u16>>,
     /// The client's URL, credentials redacted, for the lines that name a client.
     url: Arc<str>,
+    /// The spool, once opened: carries out the pool's keeps and releases.
+    #[cfg(feature = "spool")]
+    spool: Option<crate::spooling::SpoolLink>,
+    /// A spool was opened: what is left at the end stays in it (see [`crate::leftovers`]).
+    spool_opened: bool,
 }
 
 impl<R: Effects> Driver<R> {
@@ -148,7 +153,36 @@ impl<R: Effects> Driver<R> {
             gone: false,
             proxy_refusals,
             url,
+            #[cfg(feature = "spool")]
+            spool: None,
+            spool_opened: false,
         }
+    }
+
+    /// Opens the spool of `options` and hands what an earlier process left to the pool,
+    /// which sends it first. Before the first send and before `connect`.
+    #[cfg(feature = "spool")]
+    pub(crate) fn open_spool(
+        &mut self,
+        options: &crate::spool::SpoolOptions,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        self.spool = Some(crate::spooling::SpoolLink::open(options, &mut self.pool, now)?);
+        self.spool_opened = true;
+        self.drain(now);
+        Ok(())
+    }
+
+    /// The spool, if open.
+    #[cfg(feature = "spool")]
+    pub(crate) fn spool(&self) -> Option<&crate::spooling::SpoolLink> {
+        self.spool.as_ref()
+    }
+
+    /// Lets go of the spool (the client stopped): the last handle to it closes it.
+    #[cfg(feature = "spool")]
+    pub(crate) fn take_spool(&mut self) -> Option<crate::spooling::SpoolLink> {
+        self.spool.take()
     }
 
     /// The pool, for its getters.
@@ -289,7 +323,7 @@ impl<R: Effects> Driver<R> {
         let ending = if self.gone { Ending::DriverGone } else { ending };
         let left = Leftovers::handed_back(&self.pool.take_undelivered());
         self.logs
-            .extend(abandon(left, ending, &self.url).map(LogLine::Abandoned));
+            .extend(abandon(left, ending, &self.url, self.spool_opened).map(LogLine::Abandoned));
     }
 
     /// The log lines decided since the last call, to write once the lock is released.
@@ -360,7 +394,7 @@ impl<R: Effects> Driver<R> {
             Ending::StateDropped
         };
         self.logs
-            .extend(abandon(left, ending, &self.url).map(LogLine::Abandoned));
+            .extend(abandon(left, ending, &self.url, self.spool_opened).map(LogLine::Abandoned));
         self.take_logs()
     }
 
@@ -608,6 +642,18 @@ impl<R: Effects> Driver<R> {
                         _ => self.logs.push(LogLine::Event(event.clone())),
                     }
                     self.rt.publish(ClientEvent::Pool(event));
+                }
+                #[cfg(feature = "spool")]
+                Output::Keep { record, first_sent } => {
+                    if let Some(spool) = &mut self.spool {
+                        spool.keep(record, first_sent, now);
+                    }
+                }
+                #[cfg(feature = "spool")]
+                Output::Release { id, .. } => {
+                    if let Some(spool) = &mut self.spool {
+                        spool.release(id);
+                    }
                 }
                 other => debug!(?other, "usageflow-socket: ignoring an unknown output"),
             }

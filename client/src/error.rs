@@ -133,6 +133,23 @@ pub enum ClientError {
     /// thread (Tokio's `spawn_blocking`).
     #[error("a blocking UsageFlow call was made inside an async runtime; use the async client there, or spawn_blocking")]
     BlockingInAsyncContext,
+    /// The spool holds `max_spool_bytes` of messages not yet confirmed: the message is
+    /// handed back, counted as dropped (`spool_full`). Room comes back as confirmations
+    /// release records.
+    #[error("UsageFlow unavailable: spool full, message of type {:?} not sent", .0.kind)]
+    SpoolFull(Outgoing),
+    /// The spool failed: it could not be opened (locked by another process, not writable,
+    /// written by an incompatible version) or its disk failed.
+    #[cfg(feature = "spool")]
+    #[error("spool: {0}")]
+    Spool(crate::spool::SpoolError),
+    /// Under the `EverySend` sync policy, the message was accepted and goes out, but its
+    /// record was not durable within the wait.
+    #[error("the message was accepted but its spool record was not durable within {waited:?}")]
+    SpoolNotDurable {
+        /// How long the send waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl ClientError {
@@ -144,6 +161,8 @@ impl ClientError {
             | ClientError::InvalidOptions(_)
             | ClientError::BlockingInAsyncContext
             | ClientError::TooLarge { .. } => ErrorClass::Invalid,
+            #[cfg(feature = "spool")]
+            ClientError::Spool(_) => ErrorClass::Invalid,
             ClientError::NotConnected
             | ClientError::Rejected { .. }
             | ClientError::ProxyRefused { .. }
@@ -156,7 +175,9 @@ impl ClientError {
             | ClientError::OutboxBytesFull(_)
             | ClientError::NotDelivered(_)
             | ClientError::NotYetConfirmed { .. }
-            | ClientError::FlushTimeout { .. } => ErrorClass::Unavailable,
+            | ClientError::FlushTimeout { .. }
+            | ClientError::SpoolFull(_)
+            | ClientError::SpoolNotDurable { .. } => ErrorClass::Unavailable,
         }
     }
 
@@ -242,6 +263,7 @@ impl From<SendError> for ClientError {
             SendError::OutboxBytesFull(message) => ClientError::OutboxBytesFull(message),
             SendError::TooLarge { message, len, max } => ClientError::TooLarge { message, len, max },
             SendError::Closed(_) => ClientError::Closed,
+            SendError::SpoolFull(message) => ClientError::SpoolFull(message),
             #[allow(unreachable_patterns)]
             other => ClientError::OutboxFull(other.into_message()),
         }

@@ -149,22 +149,38 @@ pub(crate) struct Abandoned {
     pub(crate) ending: Ending,
     /// The client's URL, credentials redacted (which client of a process this was).
     pub(crate) url: String,
+    /// The client had a spool: the messages stay on disk for the next process, not lost.
+    pub(crate) kept_in_spool: bool,
 }
 
 /// Decides the fate of messages nobody can take any more: without a spool, they are
 /// discarded, and the returned line (written by the caller once it holds no lock) names them.
 /// `None` when nothing was left.
-pub(crate) fn abandon(left: Leftovers, ending: Ending, url: &str) -> Option<Abandoned> {
+/// With a spool (`kept_in_spool`), they stay on disk for the next process: the line says so
+/// at WARN instead.
+pub(crate) fn abandon(left: Leftovers, ending: Ending, url: &str, kept_in_spool: bool) -> Option<Abandoned> {
     (!left.is_empty()).then(|| Abandoned {
         left,
         ending,
         url: url.to_owned(),
+        kept_in_spool,
     })
 }
 
 impl Abandoned {
-    /// Writes the ERROR line.
+    /// Writes the ERROR line (a WARN line when the spool keeps them).
     pub(crate) fn log(&self) {
+        if self.kept_in_spool {
+            tracing::warn!(
+                client = %self.url,
+                count = self.left.total(),
+                counts = %self.left,
+                "usageflow-socket: {} messages not delivered, kept in the spool for the next process: {}",
+                self.left.total(),
+                self.ending
+            );
+            return;
+        }
         tracing::error!(
             client = %self.url,
             count = self.left.total(),
@@ -203,8 +219,8 @@ mod tests {
             left.to_string(),
             "report: 1 handed back (never written); usage: 3 queued, 1 handed back (never written), 2 handed back (written, unconfirmed)"
         );
-        assert!(abandon(Leftovers::default(), Ending::Dropped, "ws://x").is_none());
-        let line = abandon(left, Ending::Dropped, "ws://x").unwrap();
+        assert!(abandon(Leftovers::default(), Ending::Dropped, "ws://x", false).is_none());
+        let line = abandon(left, Ending::Dropped, "ws://x", false).unwrap();
         assert_eq!(line.left.total(), 7);
     }
 }

@@ -123,6 +123,8 @@ mod runtime;
 mod shared;
 #[cfg(feature = "spool")]
 pub mod spool;
+#[cfg(feature = "spool")]
+mod spooling;
 
 pub use api::{decode_reply, UsageFlowApi};
 pub use client::{Client, RecvError, Subscription, TryRecvError};

@@ -39,6 +39,8 @@ pub struct ClientOptions {
     max_unsolicited_bytes: usize,
     proxy: Option<ProxyUrl>,
     proxy_from_env: bool,
+    #[cfg(feature = "spool")]
+    spool: Option<crate::spool::SpoolOptions>,
 }
 
 /// A proxy URL as given; `Debug` hides its credentials.
@@ -151,6 +153,12 @@ impl ClientOptions {
         Ok(proxy.map(|proxy| proxy.redacted().to_owned()))
     }
 
+    /// The spool ([`ClientOptionsBuilder::spool`]), if any.
+    #[cfg(feature = "spool")]
+    pub fn spool(&self) -> Option<&crate::spool::SpoolOptions> {
+        self.spool.as_ref()
+    }
+
     /// The seed to build the pool with: the override, or a fresh random one (from the
     /// process's OS-seeded generator), logged at debug level so a run can be replayed.
     pub fn resolve_seed(&self) -> u64 {
@@ -188,6 +196,8 @@ impl From<Config> for ClientOptions {
             max_unsolicited_bytes: DEFAULT_MAX_UNSOLICITED_BYTES,
             proxy: None,
             proxy_from_env: false,
+            #[cfg(feature = "spool")]
+            spool: None,
         }
     }
 }
@@ -314,6 +324,21 @@ impl ClientOptionsBuilder {
     /// when the client is built.
     pub fn proxy_from_env(mut self, enabled: bool) -> Self {
         self.options.proxy_from_env = enabled;
+        self
+    }
+
+    /// Keeps every accepted message in the spool directory of `spool` until a pong confirms
+    /// it (or it expires, or ends unconfirmed under at-most-once), and replays what an
+    /// earlier process left there first. `spool.max_bytes` (`max_spool_bytes`) bounds the live
+    /// records: past it `send` refuses with [`crate::ClientError::SpoolFull`], counted.
+    /// `spool.sync` chooses when records are made durable
+    /// ([`crate::spool::SyncPolicy`]: group commit by default; `EverySend` makes `send` wait
+    /// for its record; `Never` survives a process crash but not a power cut).
+    /// The client fails to start with [`crate::ClientError::Spool`] when the directory cannot
+    /// be opened (another process holds it, not writable, an incompatible version).
+    #[cfg(feature = "spool")]
+    pub fn spool(mut self, spool: crate::spool::SpoolOptions) -> Self {
+        self.options.spool = Some(spool);
         self
     }
 

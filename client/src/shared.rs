@@ -171,8 +171,12 @@ pub struct CloseReport {
     /// the outbox, and at-least-once messages written but not confirmed
     /// ([`Undelivered::written_before`]). Written at-most-once messages are not kept; they
     /// count as `unconfirmed`. Only the first `close` call that returns gets them; when no call
-    /// returns (every one abandoned), they are named in an ERROR line instead.
+    /// returns (every one abandoned), they are named in an ERROR line instead. Empty with a
+    /// spool: those messages stay in the spool instead (see `spooled`).
     pub undelivered: Vec<Undelivered>,
+    /// With a spool: per message type, the messages the drain could not deliver, left in the
+    /// spool for the next process to send (also `stats.sends.spooled`).
+    pub spooled: std::collections::BTreeMap<String, u64>,
 }
 
 impl CloseReport {
@@ -413,8 +417,28 @@ impl<R: Runtime> Shared<R> {
     pub(crate) fn send(&self, message: Outgoing, options: SendOptions) -> Result<MessageId, ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
         let encoded = EncodedSend::new(&message);
-        let result = self.command(|driver, now| gone_or(driver.send(now, encoded, options), driver));
-        result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))
+        #[cfg(feature = "spool")]
+        {
+            let (result, durable) = self.command(|driver, now| {
+                let result = gone_or(driver.send(now, encoded, options), driver);
+                let durable = result
+                    .is_ok()
+                    .then(|| driver.spool().and_then(|s| s.every_send_mark()))
+                    .flatten();
+                (result, durable)
+            });
+            let id = result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))?;
+            // Under `EverySend`, durable before it returns.
+            if let Some((spool, mark)) = durable {
+                crate::spooling::wait_every_send(&spool, mark)?;
+            }
+            Ok(id)
+        }
+        #[cfg(not(feature = "spool"))]
+        {
+            let result = self.command(|driver, now| gone_or(driver.send(now, encoded, options), driver));
+            result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))
+        }
     }
 
     /// Sends a message whose end the returned [`Receipt`] resolves to.
@@ -467,7 +491,18 @@ impl<R: Runtime> Shared<R> {
                     .then(|| gone_or(driver.send(now, encoded, options), driver))
             });
             match sent {
-                Some(Ok(id)) => return Ok(id),
+                Some(Ok(id)) => {
+                    // Under `EverySend`, durable before it returns, as `send`.
+                    #[cfg(feature = "spool")]
+                    {
+                        // Bound first: the driver's lock is not held while waiting.
+                        let durable = self.lock().spool().and_then(|s| s.every_send_mark());
+                        if let Some((spool, mark)) = durable {
+                            crate::spooling::wait_every_send(&spool, mark)?;
+                        }
+                    }
+                    return Ok(id);
+                }
                 Some(Err((refusal, gone))) => return Err(send_refused(refusal, message, gone)),
                 None => {}
             }
@@ -497,14 +532,37 @@ impl<R: Runtime> Shared<R> {
                 driver.pool().is_settled(mark) || driver.is_stopped()
             })
             .await;
-        let driver = self.lock();
-        if driver.is_gone() {
-            return Err(ClientError::DriverGone);
+        {
+            let driver = self.lock();
+            if driver.is_gone() {
+                return Err(ClientError::DriverGone);
+            }
+            if !driver.pool().is_settled(mark) {
+                let remaining = driver.pool().live_messages();
+                return Err(ClientError::FlushTimeout { remaining });
+            }
         }
-        match driver.pool().live_messages() {
-            _ if driver.pool().is_settled(mark) => Ok(()),
-            remaining => Err(ClientError::FlushTimeout { remaining }),
+        // With a spool, what is left in it (records kept again, releases) is durable too.
+        #[cfg(feature = "spool")]
+        self.spool_durable(deadline).await?;
+        Ok(())
+    }
+
+    /// Waits (until `deadline`) until everything appended to the spool so far is durable
+    /// (under its sync policy); at once without a spool.
+    #[cfg(feature = "spool")]
+    pub(crate) async fn spool_durable(&self, deadline: Instant) -> Result<(), ClientError> {
+        let spool = self.lock().spool().map(|s| Arc::clone(s.spool()));
+        if let Some(spool) = spool {
+            let durable = spool
+                .wait_durable(spool.written_mark(), self.runtime.sleep_until(deadline))
+                .await
+                .map_err(ClientError::Spool)?;
+            if !durable {
+                return Err(ClientError::FlushTimeout { remaining: 0 });
+            }
         }
+        Ok(())
     }
 
     /// Whether at least one connection is open.
@@ -559,11 +617,30 @@ impl<R: Runtime> Shared<R> {
         // The final counters (the driver task publishes them too, maybe not yet).
         #[cfg(feature = "metrics")]
         self.publish_metrics(true);
-        let mut driver = self.lock();
-        CloseReport {
-            stats: driver.stats(),
-            undelivered: driver.take_undelivered(),
+        let report = {
+            let mut driver = self.lock();
+            let stats = driver.stats();
+            let spooled = stats
+                .sends_by_type
+                .iter()
+                .filter(|(_, s)| s.spooled > 0)
+                .map(|(kind, s)| (kind.clone(), s.spooled))
+                .collect();
+            CloseReport {
+                stats,
+                undelivered: driver.take_undelivered(),
+                spooled,
+            }
+        };
+        // What the drain left in the spool is made durable, and the directory let go.
+        #[cfg(feature = "spool")]
+        {
+            let link = self.lock().take_spool();
+            if let Some(link) = link {
+                crate::spooling::close(link, &*self.runtime).await;
+            }
         }
+        report
     }
 
     /// The last handle went away without `close`: close, drain in the background, and log

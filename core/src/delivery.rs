@@ -102,6 +102,9 @@ pub enum MessageFate {
     Expired,
     /// The pool closed before it could be delivered; [`Pool::take_undelivered`](crate::Pool::take_undelivered) hands it back.
     Closed,
+    /// The pool closed before it could be delivered, and it stays in the spool for the next
+    /// process to send (see [`crate::spool`]).
+    Spooled,
 }
 
 impl fmt::Display for MessageFate {
@@ -112,6 +115,7 @@ impl fmt::Display for MessageFate {
             MessageFate::Unconfirmed(reason) => write!(f, "the message is unconfirmed: {reason}"),
             MessageFate::Expired => f.write_str("the message expired in the outbox"),
             MessageFate::Closed => f.write_str("the message was handed back by close"),
+            MessageFate::Spooled => f.write_str("the message stays in the spool for the next process"),
         }
     }
 }

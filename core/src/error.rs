@@ -77,13 +77,19 @@ pub enum SendError {
         /// The limit.
         max: usize,
     },
+    /// The spool holds `max_spool_bytes` already (counted as dropped and as `spool_full`).
+    #[error("spool full: message of type {:?} not sent", .0.kind)]
+    SpoolFull(Outgoing),
 }
 
 impl SendError {
     /// The message that was not sent.
     pub fn into_message(self) -> Outgoing {
         match self {
-            SendError::OutboxFull(m) | SendError::Closed(m) | SendError::OutboxBytesFull(m) => m,
+            SendError::OutboxFull(m)
+            | SendError::Closed(m)
+            | SendError::OutboxBytesFull(m)
+            | SendError::SpoolFull(m) => m,
             SendError::TooLarge { message, .. } => message,
         }
     }
@@ -95,6 +101,7 @@ impl SendError {
             SendRefusal::Closed => SendError::Closed(message),
             SendRefusal::OutboxBytesFull => SendError::OutboxBytesFull(message),
             SendRefusal::TooLarge { len, max } => SendError::TooLarge { message, len, max },
+            SendRefusal::SpoolFull => SendError::SpoolFull(message),
         }
     }
 }
@@ -121,4 +128,8 @@ pub enum SendRefusal {
         /// The limit.
         max: usize,
     },
+    /// The spool is open and holds `max_spool_bytes` already: keeping this message would
+    /// pass the limit.
+    #[error("spool full: message not sent")]
+    SpoolFull,
 }

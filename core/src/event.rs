@@ -60,6 +60,8 @@ pub enum DropReason {
     OutboxBytesFull,
     /// Its frame was larger than `max_frame_size` (refused up front, handed back).
     TooLarge,
+    /// The spool was full (`max_spool_bytes`): the message was refused and handed back.
+    SpoolFull,
 }
 
 impl fmt::Display for DropReason {
@@ -72,6 +74,7 @@ impl fmt::Display for DropReason {
             DropReason::Closed => "client closed",
             DropReason::OutboxBytesFull => "outbox full (bytes)",
             DropReason::TooLarge => "larger than the frame limit",
+            DropReason::SpoolFull => "spool full",
         })
     }
 }

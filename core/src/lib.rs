@@ -84,6 +84,7 @@ mod request;
 #[cfg(any(test, feature = "sim"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
+pub mod spool;
 pub mod stats;
 
 pub use config::{redact_url, ApiKey, Config, ConfigBuilder, ConfigError, EnvError};
@@ -96,4 +97,5 @@ pub use input::{CloseReason, DialError, Input};
 pub use output::{Outcome, Output};
 pub use pool::{Pool, AVAILABILITY_HOLD};
 pub use request::{ConnId, RequestId, RequestIdBuildHasher, RequestIdHasher, RequestOptions, SlotState};
+pub use spool::{Restored, SpoolOpenError, SpoolOpened, SpoolRecord};
 pub use stats::{LatencySummary, SendStats, Stats};

@@ -6,8 +6,10 @@ use crate::error::RequestFailure;
 use crate::event::Event;
 use crate::frame::Incoming;
 use crate::request::{ConnId, RequestId};
+use crate::spool::SpoolRecord;
 #[cfg(doc)]
 use crate::Input;
+use std::time::Instant;
 
 /// How a request ended. Every request that [`crate::Pool::request`] accepted ends exactly once.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +81,23 @@ pub enum Output {
         /// The message.
         id: MessageId,
         /// How.
+        fate: MessageFate,
+    },
+    /// With the spool open: keep this accepted message on disk until its
+    /// [`Output::Release`] (a keep of an id already kept replaces that record: its
+    /// write count grew). Comes before any other output about the message.
+    Keep {
+        /// The record.
+        record: SpoolRecord,
+        /// When the message was first sent (its TTL runs from then); the client stores it
+        /// as wall-clock time.
+        first_sent: Instant,
+    },
+    /// With the spool open: the message ended in this process; remove its record.
+    Release {
+        /// The message.
+        id: MessageId,
+        /// How it ended.
         fate: MessageFate,
     },
     /// Something to report.

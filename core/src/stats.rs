@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SendStats {
-    /// `send` calls of this type, accepted or not.
+    /// `send` calls of this type, accepted or not, and messages replayed from the spool.
     pub sends: u64,
     /// Waiting in the outbox now (including messages back from a dead connection).
     pub queued: u64,
@@ -43,6 +43,14 @@ pub struct SendStats {
     /// once), counted when issued. The server sees these messages at most `rewritten` times
     /// more than once in all.
     pub rewritten: u64,
+    /// Messages an earlier process left in the spool, restored and sent again by this one
+    /// (counted in `sends` too, and then in the state they reach).
+    pub replayed: u64,
+    /// Undelivered when the close drain ended, and kept in the spool for the next process
+    /// (instead of handed back).
+    pub spooled: u64,
+    /// Of `dropped`: refused because the spool was full.
+    pub spool_full: u64,
 }
 
 impl SendStats {
@@ -56,6 +64,7 @@ impl SendStats {
                 + self.dropped
                 + self.expired
                 + self.closed
+                + self.spooled
     }
 
     pub(crate) fn add(&mut self, other: &SendStats) {
@@ -70,6 +79,9 @@ impl SendStats {
         self.closed += other.closed;
         self.rewrites_exhausted += other.rewrites_exhausted;
         self.rewritten += other.rewritten;
+        self.replayed += other.replayed;
+        self.spooled += other.spooled;
+        self.spool_full += other.spool_full;
     }
 }
 

@@ -343,3 +343,51 @@ fn checker_accepts_arbitrary_event_sequences() {
         }
     }
 }
+
+/// The spool's crash simulation: every seed crashes and restarts processes (and closes some)
+/// and checks that every accepted message ends or stays in the spool, across every crash.
+/// `UFSOCK_SIM_SEEDS` / `UFSOCK_SIM_FIRST` / `UFSOCK_SIM_SEED` select seeds as for `sweep`.
+#[test]
+fn spool_crash_sweep() {
+    let seeds: Vec<u64> = match env_u64("UFSOCK_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let first = env_u64("UFSOCK_SIM_FIRST").unwrap_or(0);
+            let n = env_u64("UFSOCK_SIM_SEEDS").unwrap_or(500);
+            (first..first + n).collect()
+        }
+    };
+    let (mut crashes, mut closes, mut replayed, mut failures) = (0u64, 0u64, 0u64, Vec::new());
+    for &seed in &seeds {
+        match sim::spool::run_crashes(seed, Instant::now()) {
+            Ok(r) => {
+                crashes += u64::from(r.crashes);
+                closes += u64::from(r.closes);
+                replayed += r.replayed;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failures.push(seed);
+                if failures.len() >= 5 {
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "spool sweep: {} seeds, {crashes} crashes, {closes} closes, {replayed} replayed",
+        seeds.len()
+    );
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    assert!(
+        crashes > seeds.len() as u64 && replayed > 0 && closes > 0,
+        "the sweep must crash, close and replay"
+    );
+}
+
+#[test]
+fn spool_crash_runs_replay_exactly() {
+    let a = sim::spool::run_crashes(11, Instant::now()).unwrap();
+    let b = sim::spool::run_crashes(11, Instant::now()).unwrap();
+    assert_eq!(a, b);
+}

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod resilience;
 pub mod shutdown;
 mod smol_adapter;
+pub mod spool;
 mod tokio_adapter;
 
 use std::future::Future;

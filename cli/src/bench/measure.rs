@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::future::{select, Either};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use usageflow_socket_server::ServerThread;
-use usageflow_socket_tokio::{ClientOptions, Config, Stats};
+use usageflow_socket_tokio::{ClientOptions, ClientOptionsBuilder, Config, Stats};
 
 use crate::bench::report::Errors;
 use crate::bench::workload::Workload;
@@ -34,6 +34,11 @@ impl Target {
     /// The pooled client's options for `config`, with the target's proxy.
     pub(crate) fn client_options(&self, config: Config) -> ClientOptions {
         self.proxy.client_options(config)
+    }
+
+    /// The client options' builder for the pooled client, for runs that add more (a spool).
+    pub(crate) fn client_options_builder(&self, config: Config) -> ClientOptionsBuilder {
+        self.proxy.client_options_builder(config)
     }
 
     /// Refuses a bare client's run when the pooled client would go through a proxy: the bare
@@ -77,6 +82,9 @@ pub(crate) struct RunCtx<'a> {
     pub(crate) wait_for_room: bool,
     /// Send mode: every message at least once.
     pub(crate) at_least_once: bool,
+    /// The pooled client keeps its messages in a spool under this directory (a fresh
+    /// subdirectory per run).
+    pub(crate) spool: Option<&'a std::path::Path>,
 }
 
 impl RunCtx<'_> {

@@ -124,6 +124,11 @@ pub(crate) struct BenchArgs {
     /// Send mode: the delivery guarantee of every message.
     #[arg(long, value_enum, default_value_t = DeliveryArg::AtMostOnce)]
     delivery: DeliveryArg,
+    /// The pooled client keeps every accepted message in a spool under this directory until
+    /// confirmed (group commit; a fresh subdirectory per run, removed after it). Run the same
+    /// command without it to compare spool off and on.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<std::path::PathBuf>,
     /// Run at each of these concurrencies (comma-separated, e.g. 1,16,64,256): the raw
     /// twin of the mode, then the pooled client on Tokio and on smol, `--rounds` times each,
     /// and print the medians per line (replaces --concurrency, --compare and --runtime).
@@ -426,6 +431,7 @@ fn run_one(
             .map(|s| s.counters().fire_and_forget_total()),
         wait_for_room: args.wait_for_room,
         at_least_once: args.delivery == DeliveryArg::AtLeastOnce,
+        spool: args.spool.as_deref(),
     };
     let _ = latency::take();
 

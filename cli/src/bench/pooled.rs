@@ -107,7 +107,16 @@ pub(crate) async fn measure_pooled<A: Adapter>(
         .pool_size(ctx.pool)
         .request_timeout(ctx.request_timeout)
         .build()?;
-    let client = Client::<A::Runtime>::connect(ctx.target.client_options(config)).await?;
+    // A fresh spool directory per run, so no run replays another's records.
+    let spool_dir = ctx
+        .spool
+        .map(|dir| dir.join(format!("run-{}-{}", std::process::id(), t0_nanos())));
+    let mut options = ctx.target.client_options_builder(config);
+    if let Some(dir) = &spool_dir {
+        options = options.spool(usageflow_socket_client::spool::SpoolOptions::new(dir));
+    }
+    let client = Client::<A::Runtime>::connect(options.build()).await?;
+    let _remove = spool_dir.map(RemoveDir);
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.stats().open_connections < u32::from(ctx.pool) {
         if Instant::now() >= deadline {
@@ -141,6 +150,22 @@ pub(crate) async fn measure_pooled<A: Adapter>(
         elapsed,
         stats: Some(stats),
     })
+}
+
+/// Nanoseconds since the Unix epoch (a run's spool directory name).
+fn t0_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Removes a bench run's spool directory when the run ends.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Most fire-and-forget messages a send task lets wait in the outbox before pausing, so a

@@ -109,6 +109,7 @@ impl Pool {
         written.sort_unstable_by_key(|f| f.message.id);
         // Handed back in send order: the written ones are older than what still waits.
         for flight in written {
+            let bytes = flight.bytes as usize;
             let m = flight.message;
             if m.at_least_once {
                 self.hand_back(m, true, &mut by_kind);
@@ -117,6 +118,7 @@ impl Pool {
                 s.written -= 1;
                 s.unconfirmed += 1;
                 unconfirmed[usize::from(m.kind)] += 1;
+                self.spool_release(m.id, bytes, MessageFate::Unconfirmed(UnconfirmedReason::Closed));
                 if m.notify {
                     self.outputs.push_back(Output::Settled {
                         id: MessageId(m.id),

@@ -16,6 +16,7 @@ use std::time::Instant;
 use super::kinds::Kinds;
 use super::message::{Flight, Message};
 use super::slot::{conn_id, Conn, Phase};
+use super::spool::{release, SpoolBook};
 use super::Pool;
 use crate::config::Config;
 use crate::{ConnId, DisconnectReason, DropReason, Event, MessageFate, MessageId, Output, UnconfirmedReason};
@@ -253,6 +254,13 @@ impl Pool {
             stats.confirmed += 1;
             self.confirm_latency
                 .record(now.saturating_duration_since(flight.written_at), 1);
+            release(
+                &mut self.spool,
+                &mut self.outputs,
+                flight.message.id,
+                flight.bytes as usize,
+                MessageFate::Confirmed,
+            );
             if flight.message.notify {
                 self.outputs.push_back(Output::Settled {
                     id: MessageId(flight.message.id),
@@ -270,7 +278,12 @@ impl Pool {
 
     /// With confirmation off, messages end as written once flushed (they stay counted in
     /// `written`).
-    pub(super) fn flights_flushed(outputs: &mut VecDeque<Output>, kinds: &mut Kinds, conn: &mut Conn) {
+    pub(super) fn flights_flushed(
+        outputs: &mut VecDeque<Output>,
+        kinds: &mut Kinds,
+        spool: &mut Option<SpoolBook>,
+        conn: &mut Conn,
+    ) {
         while conn
             .flights
             .front()
@@ -281,6 +294,13 @@ impl Pool {
             };
             conn.window_bytes -= flight.bytes as usize;
             kinds.stats[usize::from(flight.message.kind)].written_final += 1;
+            release(
+                spool,
+                outputs,
+                flight.message.id,
+                flight.bytes as usize,
+                MessageFate::Written,
+            );
             if flight.message.notify {
                 outputs.push_back(Output::Settled {
                     id: MessageId(flight.message.id),
@@ -365,6 +385,7 @@ impl Pool {
         let mut back = Vec::new();
         let mut ended = vec![0u64; self.kinds.names.len() * 2];
         for flight in flights {
+            let bytes = flight.bytes as usize;
             let m = flight.message;
             let stats = &mut self.kinds.stats[usize::from(m.kind)];
             stats.written -= 1;
@@ -384,6 +405,13 @@ impl Pool {
                         stats.rewrites_exhausted += 1;
                     }
                     ended[usize::from(m.kind) * 2 + usize::from(exhausted)] += 1;
+                    release(
+                        &mut self.spool,
+                        &mut self.outputs,
+                        m.id,
+                        bytes,
+                        MessageFate::Unconfirmed(reason),
+                    );
                     if m.notify {
                         self.outputs.push_back(Output::Settled {
                             id: MessageId(m.id),
@@ -417,6 +445,7 @@ impl Pool {
         if back.is_empty() {
             return;
         }
+        self.spool_rekeep(&back);
         for m in &back {
             self.kinds.stats[usize::from(m.kind)].queued += 1;
             self.outbox_bytes += m.frame.len();

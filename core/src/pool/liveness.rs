@@ -78,7 +78,7 @@ impl Pool {
         if self.config.confirm_delivery {
             conn.release_flushed();
         } else {
-            Pool::flights_flushed(&mut self.outputs, &mut self.kinds, conn);
+            Pool::flights_flushed(&mut self.outputs, &mut self.kinds, &mut self.spool, conn);
         }
         self.retire_drained(slot);
         self.flush_outbox(now);

@@ -29,7 +29,8 @@ use crate::frame::{self, EncodedRequest, EncodedSend, FrameError, Incoming};
 use crate::stats::{LatencySummary, Stats};
 use crate::{
     Availability, ConnId, DisconnectReason, Input, MessageId, Outcome, Output, RequestError, RequestFailure,
-    RequestId, RequestIdBuildHasher, RequestOptions, SendOptions, SendRefusal, SlotState, Undelivered,
+    RequestId, RequestIdBuildHasher, RequestOptions, Restored, SendOptions, SendRefusal, SlotState,
+    SpoolOpenError, SpoolOpened, Undelivered,
 };
 
 mod availability;
@@ -45,6 +46,7 @@ mod pending;
 mod rotation;
 mod select;
 mod slot;
+mod spool;
 
 pub use availability::AVAILABILITY_HOLD;
 // The simulation's checker mirrors these bounds: it takes them from here, so they cannot drift.
@@ -60,6 +62,7 @@ use kinds::Kinds;
 use message::Message;
 use pending::Pending;
 use slot::Slot;
+use spool::SpoolBook;
 
 /// The pool: a pure, deterministic state machine that makes every decision of the client.
 ///
@@ -121,6 +124,8 @@ pub struct Pool {
     /// `Some(status)` while nothing is open and every slot's most recent dial was a key
     /// rejection (status of the latest one).
     rejected_status: Option<u16>,
+    /// The spool's bookkeeping, once [`Pool::open_spool`] opened it.
+    spool: Option<SpoolBook>,
 }
 
 impl Pool {
@@ -158,6 +163,7 @@ impl Pool {
             timeout_ratio: 0.0,
             resting: 0,
             rejected_status: None,
+            spool: None,
         }
     }
 
@@ -377,6 +383,32 @@ impl Pool {
     /// in send order; each is counted as `closed`. Empty until the close drain ended.
     pub fn take_undelivered(&mut self) -> Vec<Undelivered> {
         std::mem::take(&mut self.undelivered)
+    }
+
+    /// Opens the spool (see [`crate::spool`]): from now on every accepted message comes out as
+    /// [`Output::Keep`] and every message that ends as [`Output::Release`], what a close
+    /// cannot deliver stays in the spool ([`MessageFate::Spooled`](crate::MessageFate::Spooled))
+    /// instead of being handed back, and a send that would take the live records past
+    /// `max_bytes` is refused ([`SendRefusal::SpoolFull`]).
+    ///
+    /// `restored` are the records an earlier process left: they go first, in id order (their
+    /// original send order), at least once, counted `replayed`; those past the outbox TTL
+    /// (their age runs from their first send) end `expired` and are released. New messages
+    /// get ids above every restored one. Must come before the first send.
+    pub fn open_spool(
+        &mut self,
+        now: Instant,
+        max_bytes: u64,
+        restored: Vec<Restored>,
+    ) -> Result<SpoolOpened, SpoolOpenError> {
+        let now = self.advance(now);
+        self.begin_spool(now, max_bytes, restored)
+    }
+
+    /// The bytes the spool's live records count for against its limit (0 when it is not
+    /// open): see [`SpoolRecord::size`](crate::SpoolRecord::size).
+    pub fn spool_bytes(&self) -> u64 {
+        self.live_spool_bytes()
     }
 
     /// Cancels a pending request: it completes at once as [`RequestFailure::Cancelled`].

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::delivery::write_message;
 use super::message::Message;
 use super::select::{select, Want};
+use super::spool::keep_accepted;
 use super::Pool;
 use crate::frame::EncodedSend;
 use crate::{
@@ -36,6 +37,10 @@ impl Pool {
             };
             return Err(self.refuse(index, refusal, DropReason::TooLarge));
         }
+        if self.spool_refuses(frame.len()) {
+            self.refuse_spool_full(index);
+            return Err(SendRefusal::SpoolFull);
+        }
         self.rearm_resting(now);
         let delivery =
             options
@@ -60,6 +65,11 @@ impl Pool {
         if self.outbox.is_empty() {
             let want = Want::Send(message.frame.len());
             if let Some(to) = select(&mut self.slots, &mut self.cursor, &self.config, want, None) {
+                if self.spool.is_some() {
+                    // `to` borrows the slots: keep through the free function.
+                    let kind = &self.kinds.names[usize::from(message.kind)];
+                    keep_accepted(&mut self.spool, &mut self.outputs, &message, kind, now);
+                }
                 write_message(
                     &mut self.outputs,
                     &mut self.kinds,
@@ -80,6 +90,7 @@ impl Pool {
         }
         self.kinds.stats[usize::from(index)].queued += 1;
         self.outbox_bytes += message.frame.len();
+        self.spool_keep(&message, now);
         self.outbox.push_back(message);
         Ok(id)
     }
@@ -145,6 +156,7 @@ impl Pool {
                 by_kind = vec![0; self.kinds.names.len()];
             }
             by_kind[usize::from(m.kind)] += 1;
+            self.spool_release(m.id, m.frame.len(), MessageFate::Expired);
             if m.notify {
                 self.outputs.push_back(Output::Settled {
                     id: MessageId(m.id),
@@ -163,6 +175,17 @@ impl Pool {
             s.written -= 1;
         } else {
             s.queued -= 1;
+        }
+        if self.spool.is_some() {
+            // It stays in the spool for the next process: neither released nor handed back.
+            s.spooled += 1;
+            if message.notify {
+                self.outputs.push_back(Output::Settled {
+                    id: MessageId(message.id),
+                    fate: MessageFate::Spooled,
+                });
+            }
+            return;
         }
         s.closed += 1;
         by_kind[usize::from(message.kind)] += 1;

@@ -129,6 +129,7 @@
 
 mod checker;
 mod knobs;
+pub mod spool;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -1363,5 +1364,7 @@ fn hash_output(h: &mut DefaultHasher, output: &Output) {
         }
         Output::Unsolicited { conn, frame } => (6u8, conn, &frame.kind).hash(h),
         Output::Event(e) => (7u8, format!("{e:?}")).hash(h),
+        Output::Keep { record, .. } => (9u8, record.id, &record.frame, record.writes).hash(h),
+        Output::Release { id, fate } => (10u8, id, fate).hash(h),
     }
 }

@@ -24,6 +24,7 @@ mod pending;
 mod rotation;
 mod select;
 mod slot;
+mod spool;
 
 const SEC: Duration = Duration::from_secs(1);
 

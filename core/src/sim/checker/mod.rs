@@ -604,6 +604,13 @@ impl Checker {
                 Ok(())
             }
             Output::Event(e) => self.on_event(now, e),
+            // The pools this checker watches never open a spool (the spool's invariant is
+            // checked by `sim::spool` across crashes): a keep or release would be a leak of
+            // the spool's bookkeeping into a pool without one.
+            Output::Keep { .. } | Output::Release { .. } => Err(Violation {
+                invariant: 7,
+                message: format!("{output:?} from a pool without a spool"),
+            }),
         }
     }
 

@@ -1,0 +1,191 @@
+//! The client's side of the spool (feature `spool`): opens the store of
+//! [`crate::spool`] for a client, hands the records an earlier process left to the pool
+//! ([`Pool::open_spool`]), and carries out the pool's keeps and releases
+//! ([`Output::Keep`](usageflow_socket_core::Output::Keep),
+//! [`Output::Release`](usageflow_socket_core::Output::Release)) in the driver's drain. The core
+//! decides what is kept and released; this file only maps message ids to store keys and
+//! converts between the pool's `Instant`s and the store's wall-clock times.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{error, info, warn};
+use usageflow_socket_core::{Delivery, MessageId, Pool, Restored, SpoolOpened, SpoolRecord as CoreRecord};
+
+use crate::spool::{DurableMark, Spool, SpoolError, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
+use crate::ClientError;
+
+/// How long a `send` under [`SyncPolicy::EverySend`] waits for its record to be durable.
+pub(crate) const EVERY_SEND_WAIT: Duration = Duration::from_secs(5);
+
+/// An open spool and the keys of the records the pool's messages live under.
+pub(crate) struct SpoolLink {
+    spool: Arc<Spool>,
+    sync: SyncPolicy,
+    keys: HashMap<u64, SpoolKey>,
+    /// Keeps the store refused or failed (the message is still sent from memory).
+    failures: u64,
+}
+
+impl std::fmt::Debug for SpoolLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolLink")
+            .field("dir", &self.spool.dir())
+            .field("records", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SpoolLink {
+    /// Opens the spool of `options` (reading what an earlier process left, and taking the
+    /// directory's lock) and hands its records to `pool`, which replays them first.
+    pub(crate) fn open(
+        options: &SpoolOptions,
+        pool: &mut Pool,
+        now: Instant,
+    ) -> Result<SpoolLink, ClientError> {
+        // The pool enforces `max_bytes` on its own count of live records (a typed, counted
+        // refusal); the store's own bound, on its encoding, is a backstop above it.
+        let store_options = options.clone().max_bytes(options.max_bytes.saturating_mul(2));
+        let (spool, recovery) = Spool::open(store_options).map_err(ClientError::Spool)?;
+        if !recovery.damage.is_clean() {
+            warn!(
+                dir = %options.dir.display(),
+                damage = ?recovery.damage,
+                "usageflow-socket: the spool had damaged records; they were skipped and counted, the good ones are replayed"
+            );
+        }
+        let wall_now = unix_ms(SystemTime::now());
+        let mut keys = HashMap::with_capacity(recovery.records.len());
+        let mut restored = Vec::with_capacity(recovery.records.len());
+        // Recovered records come in append order; their new ids keep that order.
+        for (i, r) in recovery.records.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            keys.insert(id, r.key);
+            let age = match r.record.first_sent_unix_ms {
+                0 => Duration::ZERO,
+                t => Duration::from_millis(wall_now.saturating_sub(t)),
+            };
+            restored.push(Restored {
+                record: CoreRecord {
+                    id: MessageId(id),
+                    kind: r.record.kind,
+                    frame: r.record.frame,
+                    delivery: if r.record.at_least_once {
+                        Delivery::AtLeastOnce
+                    } else {
+                        Delivery::AtMostOnce
+                    },
+                    writes: r.record.rewrites,
+                },
+                age,
+            });
+        }
+        let opened: SpoolOpened = pool
+            .open_spool(now, options.max_bytes, restored)
+            .map_err(|e| ClientError::InvalidOptions(e.to_string()))?;
+        if opened.replayed > 0 {
+            info!(
+                dir = %options.dir.display(),
+                replayed = opened.replayed,
+                expired = opened.expired,
+                "usageflow-socket: replaying the messages an earlier process left in the spool"
+            );
+        }
+        Ok(SpoolLink {
+            spool: Arc::new(spool),
+            sync: options.sync,
+            keys,
+            failures: 0,
+        })
+    }
+
+    /// Keeps a record the pool accepted (or kept again with a grown write count).
+    pub(crate) fn keep(&mut self, record: CoreRecord, first_sent: Instant, now: Instant) {
+        let first_sent = SystemTime::now()
+            .checked_sub(now.saturating_duration_since(first_sent))
+            .unwrap_or(UNIX_EPOCH);
+        let stored = SpoolRecord {
+            message_id: record.id.0,
+            kind: record.kind,
+            frame: record.frame,
+            at_least_once: record.delivery == Delivery::AtLeastOnce,
+            first_sent_unix_ms: unix_ms(first_sent),
+            rewrites: record.writes,
+        };
+        match self.spool.append(&stored) {
+            Ok(appended) => {
+                if let Some(old) = self.keys.insert(record.id.0, appended.key) {
+                    self.spool.release(old);
+                }
+            }
+            Err(e) => self.failed(record.id, &e),
+        }
+    }
+
+    /// Releases the record of a message that ended.
+    pub(crate) fn release(&mut self, id: MessageId) {
+        if let Some(key) = self.keys.remove(&id.0) {
+            self.spool.release(key);
+        }
+    }
+
+    fn failed(&mut self, id: MessageId, e: &SpoolError) {
+        self.failures += 1;
+        // The first failure, then one line per thousand: a failed disk fails every keep.
+        if self.failures == 1 || self.failures % 1000 == 0 {
+            error!(
+                %id,
+                error = %e,
+                failures = self.failures,
+                "usageflow-socket: the spool could not keep a message; it is still sent from memory, but would not survive a crash"
+            );
+        }
+    }
+
+    /// The store handle and the mark a `send` must wait for, under
+    /// [`SyncPolicy::EverySend`] only.
+    pub(crate) fn every_send_mark(&self) -> Option<(Arc<Spool>, DurableMark)> {
+        (self.sync == SyncPolicy::EverySend).then(|| (Arc::clone(&self.spool), self.spool.written_mark()))
+    }
+
+    /// The store handle.
+    pub(crate) fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+}
+
+/// Waits (blocking the calling thread, bounded by [`EVERY_SEND_WAIT`]) until a send's
+/// record is durable.
+pub(crate) fn wait_every_send(spool: &Spool, mark: DurableMark) -> Result<(), ClientError> {
+    match spool.wait_durable_blocking(mark, Instant::now() + EVERY_SEND_WAIT) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ClientError::SpoolNotDurable {
+            waited: EVERY_SEND_WAIT,
+        }),
+        Err(e) => Err(ClientError::Spool(e)),
+    }
+}
+
+/// Closes the spool of a stopped client: waits (bounded by the store's close timeout) for
+/// its writer to write and sync everything, and lets the directory's lock go. A flush still
+/// holding the store keeps it open; the last handle's drop closes it then.
+pub(crate) async fn close<R: crate::Runtime>(link: SpoolLink, runtime: &R) {
+    let Ok(spool) = Arc::try_unwrap(link.spool) else {
+        return;
+    };
+    let deadline = Instant::now() + spool_close_timeout();
+    if let Err(e) = spool.close(runtime.sleep_until(deadline)).await {
+        error!(error = %e, "usageflow-socket: closing the spool failed; the next process recovers what reached the disk");
+    }
+}
+
+/// How long a client's close waits for the spool's writer.
+fn spool_close_timeout() -> Duration {
+    Duration::from_secs(5)
+}
