@@ -186,6 +186,7 @@ const SETTINGS: &[Setting] = &[
     setting!("max_in_flight", integer, max_in_flight),
     setting!("max_unflushed_writes", integer, max_unflushed_writes),
     setting!("outbox_capacity", integer, outbox_capacity),
+    setting!("max_outbox_bytes", integer, max_outbox_bytes),
     setting!("outbox_ttl_ms", millis, outbox_ttl),
     setting!("max_frame_size", integer, max_frame_size),
     setting!("close_drain_ms", millis, close_drain),
