@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::Instrument;
 
 use usageflow_socket_core::{
@@ -164,12 +164,10 @@ impl<R: Runtime> Client<R> {
     /// ([`ClientError::FlushTimeout`]). Returns at once without a spool.
     #[cfg(feature = "spool")]
     pub async fn sync_spool(&self, timeout: Duration) -> Result<(), ClientError> {
-        // Saturates: a huge timeout waits "forever" (a year) instead of overflowing.
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
-        self.shared().spool_durable(deadline).await
+        // Saturates: a huge timeout waits "forever" instead of overflowing.
+        self.shared()
+            .spool_durable(crate::shared::deadline_after(timeout))
+            .await
     }
 
     /// Sends `message` as a request with the configured timeout and waits for its reply.
