@@ -29,6 +29,8 @@ impl Pool {
             self.kinds.stats[usize::from(index)].closed += 1;
             return Err(SendRefusal::Closed);
         }
+        // Demand, even when refused below (as a send refused by a full outbox is).
+        self.rearm_resting(now);
         // No peer reads a frame past the limit: refuse it before it takes any room.
         if frame.len() > self.config.max_frame_size {
             let refusal = SendRefusal::TooLarge {
@@ -41,7 +43,6 @@ impl Pool {
             self.refuse_spool_full(index);
             return Err(SendRefusal::SpoolFull);
         }
-        self.rearm_resting(now);
         let delivery =
             options
                 .delivery
