@@ -8,8 +8,8 @@ Checked, in every tracked Markdown file and in the doc comments of every tracked
 - a link to this repository on GitHub (REPO_URL/blob/main/<path> or /tree/main/<path>) must
   name an existing path;
 - a `*.md` file named anywhere in those texts must exist somewhere in the repository;
-- nothing may refer outside the repository (`../shared`, `/work/`, a relative link that
-  climbs above the root).
+- nothing may refer outside the repository: no relative path (link or plain text) that
+  climbs above the root, and no absolute path into the directory that holds the checkout.
 
 Usage: .ci/check-links.py [repository root]  (default: this script's repository; exits 1 and
 lists every problem)
@@ -31,7 +31,11 @@ ROOT = subprocess.run(
 INLINE_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 REFERENCE_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)")
 MD_NAME = re.compile(r"(?<![\w./-])([\w./-]*[\w-]\.md)\b")
-OUTSIDE = re.compile(r"\.\./shared\b|/work/")
+# A relative path that climbs (`../x`, `../../x/y`), in a link or in plain text.
+CLIMBING_PATH = re.compile(r"(?<![\w./-])((?:\.\./)+[\w.-][\w./-]*)")
+# The directory that holds the checkout: an absolute path into it names files beside the
+# repository (skipped when the checkout sits at the filesystem's root).
+PARENT_DIR = os.path.dirname(os.path.realpath(ROOT))
 REPO_LINK = re.compile(re.escape(REPO_URL) + r"/(?:blob|tree)/main/([^)\s#>\"']+)")
 
 
@@ -82,7 +86,11 @@ def main():
         base = os.path.dirname(os.path.join(ROOT, path))
         for number, line in text_lines(path):
             where = f"{path}:{number}"
-            if OUTSIDE.search(line):
+            climbs_out = any(
+                not inside_root(os.path.normpath(os.path.join(base, m.group(1))))
+                for m in CLIMBING_PATH.finditer(line)
+            )
+            if climbs_out or (PARENT_DIR != os.sep and PARENT_DIR + os.sep in line):
                 problems.append(f"{where}: refers outside the repository: {line.strip()}")
             for match in REPO_LINK.finditer(line):
                 checked_links += 1
