@@ -82,6 +82,25 @@ struct Link<R: Effects> {
     writer: R::Writer,
 }
 
+/// A send's wait for durability ([`Driver::durable_send_mark`]): the store and the mark.
+#[cfg(feature = "spool")]
+pub(crate) type DurableSend = (std::sync::Arc<crate::spool::Spool>, crate::spool::DurableMark);
+/// A send's wait for durability: none without the `spool` feature.
+#[cfg(not(feature = "spool"))]
+pub(crate) type DurableSend = std::convert::Infallible;
+
+/// Blocks until `mark` (from [`Driver::durable_send_mark`]) is durable, bounded; at once
+/// without one.
+pub(crate) fn wait_durable_send(mark: Option<DurableSend>) -> Result<(), ClientError> {
+    match mark {
+        None => Ok(()),
+        #[cfg(feature = "spool")]
+        Some((spool, mark)) => crate::spooling::wait_every_send(&spool, mark),
+        #[cfg(not(feature = "spool"))]
+        Some(never) => match never {},
+    }
+}
+
 /// The pool and the client state beside it. See the [module docs](self).
 pub(crate) struct Driver<R: Effects> {
     pool: Pool,
@@ -177,6 +196,15 @@ impl<R: Effects> Driver<R> {
     #[cfg(feature = "spool")]
     pub(crate) fn spool(&self) -> Option<&crate::spooling::SpoolLink> {
         self.spool.as_ref()
+    }
+
+    /// What a send accepted now must wait for before it returns: the spool's mark under
+    /// `SyncPolicy::EverySend`, else nothing (always nothing without the `spool` feature).
+    pub(crate) fn durable_send_mark(&self) -> Option<DurableSend> {
+        #[cfg(feature = "spool")]
+        return self.spool.as_ref().and_then(|s| s.every_send_mark());
+        #[cfg(not(feature = "spool"))]
+        None
     }
 
     /// Lets go of the spool (the client stopped): the last handle to it closes it.
@@ -646,7 +674,7 @@ impl<R: Effects> Driver<R> {
                 #[cfg(feature = "spool")]
                 Output::Keep { record, first_sent } => {
                     if let Some(spool) = &mut self.spool {
-                        spool.keep(record, first_sent, now);
+                        self.logs.extend(spool.keep(record, first_sent, now));
                     }
                 }
                 #[cfg(feature = "spool")]

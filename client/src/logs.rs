@@ -38,6 +38,16 @@ pub(crate) enum LogLine {
     DropSummary(DropSummary),
     /// Messages nobody can take any more (an ERROR line).
     Abandoned(Abandoned),
+    /// The spool could not keep a message (the first failure, then one line per thousand).
+    #[cfg(feature = "spool")]
+    SpoolFailed {
+        /// The message.
+        id: usageflow_socket_core::MessageId,
+        /// Why.
+        error: String,
+        /// Failures so far.
+        failures: u64,
+    },
 }
 
 /// The lines one lock holder collected, and the client they are about.
@@ -99,6 +109,14 @@ impl LogLine {
                 );
             }
             LogLine::Abandoned(abandoned) => abandoned.log(),
+            #[cfg(feature = "spool")]
+            LogLine::SpoolFailed { id, error, failures } => tracing::error!(
+                client,
+                %id,
+                %error,
+                failures,
+                "usageflow-socket: the spool could not keep a message; it is still sent from memory, but would not survive a crash"
+            ),
         }
     }
 }

@@ -18,7 +18,7 @@ use usageflow_socket_core::{
     SendError, SendOptions, SendRefusal, Stats, Undelivered,
 };
 
-use crate::driver::Driver;
+use crate::driver::{wait_durable_send, Driver};
 use crate::events::EventSubscriber;
 use crate::io::{CancelOnDrop, Report, ReportSink};
 use crate::leftovers::Ending;
@@ -417,28 +417,15 @@ impl<R: Runtime> Shared<R> {
     pub(crate) fn send(&self, message: Outgoing, options: SendOptions) -> Result<MessageId, ClientError> {
         // Encoding is most of a send's cost: do it before taking the lock.
         let encoded = EncodedSend::new(&message);
-        #[cfg(feature = "spool")]
-        {
-            let (result, durable) = self.command(|driver, now| {
-                let result = gone_or(driver.send(now, encoded, options), driver);
-                let durable = result
-                    .is_ok()
-                    .then(|| driver.spool().and_then(|s| s.every_send_mark()))
-                    .flatten();
-                (result, durable)
-            });
-            let id = result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))?;
-            // Under `EverySend`, durable before it returns.
-            if let Some((spool, mark)) = durable {
-                crate::spooling::wait_every_send(&spool, mark)?;
-            }
-            Ok(id)
-        }
-        #[cfg(not(feature = "spool"))]
-        {
-            let result = self.command(|driver, now| gone_or(driver.send(now, encoded, options), driver));
-            result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))
-        }
+        let (result, durable) = self.command(|driver, now| {
+            let result = gone_or(driver.send(now, encoded, options), driver);
+            let durable = result.is_ok().then(|| driver.durable_send_mark()).flatten();
+            (result, durable)
+        });
+        let id = result.map_err(|(refusal, gone)| send_refused(refusal, message, gone))?;
+        // Under `EverySend`, durable before it returns (the lock is not held while waiting).
+        wait_durable_send(durable)?;
+        Ok(id)
     }
 
     /// Sends a message whose end the returned [`Receipt`] resolves to.
@@ -487,20 +474,16 @@ impl<R: Runtime> Shared<R> {
             let encoded = EncodedSend::new(&message);
             let len = encoded.frame_len();
             let sent = self.command(|driver, now| {
-                (driver.pool().has_room_for(len) || driver.is_stopped())
-                    .then(|| gone_or(driver.send(now, encoded, options), driver))
+                (driver.pool().has_room_for(len) || driver.is_stopped()).then(|| {
+                    let result = gone_or(driver.send(now, encoded, options), driver);
+                    let durable = result.is_ok().then(|| driver.durable_send_mark()).flatten();
+                    result.map(|id| (id, durable))
+                })
             });
             match sent {
-                Some(Ok(id)) => {
+                Some(Ok((id, durable))) => {
                     // Under `EverySend`, durable before it returns, as `send`.
-                    #[cfg(feature = "spool")]
-                    {
-                        // Bound first: the driver's lock is not held while waiting.
-                        let durable = self.lock().spool().and_then(|s| s.every_send_mark());
-                        if let Some((spool, mark)) = durable {
-                            crate::spooling::wait_every_send(&spool, mark)?;
-                        }
-                    }
+                    wait_durable_send(durable)?;
                     return Ok(id);
                 }
                 Some(Err((refusal, gone))) => return Err(send_refused(refusal, message, gone)),

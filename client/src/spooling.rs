@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 use usageflow_socket_core::{Delivery, MessageId, Pool, Restored, SpoolOpened, SpoolRecord as CoreRecord};
 
+use crate::logs::LogLine;
 use crate::spool::{DurableMark, Spool, SpoolError, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
 use crate::ClientError;
 
@@ -105,8 +106,10 @@ impl SpoolLink {
         })
     }
 
-    /// Keeps a record the pool accepted (or kept again with a grown write count).
-    pub(crate) fn keep(&mut self, record: CoreRecord, first_sent: Instant, now: Instant) {
+    /// Keeps a record the pool accepted (or kept again with a grown write count). A failure
+    /// returns the line to log (the first, then one per thousand), for the caller to write
+    /// once it holds no lock.
+    pub(crate) fn keep(&mut self, record: CoreRecord, first_sent: Instant, now: Instant) -> Option<LogLine> {
         let first_sent = SystemTime::now()
             .checked_sub(now.saturating_duration_since(first_sent))
             .unwrap_or(UNIX_EPOCH);
@@ -123,6 +126,7 @@ impl SpoolLink {
                 if let Some(old) = self.keys.insert(record.id.0, appended.key) {
                     self.spool.release(old);
                 }
+                None
             }
             Err(e) => self.failed(record.id, &e),
         }
@@ -135,17 +139,14 @@ impl SpoolLink {
         }
     }
 
-    fn failed(&mut self, id: MessageId, e: &SpoolError) {
+    fn failed(&mut self, id: MessageId, e: &SpoolError) -> Option<LogLine> {
         self.failures += 1;
         // The first failure, then one line per thousand: a failed disk fails every keep.
-        if self.failures == 1 || self.failures % 1000 == 0 {
-            error!(
-                %id,
-                error = %e,
-                failures = self.failures,
-                "usageflow-socket: the spool could not keep a message; it is still sent from memory, but would not survive a crash"
-            );
-        }
+        (self.failures == 1 || self.failures % 1000 == 0).then(|| LogLine::SpoolFailed {
+            id,
+            error: e.to_string(),
+            failures: self.failures,
+        })
     }
 
     /// The store handle and the mark a `send` must wait for, under

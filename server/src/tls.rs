@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::options::TlsOptions;
 use super::ServerError;
@@ -115,7 +115,7 @@ impl TestCa {
         params.extended_key_usages = vec![usage];
         let key = rcgen::KeyPair::generate().map_err(certificate_error)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(certificate_error)?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let key = PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone(), self.cert()], key))
     }
 }
