@@ -3,10 +3,12 @@
 //! ([`Pool::open_spool`]), and carries out the pool's keeps and releases
 //! ([`Output::Keep`](usageflow_socket_core::Output::Keep),
 //! [`Output::Release`](usageflow_socket_core::Output::Release)) in the driver's drain. The core
-//! decides what is kept and released; this file only maps message ids to store keys and
-//! converts between the pool's `Instant`s and the store's wall-clock times.
+//! decides what is kept and released; this file converts between the pool's `Instant`s and
+//! the store's wall-clock times. A record's store key is its message id: a restored record
+//! keeps its key as its id, and the pool numbers new messages above every restored one, so
+//! no map between the two is needed (a key released earlier may be used again: the later
+//! write wins on recovery).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,11 +22,10 @@ use crate::ClientError;
 /// How long a `send` under [`SyncPolicy::EverySend`] waits for its record to be durable.
 pub(crate) const EVERY_SEND_WAIT: Duration = Duration::from_secs(5);
 
-/// An open spool and the keys of the records the pool's messages live under.
+/// An open spool, whose records are keyed by message id.
 pub(crate) struct SpoolLink {
     spool: Arc<Spool>,
     sync: SyncPolicy,
-    keys: HashMap<u64, SpoolKey>,
     /// Keeps the store refused or failed (the message is still sent from memory).
     failures: u64,
 }
@@ -33,7 +34,6 @@ impl std::fmt::Debug for SpoolLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpoolLink")
             .field("dir", &self.spool.dir())
-            .field("records", &self.keys.len())
             .finish_non_exhaustive()
     }
 }
@@ -62,12 +62,11 @@ impl SpoolLink {
             );
         }
         let wall_now = unix_ms(SystemTime::now());
-        let mut keys = HashMap::with_capacity(recovery.records.len());
         let mut restored = Vec::with_capacity(recovery.records.len());
-        // Recovered records come in append order; their new ids keep that order.
-        for (i, r) in recovery.records.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            keys.insert(id, r.key);
+        // Recovered records come in append order, and keys grow with it: as ids, they keep
+        // that order.
+        for r in recovery.records {
+            let id = r.key.0;
             let age = match r.record.first_sent_unix_ms {
                 0 => Duration::ZERO,
                 t => Duration::from_millis(wall_now.saturating_sub(t)),
@@ -101,7 +100,6 @@ impl SpoolLink {
         Ok(SpoolLink {
             spool: Arc::new(spool),
             sync: options.sync,
-            keys,
             failures: 0,
         })
     }
@@ -121,22 +119,17 @@ impl SpoolLink {
             first_sent_unix_ms: unix_ms(first_sent),
             rewrites: record.writes,
         };
-        match self.spool.append(&stored) {
-            Ok(appended) => {
-                if let Some(old) = self.keys.insert(record.id.0, appended.key) {
-                    self.spool.release(old);
-                }
-                None
-            }
+        // A keep of an id already kept (a grown write count) replaces its record.
+        match self.spool.put(SpoolKey(record.id.0), &stored) {
+            Ok(_) => None,
             Err(e) => self.failed(record.id, &e),
         }
     }
 
-    /// Releases the record of a message that ended.
+    /// Releases the record of a message that ended (nothing if it was never kept: the
+    /// store refused it).
     pub(crate) fn release(&mut self, id: MessageId) {
-        if let Some(key) = self.keys.remove(&id.0) {
-            self.spool.release(key);
-        }
+        self.spool.release(SpoolKey(id.0));
     }
 
     fn failed(&mut self, id: MessageId, e: &SpoolError) -> Option<LogLine> {

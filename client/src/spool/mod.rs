@@ -1,20 +1,24 @@
 //! The disk side of the spool (feature `spool`): an append-only log of checksummed records in
-//! segment files, written by a dedicated thread that makes them durable in groups.
+//! segment files, made durable in groups by a dedicated syncer thread.
 //!
-//! A message accepted by the client is [`Spool::append`]ed (its key comes back at once) and
-//! [`Spool::release`]d when a pong confirms it, it expires, or it is dropped with a reason.
-//! [`Spool::open`] hands back, in their original order, the records that an earlier process
-//! appended and never released ([`Recovery`]). Nothing here blocks the caller on the disk:
-//! the writer thread does every write and every `fdatasync`, and [`Spool::wait_durable`]
-//! awaits its progress with any runtime's timer.
+//! A message accepted by the client is [`Spool::append`]ed (or [`Spool::put`] under the
+//! client's own id) and [`Spool::release`]d when a pong confirms it, it expires, or it is
+//! dropped with a reason. [`Spool::open`] hands back, in their original order, the records
+//! that an earlier process appended and never released ([`Recovery`]).
 //!
-//! What survives what (see [`SyncPolicy`]): a record whose [`DurableMark`] was reported
-//! durable survives a process crash and, unless the policy is [`SyncPolicy::Never`], a
-//! power cut. A lost or destroyed disk loses the spool.
+//! An append is written to the OS (one `write`, no sync) before it returns, so killing the
+//! process loses nothing appended, under every [`SyncPolicy`]. No caller waits for a sync:
+//! the syncer thread does every `fdatasync` (at most once per interval under group commit),
+//! and [`Spool::wait_durable`] awaits its progress with any runtime's timer.
+//!
+//! What survives what (see [`SyncPolicy`]): every appended record survives a process crash;
+//! a record whose [`DurableMark`] was reported durable also survives a power cut or a kernel
+//! crash, unless the policy is [`SyncPolicy::Never`]. A lost or destroyed disk loses the
+//! spool.
 //!
 //! Space: a segment file is deleted once it and every older segment hold no live record;
-//! when the dead bytes on disk outgrow the live ones, the writer copies the live remainder
-//! of the oldest segment forward and deletes it. Once the writer caught up, the spool on disk
+//! when the dead bytes on disk outgrow the live ones, the syncer copies the live remainder
+//! of the oldest segment forward and deletes it. Once the syncer caught up, the spool on disk
 //! stays below `2 x live bytes + 4 x segment_bytes`; the live bytes never exceed `max_bytes`.
 
 mod format;
@@ -36,7 +40,7 @@ pub use store::{inspect, Inspection, KindSummary};
 pub use writer::{Appended, DurableMark, Spool, SpoolStats};
 
 /// The default group-commit interval: records are made durable together at most this often.
-/// 2 ms bounds the writer to 500 `fdatasync`s a second (about 10 % of a disk whose sync takes
+/// 2 ms bounds the syncer to 500 `fdatasync`s a second (about 10 % of a disk whose sync takes
 /// 200 µs) while a `flush` waits for at most one interval plus one sync.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(2);
 /// The default bound on the spool's live bytes (256 MiB).
@@ -67,16 +71,18 @@ pub struct SpoolRecord {
     pub rewrites: u32,
 }
 
-/// When the writer thread makes written records durable (`fdatasync`).
+/// When the syncer thread makes written records durable (`fdatasync`). Under every policy a
+/// record is written to the OS before [`Spool::append`] returns, so it survives a process
+/// crash at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncPolicy {
-    /// Group commit: records reach the OS as soon as the writer gets to them and are made
-    /// durable together at most once per interval. Survives a process crash at once and a
-    /// power cut from the moment [`Spool::wait_durable`] reports the record's mark.
+    /// Group commit: records are made durable together at most once per interval. A record
+    /// survives a power cut from the moment [`Spool::wait_durable`] reports its mark (at most
+    /// one interval plus one sync after the append).
     Group(Duration),
-    /// The writer syncs as soon as it has written anything (concurrent appends still share
-    /// one sync). With a wait on [`Spool::wait_durable`] before `send` returns, every
-    /// accepted message survives a power cut; slow (one `fdatasync` per group).
+    /// The syncer syncs as soon as anything was written (concurrent appends still share one
+    /// sync). With a wait on [`Spool::wait_durable`] before `send` returns, every accepted
+    /// message survives a power cut; slow (one `fdatasync` per group).
     EverySend,
     /// Never `fdatasync` (except before deleting a segment): "durable" means "written to
     /// the OS". Survives a process crash (kill -9, OOM), not a power cut or a kernel crash.
@@ -102,7 +108,7 @@ pub struct SpoolOptions {
     pub sync: SyncPolicy,
     /// The size at which a segment file is sealed (space comes back in whole segments).
     pub segment_bytes: u64,
-    /// How long [`Spool::close`] and `Drop` wait for the writer's last write and sync.
+    /// How long [`Spool::close`] and `Drop` wait for the syncer's last write and sync.
     pub close_timeout: Duration,
 }
 
@@ -206,21 +212,12 @@ pub enum SpoolError {
         /// The bound.
         max_bytes: u64,
     },
-    /// The writer thread is `max_bytes` (at least 8 MiB) behind (the disk stalls): refused, nothing written,
-    /// so memory stays bounded.
-    #[error("spool writer backlogged: {pending_bytes} bytes not yet written (max {max_bytes})")]
-    Backlogged {
-        /// Bytes queued for the writer.
-        pending_bytes: u64,
-        /// The bound.
-        max_bytes: u64,
-    },
     /// The record cannot be encoded (a type name over 64 KiB or a frame over 64 MiB).
     #[error("spool record too large: {0}")]
     RecordTooLarge(String),
     /// Writing or syncing failed (disk full, I/O error): the spool takes no more records.
     /// Records appended before stay in the caller's hands (they were not reported durable).
-    #[error("spool writer failed ({kind:?}) on {path}: {message}")]
+    #[error("spool write failed ({kind:?}) on {path}: {message}")]
     WriteFailed {
         /// The kind of the I/O error (`StorageFull` for a full disk).
         kind: io::ErrorKind,
@@ -244,9 +241,9 @@ pub enum SpoolError {
     /// The spool is closed (or being closed).
     #[error("spool is closed")]
     Closed,
-    /// The writer did not finish its last write and sync before the close deadline (it
+    /// The syncer did not finish its last write and sync before the close deadline (it
     /// still finishes on its own; the files stay consistent).
-    #[error("spool writer did not stop before the close deadline")]
+    #[error("spool syncer did not stop before the close deadline")]
     CloseTimedOut,
 }
 

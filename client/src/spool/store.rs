@@ -2,7 +2,7 @@
 //! inspection.
 
 use super::format::{self, Damage, SegmentEntry, HEADER_LEN};
-use super::writer::{SegAcct, State};
+use super::writer::{Recovered, SegAcct, State};
 use super::{RecoveredRecord, Recovery, Spool, SpoolError, SpoolKey, SpoolOptions, SpoolRecord};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -168,8 +168,17 @@ pub(crate) fn open(options: SpoolOptions) -> Result<(Spool, Recovery), SpoolErro
             record,
         });
     }
-    let state = State::recovered(loaded.next_key, live, segs, active_seg);
-    let spool = Spool::start(&options, state, active, lock_file)?;
+    let state = State::recovered(
+        &options,
+        Recovered {
+            next_key: loaded.next_key,
+            live,
+            segs,
+            active_seg,
+            active,
+        },
+    );
+    let spool = Spool::start(&options, state, lock_file)?;
     let recovery = Recovery {
         records,
         damage: loaded.damage,

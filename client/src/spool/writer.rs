@@ -1,15 +1,20 @@
-//! The [`Spool`] handle and its writer thread.
+//! The [`Spool`] handle and its syncer thread.
 //!
-//! Callers encode records into a shared write buffer under one short lock (key, accounting and
-//! bytes stay in one order); the writer thread swaps the buffer out, writes it with one
-//! `write` per segment, syncs at most once per interval and publishes the durable mark.
+//! A caller writes its record to the active segment file itself, with one `write` under one
+//! short lock (key, accounting and bytes stay in one order), so the record is in the OS before
+//! [`Spool::append`] returns: killing the process (kill -9, an OOM kill, a panic that aborts)
+//! loses nothing appended, whatever the [`SyncPolicy`]. Releases are batched and go out with
+//! the next write. A syncer thread makes what was written durable (`fdatasync`) at most once
+//! per interval, publishes the durable mark, deletes segments that hold nothing live and
+//! compacts; a caller never waits for the disk to sync.
 
 use super::format::{self, HEADER_LEN, RELEASE_LEN};
 use super::store::{segment_path, sync_dir};
 use super::{SpoolError, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::future::{poll_fn, Future};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -19,9 +24,11 @@ use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The writer may fall this far behind even when `max_bytes` is smaller (release records
-/// and segment headers are not live bytes).
-const MIN_BACKLOG_BYTES: u64 = 8 << 20;
+/// Under [`SyncPolicy::Never`], how often the syncer writes batched releases and deletes
+/// dead segments when nobody asks sooner.
+const NEVER_TICK: Duration = Duration::from_millis(50);
+/// Batched release records are written once they reach this size, even without an append.
+const RELEASE_BATCH_BYTES: usize = 64 << 10;
 
 /// A point in the spool's stream of appends and releases: once [`Spool::is_durable`] holds
 /// for it, everything appended or released up to it is durable (as the policy defines).
@@ -57,9 +64,7 @@ pub struct SpoolStats {
     pub released: u64,
     /// Appends refused because the spool was full.
     pub refused_full: u64,
-    /// Appends refused because the writer fell `max_bytes` behind (a stalled disk).
-    pub refused_backlogged: u64,
-    /// `fdatasync` rounds made by the writer.
+    /// `fdatasync` rounds made by the syncer.
     pub syncs: u64,
     /// Live records copied forward out of an old segment (compaction).
     pub compacted: u64,
@@ -78,6 +83,29 @@ struct Live {
     first_sent_unix_ms: u64,
 }
 
+/// A hasher for the live map's keys (increasing integers, never chosen by an adversary): one
+/// multiplication instead of SipHash's rounds.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type LiveMap = HashMap<u64, Live, BuildHasherDefault<KeyHasher>>;
+
 /// A segment file's accounting.
 #[derive(Debug, Default)]
 pub(crate) struct SegAcct {
@@ -85,68 +113,91 @@ pub(crate) struct SegAcct {
     pub(crate) bytes: u64,
 }
 
-/// Work for the writer thread, in order.
-enum Op {
-    /// Append these bytes to this segment (creating it on the first write).
-    Write { seg: u64, bytes: Vec<u8> },
-    /// Sync everything written so far, then delete this segment.
-    Delete { seg: u64 },
-}
-
-/// Everything the callers and the writer share, behind one lock.
+/// Everything the callers and the syncer share, behind one lock.
 pub(crate) struct State {
+    dir: PathBuf,
+    segment_bytes: u64,
     next_key: u64,
+    /// Appends and releases so far (each one advances the mark by one).
     mark: u64,
-    live: BTreeMap<u64, Live>,
+    /// The mark up to which every append and release reached the OS.
+    written: u64,
+    live: LiveMap,
     segs: BTreeMap<u64, SegAcct>,
     active_seg: u64,
+    active: Arc<File>,
+    /// Segment files sealed since the last sync (synced at the next one).
+    sealed: Vec<Arc<File>>,
+    /// Encoded records not yet written: releases wait for the next write.
+    buf: Vec<u8>,
     live_bytes: u64,
     disk_bytes: u64,
-    ops: Vec<Op>,
-    /// Bytes in `ops` (the writer has not taken them yet): bounded by `max_bytes`.
-    pending_bytes: u64,
+    /// Segments to delete once everything written before is durable.
+    deletes: Vec<u64>,
+    /// Written since the syncer's last sync.
+    dirty: bool,
+    /// Files created or deleted since the last directory sync.
+    dir_dirty: bool,
+    /// A waiter wants durability now (the syncer skips the rest of its interval, except
+    /// under group commit, whose interval bounds the syncs a second).
+    nudged: bool,
     failure: Option<SpoolError>,
     closing: bool,
     stopped: bool,
-    writer_idle: bool,
+    /// The syncer waits without a deadline (nothing to sync): the next write wakes it.
+    syncer_idle: bool,
     stats: SpoolStats,
     #[cfg(test)]
     pub(crate) inject_write_error: Option<io::ErrorKind>,
-    /// Tests stall the writer with it (a disk that does not keep up).
+    /// Tests stall the syncer with it (a disk whose syncs do not return).
     #[cfg(test)]
-    pub(crate) writer_paused: bool,
+    pub(crate) syncer_paused: bool,
+}
+
+/// How [`State::recovered`] finds the directory after recovery.
+pub(crate) struct Recovered {
+    pub(crate) next_key: u64,
+    /// Each live key with its segment, record bytes and first send time.
+    pub(crate) live: Vec<(u64, u64, u32, u64)>,
+    /// Every segment file, the active one last.
+    pub(crate) segs: BTreeMap<u64, SegAcct>,
+    pub(crate) active_seg: u64,
+    /// The active segment (its header written and synced).
+    pub(crate) active: File,
 }
 
 impl State {
-    /// The state after recovery: `live` maps each recovered key to its segment, record bytes
-    /// and first send time; `segs` holds every segment file, the active one last.
-    pub(crate) fn recovered(
-        next_key: u64,
-        live: impl IntoIterator<Item = (u64, u64, u32, u64)>,
-        segs: BTreeMap<u64, SegAcct>,
-        active_seg: u64,
-    ) -> State {
+    /// The state after recovery.
+    pub(crate) fn recovered(options: &SpoolOptions, recovered: Recovered) -> State {
         let mut state = State {
-            next_key,
+            dir: options.dir.clone(),
+            segment_bytes: options.segment_bytes.max(4096),
+            next_key: recovered.next_key,
             mark: 0,
-            live: BTreeMap::new(),
-            segs,
-            active_seg,
+            written: 0,
+            live: LiveMap::with_capacity_and_hasher(recovered.live.len(), Default::default()),
+            segs: recovered.segs,
+            active_seg: recovered.active_seg,
+            active: Arc::new(recovered.active),
+            sealed: Vec::new(),
+            buf: Vec::with_capacity(16 << 10),
             live_bytes: 0,
             disk_bytes: 0,
-            ops: Vec::new(),
-            pending_bytes: 0,
+            deletes: Vec::new(),
+            dirty: false,
+            dir_dirty: false,
+            nudged: false,
             failure: None,
             closing: false,
             stopped: false,
-            writer_idle: false,
+            syncer_idle: false,
             stats: SpoolStats::default(),
             #[cfg(test)]
             inject_write_error: None,
             #[cfg(test)]
-            writer_paused: false,
+            syncer_paused: false,
         };
-        for (key, seg, bytes, first_sent_unix_ms) in live {
+        for (key, seg, bytes, first_sent_unix_ms) in recovered.live {
             state.live_bytes += u64::from(bytes);
             state.live.insert(
                 key,
@@ -162,31 +213,66 @@ impl State {
         state
     }
 
-    /// The write buffer for `seg` (the last op if it writes there, else a new one).
-    fn buffer(&mut self, seg: u64) -> &mut Vec<u8> {
-        let reuse = matches!(self.ops.last(), Some(Op::Write { seg: s, .. }) if *s == seg);
-        if !reuse {
-            self.ops.push(Op::Write {
-                seg,
-                bytes: Vec::with_capacity(16 << 10),
-            });
+    /// Writes the encoded records waiting in the buffer to the active segment. A failure
+    /// fails the spool (it takes no more records) and is returned.
+    fn write_buffered(&mut self) -> Result<(), SpoolError> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        match self.ops.last_mut() {
-            Some(Op::Write { bytes, .. }) => bytes,
-            _ => unreachable!("a write op was just ensured"),
+        let result = self.write_active();
+        self.buf.clear();
+        match result {
+            Ok(()) => {
+                self.written = self.mark;
+                self.dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                let failure = write_failed(&segment_path(&self.dir, self.active_seg), &e);
+                Err(self.fail(failure))
+            }
         }
     }
 
-    /// Seals the active segment and begins the next when `len` more bytes would overflow it.
-    fn roll_if_needed(&mut self, len: u64, segment_bytes: u64) {
-        let active_bytes = self.segs.get(&self.active_seg).map_or(0, |s| s.bytes);
-        if active_bytes + len <= segment_bytes || active_bytes <= HEADER_LEN as u64 {
-            return;
+    fn write_active(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(kind) = self.inject_write_error {
+            return Err(io::Error::from(kind));
         }
-        self.active_seg += 1;
-        let seg = self.active_seg;
-        let base_key = self.next_key;
-        format::encode_header(self.buffer(seg), base_key);
+        (&*self.active).write_all(&self.buf)
+    }
+
+    /// Records `failure` as the spool's (the first one stays) and returns it.
+    fn fail(&mut self, failure: SpoolError) -> SpoolError {
+        tracing::error!(error = %failure, "spool write failed; the spool takes no more records");
+        self.failure.get_or_insert(failure).clone()
+    }
+
+    /// Seals the active segment and begins the next when `len` more bytes would overflow it.
+    fn roll_if_needed(&mut self, len: u64) -> Result<(), SpoolError> {
+        let active_bytes = self.segs.get(&self.active_seg).map_or(0, |s| s.bytes);
+        if active_bytes + len <= self.segment_bytes || active_bytes <= HEADER_LEN as u64 {
+            return Ok(());
+        }
+        self.write_buffered()?;
+        let seg = self.active_seg + 1;
+        let path = segment_path(&self.dir, seg);
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        format::encode_header(&mut header, self.next_key);
+        let created = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&header).map(|()| file));
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => return Err(self.fail(write_failed(&path, &e))),
+        };
+        let old = std::mem::replace(&mut self.active, Arc::new(file));
+        self.sealed.push(old);
+        self.active_seg = seg;
+        self.dirty = true;
+        self.dir_dirty = true;
         self.segs.insert(
             seg,
             SegAcct {
@@ -196,16 +282,83 @@ impl State {
         );
         self.disk_bytes += HEADER_LEN as u64;
         self.reclaim();
+        Ok(())
     }
 
-    /// Records `len` bytes written to `seg`.
+    /// Writes `record` under `key` (with whatever releases wait in the buffer): the record is
+    /// in the OS when this returns `Ok`. A live record under the same key is replaced.
+    fn put(&mut self, key: u64, record: &SpoolRecord, max_bytes: u64) -> Result<DurableMark, SpoolError> {
+        self.check_open()?;
+        let len = format::append_len(record) as u64;
+        let replaced = self.live.get(&key).map_or(0, |l| u64::from(l.bytes));
+        if self.live_bytes - replaced + len > max_bytes {
+            self.stats.refused_full += 1;
+            return Err(SpoolError::Full {
+                live_bytes: self.live_bytes,
+                record_bytes: len,
+                max_bytes,
+            });
+        }
+        format::check_append(record).map_err(|e| SpoolError::RecordTooLarge(e.to_string()))?;
+        self.roll_if_needed(len)?;
+        let seg = self.active_seg;
+        format::encode_append(&mut self.buf, SpoolKey(key), record);
+        self.mark += 1;
+        self.write_buffered()?;
+        self.grew(seg, len);
+        self.next_key = self.next_key.max(key.saturating_add(1));
+        let live = Live {
+            seg,
+            bytes: len as u32,
+            first_sent_unix_ms: record.first_sent_unix_ms,
+        };
+        if let Some(old) = self.live.insert(key, live) {
+            self.live_bytes -= u64::from(old.bytes);
+            self.seg_live(old.seg, -1);
+            self.reclaim();
+        }
+        self.live_bytes += len;
+        self.seg_live(seg, 1);
+        self.stats.appended += 1;
+        Ok(DurableMark(self.mark))
+    }
+
+    /// Releases `key`: its release record waits in the buffer for the next write. Whether
+    /// the key was live.
+    fn release(&mut self, key: u64) -> Result<bool, SpoolError> {
+        if self.check_open().is_err() {
+            return Ok(false);
+        }
+        let Some(live) = self.live.remove(&key) else {
+            return Ok(false);
+        };
+        self.live_bytes -= u64::from(live.bytes);
+        self.seg_live(live.seg, -1);
+        self.roll_if_needed(RELEASE_LEN as u64)?;
+        let seg = self.active_seg;
+        format::encode_release(&mut self.buf, SpoolKey(key));
+        self.mark += 1;
+        self.grew(seg, RELEASE_LEN as u64);
+        self.stats.released += 1;
+        self.reclaim();
+        if self.buf.len() >= RELEASE_BATCH_BYTES {
+            self.write_buffered()?;
+        }
+        Ok(true)
+    }
+
+    fn seg_live(&mut self, seg: u64, delta: i64) {
+        if let Some(acct) = self.segs.get_mut(&seg) {
+            acct.live_records = acct.live_records.saturating_add_signed(delta);
+        }
+    }
+
+    /// Records `len` bytes encoded for `seg`.
     fn grew(&mut self, seg: u64, len: u64) {
         if let Some(acct) = self.segs.get_mut(&seg) {
             acct.bytes += len;
         }
         self.disk_bytes += len;
-        self.pending_bytes += len;
-        self.mark += 1;
     }
 
     /// Queues the deletion of the oldest segments while they hold no live record. Oldest
@@ -218,8 +371,13 @@ impl State {
             }
             self.disk_bytes -= acct.bytes;
             self.segs.remove(&seg);
-            self.ops.push(Op::Delete { seg });
+            self.deletes.push(seg);
         }
+    }
+
+    /// Whether the syncer has anything to do.
+    fn has_work(&self) -> bool {
+        self.dirty || !self.buf.is_empty() || !self.deletes.is_empty()
     }
 
     fn check_open(&self) -> Result<(), SpoolError> {
@@ -231,33 +389,67 @@ impl State {
     }
 }
 
-/// What the handle and the writer share.
+/// What the handle and the syncer share.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Wakes the writer (work queued, closing).
-    wake_writer: Condvar,
-    /// Signals a stopped writer (for blocking waits).
+    /// Wakes the syncer (something to sync, a waiter, closing).
+    wake_syncer: Condvar,
+    /// Signals a stopped syncer (for blocking waits).
     stopped: Condvar,
-    /// Notified when the durable mark advances, the writer fails or it stops.
+    /// Notified when the durable mark advances, the spool fails or the syncer stops.
     progress: event_listener::Event,
     durable: AtomicU64,
     dir: PathBuf,
     max_bytes: u64,
-    segment_bytes: u64,
+    policy: SyncPolicy,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Publishes `mark` as durable.
+    fn publish(&self, mark: u64) {
+        if self.durable.fetch_max(mark, Ordering::AcqRel) < mark {
+            self.progress.notify(usize::MAX);
+        }
+    }
+
+    /// After a write: under [`SyncPolicy::Never`] written is durable; otherwise the syncer
+    /// is woken if it sleeps without a deadline (once per busy period, not per write).
+    fn after_write(&self, mut st: MutexGuard<'_, State>, urgent: bool) {
+        let written = st.written;
+        st.nudged |= urgent;
+        let wake = st.syncer_idle || urgent;
+        st.syncer_idle &= !wake;
+        drop(st);
+        if self.policy == SyncPolicy::Never {
+            self.publish(written);
+        }
+        if wake {
+            self.wake_syncer.notify_one();
+        }
+    }
+
+    /// After a refused write: a failure wakes every waiter (their records may not be
+    /// written) and the syncer.
+    fn after_refusal(&self, err: SpoolError) -> SpoolError {
+        if matches!(err, SpoolError::WriteFailed { .. }) {
+            self.progress.notify(usize::MAX);
+            self.wake_syncer.notify_one();
+        }
+        err
+    }
 }
 
 /// An open spool: the handle callers append to and release from. Cheap to share behind an
-/// `Arc`; every method takes `&self` and none waits for the disk (the writer thread does).
+/// `Arc`; every method takes `&self`. [`Spool::append`] writes to the OS (one `write`, no
+/// sync); nothing a caller does waits for a sync (the syncer thread does them).
 ///
-/// Dropping it without [`Spool::close`] still lets the writer write and sync what was
-/// appended, waiting for it up to the close timeout; the files are consistent at every
-/// moment (a record is either complete with its checksum or skipped as a torn tail).
+/// Dropping it without [`Spool::close`] still lets the syncer sync what was written,
+/// waiting for it up to the close timeout; the files are consistent at every moment (a
+/// record is either complete with its checksum or skipped as a torn tail).
 pub struct Spool {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -282,37 +474,27 @@ impl Spool {
         super::store::open(options)
     }
 
-    pub(crate) fn start(
-        options: &SpoolOptions,
-        state: State,
-        active: File,
-        lock_file: File,
-    ) -> Result<Spool, SpoolError> {
+    pub(crate) fn start(options: &SpoolOptions, state: State, lock_file: File) -> Result<Spool, SpoolError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
-            wake_writer: Condvar::new(),
+            wake_syncer: Condvar::new(),
             stopped: Condvar::new(),
             progress: event_listener::Event::new(),
             durable: AtomicU64::new(0),
             dir: options.dir.clone(),
             max_bytes: options.max_bytes,
-            segment_bytes: options.segment_bytes.max(4096),
+            policy: options.sync,
         });
-        let active_seg = shared.lock().active_seg;
-        let writer = Writer {
+        let syncer = Syncer {
             shared: shared.clone(),
             policy: options.sync,
-            current: Some((active_seg, active)),
-            sealed: Vec::new(),
-            dirty: false,
-            dir_dirty: false,
             last_sync: Instant::now(),
             _lock_file: lock_file,
         };
         let thread = std::thread::Builder::new()
-            .name("usageflow-spool-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| SpoolError::io("starting the writer thread for", &options.dir, &e))?;
+            .name("usageflow-spool-syncer".into())
+            .spawn(move || syncer.run())
+            .map_err(|e| SpoolError::io("starting the syncer thread for", &options.dir, &e))?;
         Ok(Spool {
             shared,
             thread: Some(thread),
@@ -320,88 +502,70 @@ impl Spool {
         })
     }
 
-    /// Appends a record: assigns its key and queues its bytes for the writer, at once.
-    /// Refused with [`SpoolError::Full`] when its encoded size would take the live bytes past
-    /// `max_bytes` (counted in [`SpoolStats::refused_full`]), with [`SpoolError::Backlogged`]
-    /// when the writer is `max_bytes` (at least 8 MiB) behind (counted in [`SpoolStats::refused_backlogged`]), with
-    /// [`SpoolError::WriteFailed`] once the writer failed, [`SpoolError::Closed`] after close.
+    /// Appends a record under the next key and writes it to the OS before returning (one
+    /// `write`; killing the process now loses nothing). Refused with [`SpoolError::Full`]
+    /// when its encoded size would take the live bytes past `max_bytes` (counted in
+    /// [`SpoolStats::refused_full`]), with [`SpoolError::WriteFailed`] when the write fails
+    /// (then and ever after: a full or failing disk), [`SpoolError::Closed`] after close.
     pub fn append(&self, record: &SpoolRecord) -> Result<Appended, SpoolError> {
-        let len = format::append_len(record) as u64;
-        let shared = &*self.shared;
-        let mut st = shared.lock();
-        st.check_open()?;
-        if st.live_bytes + len > shared.max_bytes {
-            st.stats.refused_full += 1;
-            return Err(SpoolError::Full {
-                live_bytes: st.live_bytes,
-                record_bytes: len,
-                max_bytes: shared.max_bytes,
-            });
-        }
-        let max_pending = shared.max_bytes.max(MIN_BACKLOG_BYTES);
-        if st.pending_bytes + len > max_pending {
-            st.stats.refused_backlogged += 1;
-            return Err(SpoolError::Backlogged {
-                pending_bytes: st.pending_bytes,
-                max_bytes: max_pending,
-            });
-        }
-        format::check_append(record).map_err(|e| SpoolError::RecordTooLarge(e.to_string()))?;
-        st.roll_if_needed(len, shared.segment_bytes);
-        let key = SpoolKey(st.next_key);
-        let seg = st.active_seg;
-        format::encode_append(st.buffer(seg), key, record);
-        st.next_key += 1;
-        st.grew(seg, len);
-        st.live_bytes += len;
-        if let Some(acct) = st.segs.get_mut(&seg) {
-            acct.live_records += 1;
-        }
-        st.live.insert(
-            key.0,
-            Live {
-                seg,
-                bytes: len as u32,
-                first_sent_unix_ms: record.first_sent_unix_ms,
-            },
-        );
-        st.stats.appended += 1;
-        let mark = DurableMark(st.mark);
-        self.wake(st);
+        let mut st = self.shared.lock();
+        let key = st.next_key;
+        let result = st.put(key, record, self.shared.max_bytes);
+        let mark = match result {
+            Ok(mark) => mark,
+            Err(e) => {
+                drop(st);
+                return Err(self.shared.after_refusal(e));
+            }
+        };
+        self.shared
+            .after_write(st, self.shared.policy == SyncPolicy::EverySend);
+        Ok(Appended {
+            key: SpoolKey(key),
+            mark,
+        })
+    }
+
+    /// Writes `record` under a key the caller chose (replacing the live record with that key,
+    /// if any), as [`Spool::append`] does. Keys must be unique among live records; a key
+    /// whose record was released may be used again (the later write wins on recovery).
+    pub fn put(&self, key: SpoolKey, record: &SpoolRecord) -> Result<Appended, SpoolError> {
+        let mut st = self.shared.lock();
+        let result = st.put(key.0, record, self.shared.max_bytes);
+        let mark = match result {
+            Ok(mark) => mark,
+            Err(e) => {
+                drop(st);
+                return Err(self.shared.after_refusal(e));
+            }
+        };
+        self.shared
+            .after_write(st, self.shared.policy == SyncPolicy::EverySend);
         Ok(Appended { key, mark })
     }
 
-    /// Releases a record (confirmed, expired, or dropped with a reason): queues a small
-    /// release record and frees its bytes at once. Returns whether the key was live (a
-    /// second release, or one after a failure or close, does nothing).
-    pub fn release(&self, key: SpoolKey) -> bool {
-        let shared = &*self.shared;
-        let mut st = shared.lock();
-        if st.check_open().is_err() {
-            return false;
-        }
-        let Some(live) = st.live.remove(&key.0) else {
-            return false;
-        };
-        st.live_bytes -= u64::from(live.bytes);
-        if let Some(acct) = st.segs.get_mut(&live.seg) {
-            acct.live_records -= 1;
-        }
-        st.roll_if_needed(RELEASE_LEN as u64, shared.segment_bytes);
-        let seg = st.active_seg;
-        format::encode_release(st.buffer(seg), key);
-        st.grew(seg, RELEASE_LEN as u64);
-        st.stats.released += 1;
-        st.reclaim();
-        self.wake(st);
-        true
+    /// The key the next [`Spool::append`] uses: above every key any process wrote here.
+    pub fn next_key(&self) -> SpoolKey {
+        SpoolKey(self.shared.lock().next_key)
     }
 
-    fn wake(&self, mut st: MutexGuard<'_, State>) {
-        if st.writer_idle {
-            st.writer_idle = false;
-            drop(st);
-            self.shared.wake_writer.notify_one();
+    /// Releases a record (confirmed, expired, or dropped with a reason) and frees its bytes at
+    /// once; its small release record goes out with the next write. Returns whether the key
+    /// was live (a second release, or one after a failure or close, does nothing).
+    pub fn release(&self, key: SpoolKey) -> bool {
+        let mut st = self.shared.lock();
+        match st.release(key.0) {
+            Ok(released) => {
+                if released && st.syncer_idle {
+                    self.shared.after_write(st, false);
+                }
+                released
+            }
+            Err(e) => {
+                drop(st);
+                self.shared.after_refusal(e);
+                false
+            }
         }
     }
 
@@ -415,7 +579,7 @@ impl Spool {
         self.shared.durable.load(Ordering::Acquire) >= mark.0
     }
 
-    /// `Some` once waiting for `mark` is over: durable (`Ok(true)`), or the writer failed or
+    /// `Some` once waiting for `mark` is over: durable (`Ok(true)`), or the spool failed or
     /// stopped first.
     fn durable_or_failed(&self, mark: DurableMark) -> Option<Result<bool, SpoolError>> {
         if self.is_durable(mark) {
@@ -428,11 +592,25 @@ impl Spool {
         st.stopped.then_some(Err(SpoolError::Closed))
     }
 
+    /// Asks the syncer for durability now (it still keeps group commit's interval).
+    fn nudge(&self) {
+        let mut st = self.shared.lock();
+        if !st.nudged {
+            st.nudged = true;
+            st.syncer_idle = false;
+            drop(st);
+            self.shared.wake_syncer.notify_one();
+        }
+    }
+
     /// Waits until everything up to `mark` is durable or `deadline` (any runtime's timer,
     /// e.g. `runtime.sleep_until(t)`) fires. `Ok(true)`: durable; `Ok(false)`: the deadline
-    /// came first; `Err`: the writer failed (the records up to `mark` may not be on disk)
-    /// or the spool closed before making them durable.
+    /// came first; `Err`: the spool failed (the records up to `mark` may not be on disk)
+    /// or closed before making them durable.
     pub async fn wait_durable(&self, mark: DurableMark, deadline: impl Future) -> Result<bool, SpoolError> {
+        if !self.is_durable(mark) {
+            self.nudge();
+        }
         let settled =
             progress_or_deadline(&self.shared.progress, deadline, || self.durable_or_failed(mark)).await;
         settled.unwrap_or_else(|| Ok(self.is_durable(mark)))
@@ -443,6 +621,9 @@ impl Spool {
     /// is durable or `deadline` passes.
     pub fn wait_durable_blocking(&self, mark: DurableMark, deadline: Instant) -> Result<bool, SpoolError> {
         use event_listener::Listener;
+        if !self.is_durable(mark) {
+            self.nudge();
+        }
         loop {
             let listener = self.shared.progress.listen();
             if let Some(done) = self.durable_or_failed(mark) {
@@ -454,7 +635,8 @@ impl Spool {
         }
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters. Finding the oldest live record walks every live record
+    /// (a monitoring call, not a hot one).
     pub fn stats(&self) -> SpoolStats {
         let st = self.shared.lock();
         let mut stats = st.stats.clone();
@@ -462,7 +644,11 @@ impl Spool {
         stats.live_bytes = st.live_bytes;
         stats.disk_bytes = st.disk_bytes;
         stats.segments = st.segs.len() as u64;
-        stats.oldest_first_sent_unix_ms = st.live.first_key_value().map(|(_, l)| l.first_sent_unix_ms);
+        stats.oldest_first_sent_unix_ms = st
+            .live
+            .iter()
+            .min_by_key(|(key, _)| **key)
+            .map(|(_, l)| l.first_sent_unix_ms);
         stats.durable = DurableMark(self.shared.durable.load(Ordering::Acquire));
         stats.written = DurableMark(st.mark);
         stats
@@ -473,9 +659,9 @@ impl Spool {
         &self.shared.dir
     }
 
-    /// Closes the spool: the writer writes and syncs everything queued, then releases the
+    /// Closes the spool: the syncer writes and syncs everything, then releases the
     /// directory's lock. Waits until `deadline` (any runtime's timer) at most; then
-    /// [`SpoolError::CloseTimedOut`] (the writer still finishes on its own).
+    /// [`SpoolError::CloseTimedOut`] (the syncer still finishes on its own).
     pub async fn close(mut self, deadline: impl Future) -> Result<(), SpoolError> {
         self.begin_close();
         let shared = self.shared.clone();
@@ -500,7 +686,7 @@ impl Spool {
 
     fn begin_close(&self) {
         self.shared.lock().closing = true;
-        self.shared.wake_writer.notify_one();
+        self.shared.wake_syncer.notify_one();
     }
 
     fn wait_stopped(&self) -> bool {
@@ -513,7 +699,7 @@ impl Spool {
         st.stopped
     }
 
-    /// Joins the stopped writer; reports its failure, if any.
+    /// Joins the stopped syncer; reports the spool's failure, if any.
     fn finish(&mut self) -> Result<(), SpoolError> {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -530,9 +716,9 @@ impl Spool {
     }
 
     #[cfg(test)]
-    pub(crate) fn pause_writer(&self, paused: bool) {
-        self.shared.lock().writer_paused = paused;
-        self.shared.wake_writer.notify_one();
+    pub(crate) fn pause_syncer(&self, paused: bool) {
+        self.shared.lock().syncer_paused = paused;
+        self.shared.wake_syncer.notify_one();
     }
 }
 
@@ -543,258 +729,179 @@ impl Drop for Spool {
             if self.wait_stopped() {
                 let _ = self.finish();
             } else {
-                tracing::warn!(dir = %self.shared.dir.display(), "spool writer still busy after the close timeout");
+                tracing::warn!(dir = %self.shared.dir.display(), "spool syncer still busy after the close timeout");
             }
         }
     }
 }
 
-/// The writer thread's own state.
-struct Writer {
+/// The syncer thread's own state.
+struct Syncer {
     shared: Arc<Shared>,
     policy: SyncPolicy,
-    /// The segment being written.
-    current: Option<(u64, File)>,
-    /// Segments sealed since the last sync (synced at the next one).
-    sealed: Vec<File>,
-    dirty: bool,
-    dir_dirty: bool,
     last_sync: Instant,
-    /// Holds the directory's lock until the writer stops.
+    /// Holds the directory's lock until the syncer stops.
     _lock_file: File,
 }
 
-impl Writer {
+impl Syncer {
     fn run(mut self) {
-        let mut ops = Vec::new();
-        loop {
-            let Some((mark, closing)) = self.take_work(&mut ops) else {
-                if self.shared.lock().failure.is_some() {
-                    self.wait_for_close();
-                    break;
-                }
-                continue;
-            };
-            let result = self.write_all(&mut ops).and_then(|()| {
-                if !closing {
-                    self.compact();
-                }
-                if self.sync_due(closing) {
-                    self.sync()?;
-                }
-                Ok(())
-            });
-            ops.clear();
-            match result {
-                Ok(()) => {
-                    if !self.dirty || self.policy == SyncPolicy::Never {
-                        self.publish(mark);
-                    }
-                }
-                Err(failure) => {
-                    tracing::error!(error = %failure, "spool writer failed; the spool takes no more records");
-                    self.shared.lock().failure = Some(failure);
-                    self.shared.progress.notify(usize::MAX);
-                    self.wait_for_close();
-                    break;
-                }
-            }
-            if closing {
-                break;
-            }
-        }
-        self.shared.lock().stopped = true;
-        self.shared.stopped.notify_all();
-        self.shared.progress.notify(usize::MAX);
-    }
-
-    /// Waits for work (or a due sync); takes the queued ops. `None`: a sync came due with
-    /// nothing new (done here, look again).
-    fn take_work(&mut self, ops: &mut Vec<Op>) -> Option<(u64, bool)> {
         let shared = self.shared.clone();
         let mut st = shared.lock();
         loop {
             #[cfg(test)]
-            if st.writer_paused && !st.closing {
+            if st.syncer_paused && !st.closing {
                 st = shared
-                    .wake_writer
+                    .wake_syncer
                     .wait(st)
                     .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            if !st.ops.is_empty() || st.closing {
-                break;
-            }
-            match self.sync_deadline() {
-                Some(due) => {
-                    let now = Instant::now();
-                    if now >= due {
-                        let mark = st.mark;
-                        drop(st);
-                        match self.sync() {
-                            Ok(()) => self.publish(mark),
-                            Err(failure) => {
-                                shared.lock().failure = Some(failure);
-                                shared.progress.notify(usize::MAX);
-                            }
-                        }
-                        return None;
-                    }
-                    st.writer_idle = true;
+            if st.failure.is_some() {
+                while !st.closing {
                     st = shared
-                        .wake_writer
-                        .wait_timeout(st, due - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-                None => {
-                    st.writer_idle = true;
-                    st = shared
-                        .wake_writer
+                        .wake_syncer
                         .wait(st)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
+                drop(st);
+                break;
             }
-        }
-        st.writer_idle = false;
-        std::mem::swap(&mut st.ops, ops);
-        st.pending_bytes = 0;
-        Some((st.mark, st.closing))
-    }
-
-    /// When unsynced writes must be synced, if there are any.
-    fn sync_deadline(&self) -> Option<Instant> {
-        if !self.dirty {
-            return None;
-        }
-        match self.policy {
-            SyncPolicy::Group(interval) => Some(self.last_sync + interval),
-            SyncPolicy::EverySend => Some(self.last_sync),
-            SyncPolicy::Never => None,
-        }
-    }
-
-    fn sync_due(&self, closing: bool) -> bool {
-        self.dirty && (closing || self.sync_deadline().is_some_and(|due| Instant::now() >= due))
-    }
-
-    fn write_all(&mut self, ops: &mut [Op]) -> Result<(), SpoolError> {
-        for op in ops.iter_mut() {
-            match op {
-                Op::Write { seg, bytes } => self.write(*seg, bytes)?,
-                Op::Delete { seg } => {
-                    // Copies moved out of it and release records must be on disk first.
-                    if self.dirty {
-                        self.sync()?;
-                    }
-                    let path = segment_path(&self.shared.dir, *seg);
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(SpoolError::io("deleting", path, &e)),
-                    }
-                    self.dir_dirty = true;
-                    self.shared.lock().stats.segments_deleted += 1;
+            let closing = st.closing;
+            if !closing {
+                if !st.has_work() {
+                    st.nudged = false;
+                    st.syncer_idle = true;
+                    st = shared
+                        .wake_syncer
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    st.syncer_idle = false;
+                    continue;
+                }
+                let due = match self.policy {
+                    SyncPolicy::Group(interval) => self.last_sync + interval,
+                    SyncPolicy::EverySend => self.last_sync,
+                    SyncPolicy::Never if st.nudged => self.last_sync,
+                    SyncPolicy::Never => self.last_sync + NEVER_TICK,
+                };
+                let now = Instant::now();
+                if now < due {
+                    st = shared
+                        .wake_syncer
+                        .wait_timeout(st, due - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    continue;
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, seg: u64, bytes: &[u8]) -> Result<(), SpoolError> {
-        if self.current.as_ref().map(|(s, _)| *s) != Some(seg) {
-            let path = segment_path(&self.shared.dir, seg);
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| SpoolError::io("creating", &path, &e))?;
-            self.dir_dirty = true;
-            if let Some((_, old)) = self.current.replace((seg, file)) {
-                self.sealed.push(old);
+            st.nudged = false;
+            drop(st);
+            let result = self.round(closing);
+            if let Err(failure) = result {
+                shared.lock().fail(failure);
+                shared.progress.notify(usize::MAX);
             }
+            if closing {
+                break;
+            }
+            st = shared.lock();
         }
-        let Some((_, file)) = self.current.as_mut() else {
-            unreachable!("opened above")
+        shared.lock().stopped = true;
+        shared.stopped.notify_all();
+        shared.progress.notify(usize::MAX);
+    }
+
+    /// One round: compacts (unless closing), writes the batched releases, syncs everything
+    /// written (not under [`SyncPolicy::Never`], except before deleting a segment or at
+    /// close), deletes dead segments, then publishes the durable mark.
+    fn round(&mut self, closing: bool) -> Result<(), SpoolError> {
+        if !closing {
+            self.compact()?;
+        }
+        let (mark, files, dir_dirty, deletes) = {
+            let mut st = self.shared.lock();
+            st.write_buffered()?;
+            let mut files = std::mem::take(&mut st.sealed);
+            if st.dirty {
+                files.push(st.active.clone());
+            }
+            st.dirty = false;
+            (
+                st.written,
+                files,
+                std::mem::take(&mut st.dir_dirty),
+                std::mem::take(&mut st.deletes),
+            )
         };
-        #[cfg(test)]
-        if let Some(kind) = self.shared.lock().inject_write_error {
-            let path = segment_path(&self.shared.dir, seg);
-            return Err(write_failed(&path, &io::Error::from(kind)));
+        let sync = self.policy != SyncPolicy::Never || !deletes.is_empty() || closing;
+        if sync {
+            for file in &files {
+                file.sync_data().map_err(|e| write_failed(&self.shared.dir, &e))?;
+            }
+            if dir_dirty {
+                sync_dir(&self.shared.dir).map_err(|e| write_failed(&self.shared.dir, &e))?;
+            }
+            self.shared.lock().stats.syncs += 1;
+        } else if dir_dirty {
+            self.shared.lock().dir_dirty = true;
         }
-        file.write_all(bytes)
-            .map_err(|e| write_failed(&segment_path(&self.shared.dir, seg), &e))?;
-        self.dirty = true;
-        Ok(())
-    }
-
-    fn sync(&mut self) -> Result<(), SpoolError> {
-        for file in self.sealed.drain(..) {
-            file.sync_data().map_err(|e| write_failed(&self.shared.dir, &e))?;
-        }
-        if let Some((seg, file)) = &self.current {
-            file.sync_data()
-                .map_err(|e| write_failed(&segment_path(&self.shared.dir, *seg), &e))?;
-        }
-        if self.dir_dirty {
-            sync_dir(&self.shared.dir).map_err(|e| write_failed(&self.shared.dir, &e))?;
-            self.dir_dirty = false;
-        }
-        self.dirty = false;
         self.last_sync = Instant::now();
-        self.shared.lock().stats.syncs += 1;
+        if !deletes.is_empty() {
+            // Everything copied out of these segments, and every release, is durable now.
+            for &seg in &deletes {
+                let path = segment_path(&self.shared.dir, seg);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(SpoolError::io("deleting", path, &e)),
+                }
+            }
+            let mut st = self.shared.lock();
+            st.stats.segments_deleted += deletes.len() as u64;
+            // The deletions' directory entries are synced next round.
+            st.dir_dirty = true;
+            st.dirty = !closing;
+        }
+        self.shared.publish(mark);
         Ok(())
-    }
-
-    fn publish(&self, mark: u64) {
-        if self.shared.durable.fetch_max(mark, Ordering::AcqRel) < mark {
-            self.shared.progress.notify(usize::MAX);
-        }
-    }
-
-    fn wait_for_close(&self) {
-        let mut st = self.shared.lock();
-        while !st.closing {
-            st = self
-                .shared
-                .wake_writer
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
     }
 
     /// When dead bytes outgrow live ones, copies the live records of the oldest segment
     /// forward (same keys) so that it can be deleted: disk stays bounded even when one old
     /// record outlives a steady, confirmed stream.
-    fn compact(&mut self) {
+    fn compact(&mut self) -> Result<(), SpoolError> {
         // A few segments per round: each copy usually lets a run of released segments go.
         for _ in 0..16 {
-            if !self.compact_oldest() {
+            if !self.compact_oldest()? {
                 break;
             }
         }
+        Ok(())
     }
 
     /// Compacts the oldest segment if dead bytes outgrew live ones; whether it did.
-    fn compact_oldest(&mut self) -> bool {
+    fn compact_oldest(&mut self) -> Result<bool, SpoolError> {
+        let segment_bytes;
         let seg = {
             let st = self.shared.lock();
-            let budget = 2 * st.live_bytes + 2 * self.shared.segment_bytes;
+            segment_bytes = st.segment_bytes;
+            let budget = 2 * st.live_bytes + 2 * segment_bytes;
             match st.segs.first_key_value() {
                 Some((&seg, acct))
                     if st.disk_bytes > budget && seg != st.active_seg && acct.live_records > 0 =>
                 {
                     seg
                 }
-                _ => return false,
+                _ => return Ok(false),
             }
         };
         let path = segment_path(&self.shared.dir, seg);
         let Ok(bytes) = std::fs::read(&path) else {
-            return false;
+            return Ok(false);
         };
         let Ok(scan) = format::scan_segment(&bytes) else {
-            return false;
+            return Ok(false);
         };
         let mut st = self.shared.lock();
         for entry in scan.entries {
@@ -805,23 +912,23 @@ impl Writer {
                 continue;
             }
             let len = format::append_len(&record) as u64;
-            st.roll_if_needed(len, self.shared.segment_bytes);
+            st.roll_if_needed(len)?;
             let active = st.active_seg;
-            format::encode_append(st.buffer(active), key, &record);
+            format::encode_append(&mut st.buf, key, &record);
             st.grew(active, len);
             if let Some(live) = st.live.get_mut(&key.0) {
                 live.seg = active;
             }
-            for (s, delta) in [(seg, -1i64), (active, 1)] {
-                if let Some(acct) = st.segs.get_mut(&s) {
-                    acct.live_records = acct.live_records.saturating_add_signed(delta);
-                }
-            }
+            st.seg_live(seg, -1);
+            st.seg_live(active, 1);
             st.stats.compacted += 1;
         }
+        // The copies are not new appends or releases (the mark does not move); they are
+        // written now and synced before the segment they left is deleted (next round).
+        st.write_buffered()?;
         st.reclaim();
         // Deleted (queued) unless a live record could not be read back from it.
-        !st.segs.contains_key(&seg)
+        Ok(!st.segs.contains_key(&seg))
     }
 }
 
