@@ -466,13 +466,19 @@ fn run_all(args: &Args, root: &Path) -> Result<(), String> {
     ]);
     let glue_loc = loc(&[include_str!("glue.rs")]);
     println!(
-        "\n| store | records/s | CPU µs/record | syncs/s | disk at end | peak disk | disk, {} live | recovery of {} live | code to keep |",
+        "\n| store | records/s, median (min–max) | CPU µs/record | syncs/s | disk at end | peak disk | disk, {} live | recovery of {} live, median (min–max) | code to keep |",
         args.recover_n, args.recover_n
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &kind in &args.stores {
         let mine: Vec<&Run> = runs.iter().filter(|(k, _)| *k == kind).map(|(_, r)| r).collect();
         let med = |f: &dyn Fn(&Run) -> f64| median(mine.iter().map(|r| f(r)).collect());
+        let range = |f: &dyn Fn(&Run) -> f64, digits: usize| {
+            let v: Vec<f64> = mine.iter().map(|r| f(r)).collect();
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.digits$} ({lo:.digits$}–{hi:.digits$})", median(v))
+        };
         let code = match kind {
             Kind::Log => format!("{spool_loc} (spool)"),
             Kind::Sqlite => format!(
@@ -489,15 +495,15 @@ fn run_all(args: &Args, root: &Path) -> Result<(), String> {
             ),
         };
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} | {} | {} | {} | {:.2} s | {} |",
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {} | {} s | {} |",
             kind.name(),
-            med(&|r| r.rate(args.n)),
+            range(&|r| r.rate(args.n), 0),
             med(&|r| r.cpu_us),
             med(&|r| r.syncs_per_s()),
             mib(med(&|r| r.end_bytes as f64)),
             mib(med(&|r| r.peak_bytes as f64)),
             mib(med(&|r| r.live_bytes as f64)),
-            med(&|r| r.recover_secs),
+            range(&|r| r.recover_secs, 2),
             code
         );
     }
