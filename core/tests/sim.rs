@@ -30,11 +30,15 @@ fn sweep() {
     };
     let started = std::time::Instant::now();
     let (mut steps, mut requests, mut failures) = (0u64, 0u64, Vec::new());
+    let (mut spool_seeds, mut crashes, mut replayed) = (0u64, 0u64, 0u64);
     for &seed in &seeds {
         match sim::run(seed, base) {
             Ok(report) => {
                 steps += report.steps;
                 requests += report.stats.requests;
+                spool_seeds += u64::from(report.crashes > 0);
+                crashes += u64::from(report.crashes);
+                replayed += report.replayed;
             }
             Err(failure) => {
                 eprintln!("{failure}\n");
@@ -46,7 +50,9 @@ fn sweep() {
         }
     }
     eprintln!(
-        "simulated {} seeds: {steps} steps, {requests} requests, {} failed, in {:?}",
+        "simulated {} seeds: {steps} steps, {requests} requests (of the last processes), \
+         {spool_seeds} seeds with the spool: {crashes} crashes and restarts, {replayed} records \
+         replayed, {} failed, in {:?}",
         seeds.len(),
         failures.len(),
         started.elapsed()
@@ -55,6 +61,12 @@ fn sweep() {
         failures.is_empty(),
         "failing seeds: {failures:?} (replay with UFSOCK_SIM_SEED=<seed>)"
     );
+    if seeds.len() >= 100 {
+        assert!(
+            spool_seeds > 0 && crashes > spool_seeds && replayed > 0,
+            "the sweep must crash and restart processes and replay their spools"
+        );
+    }
 }
 
 #[test]

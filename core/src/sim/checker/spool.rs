@@ -1,0 +1,270 @@
+//! The spool's invariant, across processes: the ledger of what the pool asked to keep and
+//! release, carried from a crashed (or closed) process to the next one.
+//!
+//! - every message a process accepts comes out as a keep in the same drain, before it is
+//!   written; a keep of a known record keeps its frame and never loses writes; a keep of an
+//!   id that is neither accepted nor live is a violation;
+//! - a release names a live record, once, with a final fate (never `Spooled` or `Closed`);
+//! - after every step the ledger holds exactly the pool's live messages plus what its close
+//!   left in the spool (`spooled`), and its bytes are the pool's `spool_bytes`;
+//! - a send is refused as `SpoolFull` exactly when its record would pass the limit;
+//! - a new process opens the spool with exactly the ledger's records: each is replayed
+//!   (counted `sends` and `replayed`), or released as expired when its TTL ran out.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Checker, Step, Violation};
+use crate::pool::Pool;
+use crate::spool::{record_size, Restored, SpoolOpenError, SpoolOpened, SpoolRecord};
+use crate::stats::Stats;
+use crate::{MessageFate, MessageId, Output};
+
+/// What the spool holds, as the keeps and releases tell it (the cross-process ledger), and
+/// this process's bookkeeping of it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Ledger {
+    /// Records kept and not released, by id, with the instant first sent.
+    pub(super) live: BTreeMap<u64, (SpoolRecord, Instant)>,
+    /// The spool is open in this process, with this byte limit.
+    pub(super) open: Option<u64>,
+    /// The bytes of the live records (what the pool must report as `spool_bytes`).
+    pub(super) bytes: u64,
+    /// A message accepted in this step whose keep has not come yet.
+    pub(super) keep_owed: Option<u64>,
+    /// Releases over every process.
+    pub(super) released: u64,
+    /// Keeps over every process (first keeps of accepted messages).
+    pub(super) kept: u64,
+}
+
+impl Ledger {
+    /// The ledger a new process starts with: the records, nothing open.
+    pub(super) fn carried(&self) -> Ledger {
+        Ledger {
+            live: self.live.clone(),
+            open: None,
+            bytes: 0,
+            keep_owed: None,
+            released: self.released,
+            kept: self.kept,
+        }
+    }
+}
+
+impl Checker {
+    /// A checker for the next process of the same client (after a crash, or after a close
+    /// for a deploy): a fresh shadow of a new pool built with the same config at `now`, with
+    /// the spool's ledger carried over.
+    pub fn restarted(&self, now: Instant) -> Checker {
+        let mut next = Checker::new(&self.config, now);
+        next.ledger = self.ledger.carried();
+        next.now = next.now.max(self.now);
+        next
+    }
+
+    /// Records kept and not released (what a client's spool must hold), in id order, with
+    /// the instant each was first sent.
+    pub fn spool_records(&self) -> impl Iterator<Item = (&SpoolRecord, Instant)> + '_ {
+        self.ledger.live.values().map(|(r, t)| (r, *t))
+    }
+
+    /// Records kept and released, over every process so far.
+    pub fn spool_totals(&self) -> (u64, u64) {
+        (self.ledger.kept, self.ledger.released)
+    }
+
+    /// `Pool::open_spool` with `restored`, and its result.
+    pub(super) fn on_open_spool_call(
+        &mut self,
+        now: Instant,
+        max_bytes: u64,
+        restored: &[Restored],
+        result: &Result<SpoolOpened, SpoolOpenError>,
+    ) -> Result<Step, Violation> {
+        if self.ledger.open.is_some() {
+            ensure!(
+                *result == Err(SpoolOpenError::AlreadyOpen),
+                7,
+                "open_spool on an open spool returned {result:?}"
+            );
+            return Ok(Step::Quiet);
+        }
+        if self.closing || !self.message_ids.is_empty() {
+            ensure!(
+                result.is_err(),
+                7,
+                "open_spool after a close or a send returned {result:?}"
+            );
+            return Ok(Step::Quiet);
+        }
+        // The client hands back exactly what the ledger holds.
+        let handed: Vec<(u64, &str)> = restored
+            .iter()
+            .map(|r| (r.record.id.0, r.record.frame.as_str()))
+            .collect();
+        let held: Vec<(u64, &str)> = self
+            .ledger
+            .live
+            .iter()
+            .map(|(id, (r, _))| (*id, r.frame.as_str()))
+            .collect();
+        ensure!(
+            handed == held,
+            7,
+            "the spool hands back {} records, the keeps and releases left {}",
+            handed.len(),
+            held.len()
+        );
+        let ttl = self.config.outbox_ttl();
+        let expired = restored.iter().filter(|r| r.age >= ttl).count() as u64;
+        let expected = SpoolOpened {
+            replayed: restored.len() as u64,
+            expired,
+        };
+        ensure!(
+            *result == Ok(expected),
+            7,
+            "open_spool with {} records ({expired} past their TTL) returned {result:?}",
+            restored.len()
+        );
+        self.ledger.open = Some(max_bytes);
+        self.ledger.bytes = restored.iter().map(|r| r.record.size()).sum();
+        for r in restored {
+            let kind = self.intern(&r.record.kind);
+            let s = &mut self.sends[usize::from(kind)];
+            s.sends += 1;
+            s.replayed += 1;
+            // Restored ids are taken: new messages get ids above them.
+            self.message_ids.insert(r.record.id.0);
+        }
+        let _ = now;
+        Ok(Step::OpenSpool)
+    }
+
+    /// Whether a send of a `frame_len`-byte frame must be refused as `SpoolFull`.
+    pub(super) fn spool_refuses(&self, frame_len: usize) -> bool {
+        self.ledger
+            .open
+            .is_some_and(|max| self.ledger.bytes + record_size(frame_len) > max)
+    }
+
+    /// A send accepted with the spool open owes its keep in this drain.
+    pub(super) fn owe_keep(&mut self, id: MessageId) {
+        if self.ledger.open.is_some() {
+            self.ledger.keep_owed = Some(id.0);
+        }
+    }
+
+    /// Nothing is written before its keep.
+    pub(super) fn check_kept_before_write(&self, frame: &str) -> Result<(), Violation> {
+        ensure!(
+            self.ledger.keep_owed.is_none(),
+            7,
+            "message {:?} accepted but written ({frame}) before its keep",
+            self.ledger.keep_owed
+        );
+        Ok(())
+    }
+
+    /// An `Output::Keep` or `Output::Release`.
+    pub(super) fn on_spool_output(&mut self, output: &Output) -> Result<(), Violation> {
+        ensure!(
+            self.ledger.open.is_some(),
+            7,
+            "{output:?} from a pool without a spool"
+        );
+        match output {
+            Output::Keep { record, first_sent } => {
+                let id = record.id.0;
+                if self.ledger.keep_owed == Some(id) {
+                    ensure!(
+                        !self.ledger.live.contains_key(&id),
+                        7,
+                        "{} accepted, but its id is a live record's",
+                        record.id
+                    );
+                    self.ledger.keep_owed = None;
+                    self.ledger.kept += 1;
+                    self.ledger.bytes += record.size();
+                    self.ledger.live.insert(id, (record.clone(), *first_sent));
+                    return Ok(());
+                }
+                let Some((old, first)) = self.ledger.live.get_mut(&id) else {
+                    return Err(Violation {
+                        invariant: 7,
+                        message: format!(
+                            "{} kept, but it is neither accepted in this step nor a live record (released, or never sent)",
+                            record.id
+                        ),
+                    });
+                };
+                ensure!(
+                    old.frame == record.frame && old.kind == record.kind && old.writes <= record.writes,
+                    7,
+                    "{} kept again with another frame or fewer writes ({} then {})",
+                    record.id,
+                    old.writes,
+                    record.writes
+                );
+                *old = record.clone();
+                let _ = first;
+                Ok(())
+            }
+            Output::Release { id, fate } => {
+                ensure!(
+                    !matches!(fate, MessageFate::Spooled | MessageFate::Closed),
+                    7,
+                    "{id} released as {fate:?}, which is no end"
+                );
+                let Some((record, _)) = self.ledger.live.remove(&id.0) else {
+                    return Err(Violation {
+                        invariant: 7,
+                        message: format!("{id} released ({fate:?}), but it is not in the spool"),
+                    });
+                };
+                self.ledger.bytes -= record.size();
+                self.ledger.released += 1;
+                Ok(())
+            }
+            _ => unreachable!("only keeps and releases"),
+        }
+    }
+
+    /// After every step: each accepted message was kept; the ledger holds exactly the live
+    /// messages and what a close left in the spool; the bytes agree.
+    pub(super) fn check_spool(&self, pool: &Pool, actual: &Stats) -> Result<(), Violation> {
+        ensure!(
+            self.ledger.keep_owed.is_none(),
+            7,
+            "message {:?} accepted but never kept",
+            self.ledger.keep_owed
+        );
+        if self.ledger.open.is_none() {
+            ensure!(
+                pool.spool_bytes() == 0,
+                7,
+                "spool bytes {} without a spool",
+                pool.spool_bytes()
+            );
+            return Ok(());
+        }
+        let held = pool.live_messages() as u64 + actual.sends.spooled;
+        ensure!(
+            self.ledger.live.len() as u64 == held,
+            7,
+            "the spool holds {} records, the pool {} live messages and {} spooled",
+            self.ledger.live.len(),
+            pool.live_messages(),
+            actual.sends.spooled
+        );
+        ensure!(
+            pool.spool_bytes() == self.ledger.bytes,
+            7,
+            "the pool counts {} spool bytes, its records {}",
+            pool.spool_bytes(),
+            self.ledger.bytes
+        );
+        Ok(())
+    }
+}
