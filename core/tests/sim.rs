@@ -159,6 +159,38 @@ fn hung_handshakes_silent_connections_and_rotation() {
     }
 }
 
+/// The spool under crashes and deploys: calm knobs with dying connections, stalled writes
+/// and a small outbox TTL; every process but the first replays what the earlier ones left,
+/// and the checker follows the spool's ledger across all of them.
+#[test]
+fn crashes_and_deploys_replay_the_spool() {
+    let (mut crashes, mut replayed) = (0, 0);
+    for seed in 0..40 {
+        let knobs = Knobs {
+            spool: true,
+            spool_bytes: if seed % 4 == 0 { 2_048 } else { 1 << 30 },
+            crashes: 4,
+            deploys: 2,
+            close_mid_stream: 0.02,
+            write_stall: 0.01,
+            outbox_ttl: Duration::from_secs(3),
+            close_drain: Duration::from_millis(500),
+            w_send: 8,
+            ..Knobs::calm()
+        };
+        let report = sim::run_with(seed, knobs, Instant::now()).unwrap_or_else(|f| panic!("{f}"));
+        // Two crashes, two deploys (one may fall into the other's close, or a crash into
+        // it), and one to start the heal.
+        assert!((3..=5).contains(&report.crashes), "{} restarts", report.crashes);
+        crashes += report.crashes;
+        replayed += report.replayed;
+    }
+    assert!(
+        replayed > 0 && crashes >= 160,
+        "{crashes} restarts, {replayed} replayed"
+    );
+}
+
 /// Close in the middle of the chaos, under load: the drain meets dying connections, late and
 /// missing pongs, stalled writes and hanging dials; every message still ends exactly once,
 /// and the server's count agrees with the accounting.

@@ -19,6 +19,16 @@
 //!   [`Sim`], so a fuzzer feeding arbitrary inputs, commands and time jumps into a
 //!   [`Pool`] can run the same checks.
 //!
+//! With the [`Knobs::spool`] knob (about a third of the seeds) the pool runs with its spool
+//! open, and the chaos phase **crashes** the process [`Knobs::crashes`] times: everything but
+//! the spool is forgotten (the simulated client's spool is the map of records the `Keep` and
+//! `Release` outputs left), the old connections are dead, and a new [`Pool`] with the same
+//! config opens the spool with those records (their ages on the virtual clock) and connects.
+//! [`Knobs::deploys`] of the crashes are restarts after a close instead: the close drains
+//! under the faults, what it could not deliver stays in the spool, and the next process
+//! starts once the pool is closed. The heal phase starts with one more crash, so that its
+//! last process replays and drains what the chaos left, and must leave the spool empty.
+//!
 //! A run has three phases: **chaos** (faults on, workload running), **heal** (faults off:
 //! every slot must reconnect within the longest deadline plus the backoff cap, all work must
 //! complete, and a probe request and send must succeed), then **close** (the pool must reach
@@ -59,7 +69,18 @@
 //!    most once; a confirmed one reached it; an at-least-once message ends unconfirmed only
 //!    after `1 + max_rewrites` started writes; an expired or closed at-most-once message never
 //!    arrived; every message ends, and at most once the server's count lies within
-//!    `[confirmed, confirmed + unconfirmed]`;
+//!    `[confirmed, confirmed + unconfirmed]`.
+//!    With the spool open, across crashes and restarts (the checker carries the spool's
+//!    ledger from one process to the next): every accepted message is kept in its send's
+//!    drain, before it is written; a record kept again keeps its frame and never loses
+//!    writes; a release names a live record, once, with a final fate, and the counters move
+//!    to that fate in the same step; the records equal the pool's live messages plus what its
+//!    close left (`spooled`), and their bytes its `spool_bytes`; a send is refused as
+//!    `SpoolFull` exactly when its record would pass the limit; a new process is handed
+//!    exactly the records left and replays each (or releases it as expired). The simulation
+//!    adds: a message released as confirmed reached the server (in that process); at the end
+//!    the spool is empty, and every message reached the server at least once unless it ended
+//!    expired, unconfirmed or written with confirmation off;
 //! 8. the request conservation law holds and every counter of [`Pool::stats`] equals the
 //!    shadow model's;
 //! 9. after `handle_timeout(now)`, `poll_timeout()` is not before `now`;

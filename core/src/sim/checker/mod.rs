@@ -560,7 +560,7 @@ impl Checker {
                 max_bytes,
                 restored,
                 result,
-            } => self.on_open_spool_call(now, max_bytes, restored, result)?,
+            } => self.on_open_spool_call(max_bytes, restored, result)?,
         };
         Ok(())
     }

@@ -3,10 +3,12 @@
 //!
 //! - every message a process accepts comes out as a keep in the same drain, before it is
 //!   written; a keep of a known record keeps its frame and never loses writes; a keep of an
-//!   id that is neither accepted nor live is a violation;
+//!   id that is neither accepted nor live is a violation, and a record keeps the instant it
+//!   was first sent (its TTL runs from then);
 //! - a release names a live record, once, with a final fate (never `Spooled` or `Closed`);
 //! - after every step the ledger holds exactly the pool's live messages plus what its close
-//!   left in the spool (`spooled`), and its bytes are the pool's `spool_bytes`;
+//!   left in the spool (`spooled`), and its bytes are the pool's `spool_bytes`; each release
+//!   names the end the counters moved to in its step;
 //! - a send is refused as `SpoolFull` exactly when its record would pass the limit;
 //! - a new process opens the spool with exactly the ledger's records: each is replayed
 //!   (counted `sends` and `replayed`), or released as expired when its TTL ran out.
@@ -36,6 +38,8 @@ pub(super) struct Ledger {
     pub(super) released: u64,
     /// Keeps over every process (first keeps of accepted messages).
     pub(super) kept: u64,
+    /// This step's releases by fate: confirmed, expired, unconfirmed, written.
+    pub(super) step_releases: [u64; 4],
 }
 
 impl Ledger {
@@ -48,6 +52,7 @@ impl Ledger {
             keep_owed: None,
             released: self.released,
             kept: self.kept,
+            step_releases: [0; 4],
         }
     }
 }
@@ -77,7 +82,6 @@ impl Checker {
     /// `Pool::open_spool` with `restored`, and its result.
     pub(super) fn on_open_spool_call(
         &mut self,
-        now: Instant,
         max_bytes: u64,
         restored: &[Restored],
         result: &Result<SpoolOpened, SpoolOpenError>,
@@ -138,7 +142,6 @@ impl Checker {
             // Restored ids are taken: new messages get ids above them.
             self.message_ids.insert(r.record.id.0);
         }
-        let _ = now;
         Ok(Step::OpenSpool)
     }
 
@@ -207,8 +210,13 @@ impl Checker {
                     old.writes,
                     record.writes
                 );
+                ensure!(
+                    *first == *first_sent,
+                    7,
+                    "{} kept again as first sent at another instant (its TTL runs from the first)",
+                    record.id
+                );
                 *old = record.clone();
-                let _ = first;
                 Ok(())
             }
             Output::Release { id, fate } => {
@@ -225,6 +233,13 @@ impl Checker {
                 };
                 self.ledger.bytes -= record.size();
                 self.ledger.released += 1;
+                let i = match fate {
+                    MessageFate::Confirmed => 0,
+                    MessageFate::Expired => 1,
+                    MessageFate::Unconfirmed(_) => 2,
+                    _ => 3,
+                };
+                self.ledger.step_releases[i] += 1;
                 Ok(())
             }
             _ => unreachable!("only keeps and releases"),
@@ -233,7 +248,23 @@ impl Checker {
 
     /// After every step: each accepted message was kept; the ledger holds exactly the live
     /// messages and what a close left in the spool; the bytes agree.
-    pub(super) fn check_spool(&self, pool: &Pool, actual: &Stats) -> Result<(), Violation> {
+    pub(super) fn check_spool(&mut self, pool: &Pool, actual: &Stats) -> Result<(), Violation> {
+        // Each release names the end the counters moved to in the same step.
+        let releases = std::mem::take(&mut self.ledger.step_releases);
+        if self.ledger.open.is_some() {
+            let (now, then) = (&actual.sends, &self.last_stats.sends);
+            let moved = [
+                now.confirmed - then.confirmed,
+                now.expired - then.expired,
+                now.unconfirmed - then.unconfirmed,
+                now.written_final - then.written_final,
+            ];
+            ensure!(
+                releases == moved,
+                7,
+                "releases (confirmed, expired, unconfirmed, written) {releases:?}, the counters moved {moved:?}"
+            );
+        }
         ensure!(
             self.ledger.keep_owed.is_none(),
             7,
