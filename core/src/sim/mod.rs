@@ -333,12 +333,12 @@ impl Net {
 #[derive(Debug, Clone)]
 struct MessageS {
     at_least_once: bool,
-    /// `Transmit` outputs that carried it.
+    /// `Transmit` outputs that carried it (in this process; a new process that replays it
+    /// starts from the write count its record kept).
     transmits: u32,
     /// Of those, writes the adapter reported as never started (they count for nothing).
     unstarted: u32,
-    /// Times the server received it (in this process: a record a new process replays
-    /// starts again from its kept write count).
+    /// Times the server received it in this process.
     received: u32,
     /// Times the server received it from earlier processes.
     received_before: u32,
