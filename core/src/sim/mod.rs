@@ -1552,7 +1552,7 @@ impl Sim {
 }
 
 /// The simulation's one call of [`Pool::open_spool`].
-fn open_spool(
+pub(crate) fn open_spool(
     pool: &mut Pool,
     now: Instant,
     max_bytes: u64,

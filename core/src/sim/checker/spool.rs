@@ -299,3 +299,125 @@ impl Checker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use crate::sim::{open_spool, Call, Checker};
+    use crate::spool::Restored;
+    use crate::{Config, MessageFate, MessageId, Outgoing, Output, Pool, SendOptions};
+
+    const MAX: u64 = 1 << 20;
+
+    /// A pool with its spool open (handed `restored`), and its checker.
+    fn open(checker: Checker, restored: Vec<Restored>, now: Instant) -> (Pool, Checker, Result<(), String>) {
+        let config = Config::builder("ws://127.0.0.1:9000/ws", "key")
+            .pool_size(1)
+            .build()
+            .expect("valid");
+        let mut pool = Pool::new(config, 1, now);
+        let mut checker = checker;
+        let result = open_spool(&mut pool, now, MAX, restored.clone());
+        let call = Call::OpenSpool {
+            max_bytes: MAX,
+            restored: &restored,
+            result: &result,
+        };
+        let checked = checker
+            .observe_call(now, call)
+            .and_then(|()| checker.drain(&mut pool, |_| {}))
+            .map_err(|v| v.to_string());
+        (pool, checker, checked)
+    }
+
+    fn fresh(now: Instant) -> Checker {
+        let config = Config::builder("ws://127.0.0.1:9000/ws", "key")
+            .pool_size(1)
+            .build()
+            .expect("valid");
+        Checker::new(&config, now)
+    }
+
+    /// Sends one message; `drop_output` swallows the outputs it matches before the checker
+    /// sees them (a pool that never produced them).
+    fn send(
+        pool: &mut Pool,
+        checker: &mut Checker,
+        now: Instant,
+        n: u64,
+        drop_output: impl Fn(&Output) -> bool,
+    ) -> Result<(), String> {
+        let message = Outgoing::new("m", json!(n));
+        let options = SendOptions::default();
+        let result = pool.send_with(now, &message, options);
+        let call = Call::Send {
+            message: &message,
+            options,
+            result: &result,
+        };
+        checker.observe_call(now, call).map_err(|v| v.to_string())?;
+        while let Some(o) = pool.poll_output() {
+            if !drop_output(&o) {
+                checker.observe_output(&o).map_err(|v| v.to_string())?;
+            }
+        }
+        checker.check(pool).map_err(|v| v.to_string())
+    }
+
+    #[test]
+    fn a_missing_keep_is_caught() {
+        let now = Instant::now();
+        let (mut pool, mut checker, opened) = open(fresh(now), Vec::new(), now);
+        opened.unwrap();
+        send(&mut pool, &mut checker, now, 1, |_| false).unwrap();
+        let e = send(&mut pool, &mut checker, now, 2, |o| {
+            matches!(o, Output::Keep { .. })
+        })
+        .unwrap_err();
+        assert!(e.contains("never kept"), "{e}");
+    }
+
+    #[test]
+    fn a_release_of_no_record_is_caught() {
+        let now = Instant::now();
+        let (mut pool, mut checker, opened) = open(fresh(now), Vec::new(), now);
+        opened.unwrap();
+        send(&mut pool, &mut checker, now, 1, |_| false).unwrap();
+        checker.observe_call(now, Call::Timeout).unwrap();
+        let bogus = Output::Release {
+            id: MessageId(7),
+            fate: MessageFate::Confirmed,
+        };
+        let e = checker.observe_output(&bogus).unwrap_err().to_string();
+        assert!(e.contains("not in the spool"), "{e}");
+    }
+
+    #[test]
+    fn the_next_process_must_get_every_record() {
+        let now = Instant::now();
+        let (mut pool, mut checker, opened) = open(fresh(now), Vec::new(), now);
+        opened.unwrap();
+        for n in 0..3 {
+            send(&mut pool, &mut checker, now, n, |_| false).unwrap();
+        }
+        let records: Vec<Restored> = checker
+            .spool_records()
+            .map(|(record, first)| Restored {
+                record: record.clone(),
+                age: (now + Duration::from_millis(5)).saturating_duration_since(first),
+            })
+            .collect();
+        assert_eq!(records.len(), 3);
+        let later = now + Duration::from_millis(5);
+        // A crash: a new process handed every record replays them all.
+        let (pool, _, all) = open(checker.restarted(later), records.clone(), later);
+        all.unwrap();
+        assert_eq!(pool.stats().sends.replayed, 3);
+        // One lost on the way is caught.
+        let (_, _, lost) = open(checker.restarted(later), records[1..].to_vec(), later);
+        assert!(lost.unwrap_err().contains("hands back 2 records"));
+    }
+}
