@@ -1551,7 +1551,8 @@ impl Sim {
     }
 }
 
-/// The simulation's one call of [`Pool::open_spool`].
+/// The simulation's one call of [`Pool::open_spool`] (the main simulation, the crash
+/// harness in [`spool`] and the checker's tests all open their spools through it).
 pub(crate) fn open_spool(
     pool: &mut Pool,
     now: Instant,

@@ -151,9 +151,7 @@ impl World {
                 age: self.now.saturating_duration_since(*first),
             })
             .collect();
-        let opened = self
-            .pool
-            .open_spool(self.now, 64 * 1024, restored)
+        let opened = super::open_spool(&mut self.pool, self.now, 64 * 1024, restored)
             .expect("a fresh pool opens its spool");
         self.report.replayed += opened.replayed;
         self.pool.connect(self.now);
