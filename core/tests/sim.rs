@@ -30,11 +30,15 @@ fn sweep() {
     };
     let started = std::time::Instant::now();
     let (mut steps, mut requests, mut failures) = (0u64, 0u64, Vec::new());
+    let (mut spool_seeds, mut crashes, mut replayed) = (0u64, 0u64, 0u64);
     for &seed in &seeds {
         match sim::run(seed, base) {
             Ok(report) => {
                 steps += report.steps;
                 requests += report.stats.requests;
+                spool_seeds += u64::from(report.crashes > 0);
+                crashes += u64::from(report.crashes);
+                replayed += report.replayed;
             }
             Err(failure) => {
                 eprintln!("{failure}\n");
@@ -46,7 +50,9 @@ fn sweep() {
         }
     }
     eprintln!(
-        "simulated {} seeds: {steps} steps, {requests} requests, {} failed, in {:?}",
+        "simulated {} seeds: {steps} steps, {requests} requests (of the last processes), \
+         {spool_seeds} seeds with the spool: {crashes} crashes and restarts, {replayed} records \
+         replayed, {} failed, in {:?}",
         seeds.len(),
         failures.len(),
         started.elapsed()
@@ -55,6 +61,12 @@ fn sweep() {
         failures.is_empty(),
         "failing seeds: {failures:?} (replay with UFSOCK_SIM_SEED=<seed>)"
     );
+    if seeds.len() >= 100 {
+        assert!(
+            spool_seeds > 0 && crashes > spool_seeds && replayed > 0,
+            "the sweep must crash and restart processes and replay their spools"
+        );
+    }
 }
 
 #[test]
@@ -145,6 +157,38 @@ fn hung_handshakes_silent_connections_and_rotation() {
     for seed in 0..20 {
         sim::run_with(seed, knobs.clone(), Instant::now()).unwrap_or_else(|f| panic!("{f}"));
     }
+}
+
+/// The spool under crashes and deploys: calm knobs with dying connections, stalled writes
+/// and a small outbox TTL; every process but the first replays what the earlier ones left,
+/// and the checker follows the spool's ledger across all of them.
+#[test]
+fn crashes_and_deploys_replay_the_spool() {
+    let (mut crashes, mut replayed) = (0, 0);
+    for seed in 0..40 {
+        let knobs = Knobs {
+            spool: true,
+            spool_bytes: if seed % 4 == 0 { 2_048 } else { 1 << 30 },
+            crashes: 4,
+            deploys: 2,
+            close_mid_stream: 0.02,
+            write_stall: 0.01,
+            outbox_ttl: Duration::from_secs(3),
+            close_drain: Duration::from_millis(500),
+            w_send: 8,
+            ..Knobs::calm()
+        };
+        let report = sim::run_with(seed, knobs, Instant::now()).unwrap_or_else(|f| panic!("{f}"));
+        // Two crashes, two deploys (one may fall into the other's close, or a crash into
+        // it), and one to start the heal.
+        assert!((3..=5).contains(&report.crashes), "{} restarts", report.crashes);
+        crashes += report.crashes;
+        replayed += report.replayed;
+    }
+    assert!(
+        replayed > 0 && crashes >= 160,
+        "{crashes} restarts, {replayed} replayed"
+    );
 }
 
 /// Close in the middle of the chaos, under load: the drain meets dying connections, late and

@@ -125,6 +125,19 @@ pub struct Knobs {
     pub w_connect: u32,
     /// Chance that a request carries its own timeout.
     pub per_call_timeout: f64,
+
+    /// Whether the pool runs with its spool open: every process opens it with what the
+    /// earlier ones left, and the chaos phase crashes and restarts the process.
+    pub spool: bool,
+    /// The spool's byte limit (sometimes a few records' worth, so that sends are refused as
+    /// `SpoolFull`).
+    pub spool_bytes: u64,
+    /// Crashes during the chaos phase (spool runs only): the process forgets everything but
+    /// the spool, and a new one opens it. The heal phase starts with one more.
+    pub crashes: u32,
+    /// Of those, restarts after a close (a deploy) instead: the close drains, what it could
+    /// not deliver stays in the spool.
+    pub deploys: u32,
 }
 
 /// The delivery knobs, drawn after every other knob so those keep their values per seed.
@@ -141,6 +154,22 @@ fn delivery_knobs(r: &mut fastrand::Rng, k: &mut Knobs) {
     k.max_rewrites = r.u32(0..=3);
     k.at_least_once = r.f64();
     k.report_unwritten = if r.u8(..4) == 0 { 0.0 } else { r.f64() };
+}
+
+/// The spool knobs, drawn last so every other knob keeps its value per seed: about a third
+/// of the seeds run with the spool open and crash their process a few times.
+fn spool_knobs(r: &mut fastrand::Rng, k: &mut Knobs) {
+    k.spool = r.u8(..3) == 0;
+    if !k.spool {
+        return;
+    }
+    k.spool_bytes = if r.u8(..4) == 0 {
+        r.u64(256..=4_096)
+    } else {
+        1 << 30
+    };
+    k.crashes = r.u32(1..=4);
+    k.deploys = r.u32(0..=k.crashes.min(2));
 }
 
 impl Knobs {
@@ -256,6 +285,7 @@ impl Knobs {
             ..Knobs::calm()
         };
         delivery_knobs(&mut r, &mut knobs);
+        spool_knobs(&mut r, &mut knobs);
         knobs
     }
 
@@ -317,6 +347,10 @@ impl Knobs {
             w_cancel: 1,
             w_connect: 0,
             per_call_timeout: 0.2,
+            spool: false,
+            spool_bytes: 1 << 30,
+            crashes: 0,
+            deploys: 0,
         }
     }
 

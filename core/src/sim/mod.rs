@@ -19,6 +19,16 @@
 //!   [`Sim`], so a fuzzer feeding arbitrary inputs, commands and time jumps into a
 //!   [`Pool`] can run the same checks.
 //!
+//! With the [`Knobs::spool`] knob (about a third of the seeds) the pool runs with its spool
+//! open, and the chaos phase **crashes** the process [`Knobs::crashes`] times: everything but
+//! the spool is forgotten (the simulated client's spool is the map of records the `Keep` and
+//! `Release` outputs left), the old connections are dead, and a new [`Pool`] with the same
+//! config opens the spool with those records (their ages on the virtual clock) and connects.
+//! [`Knobs::deploys`] of the crashes are restarts after a close instead: the close drains
+//! under the faults, what it could not deliver stays in the spool, and the next process
+//! starts once the pool is closed. The heal phase starts with one more crash, so that its
+//! last process replays and drains what the chaos left, and must leave the spool empty.
+//!
 //! A run has three phases: **chaos** (faults on, workload running), **heal** (faults off:
 //! every slot must reconnect within the longest deadline plus the backoff cap, all work must
 //! complete, and a probe request and send must succeed), then **close** (the pool must reach
@@ -59,7 +69,18 @@
 //!    most once; a confirmed one reached it; an at-least-once message ends unconfirmed only
 //!    after `1 + max_rewrites` started writes; an expired or closed at-most-once message never
 //!    arrived; every message ends, and at most once the server's count lies within
-//!    `[confirmed, confirmed + unconfirmed]`;
+//!    `[confirmed, confirmed + unconfirmed]`.
+//!    With the spool open, across crashes and restarts (the checker carries the spool's
+//!    ledger from one process to the next): every accepted message is kept in its send's
+//!    drain, before it is written; a record kept again keeps its frame and never loses
+//!    writes; a release names a live record, once, with a final fate, and the counters move
+//!    to that fate in the same step; the records equal the pool's live messages plus what its
+//!    close left (`spooled`), and their bytes its `spool_bytes`; a send is refused as
+//!    `SpoolFull` exactly when its record would pass the limit; a new process is handed
+//!    exactly the records left and replays each (or releases it as expired). The simulation
+//!    adds: a message released as confirmed reached the server (in that process); at the end
+//!    the spool is empty, and every message reached the server at least once unless it ended
+//!    expired, unconfirmed or written with confirmation off;
 //! 8. the request conservation law holds and every counter of [`Pool::stats`] equals the
 //!    shadow model's;
 //! 9. after `handle_timeout(now)`, `poll_timeout()` is not before `now`;
@@ -143,6 +164,7 @@ pub use knobs::Knobs;
 
 use crate::frame::{self, Outgoing};
 use crate::pool::Pool;
+use crate::spool::{Restored, SpoolOpenError, SpoolOpened, SpoolRecord};
 use crate::stats::Stats;
 use crate::{
     CloseReason, ConnId, Delivery, DialError, Event, Input, MessageFate, Outcome, Output, RequestId,
@@ -210,6 +232,10 @@ pub struct Report {
     pub server_requests: u64,
     /// Fire-and-forget messages the server received.
     pub server_sends: u64,
+    /// Processes that crashed or were restarted after a close (spool runs).
+    pub crashes: u32,
+    /// Records the later processes opened the spool with.
+    pub replayed: u64,
 }
 
 /// A failed run: which seed, with which knobs, where, and why.
@@ -307,12 +333,15 @@ impl Net {
 #[derive(Debug, Clone)]
 struct MessageS {
     at_least_once: bool,
-    /// `Transmit` outputs that carried it.
+    /// `Transmit` outputs that carried it (in this process; a new process that replays it
+    /// starts from the write count its record kept).
     transmits: u32,
     /// Of those, writes the adapter reported as never started (they count for nothing).
     unstarted: u32,
-    /// Times the server received it.
+    /// Times the server received it in this process.
     received: u32,
+    /// Times the server received it from earlier processes.
+    received_before: u32,
     fate: Option<MessageFate>,
 }
 
@@ -365,9 +394,23 @@ pub struct Sim {
     counter: u64,
     server_requests: u64,
     server_sends: u64,
-    /// Every message sent, by id, and each message's id by its (unique) frame.
+    /// Every message sent, by its key (its number over every process), each message's key
+    /// by its (unique) frame, and the current pool's ids of messages by key.
     messages: BTreeMap<u64, MessageS>,
     by_frame: BTreeMap<String, u64>,
+    keys: BTreeMap<u64, u64>,
+    /// The client's spool (spool runs): the records kept and not released, by id, with the
+    /// instant first sent, as a client carries out `Keep` and `Release` (the latest wins).
+    spool: BTreeMap<u64, (SpoolRecord, Instant)>,
+    /// Crashes still to come in the chaos phase: when, and whether it is a deploy (a close,
+    /// then a restart).
+    crash_at: VecDeque<(Instant, bool)>,
+    /// A deploy's close is under way: the next process starts once the pool is closed.
+    restart_when_closed: bool,
+    crashes: u32,
+    replayed: u64,
+    /// Fire-and-forget frames the earlier processes transmitted.
+    sends_before: u64,
     probe: Option<(RequestId, Option<Outcome>)>,
     time_limit: Duration,
     trace: Option<VecDeque<String>>,
@@ -396,7 +439,12 @@ impl Sim {
             + k.backoff_cap
             + Duration::from_secs(120)
             + k.outbox_ttl
-            + k.close_drain;
+            + k.close_drain
+            + if k.spool {
+                k.close_drain + k.write_wait * 2 + k.handshake_timeout + Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
         Sim {
             seed,
             ops_left: knobs.ops,
@@ -420,6 +468,13 @@ impl Sim {
             server_sends: 0,
             messages: BTreeMap::new(),
             by_frame: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            spool: BTreeMap::new(),
+            crash_at: VecDeque::new(),
+            restart_when_closed: false,
+            crashes: 0,
+            replayed: 0,
+            sends_before: 0,
             probe: None,
             time_limit,
             trace: None,
@@ -434,8 +489,18 @@ impl Sim {
         self.heal_and_close()
     }
 
-    /// Connects the pool and starts the workload.
+    /// Connects the pool and starts the workload (with the spool knob: opens the spool
+    /// first, and plans the chaos phase's crashes).
     pub fn start(&mut self) -> Result<(), Failure> {
+        if self.knobs.spool {
+            let chaos = self.knobs.chaos;
+            let mut at: Vec<(Instant, bool)> = (0..self.knobs.crashes)
+                .map(|i| (self.base + chaos.mul_f64(self.rng.f64()), i < self.knobs.deploys))
+                .collect();
+            at.sort_by_key(|&(t, _)| t);
+            self.crash_at = at.into();
+            self.open_spool_now()?;
+        }
         self.pool.connect(self.now);
         self.observe(0, Call::Connect)?;
         self.schedule_op();
@@ -500,6 +565,15 @@ impl Sim {
         self.faults = false;
         self.ops_left = 0;
         self.next_op = None;
+        self.crash_at.clear();
+        if self.knobs.spool {
+            // A deploy under way finishes its close and restarts; then the last process
+            // starts from a crash, so that every spool run replays what the chaos left.
+            let k = &self.knobs;
+            let bound = k.close_drain + k.write_wait * 2 + k.handshake_timeout + Duration::from_secs(1);
+            self.run_while(bound, "a deploy's close ends", |s| s.restart_when_closed)?;
+            self.crash()?;
+        }
         for sock in self.socks.values_mut() {
             sock.mute = false;
         }
@@ -602,6 +676,18 @@ impl Sim {
         self.now += Duration::from_secs(3600);
         self.pool.handle_timeout(self.now);
         self.observe(6, Call::Timeout)?;
+        if !self.spool.is_empty() {
+            let msg = format!(
+                "spool invariant violated: {} records left in the spool after the last process drained",
+                self.spool.len()
+            );
+            return Err(self.fail(msg));
+        }
+        if self.checker.spool_records().next().is_some() {
+            return Err(
+                self.fail("spool invariant violated: the checker's ledger is not empty at the end".into())
+            );
+        }
         self.check_every_message_ended()?;
 
         Ok(self.report())
@@ -617,6 +703,8 @@ impl Sim {
             stats: self.pool.stats(),
             server_requests: self.server_requests,
             server_sends: self.server_sends,
+            crashes: self.crashes,
+            replayed: self.replayed,
         }
     }
 
@@ -630,14 +718,17 @@ impl Sim {
                 Some(d) => d == Delivery::AtLeastOnce,
                 None => keyed,
             };
-            self.by_frame.insert(frame, id.0);
+            let key = self.messages.len() as u64 + 1;
+            self.by_frame.insert(frame, key);
+            self.keys.insert(id.0, key);
             self.messages.insert(
-                id.0,
+                key,
                 MessageS {
                     at_least_once,
                     transmits: 0,
                     unstarted: 0,
                     received: 0,
+                    received_before: 0,
                     fate: None,
                 },
             );
@@ -695,9 +786,32 @@ impl Sim {
 
     /// At the end: every message sent has ended, and the server's count lies where the
     /// counters say it must: at most once, `received` within `[confirmed, confirmed + unconfirmed]`.
+    /// Spool runs: a message still in the spool (after a close mid-chaos) has not ended, and
+    /// every message that ended reached the server at least once, unless it ended expired,
+    /// unconfirmed (dropped) or written with confirmation off.
     fn check_every_message_ended(&self) -> Result<(), Failure> {
+        let in_spool: std::collections::BTreeSet<u64> = self
+            .spool
+            .values()
+            .filter_map(|(r, _)| self.by_frame.get(&r.frame).copied())
+            .collect();
         let (mut received, mut confirmed, mut unconfirmed) = (0, 0, 0);
         for (id, m) in &self.messages {
+            if in_spool.contains(id) {
+                continue;
+            }
+            if self.knobs.spool
+                && m.received + m.received_before == 0
+                && !matches!(
+                    m.fate,
+                    Some(MessageFate::Expired | MessageFate::Unconfirmed(_) | MessageFate::Written)
+                )
+            {
+                return Err(self.fail(format!(
+                    "spool invariant violated: message #{id} ended {:?} but never reached the server ({m:?})",
+                    m.fate
+                )));
+            }
             let Some(fate) = m.fate else {
                 return Err(self.fail(format!("invariant 7 violated: message #{id} never ended ({m:?})")));
             };
@@ -725,6 +839,9 @@ impl Sim {
     pub fn close_mid_chaos(mut self) -> Result<Report, Failure> {
         self.ops_left = 0;
         self.next_op = None;
+        // No more crashes; a deploy's close under way is this close.
+        self.crash_at.clear();
+        self.restart_when_closed = false;
         self.pool.close(self.now);
         self.observe(5, Call::Close)?;
         let k = &self.knobs;
@@ -777,6 +894,7 @@ impl Sim {
             self.net.first_key_value().map(|(k, _)| k.0),
             self.next_op,
             self.connect_due,
+            self.crash_at.front().map(|&(t, _)| t),
         ]
         .into_iter()
         .flatten()
@@ -808,15 +926,28 @@ impl Sim {
             self.net.first_key_value().is_some_and(|(k, _)| k.0 <= now),
             self.next_op.is_some_and(|t| t <= now),
             self.connect_due.is_some_and(|t| t <= now),
+            self.crash_at.front().is_some_and(|&(t, _)| t <= now),
         ];
-        let choices: Vec<usize> = (0..4).filter(|&i| due[i]).collect();
+        let choices: Vec<usize> = (0..5).filter(|&i| due[i]).collect();
         match choices[self.rng.usize(..choices.len())] {
             0 => {
                 self.pool.handle_timeout(now);
-                self.observe(3, Call::Timeout)
+                self.observe(3, Call::Timeout)?;
             }
-            1 => self.deliver(),
-            2 => self.op(),
+            1 => self.deliver()?,
+            2 => self.op()?,
+            4 => {
+                let (_, deploy) = self.crash_at.pop_front().expect("due");
+                if !deploy {
+                    self.crash()?;
+                } else if !self.pool.is_closing() {
+                    // A deploy: the process closes (the drain runs, under the faults), and
+                    // the next one starts once it is closed.
+                    self.pool.close(now);
+                    self.observe(5, Call::Close)?;
+                    self.restart_when_closed = true;
+                }
+            }
             _ => {
                 self.connect_due = None;
                 self.pool.connect(now);
@@ -824,9 +955,74 @@ impl Sim {
                 if !self.faults {
                     self.ask_again_if_resting();
                 }
-                Ok(())
             }
         }
+        if self.restart_when_closed && self.pool.is_closed() {
+            self.crash()?;
+        }
+        Ok(())
+    }
+
+    /// Spool runs: builds the records the client's spool holds (each with its age on the
+    /// virtual clock) and opens the spool of the current pool with them. The replayed
+    /// messages are sent at least once from now on, with the writes their records kept.
+    fn open_spool_now(&mut self) -> Result<(), Failure> {
+        let restored: Vec<Restored> = self
+            .spool
+            .values()
+            .map(|(record, first)| Restored {
+                record: record.clone(),
+                age: self.now.saturating_duration_since(*first),
+            })
+            .collect();
+        for r in &restored {
+            let Some(&key) = self.by_frame.get(&r.record.frame) else {
+                return Err(self.fail(format!(
+                    "spool invariant violated: {} kept, never sent",
+                    r.record.id
+                )));
+            };
+            self.keys.insert(r.record.id.0, key);
+            if let Some(m) = self.messages.get_mut(&key) {
+                m.at_least_once = true;
+                m.transmits = r.record.writes;
+                m.unstarted = 0;
+                m.received_before += m.received;
+                m.received = 0;
+                m.fate = None;
+            }
+        }
+        self.replayed += restored.len() as u64;
+        let max_bytes = self.knobs.spool_bytes;
+        let result = open_spool(&mut self.pool, self.now, max_bytes, restored.clone());
+        self.observe(
+            8,
+            Call::OpenSpool {
+                max_bytes,
+                restored: &restored,
+                result: &result,
+            },
+        )
+    }
+
+    /// The process crashes (or a deploy's closed process ends): everything but the spool is
+    /// forgotten. Its connections are dead (nothing more comes from them or reaches the
+    /// server); a new pool with the same config opens the spool and connects.
+    fn crash(&mut self) -> Result<(), Failure> {
+        self.crashes += 1;
+        self.restart_when_closed = false;
+        self.net.clear();
+        self.socks.clear();
+        self.keys.clear();
+        self.sends_before += self.checker.transmitted_sends();
+        self.checker = self.checker.restarted(self.now);
+        self.pool = Pool::new(self.knobs.config(), self.rng.u64(..), self.now);
+        if let Some(trace) = &mut self.trace {
+            trace.push_back(format!("{:?} crash: a new process", self.now - self.base));
+        }
+        self.open_spool_now()?;
+        self.pool.connect(self.now);
+        self.observe(0, Call::Connect)
     }
 
     /// Healed: while a slot still rests (demand re-armed it within the backoff cap), the
@@ -864,11 +1060,11 @@ impl Sim {
             return Err(self.fail(v.to_string()));
         }
         self.check_messages()?;
-        if self.server_sends > self.checker.transmitted_sends() {
+        let transmitted = self.sends_before + self.checker.transmitted_sends();
+        if self.server_sends > transmitted {
             let msg = format!(
-                "invariant 7 violated: the server counted {} messages, only {} were transmitted",
+                "invariant 7 violated: the server counted {} messages, only {transmitted} were transmitted",
                 self.server_sends,
-                self.checker.transmitted_sends()
             );
             return Err(self.fail(msg));
         }
@@ -909,7 +1105,9 @@ impl Sim {
     // ----- the network and the adapter -----
 
     fn deliver(&mut self) -> Result<(), Failure> {
-        let (_, event) = self.net.pop_first().expect("due");
+        let Some((_, event)) = self.net.pop_first() else {
+            return Ok(());
+        };
         let conn = event.conn();
         let late = self.knobs.late_event;
         let sock = self.socks.entry(conn).or_default();
@@ -994,7 +1192,16 @@ impl Sim {
             }
             Output::Ping { conn, payload } => self.write(conn, None, Some(payload)),
             Output::Settled { id, fate } => {
-                if let Some(m) = self.messages.get_mut(&id.0) {
+                if let Some(m) = self.keys.get(&id.0).and_then(|k| self.messages.get_mut(k)) {
+                    m.fate = Some(fate);
+                }
+            }
+            Output::Keep { record, first_sent } => {
+                self.spool.insert(record.id.0, (record, first_sent));
+            }
+            Output::Release { id, fate } => {
+                self.spool.remove(&id.0);
+                if let Some(m) = self.keys.get(&id.0).and_then(|k| self.messages.get_mut(k)) {
                     m.fate = Some(fate);
                 }
             }
@@ -1342,6 +1549,17 @@ impl Sim {
         self.pool.connect(now);
         self.observe(0, Call::Connect)
     }
+}
+
+/// The simulation's one call of [`Pool::open_spool`] (the main simulation, the crash
+/// harness in [`spool`] and the checker's tests all open their spools through it).
+pub(crate) fn open_spool(
+    pool: &mut Pool,
+    now: Instant,
+    max_bytes: u64,
+    restored: Vec<Restored>,
+) -> Result<SpoolOpened, SpoolOpenError> {
+    pool.open_spool(now, max_bytes, restored)
 }
 
 fn messages_policies() -> Outgoing {

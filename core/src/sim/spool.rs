@@ -4,6 +4,11 @@
 //! what is left stays in the spool). Each new process opens the spool with what the earlier
 //! ones left. Everything runs in virtual time from one seed.
 //!
+//! The main simulation ([`super::Sim`]) crashes and restarts spool processes too, under all
+//! its faults and with the full [`super::Checker`]; this smaller world adds what that one
+//! does not model: the server reading, after a crash, the writes the kernel had flushed, and
+//! flushes, pongs and reads in any order at a much higher rate of crashes and closes.
+//!
 //! The spool's invariant, checked after every step and across any number of crashes:
 //!
 //! - every message a process accepted (`send` returned `Ok`) has ended — released as
@@ -146,9 +151,7 @@ impl World {
                 age: self.now.saturating_duration_since(*first),
             })
             .collect();
-        let opened = self
-            .pool
-            .open_spool(self.now, 64 * 1024, restored)
+        let opened = super::open_spool(&mut self.pool, self.now, 64 * 1024, restored)
             .expect("a fresh pool opens its spool");
         self.report.replayed += opened.replayed;
         self.pool.connect(self.now);

@@ -122,6 +122,15 @@ impl Checker {
             7,
             "a send of a {frame_len}-byte frame (limit {max}) returned {result:?}"
         );
+        // Then the spool's limit, before the outbox.
+        let spool_full = frame_len <= max && self.spool_refuses(frame_len);
+        ensure!(
+            matches!(result, Err(SendRefusal::SpoolFull)) == spool_full,
+            7,
+            "a send of a {frame_len}-byte frame with {} spool bytes (limit {:?}) returned {result:?}",
+            self.ledger.bytes,
+            self.ledger.open
+        );
         let refused = |checker: &mut Self, reason: DropReason| {
             checker.sends[usize::from(kind)].dropped += 1;
             // Named as its counters are (`*other*` past the tracked types).
@@ -139,6 +148,7 @@ impl Checker {
                     expected - 1
                 );
                 self.message_ids.insert(id.0);
+                self.owe_keep(*id);
                 if options.notify {
                     self.notified.insert(id.0);
                 }
@@ -163,6 +173,10 @@ impl Checker {
                     "send of {frame_len} bytes refused as OutboxBytesFull with an empty outbox"
                 );
                 refused(self, DropReason::OutboxBytesFull);
+            }
+            Err(SendRefusal::SpoolFull) => {
+                refused(self, DropReason::SpoolFull);
+                self.sends[usize::from(kind)].spool_full += 1;
             }
             Err(SendRefusal::TooLarge { len, max: limit }) => {
                 ensure!(

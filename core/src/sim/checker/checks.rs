@@ -308,6 +308,7 @@ impl Checker {
                     ("unconfirmed", a.unconfirmed, before.unconfirmed),
                     ("expired", a.expired, before.expired),
                     ("closed", a.closed, before.closed),
+                    ("spooled", a.spooled, before.spooled),
                     ("rewritten", a.rewritten, before.rewritten),
                     (
                         "rewrites_exhausted",
@@ -327,6 +328,7 @@ impl Checker {
                 s.unconfirmed = a.unconfirmed;
                 s.expired = a.expired;
                 s.closed = a.closed;
+                s.spooled = a.spooled;
                 s.rewritten = a.rewritten;
                 s.rewrites_exhausted = a.rewrites_exhausted;
             }
@@ -360,6 +362,7 @@ impl Checker {
             drops(DropReason::RewritesExhausted)
         );
         self.step_drops.clear();
+        self.check_spool(pool, &actual)?;
         let e = &mut self.stats;
         if actual != *e {
             let a = format!("{actual:#?}");

@@ -207,7 +207,10 @@ impl Checker {
             Event::MessageDropped { kind, reason, count } => {
                 if matches!(
                     reason,
-                    DropReason::OutboxFull | DropReason::OutboxBytesFull | DropReason::TooLarge
+                    DropReason::OutboxFull
+                        | DropReason::OutboxBytesFull
+                        | DropReason::TooLarge
+                        | DropReason::SpoolFull
                 ) {
                     let expected = self.expected_drops.remove(&(kind.clone(), *reason));
                     ensure!(

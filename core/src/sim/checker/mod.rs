@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::frame::{self, Outgoing};
 // The pool's own bounds, so the shadow model cannot drift from them.
 use crate::pool::{Pool, AVAILABILITY_HOLD, MAX_TIMEOUT, MAX_TRACKED_KINDS, OTHER_KIND};
+use crate::spool::{Restored, SpoolOpenError, SpoolOpened};
 use crate::stats::{SendStats, Stats};
 use crate::{
     Availability, ConnId, DialError, DisconnectReason, DropReason, Event, Input, MessageFate, MessageId,
@@ -57,6 +58,15 @@ pub enum Call<'a> {
     Input(&'a Input<'a>),
     /// [`Pool::handle_timeout`].
     Timeout,
+    /// [`Pool::open_spool`] with its byte limit, the records handed back and its result.
+    OpenSpool {
+        /// The byte limit passed.
+        max_bytes: u64,
+        /// The records passed.
+        restored: &'a [Restored],
+        /// What `open_spool` returned.
+        result: &'a Result<SpoolOpened, SpoolOpenError>,
+    },
 }
 
 /// A broken invariant: its number (as listed in the [module docs](super)) and what happened.
@@ -88,6 +98,7 @@ mod calls;
 mod checks;
 mod events;
 mod outputs;
+mod spool;
 
 /// The shadow of one live connection (open or retiring).
 #[derive(Debug, Clone)]
@@ -241,6 +252,8 @@ enum Step {
     Ends(ConnId),
     /// A flush on a live connection (may retire it or flush the outbox).
     Flushed,
+    /// The spool opened: restored records queued, or released as expired.
+    OpenSpool,
 }
 
 /// What an output must be followed by.
@@ -340,6 +353,8 @@ pub struct Checker {
     step_rejection: Option<u16>,
     /// A `KeyRejected` event came in this step.
     key_rejected_seen: bool,
+    /// The spool's ledger, carried across processes (see [`Checker::restarted`]).
+    ledger: spool::Ledger,
 }
 
 impl Checker {
@@ -408,6 +423,7 @@ impl Checker {
             rejected_status: None,
             step_rejection: None,
             key_rejected_seen: false,
+            ledger: spool::Ledger::default(),
         }
     }
 
@@ -540,6 +556,11 @@ impl Checker {
             Call::Close => self.on_close_call(now),
             Call::Timeout => Step::Timeout,
             Call::Input(input) => self.on_input_call(now, input),
+            Call::OpenSpool {
+                max_bytes,
+                restored,
+                result,
+            } => self.on_open_spool_call(max_bytes, restored, result)?,
         };
         Ok(())
     }
@@ -585,7 +606,10 @@ impl Checker {
         }
         match output {
             Output::Dial { conn } => self.on_dial(now, *conn),
-            Output::Transmit { conn, frame } => self.on_transmit(now, *conn, frame),
+            Output::Transmit { conn, frame } => {
+                self.check_kept_before_write(frame)?;
+                self.on_transmit(now, *conn, frame)
+            }
             Output::Ping { conn, payload } => self.on_ping(now, *conn, *payload),
             Output::Settled { id, fate } => self.on_settled(*id, *fate),
             Output::Disconnect { conn, graceful } => self.on_disconnect(now, *conn, *graceful),
@@ -604,13 +628,7 @@ impl Checker {
                 Ok(())
             }
             Output::Event(e) => self.on_event(now, e),
-            // The pools this checker watches never open a spool (the spool's invariant is
-            // checked by `sim::spool` across crashes): a keep or release would be a leak of
-            // the spool's bookkeeping into a pool without one.
-            Output::Keep { .. } | Output::Release { .. } => Err(Violation {
-                invariant: 7,
-                message: format!("{output:?} from a pool without a spool"),
-            }),
+            Output::Keep { .. } | Output::Release { .. } => self.on_spool_output(output),
         }
     }
 
