@@ -82,9 +82,10 @@ struct Link<R: Effects> {
     writer: R::Writer,
 }
 
-/// A send's wait for durability ([`Driver::durable_send_mark`]): the store and the mark.
+/// What a send does with its spool record once the lock is released
+/// ([`Driver::durable_send_mark`]): write it through, or wait until it is durable.
 #[cfg(feature = "spool")]
-pub(crate) type DurableSend = (std::sync::Arc<crate::spool::Spool>, crate::spool::DurableMark);
+pub(crate) type DurableSend = crate::spooling::SendMark;
 /// A send's wait for durability: none without the `spool` feature.
 #[cfg(not(feature = "spool"))]
 pub(crate) type DurableSend = std::convert::Infallible;
@@ -95,9 +96,30 @@ pub(crate) fn wait_durable_send(mark: Option<DurableSend>) -> Result<(), ClientE
     match mark {
         None => Ok(()),
         #[cfg(feature = "spool")]
-        Some((spool, mark)) => crate::spooling::wait_every_send(&spool, mark),
+        Some(mark) => mark.settle(),
         #[cfg(not(feature = "spool"))]
         Some(never) => match never {},
+    }
+}
+
+/// [`wait_durable_send`] for async callers: waits on the runtime's timer instead of blocking
+/// the thread.
+pub(crate) async fn wait_durable_send_async<R: crate::Runtime>(
+    mark: Option<DurableSend>,
+    runtime: &R,
+) -> Result<(), ClientError> {
+    match mark {
+        None => Ok(()),
+        #[cfg(feature = "spool")]
+        Some(mark) => {
+            let deadline = Instant::now() + crate::spooling::EVERY_SEND_WAIT;
+            mark.settle_async(runtime.sleep_until(deadline)).await
+        }
+        #[cfg(not(feature = "spool"))]
+        Some(never) => {
+            let _ = runtime;
+            match never {}
+        }
     }
 }
 
@@ -198,11 +220,12 @@ impl<R: Effects> Driver<R> {
         self.spool.as_ref()
     }
 
-    /// What a send accepted now must wait for before it returns: the spool's mark under
-    /// `SyncPolicy::EverySend`, else nothing (always nothing without the `spool` feature).
+    /// What a send accepted now does with its spool record before it returns (see
+    /// [`crate::spooling::SendMark`]); nothing without a spool (always nothing without the
+    /// `spool` feature).
     pub(crate) fn durable_send_mark(&self) -> Option<DurableSend> {
         #[cfg(feature = "spool")]
-        return self.spool.as_ref().and_then(|s| s.every_send_mark());
+        return self.spool.as_ref().map(|s| s.send_mark());
         #[cfg(not(feature = "spool"))]
         None
     }

@@ -18,7 +18,7 @@ use usageflow_socket_core::{
     SendError, SendOptions, SendRefusal, Stats, Undelivered,
 };
 
-use crate::driver::{wait_durable_send, Driver};
+use crate::driver::{wait_durable_send, wait_durable_send_async, Driver};
 use crate::events::EventSubscriber;
 use crate::io::{CancelOnDrop, Report, ReportSink};
 use crate::leftovers::Ending;
@@ -434,12 +434,28 @@ impl<R: Runtime> Shared<R> {
         message: Outgoing,
         options: SendOptions,
     ) -> Result<Receipt, ClientError> {
+        let (receipt, durable) = self.send_tracked(message, options)?;
+        // Under `EverySend`, durable before it returns, as `send`.
+        wait_durable_send(durable)?;
+        Ok(receipt)
+    }
+
+    /// A send with a receipt, and what it must do with its spool record once the lock is
+    /// released.
+    fn send_tracked(
+        &self,
+        message: Outgoing,
+        options: SendOptions,
+    ) -> Result<(Receipt, Option<crate::driver::DurableSend>), ClientError> {
         let (waiter, fate) = oneshot::channel();
         let encoded = EncodedSend::new(&message);
-        let result =
-            self.command(|driver, now| gone_or(driver.send_tracked(now, encoded, options, waiter), driver));
+        let (result, durable) = self.command(|driver, now| {
+            let result = gone_or(driver.send_tracked(now, encoded, options, waiter), driver);
+            let durable = result.is_ok().then(|| driver.durable_send_mark()).flatten();
+            (result, durable)
+        });
         match result {
-            Ok(id) => Ok(Receipt::new(id, fate)),
+            Ok(id) => Ok((Receipt::new(id, fate), durable)),
             Err((refusal, gone)) => Err(send_refused(refusal, message, gone)),
         }
     }
@@ -452,7 +468,9 @@ impl<R: Runtime> Shared<R> {
         options: SendOptions,
         deadline: Instant,
     ) -> Result<MessageId, ClientError> {
-        let receipt = self.send_with_receipt(message, options)?;
+        let (receipt, durable) = self.send_tracked(message, options)?;
+        // Under `EverySend`, wait for durability on the runtime's timer, not by blocking.
+        wait_durable_send_async(durable, &*self.runtime).await?;
         let id = receipt.id();
         let timer = self.runtime.sleep_until(deadline);
         match futures_util::future::select(receipt, pin!(timer)).await {
@@ -482,8 +500,9 @@ impl<R: Runtime> Shared<R> {
             });
             match sent {
                 Some(Ok((id, durable))) => {
-                    // Under `EverySend`, durable before it returns, as `send`.
-                    wait_durable_send(durable)?;
+                    // Under `EverySend`, durable before it returns, as `send` (waiting on the
+                    // runtime's timer: this is an async call).
+                    wait_durable_send_async(durable, &*self.runtime).await?;
                     return Ok(id);
                 }
                 Some(Err((refusal, gone))) => return Err(send_refused(refusal, message, gone)),

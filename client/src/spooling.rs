@@ -26,6 +26,12 @@ pub(crate) const EVERY_SEND_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct SpoolLink {
     spool: Arc<Spool>,
     sync: SyncPolicy,
+    /// Whether a send writes its record to the OS before it returns
+    /// ([`SpoolOptions::write_through`]).
+    write_through: bool,
+    /// The mark of the latest keep: what a send writes through (or waits for) once the
+    /// client's lock is released.
+    last_keep: DurableMark,
     /// Keeps the store refused or failed (the message is still sent from memory).
     failures: u64,
 }
@@ -100,6 +106,8 @@ impl SpoolLink {
         Ok(SpoolLink {
             spool: Arc::new(spool),
             sync: options.sync,
+            write_through: options.write_through,
+            last_keep: DurableMark::default(),
             failures: 0,
         })
     }
@@ -119,9 +127,14 @@ impl SpoolLink {
             first_sent_unix_ms: unix_ms(first_sent),
             rewrites: record.writes,
         };
-        // A keep of an id already kept (a grown write count) replaces its record.
-        match self.spool.put(SpoolKey(record.id.0), &stored) {
-            Ok(_) => None,
+        // Staged under the client's lock (one short lock of the store's), written by the
+        // send once the client's lock is released ([`SpoolLink::send_mark`]). A keep of an
+        // id already kept (a grown write count) replaces its record.
+        match self.spool.stage(SpoolKey(record.id.0), &stored) {
+            Ok(appended) => {
+                self.last_keep = appended.mark;
+                None
+            }
             Err(e) => self.failed(record.id, &e),
         }
     }
@@ -142,10 +155,15 @@ impl SpoolLink {
         })
     }
 
-    /// The store handle and the mark a `send` must wait for, under
-    /// [`SyncPolicy::EverySend`] only.
-    pub(crate) fn every_send_mark(&self) -> Option<(Arc<Spool>, DurableMark)> {
-        (self.sync == SyncPolicy::EverySend).then(|| (Arc::clone(&self.spool), self.spool.written_mark()))
+    /// What a `send` that was just kept does before it returns: write its record through to
+    /// the OS, or, under [`SyncPolicy::EverySend`], wait until it is durable.
+    pub(crate) fn send_mark(&self) -> SendMark {
+        SendMark {
+            spool: Arc::clone(&self.spool),
+            mark: self.last_keep,
+            wait: self.sync == SyncPolicy::EverySend,
+            write_through: self.write_through,
+        }
     }
 
     /// The store handle.
@@ -154,10 +172,53 @@ impl SpoolLink {
     }
 }
 
-/// Waits (blocking the calling thread, bounded by [`EVERY_SEND_WAIT`]) until a send's
-/// record is durable.
-pub(crate) fn wait_every_send(spool: &Spool, mark: DurableMark) -> Result<(), ClientError> {
-    match spool.wait_durable_blocking(mark, Instant::now() + EVERY_SEND_WAIT) {
+/// A send's spool record: where it was staged, and whether the send waits for durability.
+#[derive(Debug)]
+pub(crate) struct SendMark {
+    spool: Arc<Spool>,
+    mark: DurableMark,
+    wait: bool,
+    write_through: bool,
+}
+
+impl SendMark {
+    /// Writes the send's record through to the OS (so a process crash from now on loses
+    /// nothing), outside the client's lock; under [`SyncPolicy::EverySend`], waits (blocking
+    /// the calling thread, bounded by [`EVERY_SEND_WAIT`]) until it is durable. A failed
+    /// write is the spool's failure, logged there; the message itself was accepted and is
+    /// sent from memory, so only a send that waits for durability reports it.
+    pub(crate) fn settle(self) -> Result<(), ClientError> {
+        if self.wait {
+            return wait_every_send(&self.spool, self.mark, Instant::now() + EVERY_SEND_WAIT);
+        }
+        if self.write_through {
+            let _ = self.spool.write_through(self.mark);
+        }
+        Ok(())
+    }
+
+    /// [`SendMark::settle`] for async callers: waits on `deadline` (the runtime's timer)
+    /// instead of blocking the thread.
+    pub(crate) async fn settle_async(self, deadline: impl std::future::Future) -> Result<(), ClientError> {
+        if !self.wait {
+            if self.write_through {
+                let _ = self.spool.write_through(self.mark);
+            }
+            return Ok(());
+        }
+        match self.spool.wait_durable(self.mark, deadline).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ClientError::SpoolNotDurable {
+                waited: EVERY_SEND_WAIT,
+            }),
+            Err(e) => Err(ClientError::Spool(e)),
+        }
+    }
+}
+
+/// Waits (blocking the calling thread, until `deadline`) until a send's record is durable.
+fn wait_every_send(spool: &Spool, mark: DurableMark, deadline: Instant) -> Result<(), ClientError> {
+    match spool.wait_durable_blocking(mark, deadline) {
         Ok(true) => Ok(()),
         Ok(false) => Err(ClientError::SpoolNotDurable {
             waited: EVERY_SEND_WAIT,

@@ -179,6 +179,49 @@ pub async fn a_full_spool_refuses_and_recovers<A: Adapter>() {
     assert_eq!((s.confirmed, s.spool_full), (150, 200), "{s:?}");
 }
 
+/// With the defaults, a message is in the spool's files the moment `send` returns: no flush,
+/// no sync, nothing else of the client's has run since (what a kill -9 right then leaves
+/// behind). With `write_through(false)` it is not, until the syncer's interval (an hour here)
+/// comes: the option's whole difference.
+pub async fn a_sent_message_is_on_file_when_send_returns<A: Adapter>() {
+    for write_through in [true, false] {
+        let dir = SpoolDir::new("write-through");
+        let server = server();
+        let spool = SpoolOptions::new(dir.path())
+            .sync(SyncPolicy::Group(Duration::from_secs(3600)))
+            .write_through(write_through);
+        let config = spool_config(&server.url()).close_drain(Duration::from_millis(100));
+        let client = ClientOf::<A>::connect(spooled(config, spool))
+            .await
+            .expect("connects");
+        // Nothing is confirmed from now on, so no record is released.
+        server.kill();
+        for n in 0..20u64 {
+            client.send(use_allocation(n)).expect("accepted");
+            let on_file = usageflow_socket_client::spool::inspect(dir.path())
+                .expect("readable")
+                .records;
+            let want = if write_through { n + 1 } else { 0 };
+            assert_eq!(
+                on_file,
+                want,
+                "{}: write_through {write_through}: records on file after send {n}",
+                A::NAME
+            );
+        }
+        let report = client.close().await;
+        assert_eq!(report.stats.sends.spooled, 20, "{}: {report:?}", A::NAME);
+        assert_eq!(
+            usageflow_socket_client::spool::inspect(dir.path())
+                .expect("readable")
+                .records,
+            20,
+            "{}: a close writes everything",
+            A::NAME
+        );
+    }
+}
+
 // ----- the crash test -----
 
 /// Messages the child sends in one crash round.
@@ -189,18 +232,30 @@ const CHILD_URL: &str = "UFSOCK_SPOOL_CHILD_URL";
 const CHILD_DIR: &str = "UFSOCK_SPOOL_CHILD_DIR";
 const CHILD_POLICY: &str = "UFSOCK_SPOOL_CHILD_POLICY";
 
-fn policy(name: &str) -> SyncPolicy {
+/// The spool options of a crash child's policy: `group` (the defaults: group commit, each
+/// send written through to the OS), `every` (durable before `send` returns), `never` (no
+/// fsync), `batched` (group commit, records left to the syncer: no write per send).
+fn crash_spool(name: &str, dir: String) -> SpoolOptions {
+    let spool = SpoolOptions::new(dir);
     match name {
-        "every" => SyncPolicy::EverySend,
-        "never" => SyncPolicy::Never,
-        _ => SyncPolicy::default(),
+        "every" => spool.sync(SyncPolicy::EverySend),
+        "never" => spool.sync(SyncPolicy::Never),
+        "batched" => spool.write_through(false),
+        _ => spool,
     }
+}
+
+/// Whether every message a crash child's `send` accepted survives its kill (the record is in
+/// the OS when `send` returns); otherwise only those its `sync_spool` reported durable.
+fn exact_on_kill(name: &str) -> bool {
+    name != "batched"
 }
 
 /// The crash child's body (run by the test binary re-executed with the child environment;
 /// does nothing without it): sends [`CRASH_MESSAGES`] messages with distinct ids through a
-/// spool, printing `READY` once connected and `D n` each time the first `n` are durable under
-/// its sync policy, until it is killed.
+/// spool, printing `READY` once connected and `D n` each time the first `n` must survive a
+/// kill (after every accepted send when sends write through, else once `sync_spool` reported
+/// them durable), until it is killed.
 pub fn crash_child<A: Adapter>() {
     let (Ok(url), Ok(dir), Ok(policy_name)) = (
         std::env::var(CHILD_URL),
@@ -211,7 +266,7 @@ pub fn crash_child<A: Adapter>() {
     };
     A::block_on(async move {
         let policy_name = policy_name.as_str();
-        let spool = SpoolOptions::new(dir).sync(policy(policy_name));
+        let spool = crash_spool(policy_name, dir);
         let client = ClientOf::<A>::connect(spooled(spool_config(&url), spool))
             .await
             .expect("the child connects");
@@ -226,8 +281,9 @@ pub fn crash_child<A: Adapter>() {
                     Err(e) => panic!("child: send refused: {e:?}"),
                 }
             }
-            // Under EverySend each accepted message is durable when `send` returns.
-            if policy_name == "every" {
+            // Written through (or durable, under EverySend) when `send` returns: accepted
+            // means it survives the kill.
+            if exact_on_kill(policy_name) {
                 println!("D {}", n + 1);
             } else if (n + 1) % 250 == 0 {
                 client.sync_spool(Duration::from_secs(30)).await.expect("durable");
@@ -246,7 +302,7 @@ pub fn crash_child<A: Adapter>() {
 pub struct CrashRound {
     pub policy: &'static str,
     pub outage: bool,
-    pub kill_after: Duration,
+    pub kill_at: u64,
     pub durable: u64,
     pub first_server: usize,
     pub replayed: u64,
@@ -254,14 +310,14 @@ pub struct CrashRound {
 }
 
 /// One crash round: a child sends through a spool to server A and is killed with SIGKILL
-/// `kill_after` after it connected (with `outage`, server A is killed first, so the child
-/// dies while nothing confirms); then this process opens the spool against server B and
+/// mid-stream, as soon as it reported `kill_at` messages that must survive (with `outage`,
+/// server A is killed at half that, so the child dies while nothing confirms); then this process opens the spool against server B and
 /// replays it. Every id the child made durable reached A or B; B got only replayed ids; ids
 /// that reached both were uncertain at the kill (written, unconfirmed), at most the windows.
 pub async fn crash_round<A: Adapter>(
     child_test: &str,
     policy_name: &'static str,
-    kill_after: Duration,
+    kill_at: u64,
     outage: bool,
 ) -> CrashRound {
     let dir = SpoolDir::new("crash");
@@ -298,17 +354,25 @@ pub async fn crash_round<A: Adapter>(
         let _ = child.kill();
         panic!("{}: the crash child never connected", A::NAME);
     }
+    let reached = |n: u64| {
+        let durable = Arc::clone(&durable);
+        move || durable.load(Ordering::Acquire) >= n
+    };
     if outage {
-        A::sleep(kill_after / 2).await;
+        wait_until::<A>(Duration::from_secs(30), reached(kill_at / 2)).await;
         first.kill();
-        A::sleep(kill_after / 2).await;
-    } else {
-        A::sleep(kill_after).await;
     }
+    let in_time = wait_until::<A>(Duration::from_secs(30), reached(kill_at)).await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let _ = reader.join();
     let durable = durable.load(Ordering::Acquire);
+    assert!(in_time, "{}: the child never reached {kill_at} messages", A::NAME);
+    assert!(
+        durable < CRASH_MESSAGES,
+        "{}: the kill came after the stream ended",
+        A::NAME
+    );
     let first_ids: HashSet<String> = first.counters().allocation_ids().into_keys().collect();
 
     // The next process: the same spool, another server.
@@ -366,7 +430,7 @@ pub async fn crash_round<A: Adapter>(
     CrashRound {
         policy: policy_name,
         outage,
-        kill_after,
+        kill_at,
         durable,
         first_server: first_ids.len(),
         replayed,
@@ -385,13 +449,14 @@ pub fn crash_rounds<A: Adapter>(child_test: &str) {
     eprintln!("{}: crash rounds with UFSOCK_CRASH_SEED={seed}", A::NAME);
     let started = Instant::now();
     for round in 0..10u32 {
-        let policy_name = ["group", "every", "never"][round as usize % 3];
-        // Mid-stream: a debug build sends the 20,000 in about a second with group commit or
-        // no fsync, in about 15 s with a sync per send.
-        let most = if policy_name == "every" { 1_500 } else { 800 };
-        let kill_after = Duration::from_millis(rng.u64(20..most));
-        let outage = round % 5 == 4;
-        let r = A::block_on(crash_round::<A>(child_test, policy_name, kill_after, outage));
+        let policy_name = ["group", "every", "never", "group", "batched"][round as usize % 5];
+        // Mid-stream, counted in messages: a sync per send is slow (a few thousand a second
+        // in a debug build), so its kills come earlier in the stream. The child goes on
+        // sending while the kill is on its way: far from the end of the stream.
+        let most = if policy_name == "every" { 2_000 } else { CRASH_MESSAGES / 2 };
+        let kill_at = rng.u64(50..most);
+        let outage = round % 5 == 3;
+        let r = A::block_on(crash_round::<A>(child_test, policy_name, kill_at, outage));
         eprintln!("{}: round {round}: {r:?}", A::NAME);
     }
     eprintln!("{}: 10 crash rounds in {:?}", A::NAME, started.elapsed());

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use usageflow_socket_tests::spool::{
-    a_full_spool_refuses_and_recovers, crash_child, crash_rounds, graceful_deploy_loses_nothing,
+    a_full_spool_refuses_and_recovers, a_sent_message_is_on_file_when_send_returns, crash_child,
+    crash_rounds, graceful_deploy_loses_nothing,
 };
 use usageflow_socket_tests::{run, run_within, SmolAdapter, TokioAdapter};
 
@@ -28,6 +29,22 @@ fn crash_tokio() {
 #[test]
 fn crash_smol() {
     crash_rounds::<SmolAdapter>("crash_child_smol");
+}
+
+#[test]
+fn on_file_when_send_returns_tokio() {
+    run::<TokioAdapter, _>(
+        "on_file_when_send_returns",
+        a_sent_message_is_on_file_when_send_returns::<TokioAdapter>(),
+    );
+}
+
+#[test]
+fn on_file_when_send_returns_smol() {
+    run::<SmolAdapter, _>(
+        "on_file_when_send_returns",
+        a_sent_message_is_on_file_when_send_returns::<SmolAdapter>(),
+    );
 }
 
 #[test]

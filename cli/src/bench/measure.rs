@@ -85,6 +85,8 @@ pub(crate) struct RunCtx<'a> {
     /// The pooled client keeps its messages in a spool under this directory (a fresh
     /// subdirectory per run).
     pub(crate) spool: Option<&'a std::path::Path>,
+    /// With a spool: whether sends write their records through before they return.
+    pub(crate) spool_write_through: bool,
 }
 
 impl RunCtx<'_> {

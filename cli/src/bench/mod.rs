@@ -129,6 +129,10 @@ pub(crate) struct BenchArgs {
     /// command without it to compare spool off and on.
     #[arg(long, value_name = "DIR")]
     spool: Option<std::path::PathBuf>,
+    /// With --spool: sends leave their records to the spool's syncer instead of writing them
+    /// to the OS before they return (faster; a kill can lose the last sync interval's sends).
+    #[arg(long, requires = "spool")]
+    spool_batched: bool,
     /// Run at each of these concurrencies (comma-separated, e.g. 1,16,64,256): the raw
     /// twin of the mode, then the pooled client on Tokio and on smol, `--rounds` times each,
     /// and print the medians per line (replaces --concurrency, --compare and --runtime).
@@ -432,6 +436,7 @@ fn run_one(
         wait_for_room: args.wait_for_room,
         at_least_once: args.delivery == DeliveryArg::AtLeastOnce,
         spool: args.spool.as_deref(),
+        spool_write_through: !args.spool_batched,
     };
     let _ = latency::take();
 

@@ -113,7 +113,9 @@ pub(crate) async fn measure_pooled<A: Adapter>(
         .map(|dir| dir.join(format!("run-{}-{}", std::process::id(), t0_nanos())));
     let mut options = ctx.target.client_options_builder(config);
     if let Some(dir) = &spool_dir {
-        options = options.spool(usageflow_socket_client::spool::SpoolOptions::new(dir));
+        options = options.spool(
+            usageflow_socket_client::spool::SpoolOptions::new(dir).write_through(ctx.spool_write_through),
+        );
     }
     let client = Client::<A::Runtime>::connect(options.build()).await?;
     let _remove = spool_dir.map(RemoveDir);

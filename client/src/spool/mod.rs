@@ -110,6 +110,13 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// How long [`Spool::close`] and `Drop` wait for the syncer's last write and sync.
     pub close_timeout: Duration,
+    /// Whether a client's `send` writes its record to the OS before it returns (default
+    /// `true`): then killing the process (kill -9, an OOM kill) loses no accepted message,
+    /// under every [`SyncPolicy`]. `false` leaves the write to the syncer, once per sync
+    /// interval (2 ms by default; under [`SyncPolicy::Never`] the same 2 ms): about 1.5x the
+    /// throughput of spooled sends, but a kill can lose the sends of the last interval. A
+    /// record's durability against a power cut is the same either way.
+    pub write_through: bool,
 }
 
 impl SpoolOptions {
@@ -121,6 +128,7 @@ impl SpoolOptions {
             sync: SyncPolicy::default(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             close_timeout: Duration::from_secs(5),
+            write_through: true,
         }
     }
 
@@ -139,6 +147,12 @@ impl SpoolOptions {
     /// Sets [`SpoolOptions::segment_bytes`] (at least 4 KiB is used).
     pub fn segment_bytes(mut self, segment_bytes: u64) -> Self {
         self.segment_bytes = segment_bytes;
+        self
+    }
+
+    /// Sets [`SpoolOptions::write_through`].
+    pub fn write_through(mut self, write_through: bool) -> Self {
+        self.write_through = write_through;
         self
     }
 

@@ -1,12 +1,14 @@
 //! The [`Spool`] handle and its syncer thread.
 //!
-//! A caller writes its record to the active segment file itself, with one `write` under one
-//! short lock (key, accounting and bytes stay in one order), so the record is in the OS before
-//! [`Spool::append`] returns: killing the process (kill -9, an OOM kill, a panic that aborts)
-//! loses nothing appended, whatever the [`SyncPolicy`]. Releases are batched and go out with
-//! the next write. A syncer thread makes what was written durable (`fdatasync`) at most once
-//! per interval, publishes the durable mark, deletes segments that hold nothing live and
-//! compacts; a caller never waits for the disk to sync.
+//! A caller encodes its record into the write buffer under one short lock (key, accounting
+//! and bytes stay in one order), then writes what is buffered to the active segment file
+//! itself ([`Spool::write_through`], one `write` for every record staged by then, outside
+//! that lock), so the record is in the OS before [`Spool::append`] returns: killing the
+//! process (kill -9, an OOM kill, a panic that aborts) loses nothing appended, whatever the
+//! [`SyncPolicy`]. Concurrent callers share writes: whoever writes takes everything staged.
+//! Releases are batched and go out with the next write. A syncer thread makes what was
+//! written durable (`fdatasync`) at most once per interval, publishes the durable mark,
+//! deletes segments that hold nothing live and compacts; a caller never waits for a sync.
 
 use super::format::{self, HEADER_LEN, RELEASE_LEN};
 use super::store::{segment_path, sync_dir};
@@ -24,9 +26,12 @@ use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Under [`SyncPolicy::Never`], how often the syncer writes batched releases and deletes
-/// dead segments when nobody asks sooner.
-const NEVER_TICK: Duration = Duration::from_millis(50);
+/// Under [`SyncPolicy::Never`], how often the syncer writes what was staged (batched releases;
+/// every record when sends do not write through) and deletes dead segments when nobody asks
+/// sooner.
+const NEVER_TICK: Duration = super::DEFAULT_SYNC_INTERVAL;
+/// How many times a caller polls a busy write before it sleeps on the lock.
+const WRITE_SPINS: u32 = 4096;
 /// Batched release records are written once they reach this size, even without an append.
 const RELEASE_BATCH_BYTES: usize = 64 << 10;
 
@@ -128,8 +133,12 @@ pub(crate) struct State {
     active: Arc<File>,
     /// Segment files sealed since the last sync (synced at the next one).
     sealed: Vec<Arc<File>>,
-    /// Encoded records not yet written: releases wait for the next write.
+    /// Bytes staged for segments sealed since the last write (written before `buf`).
+    sealed_bufs: Vec<(Arc<File>, Vec<u8>)>,
+    /// Encoded records not yet written to the active segment.
     buf: Vec<u8>,
+    /// The last written buffer, kept for its allocation.
+    spare: Vec<u8>,
     live_bytes: u64,
     disk_bytes: u64,
     /// Segments to delete once everything written before is durable.
@@ -180,7 +189,9 @@ impl State {
             active_seg: recovered.active_seg,
             active: Arc::new(recovered.active),
             sealed: Vec::new(),
+            sealed_bufs: Vec::new(),
             buf: Vec::with_capacity(16 << 10),
+            spare: Vec::with_capacity(16 << 10),
             live_bytes: 0,
             disk_bytes: 0,
             deletes: Vec::new(),
@@ -213,35 +224,6 @@ impl State {
         state
     }
 
-    /// Writes the encoded records waiting in the buffer to the active segment. A failure
-    /// fails the spool (it takes no more records) and is returned.
-    fn write_buffered(&mut self) -> Result<(), SpoolError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let result = self.write_active();
-        self.buf.clear();
-        match result {
-            Ok(()) => {
-                self.written = self.mark;
-                self.dirty = true;
-                Ok(())
-            }
-            Err(e) => {
-                let failure = write_failed(&segment_path(&self.dir, self.active_seg), &e);
-                Err(self.fail(failure))
-            }
-        }
-    }
-
-    fn write_active(&mut self) -> io::Result<()> {
-        #[cfg(test)]
-        if let Some(kind) = self.inject_write_error {
-            return Err(io::Error::from(kind));
-        }
-        (&*self.active).write_all(&self.buf)
-    }
-
     /// Records `failure` as the spool's (the first one stays) and returns it.
     fn fail(&mut self, failure: SpoolError) -> SpoolError {
         tracing::error!(error = %failure, "spool write failed; the spool takes no more records");
@@ -254,7 +236,6 @@ impl State {
         if active_bytes + len <= self.segment_bytes || active_bytes <= HEADER_LEN as u64 {
             return Ok(());
         }
-        self.write_buffered()?;
         let seg = self.active_seg + 1;
         let path = segment_path(&self.dir, seg);
         let mut header = Vec::with_capacity(HEADER_LEN);
@@ -269,6 +250,10 @@ impl State {
             Err(e) => return Err(self.fail(write_failed(&path, &e))),
         };
         let old = std::mem::replace(&mut self.active, Arc::new(file));
+        if !self.buf.is_empty() {
+            let staged = std::mem::take(&mut self.buf);
+            self.sealed_bufs.push((old.clone(), staged));
+        }
         self.sealed.push(old);
         self.active_seg = seg;
         self.dirty = true;
@@ -285,9 +270,9 @@ impl State {
         Ok(())
     }
 
-    /// Writes `record` under `key` (with whatever releases wait in the buffer): the record is
-    /// in the OS when this returns `Ok`. A live record under the same key is replaced.
-    fn put(&mut self, key: u64, record: &SpoolRecord, max_bytes: u64) -> Result<DurableMark, SpoolError> {
+    /// Stages `record` under `key` (encoded into the buffer, written by the next
+    /// [`Shared::write_through`]). A live record under the same key is replaced.
+    fn stage(&mut self, key: u64, record: &SpoolRecord, max_bytes: u64) -> Result<DurableMark, SpoolError> {
         self.check_open()?;
         let len = format::append_len(record) as u64;
         let replaced = self.live.get(&key).map_or(0, |l| u64::from(l.bytes));
@@ -304,7 +289,6 @@ impl State {
         let seg = self.active_seg;
         format::encode_append(&mut self.buf, SpoolKey(key), record);
         self.mark += 1;
-        self.write_buffered()?;
         self.grew(seg, len);
         self.next_key = self.next_key.max(key.saturating_add(1));
         let live = Live {
@@ -341,9 +325,6 @@ impl State {
         self.grew(seg, RELEASE_LEN as u64);
         self.stats.released += 1;
         self.reclaim();
-        if self.buf.len() >= RELEASE_BATCH_BYTES {
-            self.write_buffered()?;
-        }
         Ok(true)
     }
 
@@ -377,7 +358,12 @@ impl State {
 
     /// Whether the syncer has anything to do.
     fn has_work(&self) -> bool {
-        self.dirty || !self.buf.is_empty() || !self.deletes.is_empty()
+        self.dirty || self.written < self.mark || !self.sealed_bufs.is_empty() || !self.deletes.is_empty()
+    }
+
+    /// Whether staged bytes wait to be written.
+    fn staged(&self) -> bool {
+        !self.buf.is_empty() || !self.sealed_bufs.is_empty()
     }
 
     fn check_open(&self) -> Result<(), SpoolError> {
@@ -387,11 +373,25 @@ impl State {
             None => Ok(()),
         }
     }
+
+    /// Writes may go on while closing (the last round writes what is staged).
+    fn check_open_or_closing(&self) -> Result<(), SpoolError> {
+        match &self.failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What the handle and the syncer share.
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Held while staged bytes are written, so that writes reach the files in staging order
+    /// (a release after its append) while the state's lock is free for staging.
+    write_lock: Mutex<()>,
+    /// The mark up to which everything staged reached the OS (`State::written`, readable
+    /// without the lock).
+    written: AtomicU64,
     /// Wakes the syncer (something to sync, a waiter, closing).
     wake_syncer: Condvar,
     /// Signals a stopped syncer (for blocking waits).
@@ -416,30 +416,90 @@ impl Shared {
         }
     }
 
-    /// After a write: under [`SyncPolicy::Never`] written is durable; otherwise the syncer
-    /// is woken if it sleeps without a deadline (once per busy period, not per write).
-    fn after_write(&self, mut st: MutexGuard<'_, State>, urgent: bool) {
-        let written = st.written;
+    /// After staging: the syncer is woken if it sleeps without a deadline (once per busy
+    /// period, not per record), or at once when `urgent`.
+    fn after_stage(&self, mut st: MutexGuard<'_, State>, urgent: bool) {
         st.nudged |= urgent;
         let wake = st.syncer_idle || urgent;
         st.syncer_idle &= !wake;
         drop(st);
-        if self.policy == SyncPolicy::Never {
-            self.publish(written);
-        }
         if wake {
             self.wake_syncer.notify_one();
         }
     }
 
-    /// After a refused write: a failure wakes every waiter (their records may not be
-    /// written) and the syncer.
-    fn after_refusal(&self, err: SpoolError) -> SpoolError {
-        if matches!(err, SpoolError::WriteFailed { .. }) {
-            self.progress.notify(usize::MAX);
-            self.wake_syncer.notify_one();
+    /// Writes everything staged up to `mark` (and whatever was staged after it, in the same
+    /// `write`) unless that was written already. Under [`SyncPolicy::Never`], written is
+    /// durable. A failure fails the spool (it takes no more records).
+    fn write_through(&self, mark: u64) -> Result<(), SpoolError> {
+        if self.written.load(Ordering::Acquire) >= mark {
+            return Ok(());
         }
-        err
+        // Another caller's write takes about a microsecond: spin for it rather than sleep
+        // (a sleep and a wake-up cost more than the write), then look whether it took ours.
+        let mut spins = 0u32;
+        let _writing = loop {
+            match self.write_lock.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if spins < WRITE_SPINS => {
+                    spins += 1;
+                    std::hint::spin_loop();
+                    if self.written.load(Ordering::Acquire) >= mark {
+                        return Ok(());
+                    }
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    break self.write_lock.lock().unwrap_or_else(PoisonError::into_inner)
+                }
+            }
+        };
+        if self.written.load(Ordering::Acquire) >= mark {
+            return Ok(());
+        }
+        let (chunks, active, mut bytes, upto) = {
+            let mut st = self.lock();
+            if st.written >= mark || !st.staged() {
+                return Ok(());
+            }
+            st.check_open_or_closing()?;
+            let spare = std::mem::take(&mut st.spare);
+            let bytes = std::mem::replace(&mut st.buf, spare);
+            (
+                std::mem::take(&mut st.sealed_bufs),
+                st.active.clone(),
+                bytes,
+                st.mark,
+            )
+        };
+        let mut result = Ok(());
+        for (file, chunk) in &chunks {
+            if result.is_ok() {
+                result = write_file(&self.state, file, chunk);
+            }
+        }
+        if result.is_ok() {
+            result = write_file(&self.state, &active, &bytes);
+        }
+        let mut st = self.lock();
+        bytes.clear();
+        if st.spare.capacity() < bytes.capacity() {
+            st.spare = bytes;
+        }
+        if let Err(e) = result {
+            let failure = st.fail(write_failed(&self.dir, &e));
+            drop(st);
+            self.progress.notify(usize::MAX);
+            return Err(failure);
+        }
+        st.written = st.written.max(upto);
+        st.dirty = true;
+        self.written.store(st.written, Ordering::Release);
+        drop(st);
+        if self.policy == SyncPolicy::Never {
+            self.publish(upto);
+        }
+        Ok(())
     }
 }
 
@@ -477,6 +537,8 @@ impl Spool {
     pub(crate) fn start(options: &SpoolOptions, state: State, lock_file: File) -> Result<Spool, SpoolError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            write_lock: Mutex::new(()),
+            written: AtomicU64::new(0),
             wake_syncer: Condvar::new(),
             stopped: Condvar::new(),
             progress: event_listener::Event::new(),
@@ -503,45 +565,53 @@ impl Spool {
     }
 
     /// Appends a record under the next key and writes it to the OS before returning (one
-    /// `write`; killing the process now loses nothing). Refused with [`SpoolError::Full`]
-    /// when its encoded size would take the live bytes past `max_bytes` (counted in
-    /// [`SpoolStats::refused_full`]), with [`SpoolError::WriteFailed`] when the write fails
-    /// (then and ever after: a full or failing disk), [`SpoolError::Closed`] after close.
+    /// `write`, shared with concurrent callers; killing the process now loses nothing).
+    /// Refused with [`SpoolError::Full`] when its encoded size would take the live bytes past
+    /// `max_bytes` (counted in [`SpoolStats::refused_full`]), with
+    /// [`SpoolError::WriteFailed`] when the write fails (then and ever after: a full or
+    /// failing disk), [`SpoolError::Closed`] after close.
     pub fn append(&self, record: &SpoolRecord) -> Result<Appended, SpoolError> {
-        let mut st = self.shared.lock();
-        let key = st.next_key;
-        let result = st.put(key, record, self.shared.max_bytes);
-        let mark = match result {
-            Ok(mark) => mark,
-            Err(e) => {
-                drop(st);
-                return Err(self.shared.after_refusal(e));
-            }
-        };
-        self.shared
-            .after_write(st, self.shared.policy == SyncPolicy::EverySend);
-        Ok(Appended {
-            key: SpoolKey(key),
-            mark,
-        })
+        let st = self.shared.lock();
+        let key = SpoolKey(st.next_key);
+        let appended = self.stage_locked(st, key, record)?;
+        self.write_through(appended.mark)?;
+        Ok(appended)
     }
 
     /// Writes `record` under a key the caller chose (replacing the live record with that key,
     /// if any), as [`Spool::append`] does. Keys must be unique among live records; a key
     /// whose record was released may be used again (the later write wins on recovery).
     pub fn put(&self, key: SpoolKey, record: &SpoolRecord) -> Result<Appended, SpoolError> {
-        let mut st = self.shared.lock();
-        let result = st.put(key.0, record, self.shared.max_bytes);
-        let mark = match result {
-            Ok(mark) => mark,
-            Err(e) => {
-                drop(st);
-                return Err(self.shared.after_refusal(e));
-            }
-        };
+        let appended = self.stage(key, record)?;
+        self.write_through(appended.mark)?;
+        Ok(appended)
+    }
+
+    /// Stages `record` under `key` as [`Spool::put`] does, without writing it: it reaches the
+    /// OS with the next [`Spool::write_through`] (by any caller) or the syncer's next round.
+    /// For a caller that holds a lock of its own: stage under it, write through after it.
+    pub fn stage(&self, key: SpoolKey, record: &SpoolRecord) -> Result<Appended, SpoolError> {
+        let st = self.shared.lock();
+        self.stage_locked(st, key, record)
+    }
+
+    fn stage_locked(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        key: SpoolKey,
+        record: &SpoolRecord,
+    ) -> Result<Appended, SpoolError> {
+        let mark = st.stage(key.0, record, self.shared.max_bytes)?;
         self.shared
-            .after_write(st, self.shared.policy == SyncPolicy::EverySend);
+            .after_stage(st, self.shared.policy == SyncPolicy::EverySend);
         Ok(Appended { key, mark })
+    }
+
+    /// Writes everything staged up to `mark` to the OS (one `write` for it and everything
+    /// staged since; nothing if another caller wrote it already). After it returns `Ok`, a
+    /// process crash loses nothing up to `mark`.
+    pub fn write_through(&self, mark: DurableMark) -> Result<(), SpoolError> {
+        self.shared.write_through(mark.0)
     }
 
     /// The key the next [`Spool::append`] uses: above every key any process wrote here.
@@ -556,16 +626,18 @@ impl Spool {
         let mut st = self.shared.lock();
         match st.release(key.0) {
             Ok(released) => {
+                let batch_full = st.buf.len() >= RELEASE_BATCH_BYTES;
                 if released && st.syncer_idle {
-                    self.shared.after_write(st, false);
+                    self.shared.after_stage(st, false);
+                } else {
+                    drop(st);
+                }
+                if batch_full {
+                    let _ = self.shared.write_through(u64::MAX);
                 }
                 released
             }
-            Err(e) => {
-                drop(st);
-                self.shared.after_refusal(e);
-                false
-            }
+            Err(_) => false,
         }
     }
 
@@ -819,9 +891,9 @@ impl Syncer {
         if !closing {
             self.compact()?;
         }
+        self.shared.write_through(u64::MAX)?;
         let (mark, files, dir_dirty, deletes) = {
             let mut st = self.shared.lock();
-            st.write_buffered()?;
             let mut files = std::mem::take(&mut st.sealed);
             if st.dirty {
                 files.push(st.active.clone());
@@ -924,8 +996,8 @@ impl Syncer {
             st.stats.compacted += 1;
         }
         // The copies are not new appends or releases (the mark does not move); they are
-        // written now and synced before the segment they left is deleted (next round).
-        st.write_buffered()?;
+        // written with the round's write and synced before the segment they left is deleted.
+        st.dirty = true;
         st.reclaim();
         // Deleted (queued) unless a live record could not be read back from it.
         Ok(!st.segs.contains_key(&seg))
@@ -957,6 +1029,21 @@ async fn progress_or_deadline<T>(
             return check();
         }
     }
+}
+
+/// Writes `bytes` to `file` (tests inject a failure through the state).
+fn write_file(state: &Mutex<State>, file: &File, bytes: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    {
+        let st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(kind) = st.inject_write_error {
+            return Err(io::Error::from(kind));
+        }
+    }
+    #[cfg(not(test))]
+    let _ = state;
+    let mut file = file;
+    file.write_all(bytes)
 }
 
 fn write_failed(path: &Path, err: &io::Error) -> SpoolError {
