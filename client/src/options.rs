@@ -331,9 +331,11 @@ impl ClientOptionsBuilder {
     /// it (or it expires, or ends unconfirmed under at-most-once), and replays what an
     /// earlier process left there first. `spool.max_bytes` (`max_spool_bytes`) bounds the live
     /// records: past it `send` refuses with [`crate::ClientError::SpoolFull`], counted.
-    /// `spool.sync` chooses when records are made durable
+    /// Each `send` writes its record to the OS before it returns, so killing the process
+    /// loses no accepted message (`spool.write_through`, on by default).
+    /// `spool.sync` chooses when records are made durable against a power cut
     /// ([`crate::spool::SyncPolicy`]: group commit by default; `EverySend` makes `send` wait
-    /// for its record; `Never` survives a process crash but not a power cut).
+    /// for its record; `Never` never syncs).
     /// The client fails to start with [`crate::ClientError::Spool`] when the directory cannot
     /// be opened (another process holds it, not writable, an incompatible version).
     #[cfg(feature = "spool")]

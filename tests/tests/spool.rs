@@ -96,6 +96,7 @@ fn recovery_of_a_million_records() {
             spooled(
                 spool_config(&url)
                     .outbox_capacity(1_000_000)
+                    .max_outbox_bytes(1 << 30)
                     .close_drain(Duration::ZERO),
                 SpoolOptions::new(dir.path()).max_bytes(1 << 30),
             )

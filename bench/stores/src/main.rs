@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use usageflow_socket_client::spool::{Spool, SpoolError, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
+use usageflow_socket_client::spool::{Spool, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Log,
+    LogWriteThrough,
     Sqlite,
     Redb,
     Fjall,
@@ -27,6 +28,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Log => "log",
+            Kind::LogWriteThrough => "log-wt",
             Kind::Sqlite => "sqlite",
             Kind::Redb => "redb",
             Kind::Fjall => "fjall",
@@ -34,10 +36,10 @@ impl Kind {
     }
 
     fn parse(s: &str) -> Result<Kind, String> {
-        [Kind::Log, Kind::Sqlite, Kind::Redb, Kind::Fjall]
+        [Kind::Log, Kind::LogWriteThrough, Kind::Sqlite, Kind::Redb, Kind::Fjall]
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown store {s:?} (log, sqlite, redb, fjall)"))
+            .ok_or_else(|| format!("unknown store {s:?} (log, log-wt, sqlite, redb, fjall)"))
     }
 }
 
@@ -51,7 +53,7 @@ struct Args {
     stores: Vec<Kind>,
 }
 
-const USAGE: &str = "usage: stores [--n N] [--recover-n N] [--rounds R] [--window W] [--interval-ms MS] [--rate RECORDS_PER_S] [--stores log,sqlite,redb,fjall]";
+const USAGE: &str = "usage: stores [--n N] [--recover-n N] [--rounds R] [--window W] [--interval-ms MS] [--rate RECORDS_PER_S] [--stores log,log-wt,sqlite,redb,fjall]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -61,7 +63,7 @@ fn parse_args() -> Result<Args, String> {
         window: 1000,
         interval: Duration::from_millis(2),
         rate: None,
-        stores: vec![Kind::Log, Kind::Sqlite, Kind::Redb, Kind::Fjall],
+        stores: vec![Kind::Log, Kind::LogWriteThrough, Kind::Sqlite, Kind::Redb, Kind::Fjall],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -99,19 +101,26 @@ const CHANNEL_RECORDS: usize = (BACKLOG_BYTES / 256) as usize;
 
 /// One store opened for writing.
 enum Handle {
+    /// The spool, records staged and written by its syncer (`write_through` false).
     Log(Spool),
+    /// The spool, each record written to the OS by `append` (the client's default).
+    LogWriteThrough(Spool),
     Embedded(Channeled),
 }
 
 impl Handle {
     fn open(kind: Kind, dir: &Path, max_bytes: u64, interval: Duration) -> Result<Handle, String> {
         Ok(match kind {
-            Kind::Log => {
+            Kind::Log | Kind::LogWriteThrough => {
                 let opts = SpoolOptions::new(dir)
                     .sync(SyncPolicy::Group(interval))
                     .max_bytes(max_bytes);
                 let (spool, _recovery) = Spool::open(opts).map_err(|e| e.to_string())?;
-                Handle::Log(spool)
+                if kind == Kind::Log {
+                    Handle::Log(spool)
+                } else {
+                    Handle::LogWriteThrough(spool)
+                }
             }
             Kind::Sqlite => {
                 let (b, next) = sqlite::writer(dir)?;
@@ -130,21 +139,18 @@ impl Handle {
 
     fn append(&mut self, rec: &SpoolRecord) -> Result<u64, String> {
         match self {
-            Handle::Log(spool) => loop {
-                match spool.append(rec) {
-                    Ok(a) => return Ok(a.key.0),
-                    // The writer is a backlog behind: wait for it, as a bounded channel would.
-                    Err(SpoolError::Backlogged { .. }) => std::thread::sleep(Duration::from_micros(50)),
-                    Err(e) => return Err(e.to_string()),
-                }
-            },
+            Handle::Log(spool) => spool
+                .stage(spool.next_key(), rec)
+                .map(|a| a.key.0)
+                .map_err(|e| e.to_string()),
+            Handle::LogWriteThrough(spool) => spool.append(rec).map(|a| a.key.0).map_err(|e| e.to_string()),
             Handle::Embedded(c) => Ok(c.append(rec)),
         }
     }
 
     fn release(&mut self, key: u64) {
         match self {
-            Handle::Log(spool) => {
+            Handle::Log(spool) | Handle::LogWriteThrough(spool) => {
                 spool.release(SpoolKey(key));
             }
             Handle::Embedded(c) => c.release(key),
@@ -154,7 +160,7 @@ impl Handle {
     /// Makes everything durable and closes: returns the number of syncs (commits).
     fn finish(self) -> Result<u64, String> {
         match self {
-            Handle::Log(spool) => {
+            Handle::Log(spool) | Handle::LogWriteThrough(spool) => {
                 let mark = spool.written_mark();
                 let deadline = Instant::now() + Duration::from_secs(120);
                 if !spool
@@ -174,7 +180,7 @@ impl Handle {
 
 fn recover(kind: Kind, dir: &Path, max_bytes: u64) -> Result<Recovered, String> {
     match kind {
-        Kind::Log => {
+        Kind::Log | Kind::LogWriteThrough => {
             let opts = SpoolOptions::new(dir).max_bytes(max_bytes);
             let (spool, recovery) = Spool::open(opts).map_err(|e| e.to_string())?;
             let records = recovery
@@ -480,7 +486,7 @@ fn run_all(args: &Args, root: &Path) -> Result<(), String> {
             format!("{:.digits$} ({lo:.digits$}–{hi:.digits$})", median(v))
         };
         let code = match kind {
-            Kind::Log => format!("{spool_loc} (spool)"),
+            Kind::Log | Kind::LogWriteThrough => format!("{spool_loc} (spool)"),
             Kind::Sqlite => format!(
                 "{} (adapter + {glue_loc} glue)",
                 loc(&[include_str!("sqlite.rs")])

@@ -87,6 +87,8 @@ pub(crate) struct RunCtx<'a> {
     pub(crate) spool: Option<&'a std::path::Path>,
     /// With a spool: whether sends write their records through before they return.
     pub(crate) spool_write_through: bool,
+    /// With a spool: its sync policy.
+    pub(crate) spool_sync: usageflow_socket_client::spool::SyncPolicy,
 }
 
 impl RunCtx<'_> {

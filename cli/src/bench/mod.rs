@@ -133,6 +133,10 @@ pub(crate) struct BenchArgs {
     /// to the OS before they return (faster; a kill can lose the last sync interval's sends).
     #[arg(long, requires = "spool")]
     spool_batched: bool,
+    /// With --spool: when records are made durable (group commit every 2 ms by default;
+    /// `every`: durable before each send returns; `never`: no fsync).
+    #[arg(long, value_enum, default_value_t = SpoolSyncArg::Group, requires = "spool")]
+    spool_sync: SpoolSyncArg,
     /// Run at each of these concurrencies (comma-separated, e.g. 1,16,64,256): the raw
     /// twin of the mode, then the pooled client on Tokio and on smol, `--rounds` times each,
     /// and print the medians per line (replaces --concurrency, --compare and --runtime).
@@ -437,6 +441,7 @@ fn run_one(
         at_least_once: args.delivery == DeliveryArg::AtLeastOnce,
         spool: args.spool.as_deref(),
         spool_write_through: !args.spool_batched,
+        spool_sync: args.spool_sync.policy(),
     };
     let _ = latency::take();
 
@@ -540,5 +545,27 @@ mod tests {
         assert_hidden("BenchArgs' pretty Debug", &format!("{args:#?}"));
         assert!(format!("{args:?}").contains("127.0.0.1:9/ws"));
         assert_eq!(args.pool, 2);
+    }
+}
+
+/// `--spool-sync`: the spool's sync policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SpoolSyncArg {
+    /// Group commit, at most every 2 ms (the default).
+    Group,
+    /// Durable before each send returns.
+    Every,
+    /// No fsync.
+    Never,
+}
+
+impl SpoolSyncArg {
+    fn policy(self) -> usageflow_socket_client::spool::SyncPolicy {
+        use usageflow_socket_client::spool::SyncPolicy;
+        match self {
+            SpoolSyncArg::Group => SyncPolicy::default(),
+            SpoolSyncArg::Every => SyncPolicy::EverySend,
+            SpoolSyncArg::Never => SyncPolicy::Never,
+        }
     }
 }

@@ -114,7 +114,9 @@ pub(crate) async fn measure_pooled<A: Adapter>(
     let mut options = ctx.target.client_options_builder(config);
     if let Some(dir) = &spool_dir {
         options = options.spool(
-            usageflow_socket_client::spool::SpoolOptions::new(dir).write_through(ctx.spool_write_through),
+            usageflow_socket_client::spool::SpoolOptions::new(dir)
+                .write_through(ctx.spool_write_through)
+                .sync(ctx.spool_sync),
         );
     }
     let client = Client::<A::Runtime>::connect(options.build()).await?;

@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 const NEVER_TICK: Duration = super::DEFAULT_SYNC_INTERVAL;
 /// How many times a caller polls a busy write before it sleeps on the lock.
 const WRITE_SPINS: u32 = 4096;
-/// Batched release records are written once they reach this size, even without an append.
-const RELEASE_BATCH_BYTES: usize = 64 << 10;
+/// Staged bytes are written by the caller that takes them past this size, even without a
+/// write-through (so staging stays bounded in memory when the syncer is slow or stalled).
+const STAGED_BATCH_BYTES: usize = 256 << 10;
 
 /// A point in the spool's stream of appends and releases: once [`Spool::is_durable`] holds
 /// for it, everything appended or released up to it is durable (as the policy defines).
@@ -602,8 +603,12 @@ impl Spool {
         record: &SpoolRecord,
     ) -> Result<Appended, SpoolError> {
         let mark = st.stage(key.0, record, self.shared.max_bytes)?;
+        let batch_full = st.buf.len() >= STAGED_BATCH_BYTES;
         self.shared
             .after_stage(st, self.shared.policy == SyncPolicy::EverySend);
+        if batch_full {
+            self.shared.write_through(mark.0)?;
+        }
         Ok(Appended { key, mark })
     }
 
@@ -626,7 +631,7 @@ impl Spool {
         let mut st = self.shared.lock();
         match st.release(key.0) {
             Ok(released) => {
-                let batch_full = st.buf.len() >= RELEASE_BATCH_BYTES;
+                let batch_full = st.buf.len() >= STAGED_BATCH_BYTES;
                 if released && st.syncer_idle {
                     self.shared.after_stage(st, false);
                 } else {
