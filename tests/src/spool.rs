@@ -453,7 +453,11 @@ pub fn crash_rounds<A: Adapter>(child_test: &str) {
         // Mid-stream, counted in messages: a sync per send is slow (a few thousand a second
         // in a debug build), so its kills come earlier in the stream. The child goes on
         // sending while the kill is on its way: far from the end of the stream.
-        let most = if policy_name == "every" { 2_000 } else { CRASH_MESSAGES / 2 };
+        let most = if policy_name == "every" {
+            2_000
+        } else {
+            CRASH_MESSAGES / 2
+        };
         let kill_at = rng.u64(50..most);
         let outage = round % 5 == 3;
         let r = A::block_on(crash_round::<A>(child_test, policy_name, kill_at, outage));

@@ -226,8 +226,9 @@ impl State {
     }
 
     /// Records `failure` as the spool's (the first one stays) and returns it.
+    /// Not logged here: this may run under a caller's lock (a client's drain); the syncer
+    /// logs the failure once, and a client logs its refused keeps.
     fn fail(&mut self, failure: SpoolError) -> SpoolError {
-        tracing::error!(error = %failure, "spool write failed; the spool takes no more records");
         self.failure.get_or_insert(failure).clone()
     }
 
@@ -491,6 +492,7 @@ impl Shared {
             let failure = st.fail(write_failed(&self.dir, &e));
             drop(st);
             self.progress.notify(usize::MAX);
+            self.wake_syncer.notify_one();
             return Err(failure);
         }
         st.written = st.written.max(upto);
@@ -602,7 +604,18 @@ impl Spool {
         key: SpoolKey,
         record: &SpoolRecord,
     ) -> Result<Appended, SpoolError> {
-        let mark = st.stage(key.0, record, self.shared.max_bytes)?;
+        let mark = match st.stage(key.0, record, self.shared.max_bytes) {
+            Ok(mark) => mark,
+            Err(e) => {
+                if matches!(e, SpoolError::WriteFailed { .. }) {
+                    // A segment could not be created: the syncer logs it and stops.
+                    drop(st);
+                    self.shared.progress.notify(usize::MAX);
+                    self.shared.wake_syncer.notify_one();
+                }
+                return Err(e);
+            }
+        };
         let batch_full = st.buf.len() >= STAGED_BATCH_BYTES;
         self.shared
             .after_stage(st, self.shared.policy == SyncPolicy::EverySend);
@@ -834,7 +847,10 @@ impl Syncer {
                     .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            if st.failure.is_some() {
+            if let Some(failure) = st.failure.clone() {
+                drop(st);
+                tracing::error!(error = %failure, "spool write failed; the spool takes no more records");
+                st = shared.lock();
                 while !st.closing {
                     st = shared
                         .wake_syncer
