@@ -155,7 +155,13 @@ impl<R: Runtime> Client<R> {
     /// The spool's counters (records, bytes, syncs...), when the client has a spool.
     #[cfg(feature = "spool")]
     pub fn spool_stats(&self) -> Option<crate::spool::SpoolStats> {
-        self.shared().lock().spool().map(|s| s.spool().stats())
+        // Not under the client's lock: the store has its own.
+        let spool = self
+            .shared()
+            .lock()
+            .spool()
+            .map(|s| std::sync::Arc::clone(s.spool()));
+        spool.map(|s| s.stats())
     }
 
     /// Waits until every message accepted so far is durable in the spool (under its sync

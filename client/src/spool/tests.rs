@@ -671,3 +671,32 @@ fn the_handle_can_be_shared_between_threads_and_tasks() {
     shareable::<Spool>();
     shareable::<SpoolError>();
 }
+
+#[test]
+fn stats_name_the_oldest_live_record_after_releases_and_reused_keys() {
+    let dir = tmp_dir("oldest");
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    let keys: Vec<_> = (1..=5).map(|i| spool.append(&record(i)).unwrap().key).collect();
+    assert_eq!(
+        spool.stats().oldest_first_sent_unix_ms,
+        Some(record(1).first_sent_unix_ms)
+    );
+    assert!(spool.release(keys[0]));
+    assert!(spool.release(keys[1]));
+    assert_eq!(
+        spool.stats().oldest_first_sent_unix_ms,
+        Some(record(3).first_sent_unix_ms)
+    );
+    // A key released earlier, written again, is the oldest by key again.
+    spool.put(keys[0], &record(9)).unwrap();
+    assert_eq!(
+        spool.stats().oldest_first_sent_unix_ms,
+        Some(record(9).first_sent_unix_ms)
+    );
+    for key in [keys[0], keys[2], keys[3], keys[4]] {
+        assert!(spool.release(key));
+    }
+    assert_eq!(spool.stats().oldest_first_sent_unix_ms, None);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -124,6 +124,9 @@ pub(crate) struct State {
     dir: PathBuf,
     segment_bytes: u64,
     next_key: u64,
+    /// No key below this is live: the search for the oldest live record resumes here (each
+    /// key is looked at once, however often [`Spool::stats`] is called).
+    oldest_scan: u64,
     /// Appends and releases so far (each one advances the mark by one).
     mark: u64,
     /// The mark up to which every append and release reached the OS.
@@ -183,6 +186,12 @@ impl State {
             dir: options.dir.clone(),
             segment_bytes: options.segment_bytes.max(4096),
             next_key: recovered.next_key,
+            oldest_scan: recovered
+                .live
+                .iter()
+                .map(|l| l.0)
+                .min()
+                .unwrap_or(recovered.next_key),
             mark: 0,
             written: 0,
             live: LiveMap::with_capacity_and_hasher(recovered.live.len(), Default::default()),
@@ -293,6 +302,7 @@ impl State {
         self.mark += 1;
         self.grew(seg, len);
         self.next_key = self.next_key.max(key.saturating_add(1));
+        self.oldest_scan = self.oldest_scan.min(key);
         let live = Live {
             seg,
             bytes: len as u32,
@@ -356,6 +366,18 @@ impl State {
             self.segs.remove(&seg);
             self.deletes.push(seg);
         }
+    }
+
+    /// The live record with the smallest key (the oldest appended), moving the search's start
+    /// past the keys released since the last look.
+    fn oldest_live(&mut self) -> Option<&Live> {
+        if self.live.is_empty() {
+            return None;
+        }
+        while self.oldest_scan < self.next_key && !self.live.contains_key(&self.oldest_scan) {
+            self.oldest_scan += 1;
+        }
+        self.live.get(&self.oldest_scan)
     }
 
     /// Whether the syncer has anything to do.
@@ -725,20 +747,15 @@ impl Spool {
         }
     }
 
-    /// A snapshot of the counters. Finding the oldest live record walks every live record
-    /// (a monitoring call, not a hot one).
+    /// A snapshot of the counters.
     pub fn stats(&self) -> SpoolStats {
-        let st = self.shared.lock();
+        let mut st = self.shared.lock();
         let mut stats = st.stats.clone();
         stats.records = st.live.len() as u64;
         stats.live_bytes = st.live_bytes;
         stats.disk_bytes = st.disk_bytes;
         stats.segments = st.segs.len() as u64;
-        stats.oldest_first_sent_unix_ms = st
-            .live
-            .iter()
-            .min_by_key(|(key, _)| **key)
-            .map(|(_, l)| l.first_sent_unix_ms);
+        stats.oldest_first_sent_unix_ms = st.oldest_live().map(|l| l.first_sent_unix_ms);
         stats.durable = DurableMark(self.shared.durable.load(Ordering::Acquire));
         stats.written = DurableMark(st.mark);
         stats
