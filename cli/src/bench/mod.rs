@@ -137,6 +137,9 @@ pub(crate) struct BenchArgs {
     /// `every`: durable before each send returns; `never`: no fsync).
     #[arg(long, value_enum, default_value_t = SpoolSyncArg::Group, requires = "spool")]
     spool_sync: SpoolSyncArg,
+    /// With --spool-sync group: the group commit interval in milliseconds (default 2).
+    #[arg(long, value_name = "MS", requires = "spool")]
+    spool_sync_ms: Option<u64>,
     /// Run at each of these concurrencies (comma-separated, e.g. 1,16,64,256): the raw
     /// twin of the mode, then the pooled client on Tokio and on smol, `--rounds` times each,
     /// and print the medians per line (replaces --concurrency, --compare and --runtime).
@@ -441,7 +444,7 @@ fn run_one(
         at_least_once: args.delivery == DeliveryArg::AtLeastOnce,
         spool: args.spool.as_deref(),
         spool_write_through: !args.spool_batched,
-        spool_sync: args.spool_sync.policy(),
+        spool_sync: args.spool_sync.policy(args.spool_sync_ms),
     };
     let _ = latency::take();
 
@@ -560,10 +563,12 @@ pub(crate) enum SpoolSyncArg {
 }
 
 impl SpoolSyncArg {
-    fn policy(self) -> usageflow_socket_client::spool::SyncPolicy {
+    fn policy(self, interval_ms: Option<u64>) -> usageflow_socket_client::spool::SyncPolicy {
         use usageflow_socket_client::spool::SyncPolicy;
         match self {
-            SpoolSyncArg::Group => SyncPolicy::default(),
+            SpoolSyncArg::Group => interval_ms.map_or(SyncPolicy::default(), |ms| {
+                SyncPolicy::Group(std::time::Duration::from_millis(ms))
+            }),
             SpoolSyncArg::Every => SyncPolicy::EverySend,
             SpoolSyncArg::Never => SyncPolicy::Never,
         }
