@@ -289,7 +289,9 @@ mod tests {
             .keep(message(7, Delivery::AtLeastOnce, 2), a_minute_ago, now)
             .is_none());
         assert!(link.keep(message(8, Delivery::AtMostOnce, 0), now, now).is_none());
-        assert!(link.keep(message(9, Delivery::AtLeastOnce, 1), now, now).is_none());
+        assert!(link
+            .keep(message(9, Delivery::AtLeastOnce, 1), now, now)
+            .is_none());
         link.release(MessageId(9));
         link.send_mark().settle().unwrap();
         close_link(link);
@@ -297,9 +299,20 @@ mod tests {
         let got: Vec<_> = recovery
             .records
             .iter()
-            .map(|r| (r.key.0, r.record.message_id, r.record.at_least_once, r.record.rewrites))
+            .map(|r| {
+                (
+                    r.key.0,
+                    r.record.message_id,
+                    r.record.at_least_once,
+                    r.record.rewrites,
+                )
+            })
             .collect();
-        assert_eq!(got, vec![(7, 7, true, 2), (8, 8, false, 0)], "the released one is gone");
+        assert_eq!(
+            got,
+            vec![(7, 7, true, 2), (8, 8, false, 0)],
+            "the released one is gone"
+        );
         let sent = |i: usize| recovery.records[i].record.first_sent_unix_ms;
         assert!(sent(0).abs_diff(wall - 60_000) < 5_000, "{} vs {wall}", sent(0));
         assert!(sent(1).abs_diff(wall) < 5_000, "{} vs {wall}", sent(1));

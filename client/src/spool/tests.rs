@@ -700,3 +700,88 @@ fn stats_name_the_oldest_live_record_after_releases_and_reused_keys() {
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_key_hasher_gives_distinct_keys_distinct_hashes() {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    // A hasher that collapses keys leaves the live map correct but quadratic.
+    let build = BuildHasherDefault::<writer::KeyHasher>::default();
+    let keys: std::collections::HashSet<u64> = (0..4096u64).map(|k| build.hash_one(k)).collect();
+    assert_eq!(keys.len(), 4096);
+    let bytes: std::collections::HashSet<u64> = (0..4096u64).map(|k| build.hash_one(k.to_string())).collect();
+    assert_eq!(bytes.len(), 4096);
+}
+
+#[test]
+fn a_record_replaced_under_its_key_counts_once_and_its_segment_goes_once_released() {
+    let dir = tmp_dir("replace");
+    let one = format::append_len(&fixed(0)) as u64;
+    let header = format::HEADER_LEN as u64;
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).segment_bytes(4096)).unwrap();
+    spool.put(SpoolKey(5), &fixed(5)).unwrap();
+    spool.put(SpoolKey(5), &fixed(6)).unwrap();
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.records, stats.live_bytes, stats.appended, stats.written),
+        (1, one, 2, DurableMark(2)),
+        "{stats:?}"
+    );
+    assert_eq!(stats.disk_bytes, header + 2 * one);
+    assert!(spool.release(SpoolKey(5)));
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.records, stats.live_bytes, stats.released, stats.written),
+        (0, 0, 1, DurableMark(3)),
+        "{stats:?}"
+    );
+    assert_eq!(stats.disk_bytes, header + 2 * one + format::RELEASE_LEN as u64);
+    // Once the active segment moves on, the first one holds nothing live: it is deleted.
+    let mut i = 10;
+    while !store::segment_path(&dir, 1).exists() {
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+    let written = spool.written_mark();
+    let soon = std::time::Instant::now() + Duration::from_secs(10);
+    assert_eq!(spool.wait_durable_blocking(written, soon), Ok(true));
+    let stats = spool.stats();
+    assert_eq!((stats.segments, stats.segments_deleted), (1, 1), "{stats:?}");
+    spool.close_blocking().unwrap();
+    assert!(!store::segment_path(&dir, 0).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_record_staged_before_a_roll_is_written_to_the_segment_it_was_counted_in() {
+    let dir = tmp_dir("roll");
+    let one = format::append_len(&fixed(0));
+    let per_segment = (4096 - format::HEADER_LEN) / one;
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(4096)
+        .sync(SyncPolicy::Group(Duration::from_secs(3600)));
+    let (spool, _) = Spool::open(options).unwrap();
+    spool.pause_syncer(true);
+    for i in 0..per_segment as u64 - 1 {
+        spool.append(&fixed(i)).unwrap();
+    }
+    // The last record that fits, staged only; the next append rolls to a new segment.
+    let staged = spool.stage(spool.next_key(), &fixed(100)).unwrap();
+    assert_eq!(spool.stats().segments, 1);
+    let rolled = spool.append(&fixed(101)).unwrap();
+    assert!(rolled.mark > staged.mark);
+    let stats = spool.stats();
+    assert_eq!(stats.segments, 2, "{stats:?}");
+    let read = |seg| {
+        let bytes = std::fs::read(store::segment_path(&dir, seg)).unwrap();
+        (bytes.len() as u64, scan_segment(&bytes).unwrap().entries)
+    };
+    let (len0, first) = read(0);
+    let (len1, second) = read(1);
+    assert_eq!(first.len(), per_segment);
+    assert_eq!(first.last(), Some(&SegmentEntry::Append(staged.key, fixed(100))));
+    assert_eq!(second, vec![SegmentEntry::Append(rolled.key, fixed(101))]);
+    assert_eq!(stats.disk_bytes, len0 + len1, "{stats:?}");
+    spool.pause_syncer(false);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
