@@ -746,6 +746,11 @@ fn a_record_replaced_under_its_key_counts_once_and_its_segment_goes_once_release
     assert_eq!(spool.wait_durable_blocking(written, soon), Ok(true));
     let stats = spool.stats();
     assert_eq!((stats.segments, stats.segments_deleted), (1, 1), "{stats:?}");
+    let active = std::fs::metadata(store::segment_path(&dir, 1)).unwrap().len();
+    assert_eq!(
+        stats.disk_bytes, active,
+        "the deleted segment's bytes are gone from the count"
+    );
     spool.close_blocking().unwrap();
     assert!(!store::segment_path(&dir, 0).exists());
     let _ = std::fs::remove_dir_all(&dir);
@@ -782,6 +787,50 @@ fn a_record_staged_before_a_roll_is_written_to_the_segment_it_was_counted_in() {
     assert_eq!(second, vec![SegmentEntry::Append(rolled.key, fixed(101))]);
     assert_eq!(stats.disk_bytes, len0 + len1, "{stats:?}");
     spool.pause_syncer(false);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_record_replaced_under_its_key_fits_where_the_old_one_was() {
+    let dir = tmp_dir("replace-full");
+    let one = format::append_len(&fixed(0)) as u64;
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).max_bytes(2 * one)).unwrap();
+    spool.put(SpoolKey(1), &fixed(1)).unwrap();
+    spool.put(SpoolKey(2), &fixed(2)).unwrap();
+    spool
+        .put(SpoolKey(2), &fixed(3))
+        .expect("the replaced record's bytes are not counted twice");
+    assert!(matches!(
+        spool.put(SpoolKey(3), &fixed(4)),
+        Err(SpoolError::Full { .. })
+    ));
+    assert_eq!(spool.stats().live_bytes, 2 * one);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_append_becomes_durable_without_a_waiter_and_an_idle_syncer_stays_idle() {
+    let dir = tmp_dir("idle");
+    let (spool, _) =
+        Spool::open(SpoolOptions::new(&dir).sync(SyncPolicy::Group(Duration::from_millis(1)))).unwrap();
+    // Let the syncer fall idle (nothing to do), then append: staging wakes it.
+    std::thread::sleep(Duration::from_millis(20));
+    let appended = spool.append(&record(1)).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !spool.is_durable(appended.mark) {
+        assert!(
+            std::time::Instant::now() < until,
+            "nobody made the append durable"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Nothing more to do: no more rounds.
+    std::thread::sleep(Duration::from_millis(20));
+    let syncs = spool.stats().syncs;
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(spool.stats().syncs, syncs, "an idle syncer makes no rounds");
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
