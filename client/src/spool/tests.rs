@@ -917,3 +917,21 @@ fn staged_records_are_written_by_the_stager_once_they_pass_the_batch_bound_not_b
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_async_close_reports_the_spools_failure() {
+    let dir = tmp_dir("close-failed");
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    spool.append(&record(1)).unwrap();
+    spool.inject_write_error(std::io::ErrorKind::StorageFull);
+    assert!(spool.append(&record(2)).is_err());
+    let closed = smol::block_on(spool.close(deadline(Duration::from_secs(10))));
+    assert!(
+        matches!(closed, Err(SpoolError::WriteFailed { .. })),
+        "{closed:?}"
+    );
+    let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    assert_eq!(recovery.records.len(), 1);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
