@@ -925,6 +925,12 @@ fn an_async_close_reports_the_spools_failure() {
     spool.append(&record(1)).unwrap();
     spool.inject_write_error(std::io::ErrorKind::StorageFull);
     assert!(spool.append(&record(2)).is_err());
+    // A failed spool takes no more records but still owns its directory until it is closed.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        Spool::open(SpoolOptions::new(&dir)).unwrap_err(),
+        SpoolError::Locked { dir: dir.clone() }
+    );
     let closed = smol::block_on(spool.close(deadline(Duration::from_secs(10))));
     assert!(
         matches!(closed, Err(SpoolError::WriteFailed { .. })),
@@ -932,6 +938,24 @@ fn an_async_close_reports_the_spools_failure() {
     );
     let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
     assert_eq!(recovery.records.len(), 1);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn group_commit_keeps_its_interval_even_for_a_waiter() {
+    let dir = tmp_dir("group-interval");
+    let (spool, _) =
+        Spool::open(SpoolOptions::new(&dir).sync(SyncPolicy::Group(Duration::from_secs(3600)))).unwrap();
+    let appended = spool.append(&record(1)).unwrap();
+    let soon = std::time::Instant::now() + Duration::from_millis(100);
+    assert_eq!(
+        spool.wait_durable_blocking(appended.mark, soon),
+        Ok(false),
+        "no sync before the interval is over"
+    );
+    assert_eq!(spool.stats().syncs, 0);
+    // Close syncs what is left whatever the interval.
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
