@@ -826,6 +826,10 @@ fn an_append_becomes_durable_without_a_waiter_and_an_idle_syncer_stays_idle() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+    assert!(
+        spool.stats().syncs >= 1,
+        "durable under group commit means synced"
+    );
     // Nothing more to do: no more rounds (one or two may still be under way), where a
     // syncer that thinks it has work makes one every millisecond.
     std::thread::sleep(Duration::from_millis(50));
@@ -958,4 +962,80 @@ fn group_commit_keeps_its_interval_even_for_a_waiter() {
     // Close syncs what is left whatever the interval.
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Appends and releases records until the spool rolls to segment 1 (segment 0 then holds
+/// nothing live and is queued for deletion).
+fn roll_to_segment_1(spool: &Spool, dir: &std::path::Path) {
+    let mut i = 0;
+    while !store::segment_path(dir, 1).exists() {
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "waited 10 s for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn under_never_the_syncer_syncs_only_before_it_deletes_a_segment() {
+    let dir = tmp_dir("never-syncs");
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(4096)
+        .sync(SyncPolicy::Never);
+    let (spool, _) = Spool::open(options).unwrap();
+    for i in 0..5 {
+        spool.append(&fixed(i)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(spool.stats().syncs, 0, "no fdatasync under Never");
+    for key in 0..5 {
+        assert!(spool.release(SpoolKey(key)));
+    }
+    roll_to_segment_1(&spool, &dir);
+    wait_for("the deletion", || spool.stats().segments_deleted == 1);
+    assert!(
+        spool.stats().syncs >= 1,
+        "the releases are synced before the deletion"
+    );
+    assert!(!store::segment_path(&dir, 0).exists());
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_segment_already_gone_is_deleted_quietly_and_one_that_cannot_be_deleted_fails_the_spool() {
+    for gone in [true, false] {
+        let dir = tmp_dir(if gone { "delete-gone" } else { "delete-fails" });
+        let options = SpoolOptions::new(&dir)
+            .segment_bytes(4096)
+            .sync(SyncPolicy::Group(Duration::from_millis(1)));
+        let (spool, _) = Spool::open(options).unwrap();
+        spool.pause_syncer(true);
+        roll_to_segment_1(&spool, &dir);
+        let seg0 = store::segment_path(&dir, 0);
+        std::fs::remove_file(&seg0).unwrap();
+        if !gone {
+            // A directory where the segment was: removing it as a file fails (not NotFound).
+            std::fs::create_dir(&seg0).unwrap();
+        }
+        spool.pause_syncer(false);
+        let written = spool.written_mark();
+        let soon = std::time::Instant::now() + Duration::from_secs(10);
+        let waited = spool.wait_durable_blocking(written, soon);
+        if gone {
+            assert_eq!(waited, Ok(true));
+            assert_eq!(spool.stats().segments_deleted, 1);
+            spool.close_blocking().unwrap();
+        } else {
+            assert!(matches!(waited, Err(SpoolError::Io { .. })), "{waited:?}");
+            assert!(spool.close_blocking().is_err());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
