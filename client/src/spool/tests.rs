@@ -1039,3 +1039,33 @@ fn a_segment_already_gone_is_deleted_quietly_and_one_that_cannot_be_deleted_fail
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn a_pinned_record_is_not_copied_while_the_disk_is_within_its_budget() {
+    let dir = tmp_dir("no-compaction");
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(4096)
+        .sync(SyncPolicy::Group(Duration::from_millis(1)));
+    let (spool, _) = Spool::open(options).unwrap();
+    let pinned = spool.append(&fixed(0)).unwrap();
+    // Segment 0 (the pinned record and released ones) is sealed; the disk holds about one
+    // segment more than the live bytes, well within 2 × live + 2 × segment_bytes.
+    let mut i = 1;
+    while !store::segment_path(&dir, 1).exists() {
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+    for _ in 0..20 {
+        let written = spool.written_mark();
+        let soon = std::time::Instant::now() + Duration::from_secs(10);
+        assert_eq!(spool.wait_durable_blocking(written, soon), Ok(true));
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+    let stats = spool.stats();
+    assert!(stats.disk_bytes <= 2 * stats.live_bytes + 2 * 4096, "{stats:?}");
+    assert_eq!((stats.compacted, stats.segments), (0, 2), "{stats:?}");
+    assert!(spool.release(pinned.key));
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
