@@ -244,3 +244,155 @@ pub(crate) async fn close<R: crate::Runtime>(link: SpoolLink, runtime: &R) {
 fn spool_close_timeout() -> Duration {
     Duration::from_secs(5)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::inspect;
+    use usageflow_socket_core::Config;
+
+    fn tmp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ufsock-spooling-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn link(options: &SpoolOptions, now: Instant) -> SpoolLink {
+        let config = Config::builder("ws://localhost:9000/ws", "k").build().unwrap();
+        let mut pool = Pool::new(config, 1, now);
+        SpoolLink::open(options, &mut pool, now).unwrap()
+    }
+
+    fn message(id: u64, delivery: Delivery, writes: u32) -> CoreRecord {
+        CoreRecord {
+            id: MessageId(id),
+            kind: "use_allocation".into(),
+            frame: format!(r#"{{"type":"use_allocation","id":"{id}"}}"#),
+            delivery,
+            writes,
+        }
+    }
+
+    fn close_link(link: SpoolLink) {
+        Arc::try_unwrap(link.spool).unwrap().close_blocking().unwrap();
+    }
+
+    #[test]
+    fn a_kept_message_is_stored_under_its_id_with_its_guarantee_writes_and_send_time() {
+        let dir = tmp_dir("keep");
+        let now = Instant::now();
+        let mut link = link(&SpoolOptions::new(&dir), now);
+        assert!(format!("{link:?}").contains("SpoolLink"), "{link:?}");
+        let wall = unix_ms(SystemTime::now());
+        let a_minute_ago = now.checked_sub(Duration::from_secs(60)).unwrap();
+        assert!(link
+            .keep(message(7, Delivery::AtLeastOnce, 2), a_minute_ago, now)
+            .is_none());
+        assert!(link.keep(message(8, Delivery::AtMostOnce, 0), now, now).is_none());
+        assert!(link
+            .keep(message(9, Delivery::AtLeastOnce, 1), now, now)
+            .is_none());
+        link.release(MessageId(9));
+        link.send_mark().settle().unwrap();
+        close_link(link);
+        let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+        let got: Vec<_> = recovery
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r.key.0,
+                    r.record.message_id,
+                    r.record.at_least_once,
+                    r.record.rewrites,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(7, 7, true, 2), (8, 8, false, 0)],
+            "the released one is gone"
+        );
+        let sent = |i: usize| recovery.records[i].record.first_sent_unix_ms;
+        assert!(sent(0).abs_diff(wall - 60_000) < 5_000, "{} vs {wall}", sent(0));
+        assert!(sent(1).abs_diff(wall) < 5_000, "{} vs {wall}", sent(1));
+        spool.close_blocking().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refused_keeps_are_logged_the_first_time_then_once_per_thousand() {
+        let dir = tmp_dir("refused");
+        let now = Instant::now();
+        // The store's bound is twice the pool's: a record of 16 KiB never fits in 2 × 4 KiB.
+        let mut link = link(&SpoolOptions::new(&dir).max_bytes(4096), now);
+        let mut big = message(1, Delivery::AtLeastOnce, 0);
+        big.frame = "x".repeat(16 << 10);
+        let mut logged = Vec::new();
+        for n in 1..=2000u64 {
+            if let Some(LogLine::SpoolFailed { id, failures, .. }) = link.keep(big.clone(), now, now) {
+                assert_eq!(id, MessageId(1));
+                logged.push(failures);
+            }
+            assert_eq!(link.failures, n);
+        }
+        assert_eq!(logged, vec![1, 1000, 2000]);
+        close_link(link);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_send_writes_its_record_through_before_it_settles_on_both_paths() {
+        let dir = tmp_dir("through");
+        let now = Instant::now();
+        // A syncer that never runs: only the send's own write puts the record in the OS.
+        let options = SpoolOptions::new(&dir).sync(SyncPolicy::Group(Duration::from_secs(3600)));
+        let mut link = link(&options, now);
+        link.spool().pause_syncer(true);
+        link.keep(message(1, Delivery::AtLeastOnce, 0), now, now);
+        assert_eq!(inspect(&dir).unwrap().records, 0, "staged, not written yet");
+        link.send_mark().settle().unwrap();
+        assert_eq!(inspect(&dir).unwrap().records, 1);
+        link.keep(message(2, Delivery::AtLeastOnce, 0), now, now);
+        let mark = link.send_mark();
+        assert!(!mark.wait);
+        // Not waiting: the deadline is never looked at.
+        smol::block_on(mark.settle_async(std::future::ready(()))).unwrap();
+        assert_eq!(inspect(&dir).unwrap().records, 2);
+        link.spool().pause_syncer(false);
+        close_link(link);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn under_every_send_a_send_settles_once_its_record_is_durable_or_reports_it_is_not() {
+        let dir = tmp_dir("every-send");
+        let now = Instant::now();
+        let mut link = link(&SpoolOptions::new(&dir).sync(SyncPolicy::EverySend), now);
+        link.keep(message(1, Delivery::AtLeastOnce, 0), now, now);
+        let kept = link.last_keep;
+        let mark = link.send_mark();
+        assert!(mark.wait);
+        mark.settle().unwrap();
+        assert!(link.spool().is_durable(kept), "settled means durable");
+
+        link.spool().pause_syncer(true);
+        link.keep(message(2, Delivery::AtLeastOnce, 0), now, now);
+        let kept = link.last_keep;
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            wait_every_send(link.spool(), kept, soon),
+            Err(ClientError::SpoolNotDurable { .. })
+        ));
+        let expired = smol::block_on(link.send_mark().settle_async(std::future::ready(())));
+        assert!(
+            matches!(expired, Err(ClientError::SpoolNotDurable { .. })),
+            "{expired:?}"
+        );
+        link.spool().pause_syncer(false);
+        smol::block_on(link.send_mark().settle_async(std::future::pending::<()>())).unwrap();
+        assert!(link.spool().is_durable(kept));
+        close_link(link);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -700,3 +700,372 @@ fn stats_name_the_oldest_live_record_after_releases_and_reused_keys() {
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_key_hasher_gives_distinct_keys_distinct_hashes() {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    // A hasher that collapses keys leaves the live map correct but quadratic.
+    let build = BuildHasherDefault::<writer::KeyHasher>::default();
+    let keys: std::collections::HashSet<u64> = (0..4096u64).map(|k| build.hash_one(k)).collect();
+    assert_eq!(keys.len(), 4096);
+    let bytes: std::collections::HashSet<u64> = (0..4096u64).map(|k| build.hash_one(k.to_string())).collect();
+    assert_eq!(bytes.len(), 4096);
+}
+
+#[test]
+fn a_record_replaced_under_its_key_counts_once_and_its_segment_goes_once_released() {
+    let dir = tmp_dir("replace");
+    let one = format::append_len(&fixed(0)) as u64;
+    let header = format::HEADER_LEN as u64;
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).segment_bytes(4096)).unwrap();
+    spool.put(SpoolKey(5), &fixed(5)).unwrap();
+    spool.put(SpoolKey(5), &fixed(6)).unwrap();
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.records, stats.live_bytes, stats.appended, stats.written),
+        (1, one, 2, DurableMark(2)),
+        "{stats:?}"
+    );
+    assert_eq!(stats.disk_bytes, header + 2 * one);
+    assert!(spool.release(SpoolKey(5)));
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.records, stats.live_bytes, stats.released, stats.written),
+        (0, 0, 1, DurableMark(3)),
+        "{stats:?}"
+    );
+    assert_eq!(stats.disk_bytes, header + 2 * one + format::RELEASE_LEN as u64);
+    // Once the active segment moves on, the first one holds nothing live: it is deleted.
+    let mut i = 10;
+    while !store::segment_path(&dir, 1).exists() {
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+    let written = spool.written_mark();
+    let soon = std::time::Instant::now() + Duration::from_secs(10);
+    assert_eq!(spool.wait_durable_blocking(written, soon), Ok(true));
+    let stats = spool.stats();
+    assert_eq!((stats.segments, stats.segments_deleted), (1, 1), "{stats:?}");
+    let active = std::fs::metadata(store::segment_path(&dir, 1)).unwrap().len();
+    assert_eq!(
+        stats.disk_bytes, active,
+        "the deleted segment's bytes are gone from the count"
+    );
+    spool.close_blocking().unwrap();
+    assert!(!store::segment_path(&dir, 0).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_record_staged_before_a_roll_is_written_to_the_segment_it_was_counted_in() {
+    let dir = tmp_dir("roll");
+    let one = format::append_len(&fixed(0));
+    let per_segment = (4096 - format::HEADER_LEN) / one;
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(4096)
+        .sync(SyncPolicy::Group(Duration::from_secs(3600)));
+    let (spool, _) = Spool::open(options).unwrap();
+    spool.pause_syncer(true);
+    for i in 0..per_segment as u64 - 1 {
+        spool.append(&fixed(i)).unwrap();
+    }
+    // The last record that fits, staged only; the next append rolls to a new segment.
+    let staged = spool.stage(spool.next_key(), &fixed(100)).unwrap();
+    assert_eq!(spool.stats().segments, 1);
+    let rolled = spool.append(&fixed(101)).unwrap();
+    assert!(rolled.mark > staged.mark);
+    let stats = spool.stats();
+    assert_eq!(stats.segments, 2, "{stats:?}");
+    let read = |seg| {
+        let bytes = std::fs::read(store::segment_path(&dir, seg)).unwrap();
+        (bytes.len() as u64, scan_segment(&bytes).unwrap().entries)
+    };
+    let (len0, first) = read(0);
+    let (len1, second) = read(1);
+    assert_eq!(first.len(), per_segment);
+    assert_eq!(first.last(), Some(&SegmentEntry::Append(staged.key, fixed(100))));
+    assert_eq!(second, vec![SegmentEntry::Append(rolled.key, fixed(101))]);
+    assert_eq!(stats.disk_bytes, len0 + len1, "{stats:?}");
+    spool.pause_syncer(false);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_record_replaced_under_its_key_fits_where_the_old_one_was() {
+    let dir = tmp_dir("replace-full");
+    let one = format::append_len(&fixed(0)) as u64;
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir).max_bytes(2 * one)).unwrap();
+    spool.put(SpoolKey(1), &fixed(1)).unwrap();
+    spool.put(SpoolKey(2), &fixed(2)).unwrap();
+    spool
+        .put(SpoolKey(2), &fixed(3))
+        .expect("the replaced record's bytes are not counted twice");
+    assert!(matches!(
+        spool.put(SpoolKey(3), &fixed(4)),
+        Err(SpoolError::Full { .. })
+    ));
+    assert_eq!(spool.stats().live_bytes, 2 * one);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_append_becomes_durable_without_a_waiter_and_an_idle_syncer_stays_idle() {
+    let dir = tmp_dir("idle");
+    let (spool, _) =
+        Spool::open(SpoolOptions::new(&dir).sync(SyncPolicy::Group(Duration::from_millis(1)))).unwrap();
+    // Let the syncer fall idle (nothing to do), then append: staging wakes it.
+    std::thread::sleep(Duration::from_millis(20));
+    let appended = spool.append(&record(1)).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !spool.is_durable(appended.mark) {
+        assert!(
+            std::time::Instant::now() < until,
+            "nobody made the append durable"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        spool.stats().syncs >= 1,
+        "durable under group commit means synced"
+    );
+    // Nothing more to do: no more rounds (one or two may still be under way), where a
+    // syncer that thinks it has work makes one every millisecond.
+    std::thread::sleep(Duration::from_millis(50));
+    let syncs = spool.stats().syncs;
+    std::thread::sleep(Duration::from_millis(200));
+    let more = spool.stats().syncs - syncs;
+    assert!(more <= 2, "an idle syncer made {more} rounds");
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_append_is_in_the_file_when_it_returns_even_while_another_caller_writes() {
+    let dir = tmp_dir("contended");
+    let one = format::append_len(&fixed(0)) as u64;
+    let header = format::HEADER_LEN as u64;
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(64 << 20)
+        .sync(SyncPolicy::Group(Duration::from_secs(3600)));
+    let (spool, _) = Spool::open(options).unwrap();
+    // Nobody but the appenders writes: each append's own write (or a concurrent caller's,
+    // which took its bytes) put it in the file.
+    spool.pause_syncer(true);
+    let spool = std::sync::Arc::new(spool);
+    let seg = store::segment_path(&dir, 0);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let spool = spool.clone();
+            let seg = seg.clone();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let appended = spool.append(&fixed(t * 1000 + i)).unwrap();
+                    // Same-size records, no releases: the record with mark m ends here.
+                    let end = header + appended.mark.0 * one;
+                    let len = std::fs::metadata(&seg).unwrap().len();
+                    assert!(
+                        len >= end,
+                        "mark {:?}: {len} bytes in the file, {end} needed",
+                        appended.mark
+                    );
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    spool.pause_syncer(false);
+    std::sync::Arc::try_unwrap(spool)
+        .unwrap()
+        .close_blocking()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn staged_records_are_written_by_the_stager_once_they_pass_the_batch_bound_not_before() {
+    let dir = tmp_dir("batch");
+    let big = SpoolRecord {
+        frame: "x".repeat(60 << 10),
+        ..record(0)
+    };
+    let one = format::append_len(&big) as u64;
+    let options = SpoolOptions::new(&dir)
+        .max_bytes(16 << 20)
+        .segment_bytes(16 << 20)
+        .sync(SyncPolicy::Group(Duration::from_secs(3600)));
+    let (spool, _) = Spool::open(options).unwrap();
+    spool.pause_syncer(true);
+    let seg = store::segment_path(&dir, 0);
+    let header = format::HEADER_LEN as u64;
+    let file_len = || std::fs::metadata(&seg).unwrap().len();
+    let batch = (256 << 10) / one + 1;
+    for n in 1..batch {
+        spool.stage(SpoolKey(n), &big).unwrap();
+        assert_eq!(
+            file_len(),
+            header,
+            "{n} staged records, under the bound: not written"
+        );
+    }
+    spool.stage(SpoolKey(batch), &big).unwrap();
+    assert_eq!(
+        file_len(),
+        header + batch * one,
+        "past the bound: the stager wrote them all"
+    );
+    spool.pause_syncer(false);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_async_close_reports_the_spools_failure() {
+    let dir = tmp_dir("close-failed");
+    let (spool, _) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    spool.append(&record(1)).unwrap();
+    spool.inject_write_error(std::io::ErrorKind::StorageFull);
+    assert!(spool.append(&record(2)).is_err());
+    // A failed spool takes no more records but still owns its directory until it is closed.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        Spool::open(SpoolOptions::new(&dir)).unwrap_err(),
+        SpoolError::Locked { dir: dir.clone() }
+    );
+    let closed = smol::block_on(spool.close(deadline(Duration::from_secs(10))));
+    assert!(
+        matches!(closed, Err(SpoolError::WriteFailed { .. })),
+        "{closed:?}"
+    );
+    let (spool, recovery) = Spool::open(SpoolOptions::new(&dir)).unwrap();
+    assert_eq!(recovery.records.len(), 1);
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn group_commit_keeps_its_interval_even_for_a_waiter() {
+    let dir = tmp_dir("group-interval");
+    let (spool, _) =
+        Spool::open(SpoolOptions::new(&dir).sync(SyncPolicy::Group(Duration::from_secs(3600)))).unwrap();
+    let appended = spool.append(&record(1)).unwrap();
+    let soon = std::time::Instant::now() + Duration::from_millis(100);
+    assert_eq!(
+        spool.wait_durable_blocking(appended.mark, soon),
+        Ok(false),
+        "no sync before the interval is over"
+    );
+    assert_eq!(spool.stats().syncs, 0);
+    // Close syncs what is left whatever the interval.
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Appends and releases records until the spool rolls to segment 1 (segment 0 then holds
+/// nothing live and is queued for deletion).
+fn roll_to_segment_1(spool: &Spool, dir: &std::path::Path) {
+    let mut i = 0;
+    while !store::segment_path(dir, 1).exists() {
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "waited 10 s for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn under_never_the_syncer_syncs_only_before_it_deletes_a_segment() {
+    let dir = tmp_dir("never-syncs");
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(4096)
+        .sync(SyncPolicy::Never);
+    let (spool, _) = Spool::open(options).unwrap();
+    for i in 0..5 {
+        spool.append(&fixed(i)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(spool.stats().syncs, 0, "no fdatasync under Never");
+    for key in 0..5 {
+        assert!(spool.release(SpoolKey(key)));
+    }
+    roll_to_segment_1(&spool, &dir);
+    wait_for("the deletion", || spool.stats().segments_deleted == 1);
+    assert!(
+        spool.stats().syncs >= 1,
+        "the releases are synced before the deletion"
+    );
+    assert!(!store::segment_path(&dir, 0).exists());
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_segment_already_gone_is_deleted_quietly_and_one_that_cannot_be_deleted_fails_the_spool() {
+    for gone in [true, false] {
+        let dir = tmp_dir(if gone { "delete-gone" } else { "delete-fails" });
+        let options = SpoolOptions::new(&dir)
+            .segment_bytes(4096)
+            .sync(SyncPolicy::Group(Duration::from_millis(1)));
+        let (spool, _) = Spool::open(options).unwrap();
+        spool.pause_syncer(true);
+        roll_to_segment_1(&spool, &dir);
+        let seg0 = store::segment_path(&dir, 0);
+        std::fs::remove_file(&seg0).unwrap();
+        if !gone {
+            // A directory where the segment was: removing it as a file fails (not NotFound).
+            std::fs::create_dir(&seg0).unwrap();
+        }
+        spool.pause_syncer(false);
+        let written = spool.written_mark();
+        let soon = std::time::Instant::now() + Duration::from_secs(10);
+        let waited = spool.wait_durable_blocking(written, soon);
+        if gone {
+            assert_eq!(waited, Ok(true));
+            assert_eq!(spool.stats().segments_deleted, 1);
+            spool.close_blocking().unwrap();
+        } else {
+            assert!(matches!(waited, Err(SpoolError::Io { .. })), "{waited:?}");
+            assert!(spool.close_blocking().is_err());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_pinned_record_is_not_copied_while_the_disk_is_within_its_budget() {
+    let dir = tmp_dir("no-compaction");
+    let options = SpoolOptions::new(&dir)
+        .segment_bytes(4096)
+        .sync(SyncPolicy::Group(Duration::from_millis(1)));
+    let (spool, _) = Spool::open(options).unwrap();
+    let pinned = spool.append(&fixed(0)).unwrap();
+    // Segment 0 (the pinned record and released ones) is sealed; the disk holds about one
+    // segment more than the live bytes, well within 2 × live + 2 × segment_bytes.
+    let mut i = 1;
+    while !store::segment_path(&dir, 1).exists() {
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+    for _ in 0..20 {
+        let written = spool.written_mark();
+        let soon = std::time::Instant::now() + Duration::from_secs(10);
+        assert_eq!(spool.wait_durable_blocking(written, soon), Ok(true));
+        assert!(spool.release(spool.append(&fixed(i)).unwrap().key));
+        i += 1;
+    }
+    let stats = spool.stats();
+    assert!(stats.disk_bytes <= 2 * stats.live_bytes + 2 * 4096, "{stats:?}");
+    assert_eq!((stats.compacted, stats.segments), (0, 2), "{stats:?}");
+    assert!(spool.release(pinned.key));
+    spool.close_blocking().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
