@@ -365,13 +365,22 @@ fn disk_stays_bounded_under_a_confirmed_stream_even_with_one_record_pinned() {
             assert!(spool.release(window.pop_front().unwrap()));
         }
         if i % 500 == 0 {
-            // Once the writer caught up (compaction is its work), the bound holds.
+            // Once the syncer caught up (compaction is its work, in its own rounds: a loaded
+            // machine may run them after the durable mark moved), the bound holds.
             let written = spool.written_mark();
             assert_eq!(
                 smol::block_on(spool.wait_durable(written, deadline(Duration::from_secs(10)))),
                 Ok(true)
             );
-            let stats = spool.stats();
+            let give_up = std::time::Instant::now() + Duration::from_secs(10);
+            let stats = loop {
+                let stats = spool.stats();
+                let within = stats.disk_bytes <= 2 * stats.live_bytes + 4 * segment_bytes;
+                if within || std::time::Instant::now() > give_up {
+                    break stats;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
             peak = peak.max(stats.disk_bytes);
             assert!(
                 stats.disk_bytes <= 2 * stats.live_bytes + 4 * segment_bytes,

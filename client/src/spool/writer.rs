@@ -127,6 +127,9 @@ pub(crate) struct State {
     /// No key below this is live: the search for the oldest live record resumes here (each
     /// key is looked at once, however often [`Spool::stats`] is called).
     oldest_scan: u64,
+    /// A segment compaction could not empty (a live record of it did not read back): not
+    /// tried again, so a damaged segment is not read over and over.
+    compaction_blocked: Option<u64>,
     /// Appends and releases so far (each one advances the mark by one).
     mark: u64,
     /// The mark up to which every append and release reached the OS.
@@ -192,6 +195,7 @@ impl State {
                 .map(|l| l.0)
                 .min()
                 .unwrap_or(recovered.next_key),
+            compaction_blocked: None,
             mark: 0,
             written: 0,
             live: LiveMap::with_capacity_and_hasher(recovered.live.len(), Default::default()),
@@ -382,7 +386,21 @@ impl State {
 
     /// Whether the syncer has anything to do.
     fn has_work(&self) -> bool {
-        self.dirty || self.written < self.mark || !self.sealed_bufs.is_empty() || !self.deletes.is_empty()
+        self.dirty
+            || self.written < self.mark
+            || !self.sealed_bufs.is_empty()
+            || !self.deletes.is_empty()
+            || self.compaction_due()
+    }
+
+    /// Whether the dead bytes outgrew the live ones with live records in the oldest segment:
+    /// the syncer goes on compacting without waiting for more traffic.
+    fn compaction_due(&self) -> bool {
+        let budget = 2 * self.live_bytes + 2 * self.segment_bytes;
+        self.disk_bytes > budget
+            && self.segs.first_key_value().is_some_and(|(&seg, acct)| {
+                seg != self.active_seg && acct.live_records > 0 && self.compaction_blocked != Some(seg)
+            })
     }
 
     /// Whether staged bytes wait to be written.
@@ -992,25 +1010,19 @@ impl Syncer {
 
     /// Compacts the oldest segment if dead bytes outgrew live ones; whether it did.
     fn compact_oldest(&mut self) -> Result<bool, SpoolError> {
-        let segment_bytes;
         let seg = {
             let st = self.shared.lock();
-            segment_bytes = st.segment_bytes;
-            let budget = 2 * st.live_bytes + 2 * segment_bytes;
             match st.segs.first_key_value() {
-                Some((&seg, acct))
-                    if st.disk_bytes > budget && seg != st.active_seg && acct.live_records > 0 =>
-                {
-                    seg
-                }
+                Some((&seg, _)) if st.compaction_due() => seg,
                 _ => return Ok(false),
             }
         };
         let path = segment_path(&self.shared.dir, seg);
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(false);
-        };
-        let Ok(scan) = format::scan_segment(&bytes) else {
+        let scan = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| format::scan_segment(&bytes).ok());
+        let Some(scan) = scan else {
+            self.shared.lock().compaction_blocked = Some(seg);
             return Ok(false);
         };
         let mut st = self.shared.lock();
@@ -1038,7 +1050,11 @@ impl Syncer {
         st.dirty = true;
         st.reclaim();
         // Deleted (queued) unless a live record could not be read back from it.
-        Ok(!st.segs.contains_key(&seg))
+        let emptied = !st.segs.contains_key(&seg);
+        if !emptied {
+            st.compaction_blocked = Some(seg);
+        }
+        Ok(emptied)
     }
 }
 
