@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use usageflow_socket_client::spool::{Spool, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
+use usageflow_socket_client::spool::{Spool, SpoolError, SpoolKey, SpoolOptions, SpoolRecord, SyncPolicy};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -36,10 +36,16 @@ impl Kind {
     }
 
     fn parse(s: &str) -> Result<Kind, String> {
-        [Kind::Log, Kind::LogWriteThrough, Kind::Sqlite, Kind::Redb, Kind::Fjall]
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown store {s:?} (log, log-wt, sqlite, redb, fjall)"))
+        [
+            Kind::Log,
+            Kind::LogWriteThrough,
+            Kind::Sqlite,
+            Kind::Redb,
+            Kind::Fjall,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("unknown store {s:?} (log, log-wt, sqlite, redb, fjall)"))
     }
 }
 
@@ -63,7 +69,13 @@ fn parse_args() -> Result<Args, String> {
         window: 1000,
         interval: Duration::from_millis(2),
         rate: None,
-        stores: vec![Kind::Log, Kind::LogWriteThrough, Kind::Sqlite, Kind::Redb, Kind::Fjall],
+        stores: vec![
+            Kind::Log,
+            Kind::LogWriteThrough,
+            Kind::Sqlite,
+            Kind::Redb,
+            Kind::Fjall,
+        ],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -139,10 +151,14 @@ impl Handle {
 
     fn append(&mut self, rec: &SpoolRecord) -> Result<u64, String> {
         match self {
-            Handle::Log(spool) => spool
-                .stage(spool.next_key(), rec)
-                .map(|a| a.key.0)
-                .map_err(|e| e.to_string()),
+            Handle::Log(spool) => loop {
+                match spool.stage(spool.next_key(), rec) {
+                    Ok(a) => return Ok(a.key.0),
+                    // The syncer is 8 MiB behind: wait for it, as a bounded channel would.
+                    Err(SpoolError::Backlogged { .. }) => std::thread::sleep(Duration::from_micros(50)),
+                    Err(e) => return Err(e.to_string()),
+                }
+            },
             Handle::LogWriteThrough(spool) => spool.append(rec).map(|a| a.key.0).map_err(|e| e.to_string()),
             Handle::Embedded(c) => Ok(c.append(rec)),
         }

@@ -116,9 +116,14 @@ pub struct SpoolOptions {
     /// Whether a client's `send` writes its record to the OS before it returns (default
     /// `true`): then killing the process (kill -9, an OOM kill) loses no accepted message,
     /// under every [`SyncPolicy`]. `false` leaves the write to the syncer, once per sync
-    /// interval (2 ms by default; under [`SyncPolicy::Never`] the same 2 ms): about 1.5x the
+    /// interval (2 ms by default; under [`SyncPolicy::Never`] the same 2 ms): about 1.6x the
     /// throughput of spooled sends, but a kill can lose the sends of the last interval. A
-    /// record's durability against a power cut is the same either way.
+    /// record's durability against a power cut is the same either way. With `true`, a send
+    /// waits for its `write`: a disk that stops taking writes (a hung network filesystem,
+    /// writeback throttled) holds up the sending thread until it does; with `false`, sends
+    /// write no records (the send that fills a segment creates the next file), and past
+    /// 8 MiB of unwritten records keeps are refused
+    /// ([`SpoolError::Backlogged`]; the message is still sent from memory).
     pub write_through: bool,
 }
 
@@ -226,6 +231,16 @@ pub enum SpoolError {
         live_bytes: u64,
         /// The refused record's encoded size.
         record_bytes: u64,
+        /// The bound.
+        max_bytes: u64,
+    },
+    /// 8 MiB of records are staged and not yet written (the disk does not take writes as
+    /// fast as they come, or stalled): refused, nothing staged, so memory stays bounded
+    /// (counted in [`SpoolStats::refused_backlogged`]).
+    #[error("spool backlogged: {staged_bytes} bytes staged and not yet written (max {max_bytes})")]
+    Backlogged {
+        /// Bytes staged now.
+        staged_bytes: u64,
         /// The bound.
         max_bytes: u64,
     },

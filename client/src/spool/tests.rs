@@ -895,7 +895,7 @@ fn an_append_is_in_the_file_when_it_returns_even_while_another_caller_writes() {
 }
 
 #[test]
-fn staged_records_are_written_by_the_stager_once_they_pass_the_batch_bound_not_before() {
+fn staging_past_the_backlog_bound_is_refused_and_counted_and_the_stager_never_writes() {
     let dir = tmp_dir("batch");
     let big = SpoolRecord {
         frame: "x".repeat(60 << 10),
@@ -903,30 +903,42 @@ fn staged_records_are_written_by_the_stager_once_they_pass_the_batch_bound_not_b
     };
     let one = format::append_len(&big) as u64;
     let options = SpoolOptions::new(&dir)
-        .max_bytes(16 << 20)
-        .segment_bytes(16 << 20)
+        .max_bytes(64 << 20)
+        .segment_bytes(64 << 20)
         .sync(SyncPolicy::Group(Duration::from_secs(3600)));
     let (spool, _) = Spool::open(options).unwrap();
     spool.pause_syncer(true);
     let seg = store::segment_path(&dir, 0);
     let header = format::HEADER_LEN as u64;
     let file_len = || std::fs::metadata(&seg).unwrap().len();
-    let batch = (256 << 10) / one + 1;
-    for n in 1..batch {
+    let fit = (8 << 20) / one;
+    for n in 1..=fit {
         spool.stage(SpoolKey(n), &big).unwrap();
-        assert_eq!(
-            file_len(),
-            header,
-            "{n} staged records, under the bound: not written"
-        );
     }
-    spool.stage(SpoolKey(batch), &big).unwrap();
+    assert_eq!(file_len(), header, "staging never writes");
+    let refused = spool.stage(SpoolKey(fit + 1), &big);
+    assert_eq!(
+        refused,
+        Err(SpoolError::Backlogged {
+            staged_bytes: fit * one,
+            max_bytes: 8 << 20
+        })
+    );
+    assert_eq!(spool.stats().refused_backlogged, 1);
+    assert_eq!(file_len(), header, "a refusal writes nothing either");
+    spool.write_through(spool.written_mark()).unwrap();
     assert_eq!(
         file_len(),
-        header + batch * one,
-        "past the bound: the stager wrote them all"
+        header + fit * one,
+        "one write takes everything staged"
     );
+    spool
+        .stage(SpoolKey(fit + 1), &big)
+        .expect("room again once written");
     spool.pause_syncer(false);
+    spool.close_blocking().unwrap();
+    let (spool, recovery) = Spool::open(SpoolOptions::new(&dir).max_bytes(64 << 20)).unwrap();
+    assert_eq!(recovery.records.len() as u64, fit + 1);
     spool.close_blocking().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 const NEVER_TICK: Duration = super::DEFAULT_SYNC_INTERVAL;
 /// How many times a caller polls a busy write before it sleeps on the lock.
 const WRITE_SPINS: u32 = 4096;
-/// Staged bytes are written by the caller that takes them past this size, even without a
-/// write-through (so staging stays bounded in memory when the syncer is slow or stalled).
-const STAGED_BATCH_BYTES: usize = 256 << 10;
+/// The most bytes staged and not yet written: past it a stage is refused
+/// ([`SpoolError::Backlogged`]), so memory stays bounded when writes stall, and no caller
+/// ever writes under a lock of its own to make room.
+const MAX_STAGED_BYTES: u64 = 8 << 20;
 
 /// A point in the spool's stream of appends and releases: once [`Spool::is_durable`] holds
 /// for it, everything appended or released up to it is durable (as the policy defines).
@@ -70,6 +71,8 @@ pub struct SpoolStats {
     pub released: u64,
     /// Appends refused because the spool was full.
     pub refused_full: u64,
+    /// Appends refused because 8 MiB were staged and not yet written (writes stall).
+    pub refused_backlogged: u64,
     /// `fdatasync` rounds made by the syncer.
     pub syncs: u64,
     /// Live records copied forward out of an old segment (compaction).
@@ -300,6 +303,14 @@ impl State {
             });
         }
         format::check_append(record).map_err(|e| SpoolError::RecordTooLarge(e.to_string()))?;
+        let staged = self.staged_bytes();
+        if staged + len > MAX_STAGED_BYTES {
+            self.stats.refused_backlogged += 1;
+            return Err(SpoolError::Backlogged {
+                staged_bytes: staged,
+                max_bytes: MAX_STAGED_BYTES,
+            });
+        }
         self.roll_if_needed(len)?;
         let seg = self.active_seg;
         format::encode_append(&mut self.buf, SpoolKey(key), record);
@@ -401,6 +412,12 @@ impl State {
             && self.segs.first_key_value().is_some_and(|(&seg, acct)| {
                 seg != self.active_seg && acct.live_records > 0 && self.compaction_blocked != Some(seg)
             })
+    }
+
+    /// Bytes staged and not yet written.
+    fn staged_bytes(&self) -> u64 {
+        let sealed: usize = self.sealed_bufs.iter().map(|(_, bytes)| bytes.len()).sum();
+        (self.buf.len() + sealed) as u64
     }
 
     /// Whether staged bytes wait to be written.
@@ -656,12 +673,8 @@ impl Spool {
                 return Err(e);
             }
         };
-        let batch_full = st.buf.len() >= STAGED_BATCH_BYTES;
         self.shared
             .after_stage(st, self.shared.policy == SyncPolicy::EverySend);
-        if batch_full {
-            self.shared.write_through(mark.0)?;
-        }
         Ok(Appended { key, mark })
     }
 
@@ -684,14 +697,8 @@ impl Spool {
         let mut st = self.shared.lock();
         match st.release(key.0) {
             Ok(released) => {
-                let batch_full = st.buf.len() >= STAGED_BATCH_BYTES;
                 if released && st.syncer_idle {
                     self.shared.after_stage(st, false);
-                } else {
-                    drop(st);
-                }
-                if batch_full {
-                    let _ = self.shared.write_through(u64::MAX);
                 }
                 released
             }

@@ -164,7 +164,7 @@ pub use knobs::Knobs;
 
 use crate::frame::{self, Outgoing};
 use crate::pool::Pool;
-use crate::spool::{Restored, SpoolOpenError, SpoolOpened, SpoolRecord};
+use crate::spool::{Restored, SpoolRecord};
 use crate::stats::Stats;
 use crate::{
     CloseReason, ConnId, Delivery, DialError, Event, Input, MessageFate, Outcome, Output, RequestId,
@@ -967,14 +967,7 @@ impl Sim {
     /// virtual clock) and opens the spool of the current pool with them. The replayed
     /// messages are sent at least once from now on, with the writes their records kept.
     fn open_spool_now(&mut self) -> Result<(), Failure> {
-        let restored: Vec<Restored> = self
-            .spool
-            .values()
-            .map(|(record, first)| Restored {
-                record: record.clone(),
-                age: self.now.saturating_duration_since(*first),
-            })
-            .collect();
+        let restored = restored(&self.spool, self.now);
         for r in &restored {
             let Some(&key) = self.by_frame.get(&r.record.frame) else {
                 return Err(self.fail(format!(
@@ -994,7 +987,7 @@ impl Sim {
         }
         self.replayed += restored.len() as u64;
         let max_bytes = self.knobs.spool_bytes;
-        let result = open_spool(&mut self.pool, self.now, max_bytes, restored.clone());
+        let result = self.pool.open_spool(self.now, max_bytes, restored.clone());
         self.observe(
             8,
             Call::OpenSpool {
@@ -1551,15 +1544,16 @@ impl Sim {
     }
 }
 
-/// The simulation's one call of [`Pool::open_spool`] (the main simulation, the crash
-/// harness in [`spool`] and the checker's tests all open their spools through it).
-pub(crate) fn open_spool(
-    pool: &mut Pool,
-    now: Instant,
-    max_bytes: u64,
-    restored: Vec<Restored>,
-) -> Result<SpoolOpened, SpoolOpenError> {
-    pool.open_spool(now, max_bytes, restored)
+/// What a new process hands [`Pool::open_spool`]: the records a simulated client's spool
+/// holds (id -> record and first send), each with its age on the virtual clock at `now`.
+pub(crate) fn restored(spool: &BTreeMap<u64, (SpoolRecord, Instant)>, now: Instant) -> Vec<Restored> {
+    spool
+        .values()
+        .map(|(record, first)| Restored {
+            record: record.clone(),
+            age: now.saturating_duration_since(*first),
+        })
+        .collect()
 }
 
 fn messages_policies() -> Outgoing {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::spool::{Restored, SpoolRecord};
+use crate::spool::SpoolRecord;
 use crate::{CloseReason, Config, ConnId, Delivery, Input, MessageFate, Outgoing, Output, Pool, SendOptions};
 
 /// What one crash simulation did.
@@ -143,15 +143,10 @@ impl World {
         self.conns.clear();
         self.dialing.clear();
         self.unwritten.clear();
-        let restored = self
-            .spool
-            .values()
-            .map(|(record, first)| Restored {
-                record: record.clone(),
-                age: self.now.saturating_duration_since(*first),
-            })
-            .collect();
-        let opened = super::open_spool(&mut self.pool, self.now, 64 * 1024, restored)
+        let restored = super::restored(&self.spool, self.now);
+        let opened = self
+            .pool
+            .open_spool(self.now, 64 * 1024, restored)
             .expect("a fresh pool opens its spool");
         self.report.replayed += opened.replayed;
         self.pool.connect(self.now);

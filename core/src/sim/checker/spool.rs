@@ -306,7 +306,7 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::sim::{open_spool, Call, Checker};
+    use crate::sim::{Call, Checker};
     use crate::spool::Restored;
     use crate::{Config, MessageFate, MessageId, Outgoing, Output, Pool, SendOptions};
 
@@ -320,7 +320,7 @@ mod tests {
             .expect("valid");
         let mut pool = Pool::new(config, 1, now);
         let mut checker = checker;
-        let result = open_spool(&mut pool, now, MAX, restored.clone());
+        let result = pool.open_spool(now, MAX, restored.clone());
         let call = Call::OpenSpool {
             max_bytes: MAX,
             restored: &restored,
